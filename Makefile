@@ -1,0 +1,53 @@
+# The verbs people type. `make run` sets up and runs the exporter; `make test` sets up and
+# runs every test (unit tests on this host, kernel and swarm tests inside the IPVS VM).
+PYTHON ?= python3
+VENV   := .venv
+BIN    := $(VENV)/bin
+STAMP  := $(VENV)/.installed
+ARGS   ?=
+PYTEST := $(BIN)/python -m pytest -p no:cacheprovider
+VM     := tests/vm/vm-run
+
+.PHONY: all deps deps-test venv build run test test-unit test-vm test-kernel test-swarm clean
+
+all: venv
+
+deps:
+	scripts/install-deps build
+
+deps-test:
+	scripts/install-deps test
+
+$(STAMP): pyproject.toml setup.py build_ipvs.py csrc/ipvs.c csrc/ipvs.h
+	scripts/install-deps build
+	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
+	$(BIN)/pip install -q --upgrade pip
+	$(BIN)/pip install -q -e '.[test]' virtme-ng
+	touch $@
+
+venv: $(STAMP)
+
+build: venv
+
+## run the exporter (root or CAP_SYS_ADMIN+CAP_NET_ADMIN); flags go in ARGS="..."
+run: venv
+	$(BIN)/ingress_ipvs_exporter $(ARGS)
+
+## every test: unit tests here, then the kernel and swarm suites in one VM boot
+test: deps-test venv test-unit test-vm
+
+test-unit: venv
+	$(PYTEST) -q tests/unit
+
+# One VM boot runs every kernel test (tests/kernel, tests/swarm when present).
+test-vm: deps-test venv
+	$(VM) -- python -m pytest -p no:cacheprovider -q -m "kernel or swarm" tests/kernel $(wildcard tests/swarm/test_*.py)
+
+test-kernel: deps-test venv
+	$(VM) -- python -m pytest -p no:cacheprovider -q -m kernel tests/kernel
+
+test-swarm: deps-test venv
+	$(VM) -- python -m pytest -p no:cacheprovider -q -m swarm tests/swarm
+
+clean:
+	rm -rf build dist src/*.egg-info src/ingress_ipvs_exporter/_ipvs_cffi*.so src/ingress_ipvs_exporter/_ipvs_cffi.c

@@ -1,0 +1,611 @@
+/*
+ * ipvs.c - read IPVS over generic netlink (libnl-genl-3) into flat arrays.
+ *
+ * All attribute parsing happens here; Python only reads the arrays. Every function
+ * returns 0 or a negative errno (libnl's NLE_* codes are mapped), never prints and
+ * never exits. libnl's callbacks are C functions: no Python callbacks.
+ */
+#define _GNU_SOURCE
+#include <arpa/inet.h>
+#include <errno.h>
+#include <fcntl.h>
+#include <sched.h>
+#include <stdint.h>
+#include <stdlib.h>
+#include <string.h>
+#include <sys/socket.h>
+#include <sys/stat.h>
+#include <stdio.h>
+#include <sys/syscall.h>
+#include <sys/time.h>
+#include <unistd.h>
+
+#include <linux/ip_vs.h>
+#include <netlink/genl/ctrl.h>
+#include <netlink/genl/genl.h>
+#include <netlink/netlink.h>
+#include <netlink/version.h>
+
+#include "ipvs.h"
+
+#define RCVBUF_BYTES (8 * 1024 * 1024)
+#define MSGBUF_BYTES (64 * 1024)
+#define RECV_TIMEOUT_S 10
+
+struct priv {
+    struct nl_sock *sk;
+    int family;
+    uint32_t cap_svc, cap_dst;
+    int cb_err;           /* first error seen inside a callback (negative errno) */
+    uint32_t cur_svc;     /* service row that GET_DEST replies belong to */
+    uint32_t info_version, info_tab_size;
+};
+
+/* ---- error mapping ------------------------------------------------------ */
+
+static int nle_to_errno(int nle)
+{
+    switch (nle < 0 ? -nle : nle) {
+    case 0: return 0;
+    case NLE_NOMEM: return -ENOMEM;
+    case NLE_PERM: return -EPERM;
+    case NLE_NOACCESS: return -EACCES;
+    case NLE_OBJ_NOTFOUND: return -ENOENT;
+    case NLE_AGAIN: return -EAGAIN;
+    case NLE_INTR: return -EINTR;
+    case NLE_BAD_SOCK: return -EBADF;
+    case NLE_INVAL: return -EINVAL;
+    case NLE_RANGE: return -ERANGE;
+    case NLE_MSGSIZE: return -EMSGSIZE;
+    case NLE_OPNOTSUPP: return -EOPNOTSUPP;
+    case NLE_AF_NOSUPPORT: return -EAFNOSUPPORT;
+    case NLE_PROTO_MISMATCH: return -EPROTO;
+    case NLE_NOADDR: return -EADDRNOTAVAIL;
+    case NLE_BUSY: return -EBUSY;
+    case NLE_EXIST: return -EEXIST;
+    case NLE_MSG_TRUNC: return -EMSGSIZE;
+    case NLE_SEQ_MISMATCH: return -EILSEQ;
+    case NLE_DUMP_INTR: return -EINTR;
+    case NLE_NODEV: return -ENODEV;
+    case NLE_IMMUTABLE: return -EROFS;
+    default: return -EIO;
+    }
+}
+
+/* ---- array management --------------------------------------------------- */
+
+static int grow(void **p, uint32_t cap, size_t row)
+{
+    void *n = realloc(*p, (size_t)cap * row);
+    if (!n)
+        return -ENOMEM;
+    *p = n;
+    return 0;
+}
+
+static int reserve_svc(struct ipvs_handle *h, uint32_t need)
+{
+    struct priv *pv = h->priv;
+    uint32_t cap = pv->cap_svc ? pv->cap_svc : 64;
+    if (need <= pv->cap_svc)
+        return 0;
+    while (cap < need)
+        cap *= 2;
+    if (grow((void **)&h->svc_u32, cap, IPVS_SVC_NCOLS * sizeof(uint32_t)) ||
+        grow((void **)&h->svc_stats, cap, IPVS_NSTATS * sizeof(uint64_t)) ||
+        grow((void **)&h->svc_addr, cap, IPVS_ADDR_LEN) ||
+        grow((void **)&h->svc_sched, cap, IPVS_NAME_LEN))
+        return -ENOMEM;
+    pv->cap_svc = cap;
+    return 0;
+}
+
+static int reserve_dst(struct ipvs_handle *h, uint32_t need)
+{
+    struct priv *pv = h->priv;
+    uint32_t cap = pv->cap_dst ? pv->cap_dst : 256;
+    if (need <= pv->cap_dst)
+        return 0;
+    while (cap < need)
+        cap *= 2;
+    if (grow((void **)&h->dst_u32, cap, IPVS_DST_NCOLS * sizeof(uint32_t)) ||
+        grow((void **)&h->dst_stats, cap, IPVS_NSTATS * sizeof(uint64_t)) ||
+        grow((void **)&h->dst_addr, cap, IPVS_ADDR_LEN))
+        return -ENOMEM;
+    pv->cap_dst = cap;
+    return 0;
+}
+
+/* ---- attribute parsing -------------------------------------------------- */
+
+static struct nla_policy cmd_policy[IPVS_CMD_ATTR_MAX + 1] = {
+    [IPVS_CMD_ATTR_SERVICE] = { .type = NLA_NESTED },
+    [IPVS_CMD_ATTR_DEST] = { .type = NLA_NESTED },
+};
+
+static struct nla_policy svc_policy[IPVS_SVC_ATTR_MAX + 1] = {
+    [IPVS_SVC_ATTR_AF] = { .type = NLA_U16 },
+    [IPVS_SVC_ATTR_PROTOCOL] = { .type = NLA_U16 },
+    [IPVS_SVC_ATTR_ADDR] = { .type = NLA_UNSPEC, .minlen = 4 },
+    [IPVS_SVC_ATTR_PORT] = { .type = NLA_U16 },
+    [IPVS_SVC_ATTR_FWMARK] = { .type = NLA_U32 },
+    [IPVS_SVC_ATTR_SCHED_NAME] = { .type = NLA_STRING },
+    [IPVS_SVC_ATTR_FLAGS] = { .type = NLA_UNSPEC, .minlen = sizeof(struct ip_vs_flags) },
+    [IPVS_SVC_ATTR_TIMEOUT] = { .type = NLA_U32 },
+    [IPVS_SVC_ATTR_NETMASK] = { .type = NLA_U32 },
+    [IPVS_SVC_ATTR_STATS] = { .type = NLA_NESTED },
+    [IPVS_SVC_ATTR_PE_NAME] = { .type = NLA_STRING },
+    [IPVS_SVC_ATTR_STATS64] = { .type = NLA_NESTED },
+};
+
+static struct nla_policy dst_policy[IPVS_DEST_ATTR_MAX + 1] = {
+    [IPVS_DEST_ATTR_ADDR] = { .type = NLA_UNSPEC, .minlen = 4 },
+    [IPVS_DEST_ATTR_PORT] = { .type = NLA_U16 },
+    [IPVS_DEST_ATTR_FWD_METHOD] = { .type = NLA_U32 },
+    [IPVS_DEST_ATTR_WEIGHT] = { .type = NLA_U32 },
+    [IPVS_DEST_ATTR_U_THRESH] = { .type = NLA_U32 },
+    [IPVS_DEST_ATTR_L_THRESH] = { .type = NLA_U32 },
+    [IPVS_DEST_ATTR_ACTIVE_CONNS] = { .type = NLA_U32 },
+    [IPVS_DEST_ATTR_INACT_CONNS] = { .type = NLA_U32 },
+    [IPVS_DEST_ATTR_PERSIST_CONNS] = { .type = NLA_U32 },
+    [IPVS_DEST_ATTR_STATS] = { .type = NLA_NESTED },
+    [IPVS_DEST_ATTR_ADDR_FAMILY] = { .type = NLA_U16 },
+    [IPVS_DEST_ATTR_STATS64] = { .type = NLA_NESTED },
+};
+
+static struct nla_policy info_policy[IPVS_INFO_ATTR_MAX + 1] = {
+    [IPVS_INFO_ATTR_VERSION] = { .type = NLA_U32 },
+    [IPVS_INFO_ATTR_CONN_TAB_SIZE] = { .type = NLA_U32 },
+};
+
+/* Read a stats block: 32-bit blocks mix u32 and u64 attributes, 64-bit blocks are
+ * all u64; the width is taken from each attribute's length, anything else is
+ * ignored. Returns 1 when the block was present. */
+static int read_stats(struct nlattr *block, uint64_t *out)
+{
+    struct nlattr *a;
+    int rem;
+    if (!block)
+        return 0;
+    memset(out, 0, IPVS_NSTATS * sizeof(uint64_t));
+    nla_for_each_nested(a, block, rem) {
+        int t = nla_type(a);
+        if (t < 1 || t > IPVS_NSTATS)
+            continue;
+        if (nla_len(a) == 8)
+            out[t - 1] = nla_get_u64(a);
+        else if (nla_len(a) == 4)
+            out[t - 1] = nla_get_u32(a);
+    }
+    return 1;
+}
+
+static void read_addr(struct nlattr *a, uint8_t *out)
+{
+    memset(out, 0, IPVS_ADDR_LEN);
+    if (a) {
+        int n = nla_len(a);
+        memcpy(out, nla_data(a), n > IPVS_ADDR_LEN ? IPVS_ADDR_LEN : n);
+    }
+}
+
+static uint32_t u32_or0(struct nlattr *a) { return a ? nla_get_u32(a) : 0; }
+static uint32_t u16_or0(struct nlattr *a) { return a ? nla_get_u16(a) : 0; }
+
+static int parse_service(struct ipvs_handle *h, struct nlattr *nest)
+{
+    struct nlattr *s[IPVS_SVC_ATTR_MAX + 1];
+    uint32_t i = h->n_svc, *row;
+    int err = nla_parse_nested(s, IPVS_SVC_ATTR_MAX, nest, svc_policy);
+    if (err < 0)
+        return nle_to_errno(err);
+    if (!s[IPVS_SVC_ATTR_AF])
+        return -EPROTO;
+    if ((err = reserve_svc(h, i + 1)))
+        return err;
+    row = h->svc_u32 + (size_t)i * IPVS_SVC_NCOLS;
+    memset(row, 0, IPVS_SVC_NCOLS * sizeof(uint32_t));
+    row[IPVS_SVC_AF] = nla_get_u16(s[IPVS_SVC_ATTR_AF]);
+    row[IPVS_SVC_PROTOCOL] = u16_or0(s[IPVS_SVC_ATTR_PROTOCOL]);
+    row[IPVS_SVC_PORT] = ntohs((uint16_t)u16_or0(s[IPVS_SVC_ATTR_PORT]));
+    row[IPVS_SVC_FWMARK] = u32_or0(s[IPVS_SVC_ATTR_FWMARK]);
+    if (s[IPVS_SVC_ATTR_FLAGS]) {
+        struct ip_vs_flags f;
+        memcpy(&f, nla_data(s[IPVS_SVC_ATTR_FLAGS]), sizeof(f));
+        row[IPVS_SVC_FLAGS] = f.flags;
+    }
+    row[IPVS_SVC_TIMEOUT] = u32_or0(s[IPVS_SVC_ATTR_TIMEOUT]);
+    row[IPVS_SVC_NETMASK] = u32_or0(s[IPVS_SVC_ATTR_NETMASK]);
+    row[IPVS_SVC_DEST_FIRST] = h->n_dst;
+    read_addr(s[IPVS_SVC_ATTR_ADDR], h->svc_addr + (size_t)i * IPVS_ADDR_LEN);
+    {
+        char *name = h->svc_sched + (size_t)i * IPVS_NAME_LEN;
+        memset(name, 0, IPVS_NAME_LEN);
+        if (s[IPVS_SVC_ATTR_SCHED_NAME]) {
+            int n = nla_len(s[IPVS_SVC_ATTR_SCHED_NAME]);
+            memcpy(name, nla_data(s[IPVS_SVC_ATTR_SCHED_NAME]),
+                   n >= IPVS_NAME_LEN ? IPVS_NAME_LEN - 1 : n);
+            name[IPVS_NAME_LEN - 1] = 0;
+        }
+    }
+    {
+        uint64_t *st = h->svc_stats + (size_t)i * IPVS_NSTATS;
+        if (read_stats(s[IPVS_SVC_ATTR_STATS64], st))
+            h->stats64 = 1;
+        else if (!read_stats(s[IPVS_SVC_ATTR_STATS], st))
+            memset(st, 0, IPVS_NSTATS * sizeof(uint64_t));
+    }
+    h->n_svc = i + 1;
+    return 0;
+}
+
+static int parse_dest(struct ipvs_handle *h, struct nlattr *nest, uint32_t svc, uint16_t svc_af)
+{
+    struct nlattr *d[IPVS_DEST_ATTR_MAX + 1];
+    uint32_t i = h->n_dst, *row;
+    int err = nla_parse_nested(d, IPVS_DEST_ATTR_MAX, nest, dst_policy);
+    if (err < 0)
+        return nle_to_errno(err);
+    if ((err = reserve_dst(h, i + 1)))
+        return err;
+    row = h->dst_u32 + (size_t)i * IPVS_DST_NCOLS;
+    row[IPVS_DST_SVC] = svc;
+    /* Kernels before 4.x omit the family: a destination then has the service's. */
+    row[IPVS_DST_AF] = d[IPVS_DEST_ATTR_ADDR_FAMILY] ? nla_get_u16(d[IPVS_DEST_ATTR_ADDR_FAMILY]) : svc_af;
+    row[IPVS_DST_PORT] = ntohs((uint16_t)u16_or0(d[IPVS_DEST_ATTR_PORT]));
+    row[IPVS_DST_FWD] = u32_or0(d[IPVS_DEST_ATTR_FWD_METHOD]) & IP_VS_CONN_F_FWD_MASK;
+    row[IPVS_DST_WEIGHT] = u32_or0(d[IPVS_DEST_ATTR_WEIGHT]);
+    row[IPVS_DST_U_THRESH] = u32_or0(d[IPVS_DEST_ATTR_U_THRESH]);
+    row[IPVS_DST_L_THRESH] = u32_or0(d[IPVS_DEST_ATTR_L_THRESH]);
+    row[IPVS_DST_ACTIVE] = u32_or0(d[IPVS_DEST_ATTR_ACTIVE_CONNS]);
+    row[IPVS_DST_INACTIVE] = u32_or0(d[IPVS_DEST_ATTR_INACT_CONNS]);
+    row[IPVS_DST_PERSIST] = u32_or0(d[IPVS_DEST_ATTR_PERSIST_CONNS]);
+    read_addr(d[IPVS_DEST_ATTR_ADDR], h->dst_addr + (size_t)i * IPVS_ADDR_LEN);
+    {
+        uint64_t *st = h->dst_stats + (size_t)i * IPVS_NSTATS;
+        if (!read_stats(d[IPVS_DEST_ATTR_STATS64], st) && !read_stats(d[IPVS_DEST_ATTR_STATS], st))
+            memset(st, 0, IPVS_NSTATS * sizeof(uint64_t));
+    }
+    h->n_dst = i + 1;
+    if (svc < h->n_svc)
+        h->svc_u32[(size_t)svc * IPVS_SVC_NCOLS + IPVS_SVC_DEST_COUNT]++;
+    return 0;
+}
+
+/* One genetlink message of a GET_SERVICE (kind 0) or GET_DEST (kind 1) reply. */
+static int parse_nlmsg(struct ipvs_handle *h, int kind, struct nlmsghdr *nlh)
+{
+    struct nlattr *attrs[IPVS_CMD_ATTR_MAX + 1];
+    int err = genlmsg_parse(nlh, 0, attrs, IPVS_CMD_ATTR_MAX, cmd_policy);
+    if (err < 0)
+        return nle_to_errno(err);
+    if (kind == 0) {
+        if (!attrs[IPVS_CMD_ATTR_SERVICE])
+            return -EPROTO;
+        return parse_service(h, attrs[IPVS_CMD_ATTR_SERVICE]);
+    }
+    if (!attrs[IPVS_CMD_ATTR_DEST])
+        return -EPROTO;
+    {
+        struct priv *pv = h->priv;
+        uint32_t svc = pv->cur_svc;
+        uint16_t af = svc < h->n_svc ? (uint16_t)h->svc_u32[(size_t)svc * IPVS_SVC_NCOLS + IPVS_SVC_AF] : 0;
+        return parse_dest(h, attrs[IPVS_CMD_ATTR_DEST], svc, af);
+    }
+}
+
+/* ---- callbacks ---------------------------------------------------------- */
+
+/* A parse failure is remembered and the rest of the dump is still consumed (NL_SKIP),
+ * so that no stale reply is left in the socket for the next request. */
+static int on_valid_svc(struct nl_msg *msg, void *arg)
+{
+    struct ipvs_handle *h = arg;
+    struct priv *pv = h->priv;
+    int err = parse_nlmsg(h, 0, nlmsg_hdr(msg));
+    if (err && !pv->cb_err)
+        pv->cb_err = err;
+    return NL_SKIP;
+}
+
+static int on_valid_dst(struct nl_msg *msg, void *arg)
+{
+    struct ipvs_handle *h = arg;
+    struct priv *pv = h->priv;
+    int err = parse_nlmsg(h, 1, nlmsg_hdr(msg));
+    if (err && !pv->cb_err)
+        pv->cb_err = err;
+    return NL_SKIP;
+}
+
+static int on_valid_info(struct nl_msg *msg, void *arg)
+{
+    struct ipvs_handle *h = arg;
+    struct priv *pv = h->priv;
+    struct nlattr *a[IPVS_INFO_ATTR_MAX + 1];
+    int err = genlmsg_parse(nlmsg_hdr(msg), 0, a, IPVS_INFO_ATTR_MAX, info_policy);
+    if (err < 0) {
+        if (!pv->cb_err)
+            pv->cb_err = nle_to_errno(err);
+        return NL_SKIP;
+    }
+    pv->info_version = u32_or0(a[IPVS_INFO_ATTR_VERSION]);
+    pv->info_tab_size = u32_or0(a[IPVS_INFO_ATTR_CONN_TAB_SIZE]);
+    return NL_SKIP;
+}
+
+/* The kernel's own errno from an NLMSG_ERROR reply, kept exactly. */
+static int on_error(struct sockaddr_nl *who, struct nlmsgerr *e, void *arg)
+{
+    struct ipvs_handle *h = arg;
+    struct priv *pv = h->priv;
+    (void)who;
+    if (!pv->cb_err)
+        pv->cb_err = e->error < 0 ? e->error : -e->error;
+    return NL_STOP;
+}
+
+/* ---- requests ----------------------------------------------------------- */
+
+/* Send one request and read replies until the kernel is done. */
+static int transact(struct ipvs_handle *h, struct nl_msg *msg, nl_recvmsg_msg_cb_t valid)
+{
+    struct priv *pv = h->priv;
+    int err;
+    pv->cb_err = 0;
+    nl_socket_modify_cb(pv->sk, NL_CB_VALID, NL_CB_CUSTOM, valid, h);
+    nl_socket_modify_err_cb(pv->sk, NL_CB_CUSTOM, on_error, h);
+    err = nl_send_auto(pv->sk, msg);
+    nlmsg_free(msg);
+    if (err < 0)
+        return nle_to_errno(err);
+    err = nl_recvmsgs_default(pv->sk);
+    if (pv->cb_err)
+        return pv->cb_err;
+    return err < 0 ? nle_to_errno(err) : 0;
+}
+
+static struct nl_msg *new_request(struct ipvs_handle *h, int cmd, int flags)
+{
+    struct priv *pv = h->priv;
+    struct nl_msg *msg = nlmsg_alloc();
+    if (!msg)
+        return NULL;
+    if (!genlmsg_put(msg, NL_AUTO_PORT, NL_AUTO_SEQ, pv->family, 0, flags, cmd, IPVS_GENL_VERSION)) {
+        nlmsg_free(msg);
+        return NULL;
+    }
+    return msg;
+}
+
+/* GET_DEST for service row `svc`: the service is named by fwmark, or by
+ * protocol + address + port, as the kernel looks it up. */
+static int dump_dests(struct ipvs_handle *h, uint32_t svc)
+{
+    struct priv *pv = h->priv;
+    const uint32_t *row = h->svc_u32 + (size_t)svc * IPVS_SVC_NCOLS;
+    struct nl_msg *msg = new_request(h, IPVS_CMD_GET_DEST, NLM_F_DUMP);
+    struct nlattr *nest;
+    uint16_t af = (uint16_t)row[IPVS_SVC_AF];
+    if (!msg)
+        return -ENOMEM;
+    nest = nla_nest_start(msg, IPVS_CMD_ATTR_SERVICE);
+    if (!nest || nla_put_u16(msg, IPVS_SVC_ATTR_AF, af) < 0)
+        goto nomem;
+    if (row[IPVS_SVC_FWMARK]) {
+        if (nla_put_u32(msg, IPVS_SVC_ATTR_FWMARK, row[IPVS_SVC_FWMARK]) < 0)
+            goto nomem;
+    } else {
+        int alen = af == AF_INET6 ? 16 : 4;
+        if (nla_put_u16(msg, IPVS_SVC_ATTR_PROTOCOL, (uint16_t)row[IPVS_SVC_PROTOCOL]) < 0 ||
+            nla_put(msg, IPVS_SVC_ATTR_ADDR, alen, h->svc_addr + (size_t)svc * IPVS_ADDR_LEN) < 0 ||
+            nla_put_u16(msg, IPVS_SVC_ATTR_PORT, htons((uint16_t)row[IPVS_SVC_PORT])) < 0)
+            goto nomem;
+    }
+    nla_nest_end(msg, nest);
+    pv->cur_svc = svc;
+    return transact(h, msg, on_valid_dst);
+nomem:
+    nlmsg_free(msg);
+    return -ENOMEM;
+}
+
+int ipvs_dump(struct ipvs_handle *h)
+{
+    struct nl_msg *msg;
+    uint32_t r, w, n;
+    int err;
+    if (!h || !h->priv || !((struct priv *)h->priv)->sk)
+        return -EBADF;
+    h->n_svc = 0;
+    h->n_dst = 0;
+    h->stats64 = 0;
+    msg = new_request(h, IPVS_CMD_GET_SERVICE, NLM_F_DUMP);
+    if (!msg)
+        return -ENOMEM;
+    if ((err = transact(h, msg, on_valid_svc)))
+        return err;
+    /* Destinations per service. A service deleted since the service dump is dropped
+     * (rows are compacted in place; dests already read keep their row index). */
+    n = h->n_svc;
+    for (r = 0, w = 0; r < n; r++) {
+        uint32_t first = h->n_dst;
+        if (r != w) {
+            memcpy(h->svc_u32 + (size_t)w * IPVS_SVC_NCOLS, h->svc_u32 + (size_t)r * IPVS_SVC_NCOLS,
+                   IPVS_SVC_NCOLS * sizeof(uint32_t));
+            memcpy(h->svc_stats + (size_t)w * IPVS_NSTATS, h->svc_stats + (size_t)r * IPVS_NSTATS,
+                   IPVS_NSTATS * sizeof(uint64_t));
+            memcpy(h->svc_addr + (size_t)w * IPVS_ADDR_LEN, h->svc_addr + (size_t)r * IPVS_ADDR_LEN, IPVS_ADDR_LEN);
+            memcpy(h->svc_sched + (size_t)w * IPVS_NAME_LEN, h->svc_sched + (size_t)r * IPVS_NAME_LEN, IPVS_NAME_LEN);
+        }
+        h->svc_u32[(size_t)w * IPVS_SVC_NCOLS + IPVS_SVC_DEST_FIRST] = first;
+        h->svc_u32[(size_t)w * IPVS_SVC_NCOLS + IPVS_SVC_DEST_COUNT] = 0;
+        err = dump_dests(h, w);
+        if (err == -ESRCH || err == -ENOENT) {
+            h->n_dst = first;       /* the service went away: forget it */
+            continue;
+        }
+        if (err)
+            return err;
+        w++;
+    }
+    h->n_svc = w;
+    return 0;
+}
+
+int ipvs_get_info(struct ipvs_handle *h, uint32_t *version, uint32_t *conn_tab_size)
+{
+    struct priv *pv;
+    struct nl_msg *msg;
+    int err;
+    if (!h || !h->priv || !((struct priv *)h->priv)->sk)
+        return -EBADF;
+    pv = h->priv;
+    msg = new_request(h, IPVS_CMD_GET_INFO, 0);
+    if (!msg)
+        return -ENOMEM;
+    pv->info_version = pv->info_tab_size = 0;
+    if ((err = transact(h, msg, on_valid_info)))
+        return err;
+    *version = pv->info_version;
+    *conn_tab_size = pv->info_tab_size;
+    return 0;
+}
+
+/* ---- handles ------------------------------------------------------------ */
+
+static int handle_alloc(struct ipvs_handle **out)
+{
+    struct ipvs_handle *h = calloc(1, sizeof(*h));
+    if (!h)
+        return -ENOMEM;
+    h->priv = calloc(1, sizeof(struct priv));
+    if (!h->priv) {
+        free(h);
+        return -ENOMEM;
+    }
+    *out = h;
+    return 0;
+}
+
+void ipvs_close(struct ipvs_handle *h)
+{
+    struct priv *pv;
+    if (!h)
+        return;
+    pv = h->priv;
+    if (pv && pv->sk)
+        nl_socket_free(pv->sk);
+    free(pv);
+    free(h->svc_u32);
+    free(h->svc_stats);
+    free(h->svc_addr);
+    free(h->svc_sched);
+    free(h->dst_u32);
+    free(h->dst_stats);
+    free(h->dst_addr);
+    free(h);
+}
+
+/* Create the socket and resolve the family in whatever namespace the thread is in. */
+static int connect_here(struct priv *pv)
+{
+    int err, fd;
+    struct timeval tv = { .tv_sec = RECV_TIMEOUT_S, .tv_usec = 0 };
+    pv->sk = nl_socket_alloc();
+    if (!pv->sk)
+        return -ENOMEM;
+    if ((err = genl_connect(pv->sk)) < 0)
+        return nle_to_errno(err);
+    fd = nl_socket_get_fd(pv->sk);
+    (void)fcntl(fd, F_SETFD, FD_CLOEXEC);
+    nl_socket_set_buffer_size(pv->sk, RCVBUF_BYTES, 0);
+    nl_socket_set_msg_buf_size(pv->sk, MSGBUF_BYTES);
+    nl_socket_enable_msg_peek(pv->sk);
+    (void)setsockopt(fd, SOL_SOCKET, SO_RCVTIMEO, &tv, sizeof(tv));
+    err = genl_ctrl_resolve(pv->sk, IPVS_GENL_NAME);
+    if (err < 0)
+        return err == -NLE_OBJ_NOTFOUND ? -EPROTONOSUPPORT : nle_to_errno(err);
+    pv->family = err;
+    /* Our requests are GETs whose replies are the answer: an extra ACK after them
+     * would be left in the socket (resolve above needs acks, so disable only now). */
+    nl_socket_disable_auto_ack(pv->sk);
+    return 0;
+}
+
+int ipvs_open(const char *netns_path, struct ipvs_handle **out)
+{
+    struct ipvs_handle *h = NULL;
+    struct stat st;
+    int err, self = -1, target = -1, switched = 0;
+    *out = NULL;
+    if ((err = handle_alloc(&h)))
+        return err;
+    if (netns_path && *netns_path) {
+        char own[64];
+        target = open(netns_path, O_RDONLY | O_CLOEXEC);
+        if (target < 0) {
+            err = -errno;
+            goto fail;
+        }
+        if (fstat(target, &st) < 0) {
+            err = -errno;
+            goto fail;
+        }
+        /* setns(2) moves the calling thread only: remember this thread's namespace. */
+        snprintf(own, sizeof(own), "/proc/self/task/%ld/ns/net", (long)syscall(SYS_gettid));
+        self = open(own, O_RDONLY | O_CLOEXEC);
+        if (self < 0) {
+            err = -errno;
+            goto fail;
+        }
+        if (setns(target, CLONE_NEWNET) < 0) {
+            err = -errno;
+            goto fail;
+        }
+        switched = 1;
+    } else if (stat("/proc/self/ns/net", &st) < 0) {
+        memset(&st, 0, sizeof(st));
+    }
+    h->ns_dev = (uint64_t)st.st_dev;
+    h->ns_ino = (uint64_t)st.st_ino;
+    err = connect_here(h->priv);
+    if (switched && setns(self, CLONE_NEWNET) < 0)
+        err = -ENOTRECOVERABLE;
+fail:
+    if (self >= 0)
+        close(self);
+    if (target >= 0)
+        close(target);
+    if (err) {
+        ipvs_close(h);
+        return err;
+    }
+    *out = h;
+    return 0;
+}
+
+/* ---- offline parsing (fuzzer, tests) ------------------------------------ */
+
+int ipvs_handle_new_offline(struct ipvs_handle **out)
+{
+    *out = NULL;
+    return handle_alloc(out);
+}
+
+int ipvs_parse_message(struct ipvs_handle *h, int kind, const void *msg, size_t len)
+{
+    struct nlmsghdr *nlh = (struct nlmsghdr *)msg;
+    if (!h || !msg || (kind != 0 && kind != 1))
+        return -EINVAL;
+    if (len < NLMSG_HDRLEN || nlh->nlmsg_len < NLMSG_HDRLEN || nlh->nlmsg_len > len)
+        return -EMSGSIZE;
+    if (kind == 1)
+        ((struct priv *)h->priv)->cur_svc = h->n_svc ? h->n_svc - 1 : 0;
+    return parse_nlmsg(h, kind, nlh);
+}
+
+const char *ipvs_libnl_version(void)
+{
+    return LIBNL_VERSION;
+}

@@ -1,0 +1,95 @@
+/*
+ * ipvs.h - the C shim's whole interface. Fed verbatim to cffi's cdef, so it holds
+ * declarations only: no #include, no #if, no macros but integer constants.
+ *
+ * A handle owns a generic netlink socket bound to one network namespace and a set of
+ * flat arrays (row-major, one row per service or destination) that every dump refills.
+ * Arrays grow geometrically and are reused: a dump of the same shape allocates nothing.
+ * Every function returns 0 or a negative errno.
+ */
+
+/* Stats columns, in IPVS_STATS_ATTR_* order (attribute type minus one). */
+#define IPVS_ST_CONNS    0
+#define IPVS_ST_INPKTS   1
+#define IPVS_ST_OUTPKTS  2
+#define IPVS_ST_INBYTES  3
+#define IPVS_ST_OUTBYTES 4
+#define IPVS_ST_CPS      5
+#define IPVS_ST_INPPS    6
+#define IPVS_ST_OUTPPS   7
+#define IPVS_ST_INBPS    8
+#define IPVS_ST_OUTBPS   9
+#define IPVS_NSTATS      10
+
+/* Service uint32 columns (svc_u32 row). The port is in host byte order. */
+#define IPVS_SVC_AF         0
+#define IPVS_SVC_PROTOCOL   1
+#define IPVS_SVC_PORT       2
+#define IPVS_SVC_FWMARK     3
+#define IPVS_SVC_FLAGS      4
+#define IPVS_SVC_TIMEOUT    5
+#define IPVS_SVC_NETMASK    6
+#define IPVS_SVC_DEST_FIRST 7
+#define IPVS_SVC_DEST_COUNT 8
+#define IPVS_SVC_NCOLS      9
+
+/* Destination uint32 columns (dst_u32 row). weight is a signed int in the kernel. */
+#define IPVS_DST_SVC        0
+#define IPVS_DST_AF         1
+#define IPVS_DST_PORT       2
+#define IPVS_DST_FWD        3
+#define IPVS_DST_WEIGHT     4
+#define IPVS_DST_U_THRESH   5
+#define IPVS_DST_L_THRESH   6
+#define IPVS_DST_ACTIVE     7
+#define IPVS_DST_INACTIVE   8
+#define IPVS_DST_PERSIST    9
+#define IPVS_DST_NCOLS      10
+
+#define IPVS_ADDR_LEN  16   /* an IPv4 address uses the first 4 bytes */
+#define IPVS_NAME_LEN  16   /* scheduler name, NUL-terminated */
+
+
+struct ipvs_handle {
+    /* filled by ipvs_dump(); valid until the next dump or close */
+    uint32_t n_svc;
+    uint32_t n_dst;
+    uint32_t *svc_u32;      /* n_svc * IPVS_SVC_NCOLS */
+    uint64_t *svc_stats;    /* n_svc * IPVS_NSTATS */
+    uint8_t *svc_addr;      /* n_svc * IPVS_ADDR_LEN */
+    char *svc_sched;        /* n_svc * IPVS_NAME_LEN */
+    uint32_t *dst_u32;      /* n_dst * IPVS_DST_NCOLS */
+    uint64_t *dst_stats;    /* n_dst * IPVS_NSTATS */
+    uint8_t *dst_addr;      /* n_dst * IPVS_ADDR_LEN */
+    /* the namespace the socket is bound to (fstat of the path at open) */
+    uint64_t ns_dev;
+    uint64_t ns_ino;
+    /* 1 when the last dump's stats came from the 64-bit blocks */
+    int stats64;
+    /* private to the shim */
+    void *priv;
+};
+
+/* Open a handle on the network namespace at `netns_path` ("" = the caller's own).
+ * Enters the namespace on the calling thread, connects the socket, resolves the IPVS
+ * family and returns to the original namespace. Errors: -ENOENT (no such path),
+ * -EINVAL (not a network namespace), -EPERM (no CAP_SYS_ADMIN/CAP_NET_ADMIN),
+ * -EPROTONOSUPPORT (no IPVS family in that kernel: ip_vs not loaded),
+ * -ENOTRECOVERABLE (could not return to the original namespace: the thread is lost). */
+int ipvs_open(const char *netns_path, struct ipvs_handle **out);
+void ipvs_close(struct ipvs_handle *h);
+
+/* Dump every service and every destination into the handle's arrays. */
+int ipvs_dump(struct ipvs_handle *h);
+
+/* IPVS_CMD_GET_INFO: version (0x010201 = 1.2.1) and connection hash table size. */
+int ipvs_get_info(struct ipvs_handle *h, uint32_t *version, uint32_t *conn_tab_size);
+
+/* Parse one raw netlink message (as the kernel sends for GET_SERVICE / GET_DEST) into
+ * the handle's arrays, appending a row. For the fuzzer and unit tests; no socket use.
+ * kind: 0 = service, 1 = destination (attached to the last service row). */
+int ipvs_parse_message(struct ipvs_handle *h, int kind, const void *msg, size_t len);
+int ipvs_handle_new_offline(struct ipvs_handle **out);
+
+/* The libnl version this shim was built against, e.g. "3.7.0". */
+const char *ipvs_libnl_version(void);

@@ -1,0 +1,261 @@
+"""The `ingress_ipvs_exporter` command: flags, logging, HTTP serving.
+
+Flags, defaults and usage text follow the original Go exporter so it can be swapped in.
+Usage errors print one line and exit 2; runtime failures to start print one line and
+exit 1. Once serving, IPVS or namespace trouble never stops the process: it shows as
+`ipvs_up 0` and one log line.
+"""
+from __future__ import annotations
+
+import json
+import logging
+import socket
+import sys
+import time
+from socketserver import ThreadingMixIn
+from typing import Optional
+from wsgiref.simple_server import WSGIRequestHandler, WSGIServer, make_server
+
+import typer
+from prometheus_client import CollectorRegistry, ProcessCollector, make_wsgi_app
+
+from . import __version__
+from .collector import IPVSCollector
+from .ipvs import Handle, IPVSError, NamespaceNotFound
+from .portmap import PortMap
+
+PROG = "ingress_ipvs_exporter"
+log = logging.getLogger(PROG)
+
+# ---- flags ------------------------------------------------------------------
+
+
+def parse_listen_address(value: str) -> tuple[str, int]:
+    """':9100' -> ('', 9100) (all interfaces); 'host:port'; '[v6]:port'."""
+    host, sep, port = value.rpartition(":")
+    if not sep or not port.isdigit() or not 0 <= int(port) <= 65535:
+        raise typer.BadParameter(
+            f"'{value}' is not HOST:PORT (e.g. ':9100', '127.0.0.1:9100', '[::1]:9100')",
+            param_hint="--listen-address",
+        )
+    if host.startswith("[") and host.endswith("]"):
+        host = host[1:-1]
+    elif ":" in host:
+        raise typer.BadParameter(f"'{value}': put an IPv6 host in brackets, e.g. '[::1]:9100'",
+                                 param_hint="--listen-address")
+    return host, int(port)
+
+
+def check_telemetry_path(value: str) -> str:
+    if not value.startswith("/"):
+        raise typer.BadParameter(f"'{value}' must start with '/', e.g. /metrics", param_hint="--telemetry-path")
+    return value
+
+
+# ---- usage text in the seed's style ------------------------------------------
+
+
+class SeedStyleCommand(typer.core.TyperCommand):
+    """Prints the original exporter's usage layout, generated from the declared options."""
+
+    def format_help(self, ctx, formatter) -> None:
+        opts = [p for p in self.get_params(ctx) if p.param_type_name == "option"]
+        lines = [f"Usage: {PROG} "]
+        for p in opts:
+            if p.is_flag or p.name == "help":
+                continue
+            lines.append(f"\t[{p.opts[0]} {p.name.upper().replace('_', '-')}] ")
+        lines += ["", "Options:"]
+        for p in opts:
+            if p.is_flag or p.name == "help":
+                names = ", ".join(sorted(p.opts + p.secondary_opts, key=len, reverse=True))
+                text = "display this help and exit" if p.name == "help" else p.help
+                lines.append(f"  {names:<22} {text}")
+            else:
+                lines.append(f"  {p.opts[0]} {p.name.upper().replace('_', '-')}")
+                lines.append(f"                         {p.help} ")
+                lines.append(f"                         [default: {p.default}]")
+            lines.append("")
+        formatter.write("\n".join(lines).rstrip() + "\n")
+
+
+# ---- logging ------------------------------------------------------------------
+
+
+class LogfmtFormatter(logging.Formatter):
+    def format(self, record: logging.LogRecord) -> str:
+        ts = time.strftime("%Y-%m-%dT%H:%M:%S", time.gmtime(record.created)) + f".{int(record.msecs):03d}Z"
+        msg = record.getMessage().replace("\\", "\\\\").replace('"', '\\"')
+        return f'ts={ts} level={record.levelname.lower()} logger={record.name} msg="{msg}"'
+
+
+class JSONFormatter(logging.Formatter):
+    def format(self, record: logging.LogRecord) -> str:
+        ts = time.strftime("%Y-%m-%dT%H:%M:%S", time.gmtime(record.created)) + f".{int(record.msecs):03d}Z"
+        return json.dumps({"ts": ts, "level": record.levelname.lower(), "logger": record.name,
+                           "msg": record.getMessage()})
+
+
+def setup_logging(level: str, fmt: str) -> None:
+    handler = logging.StreamHandler(sys.stderr)
+    handler.setFormatter(JSONFormatter() if fmt == "json" else LogfmtFormatter())
+    root = logging.getLogger()
+    root.handlers[:] = [handler]
+    root.setLevel(level.upper())
+
+
+# ---- HTTP -------------------------------------------------------------------------
+
+
+class _Server(ThreadingMixIn, WSGIServer):
+    daemon_threads = True
+    allow_reuse_address = True
+
+
+class _QuietHandler(WSGIRequestHandler):
+    def log_message(self, format: str, *args) -> None:  # noqa: A002 - stdlib signature
+        log.debug("%s %s", self.address_string(), format % args)
+
+
+def make_app(registry: CollectorRegistry, telemetry_path: str):
+    """WSGI app: the exposition at telemetry_path, a small landing page at /, 404 elsewhere."""
+    metrics = make_wsgi_app(registry)
+    landing = (f"<html><head><title>{PROG}</title></head><body><h1>{PROG}</h1>"
+               f'<p><a href="{telemetry_path}">Metrics</a></p></body></html>').encode()
+
+    def app(environ, start_response):
+        path = environ.get("PATH_INFO") or "/"
+        if path == telemetry_path:
+            return metrics(environ, start_response)
+        if path == "/":
+            start_response("200 OK", [("Content-Type", "text/html; charset=utf-8")])
+            return [landing]
+        start_response("404 Not Found", [("Content-Type", "text/plain; charset=utf-8")])
+        return [f"404: try {telemetry_path}\n".encode()]
+
+    return app
+
+
+def _server_class(host: str):
+    """An IPv6 socket for '' / '::' / v6 literals so that ':9100' serves v4 and v6 alike."""
+    family = socket.AF_INET
+    if host == "" and socket.has_ipv6:
+        family = socket.AF_INET6
+    elif host:
+        try:
+            family = socket.getaddrinfo(host, None, type=socket.SOCK_STREAM)[0][0]
+        except socket.gaierror as e:
+            raise OSError(f"cannot resolve listen host '{host}': {e.strerror}") from None
+
+    class Server(_Server):
+        address_family = family
+
+        def server_bind(self):
+            if family == socket.AF_INET6:
+                self.socket.setsockopt(socket.IPPROTO_IPV6, socket.IPV6_V6ONLY, 0)
+            super().server_bind()
+
+    return Server
+
+
+def serve(host: str, port: int, app) -> WSGIServer:
+    bind_host = host or ("::" if socket.has_ipv6 else "0.0.0.0")
+    try:
+        return make_server(bind_host, port, app, server_class=_server_class(host), handler_class=_QuietHandler)
+    except OSError:
+        if host == "" and bind_host == "::":  # no IPv6 on this host
+            return make_server("0.0.0.0", port, app, server_class=_server_class("0.0.0.0"),
+                               handler_class=_QuietHandler)
+        raise
+
+
+# ---- the command --------------------------------------------------------------------
+
+app = typer.Typer(add_completion=False, pretty_exceptions_enable=False,
+                  context_settings={"help_option_names": ["--help", "-h"]})
+
+
+def _version(value: bool) -> None:
+    if value:
+        typer.echo(f"{PROG} {__version__}")
+        raise typer.Exit()
+
+
+def _one_of(*choices: str):
+    def check(value: str) -> str:
+        if value not in choices:
+            raise typer.BadParameter(f"'{value}' is not one of {', '.join(choices)}")
+        return value
+    return check
+
+
+@app.command(cls=SeedStyleCommand)
+def run(
+    listen_address: str = typer.Option(":9100", "--listen-address",
+                                       help="address to set the http server to listen to"),
+    telemetry_path: str = typer.Option("/metrics", "--telemetry-path",
+                                       help="endpoint to receive scrape requests from prometheus"),
+    namespace_path: str = typer.Option("/var/run/docker/netns/ingress_sbox", "--namespace-path",
+                                       help="absolute path to the network namespace where ipv is configured"),
+    log_level: str = typer.Option("info", "--log-level", callback=_one_of("debug", "info", "warning", "error"),
+                                  help="log messages at this level and above: debug, info, warning, error"),
+    log_format: str = typer.Option("logfmt", "--log-format", callback=_one_of("logfmt", "json"),
+                                   help="log line format: logfmt or json"),
+    version: Optional[bool] = typer.Option(None, "--version", callback=_version, is_eager=True,
+                                           help="print the version and exit"),
+) -> None:
+    host, port = parse_listen_address(listen_address)
+    check_telemetry_path(telemetry_path)
+    setup_logging(log_level, log_format)
+
+    handle = Handle(namespace_path)
+    ports = PortMap(namespace_path)
+    collector = IPVSCollector(namespace_path, handle.snapshot, ports.lookup)
+    registry = CollectorRegistry()
+    registry.register(collector)
+    ProcessCollector(registry=registry)
+
+    try:
+        server = serve(host, port, make_app(registry, telemetry_path))
+    except OSError as e:
+        log.error("cannot listen on %s: %s (is another exporter on that port? set --listen-address)",
+                  listen_address, e.strerror or e)
+        raise typer.Exit(1)
+
+    log.info("%s %s listening on %s, telemetry path %s, namespace %s", PROG, __version__,
+             listen_address, telemetry_path, namespace_path or "(current)")
+    try:
+        collector.check()
+    except IPVSError as e:
+        hint = " No swarm here? 'make demo' in the source tree shows it on a real one." \
+            if isinstance(e, NamespaceNotFound) else ""
+        log.warning("%s. Serving ipvs_up 0 until IPVS is readable.%s", e.strerror, hint)
+    try:
+        server.serve_forever()
+    except KeyboardInterrupt:
+        pass
+    finally:
+        server.server_close()
+        handle.close()
+
+
+def main(argv: Optional[list[str]] = None) -> None:
+    """Entry point: one line and exit 2 for usage errors, exit 1 for runtime failures."""
+    try:
+        rc = app(args=argv, prog_name=PROG, standalone_mode=False)
+    except typer.Exit as e:
+        rc = e.exit_code
+    except typer.Abort:
+        rc = 130
+    except Exception as e:
+        # typer's usage errors (bad flag, bad value) carry exit_code 2 and a message
+        if not (hasattr(e, "format_message") and getattr(e, "exit_code", None) == 2):
+            raise
+        message = " ".join(e.format_message().split())
+        typer.echo(f"{PROG}: error: {message} (see '{PROG} --help')", err=True)
+        rc = 2
+    sys.exit(rc or 0)
+
+
+if __name__ == "__main__":
+    main()

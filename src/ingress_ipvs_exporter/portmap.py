@@ -1,0 +1,264 @@
+"""fwmark -> published port(s), read from a network namespace's iptables mangle rules.
+
+Docker Swarm marks ingress traffic per published port in the mangle table and IPVS holds
+one fwmark service per mark; this module recovers which ports feed which mark. The rules
+may live in either iptables backend (nf_tables or legacy x_tables), so both are read.
+"""
+from __future__ import annotations
+
+import logging
+import os
+import shlex
+import shutil
+import subprocess
+import threading
+import time
+from dataclasses import dataclass
+from typing import Callable, Iterable
+
+log = logging.getLogger(__name__)
+
+_FULL_MASK = 0xFFFFFFFF
+_PROTOCOLS = {"tcp": "tcp", "udp": "udp", "sctp": "sctp", "6": "tcp", "17": "udp", "132": "sctp"}
+_DPORT = ("--dport", "--destination-port")
+_DPORTS = ("--dports", "--destination-ports")
+_SET_MARK = ("--set-xmark", "--set-mark")
+
+
+@dataclass(frozen=True, order=True)
+class PublishedPort:
+    """One published port: protocol ("tcp", "udp" or "sctp") and port number."""
+
+    protocol: str
+    port: int
+
+
+class PortMapError(OSError):
+    """No iptables reader worked in the namespace; the message says which and what to do."""
+
+
+def _parse_ports(arg: str, multi: bool) -> list[int]:
+    """Ports of a --dport/--dports argument; ranges (a:b) and junk are skipped."""
+    ports = []
+    for item in arg.split(",") if multi else [arg]:
+        if item.isascii() and item.isdigit() and int(item) <= 65535:
+            ports.append(int(item))
+    return ports
+
+
+def _parse_mark(arg: str) -> int | None:
+    """The fwmark a --set-xmark/--set-mark V[/M] argument sets: V, masked by M when M is partial."""
+    value, _, mask = arg.partition("/")
+    try:
+        mark = int(value, 0)
+        mask_value = int(mask, 0) if mask else _FULL_MASK
+    except ValueError:
+        return None
+    if mask_value != _FULL_MASK:
+        mark &= mask_value
+    return mark or None
+
+
+def _parse_rule(line: str) -> tuple[int, list[PublishedPort]] | None:
+    """(mark, ports) of one `-A CHAIN ...` line that sets a MARK for a destination port."""
+    try:
+        tokens = shlex.split(line)
+    except ValueError:  # unbalanced quotes: not something iptables-save writes
+        return None
+    protocol = target = None
+    ports: list[int] = []
+    mark = None
+    negated = False
+    i = 0
+    while i < len(tokens):
+        opt = tokens[i]
+        arg = tokens[i + 1] if i + 1 < len(tokens) else ""
+        step = 2
+        if opt == "!":
+            negated, i = True, i + 1
+            continue
+        if opt in ("-p", "--protocol"):
+            protocol = None if negated else _PROTOCOLS.get(arg.lower())
+        elif opt in _DPORT or opt in _DPORTS:
+            if not negated:
+                ports += _parse_ports(arg, opt in _DPORTS)
+        elif opt in ("-j", "--jump"):
+            target = arg
+        elif opt in _SET_MARK and target == "MARK":
+            mark = _parse_mark(arg)
+        elif opt != "--comment":
+            step = 1
+        negated = False
+        i += step
+    if target != "MARK" or mark is None or protocol is None or not ports:
+        return None
+    return mark, [PublishedPort(protocol, port) for port in ports]
+
+
+def parse_mangle_rules(text: str) -> dict[int, list[PublishedPort]]:
+    """iptables-save text (any tables; only *mangle's rules count) -> fwmark -> sorted unique ports."""
+    found: dict[int, set[PublishedPort]] = {}
+    table = None
+    for raw in text.splitlines():
+        line = raw.strip()
+        if line.startswith("*"):
+            table = line[1:].strip()
+        elif line == "COMMIT":
+            table = None
+        elif table == "mangle" and line.startswith(("-A ", "-I ")):
+            rule = _parse_rule(line)
+            if rule:
+                found.setdefault(rule[0], set()).update(rule[1])
+    return {mark: sorted(found[mark]) for mark in sorted(found)}
+
+
+# Where the kernel lists the legacy (x_tables) tables that exist in the reader's namespace.
+_LEGACY_TABLE_LISTS = {"iptables": "/proc/net/ip_tables_names", "ip6tables": "/proc/net/ip6_tables_names"}
+
+
+def _save_commands() -> list[tuple[str, str, str]]:
+    """(family, backend, path) of the iptables-save variants on PATH; plain *-save only if neither exists."""
+    commands = []
+    for family in ("iptables", "ip6tables"):
+        found = [(family, backend, shutil.which(f"{family}-{backend}-save")) for backend in ("nft", "legacy")]
+        if not any(path for _, _, path in found):
+            found = [(family, "plain", shutil.which(f"{family}-save"))]
+        commands += [(fam, backend, path) for fam, backend, path in found if path]
+    return commands
+
+
+def _run(argv: list[str], timeout: float) -> tuple[str | None, str]:
+    """(stdout, "") of a command that succeeded, else (None, why it failed in one line)."""
+    try:
+        res = subprocess.run(argv, capture_output=True, text=True, stdin=subprocess.DEVNULL, timeout=timeout)
+    except subprocess.TimeoutExpired:
+        return None, f"timed out after {timeout:g}s"
+    except OSError as exc:
+        return None, str(exc.strerror or exc)
+    if res.returncode == 0:
+        return res.stdout, ""
+    lines = [line.strip() for line in res.stderr.splitlines() if line.strip()]
+    return None, f"exit {res.returncode}: {lines[-1] if lines else 'no message'}"
+
+
+def _legacy_mangle_families(prefix: list[str], timeout: float) -> set[str] | None:
+    """Families whose legacy mangle table exists in the namespace, or None if that is unknown.
+
+    Merely reading a legacy table creates it (loading iptable_mangle), after which every
+    iptables-nft call in the namespace warns; /proc/net tells without side effects.
+    """
+    script = "".join(f"[ -e {shlex.quote(path)} ] && while read -r t; do echo \"{family} $t\"; "
+                     f"done < {shlex.quote(path)}; " for family, path in _LEGACY_TABLE_LISTS.items())
+    out, _ = _run(prefix + ["/bin/sh", "-c", script + "exit 0"], timeout)
+    if out is None:
+        return None
+    pairs = (line.partition(" ") for line in out.splitlines())
+    return {family for family, _, table in pairs if table == "mangle"}
+
+
+def _table_missing(reason: str) -> bool:
+    """True when a backend says the mangle table does not exist (an empty result, not an error)."""
+    text = reason.lower()
+    return "table" in text and "does not exist" in text
+
+
+def _hint(failures: str) -> str:
+    """What a user should do about the failures, in a few words."""
+    text = failures.lower()
+    if "not permitted" in text or "permission denied" in text:
+        return "run the exporter as root (it needs CAP_SYS_ADMIN and CAP_NET_ADMIN)"
+    if "timed out" in text:
+        return "check whether iptables is hanging on this host"
+    return "check that iptables works in this namespace"
+
+
+def read_mangle_rules(namespace_path: str, timeout: float = 5.0) -> str:
+    """Every iptables backend's mangle table inside the namespace ("" = current), concatenated.
+
+    Raises PortMapError only when no backend could be read at all.
+    """
+    where = f"network namespace {namespace_path}" if namespace_path else "the current network namespace"
+    cannot = f"cannot read iptables rules in {where}"
+    prefix: list[str] = []
+    if namespace_path:
+        try:
+            os.stat(namespace_path)
+        except FileNotFoundError:
+            raise PortMapError(f"{where} does not exist: check the namespace path "
+                               "(Docker creates ingress_sbox when the node joins a swarm)") from None
+        except PermissionError:
+            raise PortMapError(f"{where} is not accessible: run the exporter as root") from None
+        nsenter = shutil.which("nsenter")
+        if not nsenter:
+            raise PortMapError(f"{cannot}: nsenter not found, install util-linux")
+        prefix = [nsenter, f"--net={namespace_path}", "--"]
+    commands = _save_commands()
+    if not commands:
+        raise PortMapError(f"{cannot}: no iptables-save on PATH, install iptables")
+    legacy = None
+    if any(backend == "legacy" for _, backend, _ in commands):
+        legacy = _legacy_mangle_families(prefix, timeout)
+    texts: list[str] = []
+    failures: dict[str, list[str]] = {}  # reason -> commands, so a shared cause is said once
+    for family, backend, command in commands:
+        if backend == "legacy" and legacy is not None and family not in legacy:
+            texts.append("")  # no legacy table, so no rules: don't create one by reading it
+            continue
+        # argv[0] keeps its name (no realpath): xtables-*-multi picks the backend from it.
+        out, reason = _run(prefix + [command, "-t", "mangle"], timeout)
+        if out is not None or _table_missing(reason):
+            texts.append(out or "")
+        else:
+            failures.setdefault(reason, []).append(os.path.basename(command))
+    said = "; ".join(f"{', '.join(names)}: {reason}" for reason, names in failures.items())
+    if not texts:
+        raise PortMapError(f"{cannot}: {said}; {_hint(said)}")
+    if failures:
+        log.debug("some iptables backends failed in %s: %s", where, said)
+    return "".join(texts)
+
+
+class PortMap:
+    """Cache of fwmark -> ports for one namespace: reading iptables costs processes, scrapes are frequent.
+
+    Refreshes when the set of fwmarks asked for changes or after max_age seconds; a failed
+    refresh keeps the last good map and records the error in last_error.
+    """
+
+    def __init__(self, namespace_path: str, max_age: float = 60.0,
+                 reader: Callable[[str], str] = read_mangle_rules,
+                 clock: Callable[[], float] = time.monotonic) -> None:
+        self.namespace_path = namespace_path
+        self.max_age = max_age
+        self._reader = reader
+        self._clock = clock
+        self._lock = threading.Lock()
+        self._map: dict[int, list[PublishedPort]] = {}
+        self._asked: frozenset[int] | None = None
+        self._read_at = 0.0
+        self.last_error: str | None = None
+
+    def lookup(self, fwmarks: Iterable[int]) -> dict[int, list[PublishedPort]]:
+        """Ports of each asked fwmark that has any; never raises (an empty set reads nothing)."""
+        wanted = frozenset(fwmarks)
+        if not wanted:
+            return {}
+        with self._lock:
+            now = self._clock()
+            if wanted != self._asked or now - self._read_at >= self.max_age:
+                self._refresh(wanted, now)
+            return {mark: list(self._map[mark]) for mark in sorted(wanted) if mark in self._map}
+
+    def _refresh(self, wanted: frozenset[int], now: float) -> None:
+        """Re-read the rules; on failure keep the old map and remember why (lock held)."""
+        try:
+            self._map = parse_mangle_rules(self._reader(self.namespace_path))
+        except Exception as exc:  # a scrape must never fail because of port labels
+            message = str(exc) or type(exc).__name__
+            if message != self.last_error:
+                log.warning("published ports unavailable: %s", message)
+            self.last_error = message
+        else:
+            self.last_error = None
+        self._asked = wanted
+        self._read_at = now

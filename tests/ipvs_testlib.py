@@ -1,0 +1,255 @@
+"""Helpers shared by the kernel, swarm and demo tests: run the installed exporter as a
+user would, scrape it over loopback HTTP, and read the truth from ipvsadm."""
+from __future__ import annotations
+
+import os
+import re
+import shutil
+import socket
+import subprocess
+import sys
+import time
+import urllib.request
+from contextlib import contextmanager
+from dataclasses import dataclass, field
+
+from prometheus_client.parser import text_string_to_metric_families
+
+SEED_SERVICE_METRICS = ("ipvs_connections_total", "ipvs_bytes_in_total", "ipvs_bytes_out_total",
+                        "ipvs_destination_total")
+SEED_DEST_METRICS = ("ipvs_destination_connections_total", "ipvs_destination_bytes_in_total",
+                     "ipvs_destination_bytes_out_total", "ipvs_destination_active_connections_total",
+                     "ipvs_destination_inactive_connections_total")
+
+
+def sh(*args: str, ns: str | None = None, check: bool = True, input: str | None = None) -> str:
+    """Run a command (inside `ip netns exec ns` when ns is given) and return its stdout."""
+    cmd = (["ip", "netns", "exec", ns] if ns else []) + list(args)
+    res = subprocess.run(cmd, capture_output=True, text=True, input=input, timeout=60)
+    if check and res.returncode != 0:
+        raise AssertionError(f"{' '.join(cmd)} failed ({res.returncode}): {res.stderr.strip()}")
+    return res.stdout
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def exporter_command() -> str:
+    """The installed console script, as a user runs it."""
+    beside = os.path.join(os.path.dirname(sys.executable), "ingress_ipvs_exporter")
+    exe = shutil.which("ingress_ipvs_exporter") or (beside if os.access(beside, os.X_OK) else None)
+    assert exe, "ingress_ipvs_exporter is not installed on PATH (make venv)"
+    return exe
+
+
+@contextmanager
+def running_exporter(*args: str, timeout: float = 60.0):
+    """Start the exporter on a free loopback port; yield (metrics URL, process)."""
+    port = free_port()
+    log = open(f"/tmp/exporter-{port}.log", "w+")
+    proc = subprocess.Popen([exporter_command(), "--listen-address", f"127.0.0.1:{port}", *args],
+                            stdout=log, stderr=subprocess.STDOUT)
+    url = f"http://127.0.0.1:{port}/metrics"
+    try:
+        deadline = time.monotonic() + timeout
+        while True:
+            if proc.poll() is not None:
+                log.seek(0)
+                raise AssertionError(f"exporter exited with {proc.returncode}: {log.read()}")
+            try:
+                urllib.request.urlopen(f"http://127.0.0.1:{port}/", timeout=5).read()
+                break
+            except OSError:
+                if time.monotonic() > deadline:
+                    raise AssertionError("exporter did not answer within %ss" % timeout)
+                time.sleep(0.2)
+        yield url, proc
+    finally:
+        proc.terminate()
+        try:
+            proc.wait(10)
+        except subprocess.TimeoutExpired:
+            proc.kill()
+        log.close()
+
+
+def scrape(url: str) -> dict[tuple[str, frozenset], float]:
+    """GET the exposition and index every sample by (name, labels)."""
+    text = urllib.request.urlopen(url, timeout=60).read().decode()
+    out = {}
+    for fam in text_string_to_metric_families(text):
+        for s in fam.samples:
+            out[(s.name, frozenset(s.labels.items()))] = s.value
+    return out
+
+
+def samples(scraped: dict, name: str) -> dict[frozenset, float]:
+    return {labels: v for (n, labels), v in scraped.items() if n == name}
+
+
+# ---- ipvsadm, the reference -------------------------------------------------------
+
+
+@dataclass
+class AdmDest:
+    address: str
+    port: int
+    forward: str = ""
+    weight: int = 0
+    active: int = 0
+    inactive: int = 0
+    conns: int = 0
+    inpkts: int = 0
+    outpkts: int = 0
+    inbytes: int = 0
+    outbytes: int = 0
+
+
+@dataclass
+class AdmService:
+    kind: str  # FWM, TCP, UDP, SCTP
+    key: str  # fwmark or address:port as ipvsadm prints it
+    scheduler: str = ""
+    flags: str = ""
+    conns: int = 0
+    inpkts: int = 0
+    outpkts: int = 0
+    inbytes: int = 0
+    outbytes: int = 0
+    dests: dict = field(default_factory=dict)  # (address, port) -> AdmDest
+
+    @property
+    def fwmark(self) -> int:
+        return int(self.key) if self.kind == "FWM" else 0
+
+
+def _split_hostport(text: str) -> tuple[str, int]:
+    host, _, port = text.rpartition(":")
+    return host.strip("[]"), int(port)
+
+
+_SVC = re.compile(r"^(TCP|UDP|SCTP|FWM)\s+(\S+)( IPv6)?\s*(.*)$")
+_DST = re.compile(r"^\s+->\s+(\S+)\s+(.*)$")
+
+
+def _key(m: re.Match) -> str:
+    """'FWM 256', 'FWM 256 IPv6' (an IPv6 fwmark service), 'TCP 10.0.0.1:80', 'TCP [2001:db8::1]:80'."""
+    return f"{m.group(1)} {m.group(2)}{m.group(3) or ''}"
+
+
+def ipvsadm(ns_path: str | None = None) -> dict[str, AdmService]:
+    """`ipvsadm -Ln --exact` (weights, active/inactive) merged with `--stats --exact`,
+    keyed 'FWM 256' / 'TCP 10.0.0.1:80'. ns_path: run inside that namespace."""
+    pre = ["nsenter", f"--net={ns_path}"] if ns_path else []
+
+    def run(*extra):
+        return subprocess.run([*pre, "ipvsadm", "-Ln", "--exact", *extra], check=True,
+                              capture_output=True, text=True, timeout=60).stdout
+
+    services: dict[str, AdmService] = {}
+    cur = None
+    for line in run().splitlines():
+        if m := _SVC.match(line):
+            parts = m.group(4).split()
+            cur = services[_key(m)] = AdmService(
+                m.group(1), m.group(2), parts[0] if parts else "", " ".join(parts[1:]))
+        elif (m := _DST.match(line)) and cur is not None and m.group(1) != "RemoteAddress:Port":
+            addr, port = _split_hostport(m.group(1))
+            fwd, weight, act, inact = m.group(2).split()[:4]
+            cur.dests[(addr, port)] = AdmDest(addr, port, fwd, int(weight), int(act), int(inact))
+    cur = None
+    for line in run("--stats").splitlines():
+        if m := _SVC.match(line):
+            cur = services.get(_key(m))
+            if cur:
+                cur.conns, cur.inpkts, cur.outpkts, cur.inbytes, cur.outbytes = map(int, m.group(4).split()[:5])
+        elif (m := _DST.match(line)) and cur is not None and m.group(1) != "RemoteAddress:Port":
+            d = cur.dests.get(_split_hostport(m.group(1)))
+            if d:
+                d.conns, d.inpkts, d.outpkts, d.inbytes, d.outbytes = map(int, m.group(2).split()[:5])
+    return services
+
+
+def stable_ipvsadm(ns_path: str | None, settle: float = 4.0, tries: int = 5) -> dict[str, AdmService]:
+    """ipvsadm once the kernel's estimator has caught up: two reads `settle` s apart agree."""
+    prev = ipvsadm(ns_path)
+    for _ in range(tries):
+        time.sleep(settle)
+        now = ipvsadm(ns_path)
+        if now == prev:
+            return now
+        prev = now
+    raise AssertionError("IPVS counters kept changing; is traffic still flowing?")
+
+
+def assert_seed_samples_match(scraped: dict, adm: dict[str, AdmService], namespace: str,
+                              ports: dict[int, str]) -> None:
+    """Every seed sample equals ipvsadm: per fwmark service and per destination.
+    ports: fwmark -> expected port label."""
+    fwm = {s.fwmark: s for s in adm.values() if s.kind == "FWM"}
+    assert scraped[("ipvs_services_total", frozenset({("namespace", namespace)}))] == len(adm)
+    for mark, s in fwm.items():
+        base = {("namespace", namespace), ("fwmark", str(mark)), ("port", ports.get(mark, ""))}
+        want = {"ipvs_connections_total": s.conns, "ipvs_bytes_in_total": s.inbytes,
+                "ipvs_bytes_out_total": s.outbytes, "ipvs_destination_total": len(s.dests)}
+        for name, value in want.items():
+            got = scraped.get((name, frozenset(base)))
+            assert got == value, f"{name} fwmark={mark}: exporter {got}, ipvsadm {value}"
+        for (addr, _), d in s.dests.items():
+            labels = frozenset(base | {("address", addr)})
+            want = {"ipvs_destination_connections_total": d.conns, "ipvs_destination_bytes_in_total": d.inbytes,
+                    "ipvs_destination_bytes_out_total": d.outbytes,
+                    "ipvs_destination_active_connections_total": d.active,
+                    "ipvs_destination_inactive_connections_total": d.inactive}
+            for name, value in want.items():
+                got = scraped.get((name, labels))
+                assert got == value, f"{name} fwmark={mark} address={addr}: exporter {got}, ipvsadm {value}"
+    # and nothing beyond what ipvsadm shows
+    n_dst = sum(len(s.dests) for s in fwm.values())
+    for name in SEED_DEST_METRICS:
+        assert len(samples(scraped, name)) == n_dst, name
+    for name in SEED_SERVICE_METRICS:
+        assert len(samples(scraped, name)) == len(fwm), name
+
+
+def in_vm() -> bool:
+    return os.environ.get("IN_IPVS_VM") == "1"
+
+
+# ---- snapshots made by hand, for unit tests ------------------------------------------
+
+
+def make_snapshot(services) -> "Snapshot":
+    """The flat-column Snapshot the shim would produce for these Service tuples."""
+    from ingress_ipvs_exporter.ipvs import ADDR_LEN, NAME_LEN, Snapshot, lib
+
+    def pack(af, address):
+        return socket.inet_pton(af, address).ljust(ADDR_LEN, b"\0") if address else bytes(ADDR_LEN)
+
+    svc_u32, svc_stats, svc_addr, svc_sched = [], [], b"", b""
+    dst_u32, dst_stats, dst_addr = [], [], b""
+    for i, s in enumerate(services):
+        row = [0] * lib.IPVS_SVC_NCOLS
+        row[lib.IPVS_SVC_AF], row[lib.IPVS_SVC_PROTOCOL], row[lib.IPVS_SVC_PORT] = s.af, s.protocol, s.port
+        row[lib.IPVS_SVC_FWMARK], row[lib.IPVS_SVC_FLAGS] = s.fwmark, s.flags
+        row[lib.IPVS_SVC_TIMEOUT], row[lib.IPVS_SVC_NETMASK] = s.timeout, s.netmask
+        row[lib.IPVS_SVC_DEST_FIRST], row[lib.IPVS_SVC_DEST_COUNT] = len(dst_u32) // lib.IPVS_DST_NCOLS, len(s.destinations)
+        svc_u32 += row
+        svc_stats += list(s.stats)
+        svc_addr += pack(s.af, s.address)
+        svc_sched += s.scheduler.encode().ljust(NAME_LEN, b"\0")
+        for d in s.destinations:
+            r = [0] * lib.IPVS_DST_NCOLS
+            r[lib.IPVS_DST_SVC], r[lib.IPVS_DST_AF], r[lib.IPVS_DST_PORT], r[lib.IPVS_DST_FWD] = i, d.af, d.port, d.fwd_method
+            r[lib.IPVS_DST_WEIGHT] = d.weight & 0xFFFFFFFF
+            r[lib.IPVS_DST_U_THRESH], r[lib.IPVS_DST_L_THRESH] = d.u_threshold, d.l_threshold
+            r[lib.IPVS_DST_ACTIVE], r[lib.IPVS_DST_INACTIVE] = d.active_conns, d.inactive_conns
+            r[lib.IPVS_DST_PERSIST] = d.persist_conns
+            dst_u32 += r
+            dst_stats += list(d.stats)
+            dst_addr += pack(d.af, d.address)
+    return Snapshot(len(services), len(dst_u32) // lib.IPVS_DST_NCOLS, svc_u32, svc_stats, svc_addr, svc_sched,
+                    dst_u32, dst_stats, dst_addr)

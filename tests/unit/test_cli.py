@@ -1,0 +1,88 @@
+"""CLI parsing and usage (no kernel): the seed's flags, defaults and one-line errors."""
+from __future__ import annotations
+
+import subprocess
+import sys
+
+import pytest
+
+from ingress_ipvs_exporter.cli import parse_listen_address
+
+
+def run(*args):
+    return subprocess.run([sys.executable, "-m", "ingress_ipvs_exporter.cli", *args],
+                          capture_output=True, text=True, timeout=60)
+
+
+def test_help_shows_the_seed_usage():
+    for flag in ("--help", "-h"):
+        res = run(flag)
+        assert res.returncode == 0
+        out = res.stdout
+        assert out.startswith("Usage: ingress_ipvs_exporter")
+        for line in ("[--listen-address LISTEN-ADDRESS]", "[--telemetry-path TELEMETRY-PATH]",
+                     "[--namespace-path NAMESPACE-PATH]", "address to set the http server to listen to",
+                     "[default: :9100]", "endpoint to receive scrape requests from prometheus",
+                     "[default: /metrics]", "absolute path to the network namespace where ipv is configured",
+                     "[default: /var/run/docker/netns/ingress_sbox]", "--help, -h             display this help and exit"):
+            assert line in out, line
+
+
+@pytest.mark.parametrize("value,expected", [
+    (":9100", ("", 9100)), ("127.0.0.1:9100", ("127.0.0.1", 9100)), ("[::1]:80", ("::1", 80)),
+    ("localhost:0", ("localhost", 0)),
+])
+def test_listen_address_forms(value, expected):
+    assert parse_listen_address(value) == expected
+
+
+@pytest.mark.parametrize("args,needle", [
+    (["--listen-address", "9100"], "--listen-address"),
+    (["--listen-address", ":99999"], "--listen-address"),
+    (["--listen-address", "::1:80"], "brackets"),
+    (["--telemetry-path", "metrics"], "--telemetry-path"),
+    (["--no-such-flag"], "--no-such-flag"),
+])
+def test_usage_errors_are_one_line_and_exit_2(args, needle):
+    res = run(*args)
+    assert res.returncode == 2
+    lines = res.stderr.strip().splitlines()
+    assert len(lines) == 1 and needle in lines[0] and "Traceback" not in res.stderr, res.stderr
+
+
+def test_port_in_use_is_one_line_and_exit_1():
+    import socket
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        s.listen()
+        port = s.getsockname()[1]
+        res = run("--listen-address", f"127.0.0.1:{port}", "--namespace-path", "/nonexistent")
+    assert res.returncode == 1
+    errors = [l for l in res.stderr.splitlines() if "level=error" in l]
+    assert len(errors) == 1 and "cannot listen on" in errors[0] and "--listen-address" in errors[0]
+    assert "Traceback" not in res.stderr
+
+
+def test_version():
+    res = run("--version")
+    assert res.returncode == 0 and res.stdout.startswith("ingress_ipvs_exporter ")
+
+
+def test_serves_only_the_telemetry_path_over_http():
+    import urllib.error
+    import urllib.request
+
+    from ipvs_testlib import running_exporter, scrape
+    with running_exporter("--namespace-path", "/nonexistent/ns", "--telemetry-path", "/ipvs") as (url, proc):
+        base = url.rsplit("/", 1)[0]
+        scraped = scrape(base + "/ipvs")
+        assert scraped[("ipvs_up", frozenset())] == 0
+        assert b'href="/ipvs"' in urllib.request.urlopen(base + "/").read()
+        with pytest.raises(urllib.error.HTTPError) as e:
+            urllib.request.urlopen(base + "/metrics")
+        assert e.value.code == 404
+        req = urllib.request.Request(base + "/ipvs", headers={"Accept": "application/openmetrics-text; version=1.0.0"})
+        with urllib.request.urlopen(req) as r:
+            assert r.headers["Content-Type"].startswith("application/openmetrics-text")
+            assert r.read().decode().rstrip().endswith("# EOF")
+        assert proc.poll() is None

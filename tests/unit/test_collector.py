@@ -1,0 +1,120 @@
+"""Collector logic on injected snapshots (no kernel): names, help, types, labels, values."""
+from __future__ import annotations
+
+import socket
+
+from prometheus_client import CollectorRegistry, generate_latest
+from prometheus_client.parser import text_string_to_metric_families
+
+from ingress_ipvs_exporter.collector import METRICS, IPVSCollector
+from ingress_ipvs_exporter.ipvs import Destination, NamespaceNotFound, Service, Stats
+from ingress_ipvs_exporter.portmap import PublishedPort
+from ipvs_testlib import make_snapshot
+
+NS = "/var/run/docker/netns/ingress_sbox"
+
+# The seed README's metric list: name -> help, verbatim.
+SEED_HELP = {
+    "ipvs_bytes_in_total": "The total number of incoming bytes a virtual server",
+    "ipvs_bytes_out_total": "The total number of outgoing bytes from a virtual server",
+    "ipvs_connections_total": "The total number of connections made to a virtual server",
+    "ipvs_destination_active_connections_total": "The total number of connections established to a destination server",
+    "ipvs_destination_bytes_in_total": "The total number of incoming bytes to a real server",
+    "ipvs_destination_bytes_out_total": "The total number of outgoing bytes to a real server",
+    "ipvs_destination_connections_total": "The total number connections ever established to a destination",
+    "ipvs_destination_inactive_connections_total": "The total number of connections inactive but established to a destination server",
+    "ipvs_destination_total": "The total number of real servers that are destinations to the service",
+    "ipvs_services_total": "The total number of services registered in ipvs",
+}
+
+
+def stats(conns=0, inbytes=0, outbytes=0):
+    return Stats(conns, 1, 2, inbytes, outbytes, 3, 4, 5, 6, 7)
+
+
+def dest(addr, conns=0, inb=0, outb=0, active=0, inactive=0, af=socket.AF_INET):
+    return Destination(af, addr, 0, 0, 1, 0, 0, active, inactive, 0, stats(conns, inb, outb))
+
+
+def fwm(mark, *dests, conns=0, inb=0, outb=0):
+    return Service(socket.AF_INET, 0, "", 0, mark, "rr", 2, 0, 0xFFFFFFFF, stats(conns, inb, outb), tuple(dests))
+
+
+SEED_EXAMPLE = [
+    fwm(260, dest("10.255.0.12", 10, 4510, 11190, 0, 10), conns=10, inb=4510, outb=11190),
+    fwm(261, dest("10.255.0.14"), dest("10.255.0.15")),
+    fwm(262),
+]
+PORTS = {260: [PublishedPort("tcp", 30000)], 261: [PublishedPort("tcp", 30002), PublishedPort("udp", 30001)]}
+
+
+def render(services, ports=PORTS, ns=NS) -> str:
+    reg = CollectorRegistry()
+    reg.register(IPVSCollector(ns, lambda: make_snapshot(services), lambda marks: {m: ports[m] for m in marks if m in ports}))
+    return generate_latest(reg).decode()
+
+
+def test_seed_names_help_and_types():
+    fams = {f.name: f for f in text_string_to_metric_families(render(SEED_EXAMPLE))}
+    kinds = {d.name: d.kind for d in METRICS}
+    assert set(kinds) == set(SEED_HELP)
+    for name, help_text in SEED_HELP.items():
+        # the parser names a counter family without its _total suffix
+        fam = fams[name[:-len("_total")]] if kinds[name] == "counter" else fams[name]
+        assert (fam.type, fam.documentation) == (kinds[name], help_text)
+    assert "# HELP ipvs_connections_total The total number of connections made to a virtual server" \
+        in render(SEED_EXAMPLE).splitlines()
+
+
+def test_seed_example_lines_appear_verbatim():
+    text = render(SEED_EXAMPLE)
+    for line in (
+        'ipvs_bytes_in_total{fwmark="260",namespace="/var/run/docker/netns/ingress_sbox",port="30000"} 4510.0',
+        'ipvs_connections_total{fwmark="260",namespace="/var/run/docker/netns/ingress_sbox",port="30000"} 10.0',
+        'ipvs_destination_inactive_connections_total{address="10.255.0.12",fwmark="260",namespace="/var/run/docker/netns/ingress_sbox",port="30000"} 10.0',
+        'ipvs_destination_total{fwmark="260",namespace="/var/run/docker/netns/ingress_sbox",port="30000"} 1.0',
+        'ipvs_services_total{namespace="/var/run/docker/netns/ingress_sbox"} 3.0',
+        "# TYPE ipvs_connections_total counter",
+        "# TYPE ipvs_destination_active_connections_total gauge",
+    ):
+        assert line in text.splitlines(), line
+
+
+def test_port_is_lowest_published_port_and_empty_without_rule():
+    text = render(SEED_EXAMPLE)
+    assert 'ipvs_destination_total{fwmark="261",namespace="%s",port="30001"} 2.0' % NS in text
+    assert 'ipvs_destination_total{fwmark="262",namespace="%s",port=""} 0.0' % NS in text
+
+
+def test_large_counters_are_not_truncated_to_32_bits():
+    big = 2 ** 40 + 3
+    text = render([fwm(300, dest("10.0.0.1", big, big, big), conns=big, inb=big, outb=big)])
+    fams = {f.name: f for f in text_string_to_metric_families(text)}
+    assert fams["ipvs_bytes_in"].samples[0].value == big
+
+
+def test_address_port_services_use_their_own_port_and_ipv6_addresses():
+    svc = Service(socket.AF_INET6, socket.IPPROTO_TCP, "2001:db8::1", 443, 0, "rr", 0, 0, 128, stats(5),
+                  (dest("2001:db8::10", 5, af=socket.AF_INET6),))
+    text = render([svc])
+    assert 'ipvs_connections_total{fwmark="0",namespace="%s",port="443"} 5.0' % NS in text
+    assert 'address="2001:db8::10"' in text
+
+
+def test_failed_read_gives_up_0_and_no_ipvs_series(caplog):
+    def broken():
+        raise NamespaceNotFound(2, "network namespace /x does not exist (yet)")
+    reg = CollectorRegistry()
+    reg.register(IPVSCollector("/x", broken, lambda m: {}))
+    for _ in range(3):
+        text = generate_latest(reg).decode()
+    assert "ipvs_up 0.0" in text
+    assert "ipvs_services_total{" not in text
+    assert [r.getMessage() for r in caplog.records] == ["network namespace /x does not exist (yet)"]
+
+
+def test_registering_does_no_io():
+    calls = []
+    reg = CollectorRegistry()
+    reg.register(IPVSCollector(NS, lambda: calls.append(1), lambda m: {}))
+    assert calls == []
