@@ -222,7 +222,7 @@ def in_vm() -> bool:
 # ---- snapshots made by hand, for unit tests ------------------------------------------
 
 
-def make_snapshot(services) -> "Snapshot":
+def make_snapshot(services):
     """The flat-column Snapshot the shim would produce for these Service tuples."""
     from ingress_ipvs_exporter.ipvs import ADDR_LEN, NAME_LEN, Snapshot, lib
 

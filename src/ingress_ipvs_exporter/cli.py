@@ -17,11 +17,12 @@ from typing import Optional
 from wsgiref.simple_server import WSGIRequestHandler, WSGIServer, make_server
 
 import typer
-from prometheus_client import CollectorRegistry, ProcessCollector, make_wsgi_app
+from prometheus_client import ProcessCollector
 
 from . import __version__
-from .collector import IPVSCollector
-from .ipvs import Handle, IPVSError, NamespaceNotFound
+from .collector import DEST_LABEL_CHOICES, IPVSCollector, Options
+from .exposition import MetricsApp
+from .ipvs import Handle, IPVSError, NamespaceNotFound, NotANamespace
 from .portmap import PortMap
 
 PROG = "ingress_ipvs_exporter"
@@ -44,6 +45,18 @@ def parse_listen_address(value: str) -> tuple[str, int]:
         raise typer.BadParameter(f"'{value}': put an IPv6 host in brackets, e.g. '[::1]:9100'",
                                  param_hint="--listen-address")
     return host, int(port)
+
+
+def parse_destination_labels(value: str) -> Options:
+    """'address,destination_port' (default), one of them, or 'none' (no per-destination series)."""
+    names = tuple(n.strip() for n in value.split(",") if n.strip())
+    if names in ((), ("none",)):
+        return Options(destination_labels=(), per_destination=False)
+    bad = [n for n in names if n not in DEST_LABEL_CHOICES]
+    if bad:
+        raise typer.BadParameter(f"unknown label '{bad[0]}': use a comma list of {', '.join(DEST_LABEL_CHOICES)}, "
+                                 "or 'none'", param_hint="--destination-labels")
+    return Options(destination_labels=names)
 
 
 def check_telemetry_path(value: str) -> str:
@@ -117,9 +130,8 @@ class _QuietHandler(WSGIRequestHandler):
         log.debug("%s %s", self.address_string(), format % args)
 
 
-def make_app(registry: CollectorRegistry, telemetry_path: str):
-    """WSGI app: the exposition at telemetry_path, a small landing page at /, 404 elsewhere."""
-    metrics = make_wsgi_app(registry)
+def make_app(metrics, telemetry_path: str):
+    """WSGI app: `metrics` at telemetry_path, a small landing page at /, 404 elsewhere."""
     landing = (f"<html><head><title>{PROG}</title></head><body><h1>{PROG}</h1>"
                f'<p><a href="{telemetry_path}">Metrics</a></p></body></html>').encode()
 
@@ -197,6 +209,9 @@ def run(
                                        help="endpoint to receive scrape requests from prometheus"),
     namespace_path: str = typer.Option("/var/run/docker/netns/ingress_sbox", "--namespace-path",
                                        help="absolute path to the network namespace where ipv is configured"),
+    destination_labels: str = typer.Option(
+        ",".join(DEST_LABEL_CHOICES), "--destination-labels",
+        help="labels kept on per-destination series, summing series that merge; 'none' drops them"),
     log_level: str = typer.Option("info", "--log-level", callback=_one_of("debug", "info", "warning", "error"),
                                   help="log messages at this level and above: debug, info, warning, error"),
     log_format: str = typer.Option("logfmt", "--log-format", callback=_one_of("logfmt", "json"),
@@ -206,17 +221,23 @@ def run(
 ) -> None:
     host, port = parse_listen_address(listen_address)
     check_telemetry_path(telemetry_path)
+    options = parse_destination_labels(destination_labels)
     setup_logging(log_level, log_format)
 
     handle = Handle(namespace_path)
     ports = PortMap(namespace_path)
-    collector = IPVSCollector(namespace_path, handle.snapshot, ports.lookup)
-    registry = CollectorRegistry()
-    registry.register(collector)
-    ProcessCollector(registry=registry)
+    collector = IPVSCollector(namespace_path, handle.snapshot, ports.lookup, options, info=handle.info)
+    metrics = MetricsApp(collector, others=[ProcessCollector(registry=None)])
+    try:
+        collector.check()
+        startup_error = None
+    except NotANamespace as e:
+        raise typer.BadParameter(e.strerror, param_hint="--namespace-path")
+    except IPVSError as e:
+        startup_error = e
 
     try:
-        server = serve(host, port, make_app(registry, telemetry_path))
+        server = serve(host, port, make_app(metrics, telemetry_path))
     except OSError as e:
         log.error("cannot listen on %s: %s (is another exporter on that port? set --listen-address)",
                   listen_address, e.strerror or e)
@@ -224,12 +245,10 @@ def run(
 
     log.info("%s %s listening on %s, telemetry path %s, namespace %s", PROG, __version__,
              listen_address, telemetry_path, namespace_path or "(current)")
-    try:
-        collector.check()
-    except IPVSError as e:
+    if startup_error is not None:
         hint = " No swarm here? 'make demo' in the source tree shows it on a real one." \
-            if isinstance(e, NamespaceNotFound) else ""
-        log.warning("%s. Serving ipvs_up 0 until IPVS is readable.%s", e.strerror, hint)
+            if isinstance(startup_error, NamespaceNotFound) else ""
+        log.warning("%s. Serving ipvs_up 0 until IPVS is readable.%s", startup_error.strerror, hint)
     try:
         server.serve_forever()
     except KeyboardInterrupt:

@@ -33,7 +33,7 @@ def test_scrape_equals_ipvsadm_in_a_swarm_like_namespace(backend):
             {("namespace", lab.ns_path), ("fwmark", "256"), ("port", "30000")}))] == 10
         assert before["FWM 256"].inbytes > 0 and before["FWM 256"].outbytes > 0
         assert_seed_samples_match(scraped, before, lab.ns_path, expected_ports)
-        assert scraped[("ipvs_up", frozenset())] == 1
+        assert scraped[("ipvs_up", frozenset({("namespace", lab.ns_path)}))] == 1
 
 
 def _service(snap, **match):
@@ -113,14 +113,154 @@ def test_exporter_serves_up_0_without_namespace_then_recovers(netns):
     missing = f"/run/netns/{name}-later"
     with running_exporter("--namespace-path", missing) as (url, _):
         first = scrape(url)
-        assert first[("ipvs_up", frozenset())] == 0
+        assert first[("ipvs_up", frozenset({("namespace", missing)}))] == 0
         assert not samples(first, "ipvs_services_total")
         # the namespace appears (a node joins a swarm): picked up without a restart
         sh("ip", "netns", "add", f"{name}-later")
         try:
             sh("ipvsadm", "-A", "-f", "256", "-s", "rr", ns=f"{name}-later")
             after = scrape(url)
-            assert after[("ipvs_up", frozenset())] == 1
+            assert after[("ipvs_up", frozenset({("namespace", missing)}))] == 1
             assert after[("ipvs_services_total", frozenset({("namespace", missing)}))] == 1
         finally:
             sh("ip", "netns", "del", f"{name}-later", check=False)
+
+
+def _full_labels(ns: str, family: str, fwmark: int, port: str, protocol: str, vip: str) -> set:
+    return {("namespace", ns), ("family", family), ("fwmark", str(fwmark)), ("port", port),
+            ("protocol", protocol), ("vip", vip)}
+
+
+def test_full_families_match_ipvsadm_for_every_kind_of_service(netns):
+    name, path = netns
+    for cmd in (
+        "-A -t 10.1.2.3:80 -s wlc", "-a -t 10.1.2.3:80 -r 10.1.2.10:8080 -m -w 3",
+        "-a -t 10.1.2.3:80 -r 10.1.2.10:8081 -m -w 0",  # same IP, another port: distinct series
+        "-A -u 10.1.2.3:80 -s rr", "-a -u 10.1.2.3:80 -r 10.1.2.20:80 -m",  # same VIP:port, udp
+        "-A --sctp-service 10.1.2.3:80 -s rr", "-a --sctp-service 10.1.2.3:80 -r 10.1.2.30:80 -m",
+        "-A -t [2001:db8::1]:80 -s rr", "-a -t [2001:db8::1]:80 -r 10.1.2.40 -i",  # IPv4 server, IPv6 VIP
+        "-a -t [2001:db8::1]:80 -r [2001:db8::40]:80 -m -w 5",
+        "-A -f 256 -s rr", "-a -f 256 -r 10.1.2.50:0 -m",
+        "-A -f 256 -6 -s rr", "-a -f 256 -6 -r [2001:db8::50]:0 -m",  # same mark, IPv6
+    ):
+        sh("ipvsadm", *cmd.split(), ns=name)
+    adm = ipvsadm(path)
+    with running_exporter("--namespace-path", path) as (url, _):
+        scraped = scrape(url)
+    kinds = {"TCP": "tcp", "UDP": "udp", "SCTP": "sctp"}
+    for key, s in adm.items():
+        if s.kind == "FWM":
+            family = "ipv6" if key.endswith("IPv6") else "ipv4"
+            labels = _full_labels(path, family, s.fwmark, "", "", "")
+        else:
+            vip, port = s.key.rsplit(":", 1)
+            labels = _full_labels(path, "ipv6" if vip.startswith("[") else "ipv4", 0, port, kinds[s.kind], vip.strip("[]"))
+        for metric, want in (("ipvs_service_connections_total", s.conns), ("ipvs_service_packets_in_total", s.inpkts),
+                             ("ipvs_service_bytes_out_total", s.outbytes), ("ipvs_service_destinations", len(s.dests))):
+            assert scraped[(metric, frozenset(labels))] == want, (key, metric)
+        sched = [l for (n, l) in scraped if n == "ipvs_service_info" and labels <= set(l)]
+        assert len(sched) == 1 and ("scheduler", s.scheduler) in sched[0], key
+        for (addr, dport), d in s.dests.items():
+            dl = frozenset(labels | {("address", addr), ("destination_port", str(dport))})
+            assert scraped[("ipvs_backend_weight", dl)] == d.weight, (key, addr, dport)
+            assert scraped[("ipvs_backend_active_connections", dl)] == d.active
+            assert scraped[("ipvs_backend_connections_total", dl)] == d.conns
+            fwd = {"Masq": "masq", "Tunnel": "tunnel", "Route": "route", "Local": "local"}[d.forward]
+            assert scraped[("ipvs_backend_info", frozenset(dl | {("forwarding", fwd)}))] == 1
+    assert len(samples(scraped, "ipvs_service_info")) == len(adm) == 6
+    assert len(samples(scraped, "ipvs_backend_weight")) == sum(len(s.dests) for s in adm.values()) == 8
+    version = [l for (n, l) in scraped if n == "ipvs_version_info"]
+    assert version and ("version", "1.2.1") in version[0]
+
+
+def test_namespace_recreated_is_reopened_never_stale(netns):
+    name, path = netns
+    sh("ipvsadm", "-A", "-f", "256", "-s", "rr", ns=name)
+    with running_exporter("--namespace-path", path) as (url, _):
+        assert samples(scrape(url), "ipvs_destination_total").keys() == {
+            frozenset({("fwmark", "256"), ("namespace", path), ("port", "")})}
+        # what a docker restart does to ingress_sbox: the same path, a new namespace
+        sh("ip", "netns", "del", name)
+        sh("ip", "netns", "add", name)
+        sh("ipvsadm", "-A", "-f", "300", "-s", "rr", ns=name)
+        after = scrape(url)
+    assert after[("ipvs_up", frozenset({("namespace", path)}))] == 1
+    assert samples(after, "ipvs_destination_total").keys() == {
+        frozenset({("fwmark", "300"), ("namespace", path), ("port", "")})}
+
+
+def test_concurrent_scrapes_all_succeed_and_are_consistent(netns):
+    import concurrent.futures
+    name, path = netns
+    rules = "".join(f"-A -f {m} -s rr\n-a -f {m} -r 10.3.{m // 250}.{m % 250 + 1}:0 -m\n" for m in range(1, 101))
+    sh("ipvsadm", "-R", ns=name, input=rules)
+    with running_exporter("--namespace-path", path) as (url, _):
+        with concurrent.futures.ThreadPoolExecutor(20) as pool:
+            results = list(pool.map(lambda _: scrape(url), range(20)))
+    for r in results:
+        assert r[("ipvs_up", frozenset({("namespace", path)}))] == 1
+        assert r[("ipvs_services_total", frozenset({("namespace", path)}))] == 100
+        assert len(samples(r, "ipvs_destination_connections_total")) == 100
+
+
+def test_services_churning_between_dumps_never_fail_a_scrape(netns):
+    import threading
+    import time as _time
+    name, path = netns
+    stop = threading.Event()
+
+    def churn():
+        i = 0
+        while not stop.is_set() and i < 2000:  # bounded
+            m = 1000 + i % 20
+            subprocess_input = f"-A -f {m} -s rr\n-a -f {m} -r 10.4.0.{i % 200 + 1}:0 -m\n-D -f {1000 + (i + 10) % 20}\n"
+            sh("ipvsadm", "-R", ns=name, input=subprocess_input, check=False)
+            i += 1
+
+    t = threading.Thread(target=churn, daemon=True)
+    with running_exporter("--namespace-path", path) as (url, _):
+        t.start()
+        try:
+            deadline = _time.monotonic() + 20
+            n = 0
+            while _time.monotonic() < deadline and n < 40:
+                r = scrape(url)
+                assert r[("ipvs_up", frozenset({("namespace", path)}))] == 1, "a scrape failed during churn"
+                n += 1
+        finally:
+            stop.set()
+            t.join(30)
+    assert n >= 5
+
+
+def test_ipvs_missing_from_the_kernel_reports_up_0_with_reason(netns):
+    """Unload ip_vs (no services anywhere at this point), scrape, load it back.
+
+    The kernel autoloads ip_vs on the first request for the IPVS genetlink family (as it
+    does for ipvsadm), so loading is blocked with an install rule while the test runs."""
+    import pathlib
+    import time as _time
+    name, path = netns
+    block = pathlib.Path("/etc/modprobe.d/zz-test-block-ip_vs.conf")  # the VM's throw-away overlay
+    block.write_text("install ip_vs /bin/false\n")
+    sh("ipvsadm", "-C")
+
+    def loaded() -> list[str]:
+        with open("/proc/modules") as f:
+            return sorted((line.split()[0] for line in f if line.startswith("ip_vs")), key=lambda m: m == "ip_vs")
+
+    for _ in range(20):  # namespaces deleted by earlier tests release IPVS asynchronously
+        mods = loaded()
+        if not mods:
+            break
+        sh("modprobe", "-r", "-a", *mods, check=False)
+        _time.sleep(0.5)
+    try:
+        assert not loaded(), "could not unload ip_vs: " + ", ".join(loaded())
+        with running_exporter("--namespace-path", path) as (url, _):
+            r = scrape(url)
+        assert r[("ipvs_up", frozenset({("namespace", path)}))] == 0
+        assert r[("ipvs_scrape_errors_total", frozenset({("namespace", path), ("reason", "ipvs_unavailable")}))] >= 1
+    finally:
+        block.unlink()
+        sh("modprobe", "-a", "ip_vs", "ip_vs_rr", "ip_vs_wrr", "ip_vs_sh", "ip_vs_wlc", check=False)

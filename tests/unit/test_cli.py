@@ -76,7 +76,7 @@ def test_serves_only_the_telemetry_path_over_http():
     with running_exporter("--namespace-path", "/nonexistent/ns", "--telemetry-path", "/ipvs") as (url, proc):
         base = url.rsplit("/", 1)[0]
         scraped = scrape(base + "/ipvs")
-        assert scraped[("ipvs_up", frozenset())] == 0
+        assert scraped[("ipvs_up", frozenset({("namespace", "/nonexistent/ns")}))] == 0
         assert b'href="/ipvs"' in urllib.request.urlopen(base + "/").read()
         with pytest.raises(urllib.error.HTTPError) as e:
             urllib.request.urlopen(base + "/metrics")
@@ -86,3 +86,10 @@ def test_serves_only_the_telemetry_path_over_http():
             assert r.headers["Content-Type"].startswith("application/openmetrics-text")
             assert r.read().decode().rstrip().endswith("# EOF")
         assert proc.poll() is None
+
+
+def test_readme_usage_is_the_real_help():
+    import pathlib
+    readme = (pathlib.Path(__file__).parents[2] / "README.md").read_text()
+    shown = "\n".join(line.rstrip() for line in run("--help").stdout.splitlines())
+    assert shown in readme, "README's usage block differs from --help: regenerate it"

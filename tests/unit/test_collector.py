@@ -57,7 +57,8 @@ def render(services, ports=PORTS, ns=NS) -> str:
 def test_seed_names_help_and_types():
     fams = {f.name: f for f in text_string_to_metric_families(render(SEED_EXAMPLE))}
     kinds = {d.name: d.kind for d in METRICS}
-    assert set(kinds) == set(SEED_HELP)
+    assert set(SEED_HELP) <= set(kinds)
+    assert [d.name for d in METRICS if d.level.startswith("seed") or d.level == "namespace"] == sorted(SEED_HELP)
     for name, help_text in SEED_HELP.items():
         # the parser names a counter family without its _total suffix
         fam = fams[name[:-len("_total")]] if kinds[name] == "counter" else fams[name]
@@ -93,12 +94,55 @@ def test_large_counters_are_not_truncated_to_32_bits():
     assert fams["ipvs_bytes_in"].samples[0].value == big
 
 
-def test_address_port_services_use_their_own_port_and_ipv6_addresses():
+def test_address_port_services_are_in_the_full_families_only():
     svc = Service(socket.AF_INET6, socket.IPPROTO_TCP, "2001:db8::1", 443, 0, "rr", 0, 0, 128, stats(5),
                   (dest("2001:db8::10", 5, af=socket.AF_INET6),))
-    text = render([svc])
-    assert 'ipvs_connections_total{fwmark="0",namespace="%s",port="443"} 5.0' % NS in text
-    assert 'address="2001:db8::10"' in text
+    text = render([svc] + SEED_EXAMPLE[:1])
+    full = 'family="ipv6",fwmark="0",namespace="%s",port="443",protocol="tcp",vip="2001:db8::1"' % NS
+    assert 'ipvs_service_connections_total{%s} 5.0' % full in text
+    assert 'ipvs_backend_connections_total{address="2001:db8::10",destination_port="0",%s} 5.0' % full in text
+    # the seed families stay as the original exporter had them: fwmark services only
+    assert 'ipvs_connections_total{fwmark="0"' not in text
+    assert 'ipvs_services_total{namespace="%s"} 2.0' % NS in text
+    fwm_full = 'family="ipv4",fwmark="260",namespace="%s",port="30000",protocol="",vip=""' % NS
+    assert 'ipvs_service_connections_total{%s} 10.0' % fwm_full in text
+
+
+def test_every_published_port_is_exported_and_info_metrics():
+    text = render(SEED_EXAMPLE)
+    for port, proto in (("30002", "tcp"), ("30001", "udp")):
+        assert 'ipvs_service_published_port_info{fwmark="261",namespace="%s",port="%s",protocol="%s"} 1.0' % (
+            NS, port, proto) in text
+    assert ('ipvs_service_info{family="ipv4",fwmark="260",hashed="true",namespace="%s",one_packet="false",'
+            'persistent="false",port="30000",protocol="",scheduler="rr",vip=""} 1.0' % NS) in text
+    assert ('ipvs_backend_info{address="10.255.0.12",destination_port="0",family="ipv4",forwarding="masq",'
+            'fwmark="260",namespace="%s",port="30000",protocol="",vip=""} 1.0' % NS) in text
+
+
+def test_negative_weight_and_rates():
+    d = Destination(socket.AF_INET, "10.0.0.1", 80, 0, -1, 0, 0, 0, 0, 0, stats(1))
+    text = render([fwm(300, d)])
+    assert 'ipvs_backend_weight{address="10.0.0.1",destination_port="80",' in text
+    assert [l for l in text.splitlines() if l.startswith("ipvs_backend_weight{")][0].endswith(" -1.0")
+    assert [l for l in text.splitlines() if l.startswith("ipvs_backend_bytes_out_per_second{")][0].endswith(" 7.0")
+
+
+def test_cardinality_options_sum_merged_series_or_drop_them():
+    from ingress_ipvs_exporter.collector import Options
+    svc = fwm(270, dest("10.0.0.1", 3, 100, 200), dest("10.0.0.2", 4, 10, 20))
+    reg = CollectorRegistry()
+    reg.register(IPVSCollector(NS, lambda: make_snapshot([svc]), lambda m: {},
+                               Options(destination_labels=("destination_port",))))
+    text = generate_latest(reg).decode()
+    assert 'ipvs_destination_connections_total{fwmark="270",namespace="%s",port=""} 7.0' % NS in text
+    assert 'ipvs_backend_bytes_in_total{destination_port="0",family="ipv4",fwmark="270",namespace="%s",port="",protocol="",vip=""} 110.0' % NS in text
+    assert "address=" not in text
+    reg = CollectorRegistry()
+    reg.register(IPVSCollector(NS, lambda: make_snapshot([svc]), lambda m: {},
+                               Options(destination_labels=(), per_destination=False)))
+    text = generate_latest(reg).decode()
+    assert "ipvs_destination_connections_total{" not in text and "ipvs_backend_" not in text.replace("# ", "")
+    assert 'ipvs_destination_total{fwmark="270",namespace="%s",port=""} 2.0' % NS in text
 
 
 def test_failed_read_gives_up_0_and_no_ipvs_series(caplog):
@@ -108,7 +152,8 @@ def test_failed_read_gives_up_0_and_no_ipvs_series(caplog):
     reg.register(IPVSCollector("/x", broken, lambda m: {}))
     for _ in range(3):
         text = generate_latest(reg).decode()
-    assert "ipvs_up 0.0" in text
+    assert 'ipvs_up{namespace="/x"} 0.0' in text
+    assert 'ipvs_scrape_errors_total{namespace="/x",reason="namespace_missing"} 3.0' in text
     assert "ipvs_services_total{" not in text
     assert [r.getMessage() for r in caplog.records] == ["network namespace /x does not exist (yet)"]
 

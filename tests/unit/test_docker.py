@@ -1,0 +1,472 @@
+"""Unit tests for docker: parsing --docker-host, GET /services against a fake Docker API, the cache."""
+import http.server
+import json
+import logging
+import os
+import socket
+import socketserver
+import tempfile
+import threading
+import time
+
+import pytest
+
+from ingress_ipvs_exporter import docker
+from ingress_ipvs_exporter.docker import (
+    DockerError,
+    DockerServices,
+    SwarmService,
+    fetch_services,
+    parse_docker_host,
+)
+from ingress_ipvs_exporter.portmap import PublishedPort
+
+WEB = SwarmService("kqlmvf2x3ng0ijlkjb0agq8fu", "web")
+DNS = SwarmService("3u3e9hq7b0x2gaqmvp3hxyy8p", "dns")
+
+
+def _port(published, protocol="tcp", mode="ingress", target=80):
+    """One Endpoint.Ports entry as Docker 20.10 returns it."""
+    return {"Protocol": protocol, "TargetPort": target, "PublishedPort": published, "PublishMode": mode}
+
+
+def _service(sid, name, ports, vips=True):
+    """One GET /services item, trimmed to what a real 20.10 daemon returns around the fields we read."""
+    spec_ports = [{k: v for k, v in p.items() if k != "PublishedPort"} for p in ports]
+    item = {
+        "ID": sid,
+        "Version": {"Index": 42},
+        "CreatedAt": "2024-05-01T10:00:00.000000000Z",
+        "UpdatedAt": "2024-05-01T10:00:00.000000000Z",
+        "Spec": {
+            "Name": name,
+            "Labels": {},
+            "TaskTemplate": {"ContainerSpec": {"Image": "swarm-lab/httpd:latest"}, "ForceUpdate": 0},
+            "Mode": {"Replicated": {"Replicas": 1}},
+            "EndpointSpec": {"Mode": "vip", "Ports": spec_ports},
+        },
+        "Endpoint": {"Spec": {"Mode": "vip", "Ports": spec_ports}},
+    }
+    if ports:
+        item["Endpoint"]["Ports"] = ports
+    if vips:
+        item["Endpoint"]["VirtualIPs"] = [{"NetworkID": "ingressnetid", "Addr": "10.0.0.5/24"}]
+    return item
+
+
+SERVICES = [
+    _service(WEB.id, WEB.name, [_port(30000), _port(8080, target=8080)]),
+    _service(DNS.id, DNS.name, [_port(53, "udp", target=53)]),
+    _service("hostmodeid", "agent", [_port(9100, mode="host", target=9100)], vips=False),
+    _service("noportsid", "worker", [], vips=False),
+]
+EXPECTED = {("tcp", 30000): WEB, ("tcp", 8080): WEB, ("udp", 53): DNS}
+
+
+class _Handler(http.server.BaseHTTPRequestHandler):
+    """Answers every GET with the server's (status, body); records the requests it saw."""
+
+    protocol_version = "HTTP/1.1"
+
+    def do_GET(self):  # noqa: N802 (http.server's naming)
+        self.server.requests.append((self.path, self.headers.get("Host")))
+        status, body = self.server.answer
+        data = body if isinstance(body, bytes) else json.dumps(body).encode()
+        self.send_response(status)
+        self.send_header("Content-Type", "application/json")
+        self.send_header("Content-Length", str(len(data)))
+        self.end_headers()
+        self.wfile.write(data)
+
+    def log_message(self, *args):  # quiet, and the unix peer address is "" (would IndexError)
+        pass
+
+
+class _UnixServer(socketserver.ThreadingMixIn, socketserver.UnixStreamServer):
+    daemon_threads = True
+
+
+class _TCPServer(socketserver.ThreadingMixIn, http.server.HTTPServer):
+    daemon_threads = True
+
+
+def _short_dir(tmp_path):
+    """tmp_path, or a short temp dir when tmp_path would make a socket path too long (108 bytes)."""
+    if len(str(tmp_path)) < 80:
+        return tmp_path
+    return tempfile.mkdtemp(prefix="dk", dir="/tmp")
+
+
+def _serve(server, answer):
+    server.answer = answer
+    server.requests = []
+    thread = threading.Thread(target=server.serve_forever, daemon=True)
+    thread.start()
+    return server
+
+
+@pytest.fixture
+def fake_docker(tmp_path):
+    """A fake Docker API on a unix socket; returns a function (status, body) -> 'unix://...' host."""
+    servers = []
+
+    def start(status=200, body=SERVICES):
+        path = os.path.join(_short_dir(tmp_path), f"docker{len(servers)}.sock")
+        server = _serve(_UnixServer(path, _Handler), (status, body))
+        servers.append(server)
+        return f"unix://{path}"
+
+    start.servers = servers
+    yield start
+    for server in servers:
+        server.shutdown()
+        server.server_close()
+
+
+# ---------------------------------------------------------------------------- parse_docker_host
+@pytest.mark.parametrize("value, expected", [
+    ("unix:///var/run/docker.sock", ("unix", "/var/run/docker.sock")),
+    (" unix:///run/user/1000/docker.sock ", ("unix", "/run/user/1000/docker.sock")),
+    ("tcp://127.0.0.1:2375", ("tcp", "127.0.0.1:2375")),
+    ("tcp://docker.example:2376/", ("tcp", "docker.example:2376")),
+    ("http://manager-1:2375", ("tcp", "manager-1:2375")),
+    ("TCP://[::1]:2375", ("tcp", "[::1]:2375")),
+    ("tcp://manager-1", ("tcp", "manager-1:2375")),
+    ("http://manager-1", ("tcp", "manager-1:80")),
+])
+def test_parse_docker_host(value, expected):
+    assert parse_docker_host(value) == expected
+
+
+@pytest.mark.parametrize("value", [
+    "", "/var/run/docker.sock", "docker.sock", "unix://", "unix://var/run/docker.sock",
+    "https://h:2376", "ssh://user@h", "npipe:////./pipe/docker_engine", "tcp://", "tcp://:2375",
+    "tcp://h:notaport", "tcp://h:70000", "tcp://h:0", "tcp://h:2375/v1.41", "tcp://u:p@h:2375",
+])
+def test_parse_docker_host_rejects(value):
+    with pytest.raises(ValueError) as info:
+        parse_docker_host(value)
+    message = str(info.value)
+    assert "--docker-host" in message and "\n" not in message
+
+
+# ---------------------------------------------------------------------------- fetch_services
+def test_fetch_services_maps_ingress_ports(fake_docker):
+    host = fake_docker()
+    assert fetch_services(host) == EXPECTED
+    [(path, host_header)] = fake_docker.servers[0].requests
+    assert path == "/services" and host_header
+
+
+def test_fetch_services_over_tcp():
+    server = _serve(_TCPServer(("127.0.0.1", 0), _Handler), (200, SERVICES))
+    try:
+        for scheme in ("tcp", "http"):
+            assert fetch_services(f"{scheme}://127.0.0.1:{server.server_address[1]}") == EXPECTED
+    finally:
+        server.shutdown()
+        server.server_close()
+
+
+def test_fetch_services_tolerates_odd_items(fake_docker):
+    odd = [
+        "not a dict",
+        {"ID": "x"},  # no Spec, no Endpoint
+        {"ID": "y", "Spec": {"Name": "y"}, "Endpoint": {"Ports": None}},
+        {"ID": "z", "Spec": {"Name": "z"}, "Endpoint": {"Ports": [
+            {"Protocol": "tcp", "TargetPort": 80},  # not published yet
+            {"Protocol": "TCP", "PublishedPort": 30005},  # no PublishMode: ingress is the default
+            {"Protocol": "tcp", "PublishedPort": "30006", "PublishMode": "ingress"},
+        ]}},
+    ]
+    host = fake_docker(body=odd)
+    assert fetch_services(host) == {("tcp", 30005): SwarmService("z", "z")}
+
+
+def test_fetch_services_no_services(fake_docker):
+    assert fetch_services(fake_docker(body=[])) == {}
+
+
+def test_fetch_services_socket_missing(tmp_path):
+    host = f"unix://{tmp_path}/docker.sock"
+    start = time.monotonic()
+    with pytest.raises(DockerError) as info:
+        fetch_services(host)
+    assert time.monotonic() - start < 1
+    message = str(info.value)
+    assert host in message and "does not exist" in message and "--docker-host" in message
+    assert info.value.kind == "unreachable"
+
+
+def test_fetch_services_connection_refused(tmp_path):
+    path = os.path.join(_short_dir(tmp_path), "stale.sock")
+    sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+    sock.bind(path)
+    sock.close()  # the file stays, nobody listens: what a crashed dockerd leaves behind
+    with pytest.raises(DockerError, match="connection refused"):
+        fetch_services(f"unix://{path}")
+
+
+def test_fetch_services_not_a_manager(fake_docker):
+    body = {"message": "This node is not a swarm manager. Worker nodes can't be used to view or "
+                       "modify cluster state. Please run this command on a manager node or promote "
+                       "the current node to a manager."}
+    host = fake_docker(503, body)
+    with pytest.raises(DockerError) as info:
+        fetch_services(host)
+    message = str(info.value)
+    assert "\n" not in message and host in message and "503" in message
+    assert "not a swarm manager" in message
+    assert "manager node" in message and "--docker-host" in message
+    assert info.value.kind == "http"
+
+
+def test_fetch_services_other_http_error(fake_docker):
+    with pytest.raises(DockerError, match=r"HTTP 500: boom\b"):
+        fetch_services(fake_docker(500, {"message": "boom\nline two"}))
+    with pytest.raises(DockerError, match="HTTP 404: page not found"):
+        fetch_services(fake_docker(404, b"page not found\n"))
+
+
+def test_fetch_services_timeout(tmp_path):
+    path = os.path.join(_short_dir(tmp_path), "mute.sock")
+    sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+    sock.bind(path)
+    sock.listen(1)  # accepts connections (kernel backlog) but never answers
+    try:
+        start = time.monotonic()
+        with pytest.raises(DockerError) as info:
+            fetch_services(f"unix://{path}", timeout=0.5)
+        elapsed = time.monotonic() - start
+    finally:
+        sock.close()
+    assert 0.4 < elapsed < 3.0
+    assert "no answer within 0.5s" in str(info.value) and info.value.kind == "timeout"
+
+
+def test_fetch_services_slow_dribble_is_bounded(tmp_path):
+    """A server that sends a byte now and then cannot stretch the call past the timeout."""
+    path = os.path.join(_short_dir(tmp_path), "slow.sock")
+    listener = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+    listener.bind(path)
+    listener.listen(1)
+    stop = threading.Event()
+
+    def dribble():
+        conn, _ = listener.accept()
+        conn.recv(4096)
+        conn.sendall(b"HTTP/1.1 200 OK\r\nContent-Length: 100000\r\n\r\n[")
+        while not stop.wait(0.1):
+            try:
+                conn.sendall(b" ")
+            except OSError:
+                break
+        conn.close()
+
+    thread = threading.Thread(target=dribble, daemon=True)
+    thread.start()
+    try:
+        start = time.monotonic()
+        with pytest.raises(DockerError, match="no answer within"):
+            fetch_services(f"unix://{path}", timeout=0.6)
+        assert time.monotonic() - start < 2.5
+    finally:
+        stop.set()
+        listener.close()
+
+
+@pytest.mark.parametrize("body", [b"{not json", b"\xff\xfe", b'{"message": "a dict, not a list"}', b"null"])
+def test_fetch_services_bad_json(fake_docker, body):
+    host = fake_docker(200, body)
+    with pytest.raises(DockerError) as info:
+        fetch_services(host)
+    message = str(info.value)
+    assert host in message and "JSON" in message and "\n" not in message
+    assert info.value.kind == "answer"
+
+
+def test_fetch_services_bad_host_is_docker_error():
+    with pytest.raises(DockerError, match="--docker-host"):
+        fetch_services("docker.sock")
+
+
+# ---------------------------------------------------------------------------- DockerServices
+class FakeClock:
+    def __init__(self):
+        self.now = 1000.0
+
+    def __call__(self):
+        return self.now
+
+
+class FakeFetch:
+    """A fetch that returns (or raises) what the test says, optionally after a delay."""
+
+    def __init__(self, result):
+        self.result = result
+        self.calls = 0
+        self.delay = 0.0
+        self.release = threading.Event()
+        self.release.set()
+
+    def __call__(self, host, timeout):
+        self.calls += 1
+        self.release.wait(10)
+        if self.delay:
+            time.sleep(self.delay)
+        if isinstance(self.result, Exception):
+            raise self.result
+        return dict(self.result)
+
+
+A, B, C = ("tcp", 30000), ("tcp", 30001), ("udp", 53)
+SVC_A, SVC_B, SVC_C = SwarmService("ida", "a"), SwarmService("idb", "b"), SwarmService("idc", "c")
+
+
+def _primed(fetch, clock, ports=(A, B), max_age=60.0):
+    """A DockerServices whose first refresh (asking about ports) has finished."""
+    cache = DockerServices("unix:///fake.sock", max_age=max_age, fetch=fetch, clock=clock)
+    assert cache.lookup(ports) == {}  # nothing cached yet: the scrape does not wait
+    assert cache.wait_idle(5)
+    return cache
+
+
+def test_cache_first_lookup_refreshes_in_background():
+    fetch, clock = FakeFetch({A: SVC_A, B: SVC_B, C: SVC_C}), FakeClock()
+    cache = _primed(fetch, clock)
+    assert cache.up and cache.last_error is None and fetch.calls == 1
+    assert cache.lookup([A, B]) == {A: SVC_A, B: SVC_B}
+    assert cache.lookup([B, ("tcp", 1)]) == {B: SVC_B}  # a changed set: served now, refreshed too
+    assert cache.wait_idle(5) and fetch.calls == 2
+    cache.close()
+
+
+def test_cache_accepts_published_ports():
+    fetch, clock = FakeFetch({A: SVC_A}), FakeClock()
+    cache = _primed(fetch, clock, ports=[PublishedPort("tcp", 30000)])
+    assert cache.lookup([PublishedPort("tcp", 30000)]) == {A: SVC_A}
+    assert fetch.calls == 1  # same set as the tuple form: no refresh
+
+
+def test_cache_empty_lookup_does_nothing():
+    fetch = FakeFetch({A: SVC_A})
+    cache = DockerServices("unix:///fake.sock", fetch=fetch, clock=FakeClock())
+    assert cache.lookup([]) == {}
+    assert cache.wait_idle(1) and fetch.calls == 0
+
+
+def test_cache_lookup_never_blocks_on_a_slow_fetch():
+    fetch, clock = FakeFetch({A: SVC_A, B: SVC_B}), FakeClock()
+    cache = _primed(fetch, clock)
+    fetch.delay, fetch.result = 2.0, {A: SVC_A, C: SVC_C}
+    start = time.monotonic()
+    assert cache.lookup([A, C]) == {A: SVC_A}  # the old map, at once
+    assert cache.lookup([A, C]) == {A: SVC_A}
+    assert time.monotonic() - start < 0.5
+    assert not cache.wait_idle(0.2)  # the slow refresh is still running
+    assert cache.wait_idle(5)
+    assert cache.lookup([A, C]) == {A: SVC_A, C: SVC_C}
+    assert fetch.calls == 2
+
+
+def test_cache_refreshes_when_the_port_set_changes():
+    fetch, clock = FakeFetch({A: SVC_A}), FakeClock()
+    cache = _primed(fetch, clock, ports=[A])
+    assert cache.lookup([A]) == {A: SVC_A} and cache.wait_idle(5) and fetch.calls == 1
+    fetch.result = {A: SVC_A, B: SVC_B}
+    assert cache.lookup([A, B]) == {A: SVC_A}  # new port: old map now, refresh requested
+    assert cache.wait_idle(5) and fetch.calls == 2
+    assert cache.lookup([A, B]) == {A: SVC_A, B: SVC_B}
+    assert cache.wait_idle(5) and fetch.calls == 2  # same set, fresh cache: no refresh
+
+
+def test_cache_refreshes_when_old():
+    fetch, clock = FakeFetch({A: SVC_A}), FakeClock()
+    cache = _primed(fetch, clock, ports=[A], max_age=60)
+    clock.now += 59
+    cache.lookup([A])
+    assert cache.wait_idle(5) and fetch.calls == 1
+    fetch.result = {A: SVC_B}  # service replaced under the same port
+    clock.now += 1
+    assert cache.lookup([A]) == {A: SVC_A}
+    assert cache.wait_idle(5) and fetch.calls == 2
+    assert cache.lookup([A]) == {A: SVC_B}
+
+
+def test_cache_one_refresh_at_a_time_and_requests_queue():
+    fetch, clock = FakeFetch({A: SVC_A}), FakeClock()
+    cache = _primed(fetch, clock, ports=[A])
+    fetch.release.clear()  # the next fetch hangs until released
+    fetch.result = {A: SVC_A, B: SVC_B, C: SVC_C}
+    cache.lookup([A, B])
+    for _ in range(5):
+        cache.lookup([A, C])
+        cache.lookup([A, B])
+    time.sleep(0.1)
+    assert fetch.calls == 2  # one running; later requests wait behind it
+    fetch.release.set()
+    assert cache.wait_idle(5)
+    assert fetch.calls == 3  # exactly one more, for what was asked meanwhile
+    assert cache.lookup([A, B]) == {A: SVC_A, B: SVC_B}
+
+
+def test_cache_keeps_last_good_map_on_error_and_up_flips(caplog):
+    fetch, clock = FakeFetch({A: SVC_A, B: SVC_B}), FakeClock()
+    cache = _primed(fetch, clock)
+    assert cache.up
+    fetch.result = DockerError("docker at unix:///fake.sock: connection refused; fix it", "unreachable")
+    clock.now += 61
+    with caplog.at_level(logging.WARNING, logger=docker.__name__):
+        assert cache.lookup([A, B]) == {A: SVC_A, B: SVC_B}
+        assert cache.wait_idle(5)
+        assert not cache.up and "connection refused" in cache.last_error
+        assert cache.lookup([A, B]) == {A: SVC_A, B: SVC_B}  # last good map, retried in background
+        assert cache.wait_idle(5) and fetch.calls == 3
+        cache.lookup([A, B])
+        assert cache.wait_idle(5) and fetch.calls == 4
+    warnings = [r for r in caplog.records if r.levelno == logging.WARNING]
+    assert len(warnings) == 1 and "connection refused" in warnings[0].getMessage()  # once, not per refresh
+
+    caplog.clear()
+    fetch.result = DockerError("docker at unix:///fake.sock: HTTP 503: not a swarm manager", "http")
+    with caplog.at_level(logging.WARNING, logger=docker.__name__):
+        cache.lookup([A, B])
+        assert cache.wait_idle(5)
+        cache.lookup([A, B])
+        assert cache.wait_idle(5)
+    assert [r.getMessage() for r in caplog.records].count(
+        "swarm service names unavailable: docker at unix:///fake.sock: HTTP 503: not a swarm manager") == 1
+    assert cache.last_error.endswith("not a swarm manager") and not cache.up
+
+    fetch.result = {A: SVC_A}  # Docker is back
+    cache.lookup([A, B])
+    assert cache.wait_idle(5)
+    assert cache.up and cache.last_error is None
+    assert cache.lookup([A, B]) == {A: SVC_A}
+
+
+def test_cache_survives_unexpected_exceptions():
+    fetch, clock = FakeFetch(RuntimeError("bug")), FakeClock()
+    cache = _primed(fetch, clock)
+    assert not cache.up and cache.last_error == "bug"
+    fetch.result = {A: SVC_A}
+    cache.lookup([A, B])
+    assert cache.wait_idle(5) and cache.up
+
+
+def test_cache_close_stops_refreshes():
+    fetch, clock = FakeFetch({A: SVC_A}), FakeClock()
+    cache = _primed(fetch, clock, ports=[A])
+    cache.close()
+    clock.now += 3600
+    assert cache.lookup([A, B]) == {A: SVC_A}
+    assert cache.wait_idle(1) and fetch.calls == 1
+
+
+def test_cache_against_the_fake_api(fake_docker):
+    cache = DockerServices(fake_docker(), timeout=1.0)
+    ports = [PublishedPort("tcp", 30000), PublishedPort("udp", 53), PublishedPort("tcp", 9100)]
+    assert cache.lookup(ports) == {}
+    assert cache.wait_idle(5) and cache.up
+    assert cache.lookup(ports) == {("tcp", 30000): WEB, ("udp", 53): DNS}  # 9100 is host mode
+    cache.close()

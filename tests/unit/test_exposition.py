@@ -1,0 +1,108 @@
+"""The fast renderer is byte-identical to prometheus_client's rendering of the same snapshot."""
+from __future__ import annotations
+
+import socket
+
+import pytest
+from prometheus_client import CollectorRegistry, generate_latest
+from prometheus_client.openmetrics.exposition import generate_latest as generate_openmetrics
+
+from ingress_ipvs_exporter.collector import Options, ipvs_families
+from ingress_ipvs_exporter.exposition import FastRenderer, fmt
+from ingress_ipvs_exporter.ipvs import Destination, Service, Stats
+from ingress_ipvs_exporter.portmap import PublishedPort
+from ipvs_testlib import make_snapshot
+
+V4, V6 = socket.AF_INET, socket.AF_INET6
+TCP, UDP, SCTP = socket.IPPROTO_TCP, socket.IPPROTO_UDP, 132
+
+
+def st(base):
+    return Stats(*(base * k for k in (1, 7, 5, 1000, 3000, 1, 2, 3, 400, 500)))
+
+
+def d(af, addr, port=0, fwd=0, weight=1, base=1, active=0, inactive=0):
+    return Destination(af, addr, port, fwd, weight, 10, 2, active, inactive, 1, st(base))
+
+
+EVERY_KIND = [
+    Service(V4, 0, "", 0, 256, "rr", 2, 0, 0xFFFFFFFF, st(10), (d(V4, "10.0.0.2", base=10, inactive=10),)),
+    Service(V4, 0, "", 0, 257, "wlc", 3, 300, 0xFFFFFFFF, st(0), ()),  # persistent, no destinations
+    Service(V4, 0, "", 0, 999, "rr", 2, 0, 0xFFFFFFFF, st(2), (d(V4, "10.0.0.3"), d(V4, "10.0.0.4", weight=-1))),
+    Service(V4, TCP, "10.1.2.3", 80, 0, "wlc", 2, 0, 0xFFFFFFFF, st(3),
+            (d(V4, "10.1.2.10", 8080, weight=3, active=2), d(V4, "10.1.2.10", 8081, fwd=3, weight=0))),
+    Service(V4, UDP, "10.1.2.3", 80, 0, "rr", 6, 0, 0xFFFFFFFF, st(4), (d(V4, "10.1.2.20", 80, fwd=2),)),
+    Service(V4, SCTP, "10.1.2.3", 80, 0, "sh", 2, 0, 0xFFFFFFFF, st(2 ** 40), (d(V4, "10.1.2.30", 80, base=2 ** 40),)),
+    Service(V6, TCP, "2001:db8::1", 443, 0, "rr", 2, 0, 128, st(123456789),
+            (d(V4, "10.1.2.40", 443, fwd=2), d(V6, "2001:db8::40", 443, base=123456789))),
+    Service(V6, 0, "", 0, 256, "rr", 2, 0, 128, st(1), (d(V6, "2001:db8::50"),)),
+]
+PORTS = {256: [PublishedPort("tcp", 30000), PublishedPort("udp", 30000)], 257: [PublishedPort("tcp", 30002)]}
+
+
+class _Fixed:
+    def __init__(self, fams):
+        self.fams = fams
+
+    def collect(self):
+        return self.fams
+
+
+def reference(snap, ns, ports, options, openmetrics):
+    reg = CollectorRegistry(auto_describe=False)
+    reg.register(_Fixed(ipvs_families(snap, ns, ports, options)))
+    text = (generate_openmetrics if openmetrics else generate_latest)(reg).decode()
+    return text[: -len("# EOF\n")] if openmetrics else text
+
+
+@pytest.mark.parametrize("openmetrics", [False, True], ids=["text-0.0.4", "openmetrics"])
+@pytest.mark.parametrize("ns", ["/var/run/docker/netns/ingress_sbox", "", 'odd "ns"\\path\nx'])
+@pytest.mark.parametrize("options", [Options(), Options(destination_labels=(), per_destination=False)],
+                         ids=["default", "no-destinations"])
+def test_fast_rendering_is_byte_identical(openmetrics, ns, options):
+    snap = make_snapshot(EVERY_KIND)
+    r = FastRenderer()
+    fast = r.render(snap, ns, PORTS, options, openmetrics)
+    assert fast == reference(snap, ns, PORTS, options, openmetrics)
+    assert r.render(snap, ns, PORTS, options, openmetrics) == fast  # from the cache
+
+
+def test_cache_follows_changes_in_shape_and_values():
+    r = FastRenderer()
+    first = r.render(make_snapshot(EVERY_KIND), "/ns", PORTS, Options())
+    changed = list(EVERY_KIND)
+    changed[0] = changed[0]._replace(stats=st(11))  # values only
+    changed.pop(4)  # and a service gone
+    snap = make_snapshot(changed)
+    assert r.render(snap, "/ns", PORTS, Options()) == reference(snap, "/ns", PORTS, Options(), False) != first
+    other_ports = {256: [PublishedPort("tcp", 31000)]}
+    assert r.render(snap, "/ns", other_ports, Options()) == reference(snap, "/ns", other_ports, Options(), False)
+
+
+def test_empty_snapshot():
+    snap = make_snapshot([])
+    assert FastRenderer().render(snap, "/ns", {}, Options()) == reference(snap, "/ns", {}, Options(), False)
+
+
+@pytest.mark.parametrize("v", [0, 1, -1, 999999, 1000000, 4510000, 12345678, 2 ** 53 + 1, 2 ** 64 - 1, -2 ** 31])
+def test_value_format_matches_prometheus_client(v):
+    from prometheus_client.utils import floatToGoString
+    assert fmt(v) == floatToGoString(v)
+
+
+@pytest.mark.parametrize("accept", ["", "application/openmetrics-text; version=1.0.0; charset=utf-8"])
+def test_whole_app_body_equals_the_registry_rendering(accept):
+    from prometheus_client.exposition import choose_encoder
+
+    from ingress_ipvs_exporter.collector import IPVSCollector
+    from ingress_ipvs_exporter.exposition import MetricsApp
+
+    snap = make_snapshot(EVERY_KIND)
+    collector = IPVSCollector("/ns", lambda: snap, lambda marks: PORTS, info=lambda: (0x010201, 4096))
+    collector._health = lambda up, seconds: []  # scrape durations differ between two scrapes
+    body, content_type = MetricsApp(collector).body(accept)
+    encoder, expected_type = choose_encoder(accept)
+    reg = CollectorRegistry(auto_describe=False)
+    reg.register(collector)
+    assert content_type == expected_type
+    assert body == encoder(reg)
