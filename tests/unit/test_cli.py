@@ -93,3 +93,29 @@ def test_readme_usage_is_the_real_help():
     readme = (pathlib.Path(__file__).parents[2] / "README.md").read_text()
     shown = "\n".join(line.rstrip() for line in run("--help").stdout.splitlines())
     assert shown in readme, "README's usage block differs from --help: regenerate it"
+
+
+def test_namespace_path_that_is_not_a_namespace_is_a_usage_error(tmp_path):
+    plain = tmp_path / "plain-file"
+    plain.write_text("")
+    res = run("--listen-address", "127.0.0.1:0", "--namespace-path", str(plain))
+    assert res.returncode == 2, res.stderr
+    lines = [l for l in res.stderr.splitlines() if l.strip()]
+    assert len(lines) == 1 and "--namespace-path" in lines[0] and "not a network namespace" in lines[0]
+
+
+def test_json_logs_and_the_missing_namespace_is_logged_once():
+    import json
+    import time
+    import urllib.request
+
+    from ipvs_testlib import running_exporter
+    with running_exporter("--namespace-path", "/nonexistent/ns", "--log-format", "json") as (url, proc):
+        for _ in range(3):
+            urllib.request.urlopen(url).read()
+        time.sleep(0.2)
+        log_path = f"/tmp/exporter-{url.split(':')[2].split('/')[0]}.log"
+    records = [json.loads(line) for line in open(log_path) if line.strip()]
+    assert {r["level"] for r in records} <= {"info", "warning"}
+    missing = [r for r in records if "does not exist" in r["msg"]]
+    assert len(missing) == 1 and "make demo" in missing[0]["msg"]
