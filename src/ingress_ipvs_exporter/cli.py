@@ -47,16 +47,16 @@ def parse_listen_address(value: str) -> tuple[str, int]:
     return host, int(port)
 
 
-def parse_destination_labels(value: str) -> Options:
+def parse_destination_labels(value: str, backends: bool = False) -> Options:
     """'address,destination_port' (default), one of them, or 'none' (no per-destination series)."""
     names = tuple(n.strip() for n in value.split(",") if n.strip())
     if names in ((), ("none",)):
-        return Options(destination_labels=(), per_destination=False)
+        return Options(destination_labels=(), per_destination=False, backends=backends)
     bad = [n for n in names if n not in DEST_LABEL_CHOICES]
     if bad:
         raise typer.BadParameter(f"unknown label '{bad[0]}': use a comma list of {', '.join(DEST_LABEL_CHOICES)}, "
                                  "or 'none'", param_hint="--destination-labels")
-    return Options(destination_labels=names)
+    return Options(destination_labels=names, backends=backends)
 
 
 def check_telemetry_path(value: str) -> str:
@@ -75,9 +75,10 @@ class SeedStyleCommand(typer.core.TyperCommand):
         opts = [p for p in self.get_params(ctx) if p.param_type_name == "option"]
         lines = [f"Usage: {PROG} "]
         for p in opts:
-            if p.is_flag or p.name == "help":
+            if p.name in ("help", "version"):
                 continue
-            lines.append(f"\t[{p.opts[0]} {p.name.upper().replace('_', '-')}] ")
+            metavar = "" if p.is_flag else " " + p.name.upper().replace("_", "-")
+            lines.append(f"\t[{p.opts[0]}{metavar}] ")
         lines += ["", "Options:"]
         for p in opts:
             if p.is_flag or p.name == "help":
@@ -212,6 +213,9 @@ def run(
     destination_labels: str = typer.Option(
         ",".join(DEST_LABEL_CHOICES), "--destination-labels",
         help="labels kept on per-destination series, summing series that merge; 'none' drops them"),
+    backend_metrics: bool = typer.Option(
+        False, "--backend-metrics",
+        help="also export ipvs_backend_* (every detail of every real server of every kind of service)"),
     log_level: str = typer.Option("info", "--log-level", callback=_one_of("debug", "info", "warning", "error"),
                                   help="log messages at this level and above: debug, info, warning, error"),
     log_format: str = typer.Option("logfmt", "--log-format", callback=_one_of("logfmt", "json"),
@@ -221,7 +225,7 @@ def run(
 ) -> None:
     host, port = parse_listen_address(listen_address)
     check_telemetry_path(telemetry_path)
-    options = parse_destination_labels(destination_labels)
+    options = parse_destination_labels(destination_labels, backend_metrics)
     setup_logging(log_level, log_format)
 
     handle = Handle(namespace_path)

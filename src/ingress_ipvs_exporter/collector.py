@@ -155,10 +155,18 @@ PortLookup = Callable[[Iterable[int]], Mapping[int, Sequence]]
 @dataclass(frozen=True)
 class Options:
     """What to export. destination_labels: labels kept on per-destination series (the
-    rest are summed away); None of them and per_destination False drops those series."""
+    rest are summed away); per_destination False drops those series; backends adds the
+    ipvs_backend_* families (every detail of every real server: ~17 series each)."""
 
     destination_labels: tuple[str, ...] = DEST_LABEL_CHOICES
     per_destination: bool = True
+    backends: bool = False
+
+    def wants(self, level: str) -> bool:
+        """Whether families of this level (see LABELS) are exported."""
+        if level == "destination":
+            return self.per_destination and self.backends
+        return self.per_destination or level != "seed_destination"
 
 
 def _label_columns(snap: Snapshot, ports: Mapping[int, Sequence]):
@@ -224,7 +232,7 @@ def ipvs_families(snap: Snapshot, namespace: str, ports: Mapping[int, Sequence],
                     family, fw, port, proto, vip = svc_full[i]
                     fam.add_metric([family, fw, namespace, port, proto, vip], _value(d, snap, i))
         else:
-            if not options.per_destination:
+            if not options.wants(d.level):
                 continue
             seed = d.level == "seed_destination"
             names = (("address",) if seed_keeps_address else ()) + SEED_SVC_LABELS if seed else \
@@ -277,7 +285,7 @@ def info_rows(snap: Snapshot, namespace: str, svc_full, dst, ports, options: Opt
                          *("true" if flags & bit else "false" for _, bit in SVC_FLAGS)))
     pub_rows = [(str(mark), namespace, str(p.port), p.protocol) for mark in sorted(ports) for p in sorted(ports[mark])]
     out = [(SERVICE_INFO, SERVICE_INFO.labels, svc_rows), (PUBLISHED_INFO, PUBLISHED_INFO.labels, pub_rows)]
-    if options.per_destination:
+    if options.wants("destination"):
         keep = [k for k, name in enumerate(DEST_LABEL_CHOICES) if name in options.destination_labels]
         rows: dict[tuple, None] = {}
         for j, (svc, addr, dport) in enumerate(dst):

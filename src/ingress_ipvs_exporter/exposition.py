@@ -10,6 +10,7 @@ both renderings are identical for both text formats.
 from __future__ import annotations
 
 import gzip
+import operator
 import threading
 from typing import Mapping, Sequence
 
@@ -74,9 +75,28 @@ class _Shape:
                       "seed_destination": seed_dst, "destination": full_dst}[d.level]
             name = _sample_name(d)
             self.prefixes[d.name] = [f"{name}{ls} " for ls in labels]
+        self._last: dict[str, tuple[list[int], str]] = {}
         # info families: whole lines (header excluded), values are always 1
         self.info = [(d, "".join(f"{d.name}{_labelstr(names, row)} 1.0\n" for row in rows))
                      for d, names, rows in info_rows(snap, ns, svc_full, dst, ports, options)]
+
+
+    def samples(self, d: MetricDef, values: list[int]) -> str:
+        """The family's sample lines. A family whose values are those of the last scrape
+        (weights, thresholds, idle services) reuses its text; otherwise, when every value
+        prints as "<int>.0", the lines are joined by C-level map() without a Python loop."""
+        last = self._last.get(d.name)
+        if last is not None and last[0] == values:
+            return last[1]
+        prefixes = self.prefixes[d.name]
+        if not values:
+            text = ""
+        elif -1000000 < min(values) and max(values) < 1000000:
+            text = ".0\n".join(map(operator.add, prefixes, map(str, values))) + ".0\n"
+        else:
+            text = "\n".join([p + fmt(v) for p, v in zip(prefixes, values)]) + "\n"
+        self._last[d.name] = (values, text)
+        return text
 
 
 def _shape_key(snap: Snapshot, namespace: str, ports: Mapping[int, Sequence], options: Options) -> tuple:
@@ -111,14 +131,10 @@ class FastRenderer:
         form = _OPENMETRICS if openmetrics else _TEXT
         out = []
         for d in METRICS:
-            if d.level in ("destination", "seed_destination") and not options.per_destination:
+            if not options.wants(d.level):
                 continue
             out.append(_header(d.name, d.kind, d.help, form))
-            values = _column(d, snap, shape)
-            prefixes = shape.prefixes[d.name]
-            if values:
-                out.append("\n".join([p + fmt(v) for p, v in zip(prefixes, values)]))
-                out.append("\n")
+            out.append(shape.samples(d, _column(d, snap, shape)))
         for d, lines in shape.info:
             out.append(_header(d.name, "gauge", d.help, form))
             out.append(lines)

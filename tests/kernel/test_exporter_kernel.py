@@ -145,7 +145,7 @@ def test_full_families_match_ipvsadm_for_every_kind_of_service(netns):
     ):
         sh("ipvsadm", *cmd.split(), ns=name)
     adm = ipvsadm(path)
-    with running_exporter("--namespace-path", path) as (url, _):
+    with running_exporter("--namespace-path", path, "--backend-metrics") as (url, _):
         scraped = scrape(url)
     kinds = {"TCP": "tcp", "UDP": "udp", "SCTP": "sctp"}
     for key, s in adm.items():

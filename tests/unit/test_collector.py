@@ -6,7 +6,7 @@ import socket
 from prometheus_client import CollectorRegistry, generate_latest
 from prometheus_client.parser import text_string_to_metric_families
 
-from ingress_ipvs_exporter.collector import METRICS, IPVSCollector
+from ingress_ipvs_exporter.collector import METRICS, IPVSCollector, Options
 from ingress_ipvs_exporter.ipvs import Destination, NamespaceNotFound, Service, Stats
 from ingress_ipvs_exporter.portmap import PublishedPort
 from ipvs_testlib import make_snapshot
@@ -48,9 +48,10 @@ SEED_EXAMPLE = [
 PORTS = {260: [PublishedPort("tcp", 30000)], 261: [PublishedPort("tcp", 30002), PublishedPort("udp", 30001)]}
 
 
-def render(services, ports=PORTS, ns=NS) -> str:
+def render(services, ports=PORTS, ns=NS, options=Options(backends=True)) -> str:
     reg = CollectorRegistry()
-    reg.register(IPVSCollector(ns, lambda: make_snapshot(services), lambda marks: {m: ports[m] for m in marks if m in ports}))
+    reg.register(IPVSCollector(ns, lambda: make_snapshot(services), lambda marks: {m: ports[m] for m in marks if m in ports},
+                               options))
     return generate_latest(reg).decode()
 
 
@@ -127,12 +128,18 @@ def test_negative_weight_and_rates():
     assert [l for l in text.splitlines() if l.startswith("ipvs_backend_bytes_out_per_second{")][0].endswith(" 7.0")
 
 
+def test_backend_families_only_with_the_flag():
+    assert "ipvs_backend_weight{" not in render(SEED_EXAMPLE, options=Options())
+    assert "ipvs_backend_info{" not in render(SEED_EXAMPLE, options=Options())
+    assert "ipvs_service_info{" in render(SEED_EXAMPLE, options=Options())
+    assert "ipvs_backend_weight{" in render(SEED_EXAMPLE, options=Options(backends=True))
+
+
 def test_cardinality_options_sum_merged_series_or_drop_them():
-    from ingress_ipvs_exporter.collector import Options
     svc = fwm(270, dest("10.0.0.1", 3, 100, 200), dest("10.0.0.2", 4, 10, 20))
     reg = CollectorRegistry()
     reg.register(IPVSCollector(NS, lambda: make_snapshot([svc]), lambda m: {},
-                               Options(destination_labels=("destination_port",))))
+                               Options(destination_labels=("destination_port",), backends=True)))
     text = generate_latest(reg).decode()
     assert 'ipvs_destination_connections_total{fwmark="270",namespace="%s",port=""} 7.0' % NS in text
     assert 'ipvs_backend_bytes_in_total{destination_port="0",family="ipv4",fwmark="270",namespace="%s",port="",protocol="",vip=""} 110.0' % NS in text

@@ -57,8 +57,8 @@ def reference(snap, ns, ports, options, openmetrics):
 
 @pytest.mark.parametrize("openmetrics", [False, True], ids=["text-0.0.4", "openmetrics"])
 @pytest.mark.parametrize("ns", ["/var/run/docker/netns/ingress_sbox", "", 'odd "ns"\\path\nx'])
-@pytest.mark.parametrize("options", [Options(), Options(destination_labels=(), per_destination=False)],
-                         ids=["default", "no-destinations"])
+@pytest.mark.parametrize("options", [Options(), Options(destination_labels=(), per_destination=False), Options(backends=True)],
+                         ids=["default", "no-destinations", "backends"])
 def test_fast_rendering_is_byte_identical(openmetrics, ns, options):
     snap = make_snapshot(EVERY_KIND)
     r = FastRenderer()
