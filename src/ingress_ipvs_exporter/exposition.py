@@ -9,10 +9,11 @@ both renderings are identical for both text formats.
 """
 from __future__ import annotations
 
-import gzip
+import functools
 import operator
-import threading
-from typing import Mapping, Sequence
+import zlib
+from itertools import repeat
+from typing import Iterator, Mapping, Sequence
 
 from prometheus_client.exposition import choose_encoder
 from prometheus_client.utils import floatToGoString
@@ -34,9 +35,20 @@ def fmt(v: int) -> str:
     return f"{v}.0" if -1000000 < v < 1000000 else floatToGoString(v)
 
 
+def escape_all(values: Sequence[str]) -> list[str]:
+    return [escape(v) if ("\\" in v or '"' in v or "\n" in v) else v for v in values]
+
+
+@functools.lru_cache(maxsize=None)
+def _template(names: tuple) -> str:
+    """A str.format template writing labels sorted by name, as prometheus_client does."""
+    order = sorted(range(len(names)), key=names.__getitem__)
+    body = ",".join(f'{names[i]}="{{{i}}}"' for i in order)
+    return "{{" + body + "}}" if names else ""
+
+
 def _labelstr(names: Sequence[str], values: Sequence[str]) -> str:
-    pairs = sorted(zip(names, values))
-    return "{" + ",".join(f'{k}="{escape(v)}"' for k, v in pairs) + "}" if pairs else ""
+    return _template(tuple(names)).format(*escape_all(values))
 
 
 def _header(d_name: str, kind: str, help_text: str, form: int) -> str:
@@ -54,48 +66,61 @@ def _sample_name(d: MetricDef) -> str:
     return d.name if d.kind != "counter" or d.name.endswith("_total") else d.name + "_total"
 
 
+CACHE_BUDGET = 16 * 1024 * 1024  # bytes of family text kept for reuse across scrapes
+
+
 class _Shape:
     """Everything about a snapshot that does not change between scrapes of the same IPVS
-    configuration: the per-family series prefixes, in both formats' shared sample syntax."""
+    configuration: each series' label text ("{...} "), shared by every family of its level,
+    and the info families' lines."""
 
     def __init__(self, snap: Snapshot, namespace: str, ports: Mapping[int, Sequence], options: Options):
         svc_seed, svc_full, dst = _label_columns(snap, ports)
         self.seed_rows = [i for i, s in enumerate(svc_seed) if s is not None]
-        ns = namespace
-        seed_svc = [_labelstr(SEED_SVC_LABELS, (svc_seed[i][0], ns, svc_seed[i][1])) for i in self.seed_rows]
-        full_svc = [_labelstr(SVC_LABELS, (f, fw, ns, p, pr, v)) for (f, fw, p, pr, v) in svc_full]
         self.seed_dst_rows = [j for j, (svc, _, _) in enumerate(dst) if svc_seed[svc] is not None]
-        seed_dst = [_labelstr(SEED_DST_LABELS, (dst[j][1], svc_seed[dst[j][0]][0], ns, svc_seed[dst[j][0]][1]))
-                    for j in self.seed_dst_rows]
-        full_dst = [_labelstr(DST_LABELS, (addr, dport, *svc_full[svc][:2], ns, *svc_full[svc][2:]))
-                    for (svc, addr, dport) in dst]
-        self.prefixes: dict[str, list[str]] = {}
-        for d in METRICS:
-            labels = {"namespace": [_labelstr(NS_LABELS, (ns,))], "seed_service": seed_svc, "service": full_svc,
-                      "seed_destination": seed_dst, "destination": full_dst}[d.level]
-            name = _sample_name(d)
-            self.prefixes[d.name] = [f"{name}{ls} " for ls in labels]
-        self._last: dict[str, tuple[list[int], str]] = {}
+        ns = namespace
+        self.labels: dict[str, list[str]] = {
+            "namespace": [_labelstr(NS_LABELS, (ns,)) + " "],
+            "seed_service": [_labelstr(SEED_SVC_LABELS, (svc_seed[i][0], ns, svc_seed[i][1])) + " "
+                             for i in self.seed_rows],
+            "service": [_labelstr(SVC_LABELS, (f, fw, ns, p, pr, v)) + " " for (f, fw, p, pr, v) in svc_full],
+        }
+        if options.wants("seed_destination"):
+            self.labels["seed_destination"] = [
+                _labelstr(SEED_DST_LABELS, (dst[j][1], svc_seed[dst[j][0]][0], ns, svc_seed[dst[j][0]][1])) + " "
+                for j in self.seed_dst_rows]
+        if options.wants("destination"):
+            self.labels["destination"] = [
+                _labelstr(DST_LABELS, (addr, dport, *svc_full[svc][:2], ns, *svc_full[svc][2:])) + " "
+                for (svc, addr, dport) in dst]
+        self._last: dict[str, tuple[Sequence[int], str]] = {}
+        self._cached = 0
         # info families: whole lines (header excluded), values are always 1
         self.info = [(d, "".join(f"{d.name}{_labelstr(names, row)} 1.0\n" for row in rows))
                      for d, names, rows in info_rows(snap, ns, svc_full, dst, ports, options)]
 
-
-    def samples(self, d: MetricDef, values: list[int]) -> str:
+    def samples(self, d: MetricDef, values: Sequence[int]) -> str:
         """The family's sample lines. A family whose values are those of the last scrape
-        (weights, thresholds, idle services) reuses its text; otherwise, when every value
-        prints as "<int>.0", the lines are joined by C-level map() without a Python loop."""
+        (weights, thresholds, idle services) reuses its text, within CACHE_BUDGET; when
+        every value prints as "<int>.0", lines are built by C-level map()s, no Python loop."""
         last = self._last.get(d.name)
         if last is not None and last[0] == values:
             return last[1]
-        prefixes = self.prefixes[d.name]
+        labels = self.labels[d.level]
+        name = _sample_name(d)
         if not values:
             text = ""
         elif -1000000 < min(values) and max(values) < 1000000:
-            text = ".0\n".join(map(operator.add, prefixes, map(str, values))) + ".0\n"
+            text = ".0\n".join(map(operator.add, map(operator.add, repeat(name), labels), map(str, values))) + ".0\n"
         else:
-            text = "\n".join([p + fmt(v) for p, v in zip(prefixes, values)]) + "\n"
-        self._last[d.name] = (values, text)
+            text = "\n".join([name + ls + fmt(v) for ls, v in zip(labels, values)]) + "\n"
+        if last is not None:
+            self._cached -= len(last[1])
+        if self._cached + len(text) <= CACHE_BUDGET:
+            self._last[d.name] = (values, text)
+            self._cached += len(text)
+        else:
+            self._last.pop(d.name, None)
         return text
 
 
@@ -124,21 +149,27 @@ class FastRenderer:
 
     def render(self, snap: Snapshot, namespace: str, ports: Mapping[int, Sequence], options: Options,
                openmetrics: bool = False) -> str:
+        return "".join(self.chunks(snap, namespace, ports, options, openmetrics))
+
+    def chunks(self, snap: Snapshot, namespace: str, ports: Mapping[int, Sequence], options: Options,
+               openmetrics: bool = False) -> Iterator[str]:
+        """The rendering one family at a time, so a large scrape is never whole in memory.
+
+        Safe for concurrent scrapes without a lock: each keeps its own reference to the
+        shape it renders with; a shape's per-family cache entries are (values, text) pairs
+        replaced whole; at worst two scrapes that see a new shape both build it."""
         key = _shape_key(snap, namespace, ports, options)
-        if key != self._key:
-            self._shape, self._key = _Shape(snap, namespace, ports, options), key
-        shape = self._shape
+        shape, shape_key = self._shape, self._key
+        if key != shape_key:
+            self._shape = self._key = None  # let the old shape go before building the new one
+            shape = _Shape(snap, namespace, ports, options)
+            self._shape, self._key = shape, key
         form = _OPENMETRICS if openmetrics else _TEXT
-        out = []
         for d in METRICS:
-            if not options.wants(d.level):
-                continue
-            out.append(_header(d.name, d.kind, d.help, form))
-            out.append(shape.samples(d, _column(d, snap, shape)))
+            if options.wants(d.level):
+                yield _header(d.name, d.kind, d.help, form) + shape.samples(d, _column(d, snap, shape))
         for d, lines in shape.info:
-            out.append(_header(d.name, "gauge", d.help, form))
-            out.append(lines)
-        return "".join(out)
+            yield _header(d.name, "gauge", d.help, form) + lines
 
 
 def _column(d: MetricDef, snap: Snapshot, shape: _Shape) -> list[int]:
@@ -182,30 +213,45 @@ class MetricsApp:
         self.collector = collector
         self.others = others
         self.renderer = FastRenderer()
-        self._lock = threading.Lock()
 
-    def body(self, accept: str) -> tuple[bytes, str]:
+    def stream(self, accept: str) -> tuple[Iterator[bytes], str]:
+        """The exposition as chunks of bytes, and its content type."""
         encoder, content_type = choose_encoder(accept)
         openmetrics = content_type.startswith("application/openmetrics-text")
+        return self._chunks(encoder, openmetrics), content_type
+
+    def _chunks(self, encoder, openmetrics: bool) -> Iterator[bytes]:
         c = self.collector
         snap, ports, tail = c.read()
-        parts = []
         if snap is not None:
             if FastRenderer.supports(c.options):
-                with self._lock:  # the renderer's cache is shared by concurrent scrapes
-                    parts.append(self.renderer.render(snap, c.namespace, ports, c.options, openmetrics).encode())
+                # no lock: a slow client must not hold up other scrapes (see chunks())
+                for chunk in self.renderer.chunks(snap, c.namespace, ports, c.options, openmetrics):
+                    yield chunk.encode()
             else:
                 text = encoder(_Families(ipvs_families(snap, c.namespace, ports, c.options)))
-                parts.append(text[: -len(b"# EOF\n")] if openmetrics else text)
-        parts.append(encoder(_Families(tail, *self.others)))
-        return b"".join(parts), content_type
+                yield text[: -len(b"# EOF\n")] if openmetrics else text
+        yield encoder(_Families(tail, *self.others))
+
+    def body(self, accept: str) -> tuple[bytes, str]:
+        chunks, content_type = self.stream(accept)
+        return b"".join(chunks), content_type
 
     def __call__(self, environ, start_response):
-        body, content_type = self.body(environ.get("HTTP_ACCEPT", ""))
+        chunks, content_type = self.stream(environ.get("HTTP_ACCEPT", ""))
         headers = [("Content-Type", content_type)]
         if "gzip" in environ.get("HTTP_ACCEPT_ENCODING", ""):
-            body = gzip.compress(body, compresslevel=1)
             headers.append(("Content-Encoding", "gzip"))
-        headers.append(("Content-Length", str(len(body))))
+            chunks = _gzip(chunks)
         start_response("200 OK", headers)
-        return [body] if environ.get("REQUEST_METHOD") != "HEAD" else [b""]
+        return chunks if environ.get("REQUEST_METHOD") != "HEAD" else iter(())
+
+
+def _gzip(chunks: Iterator[bytes]) -> Iterator[bytes]:
+    """Compress a stream as it goes (level 1: a large scrape is CPU-bound on compression)."""
+    z = zlib.compressobj(1, zlib.DEFLATED, 31)
+    for chunk in chunks:
+        out = z.compress(chunk)
+        if out:
+            yield out
+    yield z.flush()

@@ -120,12 +120,14 @@ def error_for(err: int, path: str) -> IPVSError:
     return DumpFailed(err, f"reading IPVS in {where} failed: {os.strerror(err)}")
 
 
-def _u32(ptr, n: int) -> list[int]:
-    return memoryview(ffi.buffer(ptr, n * 4)).cast("I").tolist() if n else []
+def _u32(ptr, n: int) -> memoryview:
+    """A private copy of a uint32 column block, as a flat sequence of ints (4 bytes each,
+    where a list would cost ~36: this is what keeps a 10,000-service scrape small)."""
+    return memoryview(ffi.buffer(ptr, n * 4)[:]).cast("I") if n else memoryview(b"").cast("I")
 
 
-def _u64(ptr, n: int) -> list[int]:
-    return memoryview(ffi.buffer(ptr, n * 8)).cast("Q").tolist() if n else []
+def _u64(ptr, n: int) -> memoryview:
+    return memoryview(ffi.buffer(ptr, n * 8)[:]).cast("Q") if n else memoryview(b"").cast("Q")
 
 
 def _bytes(ptr, n: int) -> bytes:
@@ -145,7 +147,8 @@ class Snapshot:
     """One dump of IPVS as flat columns (row-major, like the shim's arrays).
 
     svc_u32 / dst_u32 rows follow the IPVS_SVC_* / IPVS_DST_* column constants;
-    *_stats rows follow Stats. services() builds the tuple view on demand.
+    *_stats rows follow Stats. The columns are int sequences (memoryviews over a copy of
+    the shim's arrays, or lists in tests); services() builds the tuple view on demand.
     """
 
     __slots__ = ("n_svc", "n_dst", "svc_u32", "svc_stats", "svc_addr", "svc_sched",
