@@ -21,6 +21,7 @@ from prometheus_client import ProcessCollector
 
 from . import __version__
 from .collector import DEST_LABEL_CHOICES, IPVSCollector, Options
+from .docker import DockerServices, parse_docker_host
 from .exposition import MetricsApp
 from .ipvs import Handle, IPVSError, NamespaceNotFound, NotANamespace
 from .portmap import PortMap
@@ -213,6 +214,9 @@ def run(
     destination_labels: str = typer.Option(
         ",".join(DEST_LABEL_CHOICES), "--destination-labels",
         help="labels kept on per-destination series, summing series that merge; 'none' drops them"),
+    docker_host: str = typer.Option(
+        "", "--docker-host",
+        help="Docker Engine API to name swarm services, e.g. unix:///var/run/docker.sock (off when empty)"),
     backend_metrics: bool = typer.Option(
         False, "--backend-metrics",
         help="also export ipvs_backend_* (every detail of every real server of every kind of service)"),
@@ -226,11 +230,18 @@ def run(
     host, port = parse_listen_address(listen_address)
     check_telemetry_path(telemetry_path)
     options = parse_destination_labels(destination_labels, backend_metrics)
+    if docker_host:
+        try:
+            parse_docker_host(docker_host)
+        except ValueError as e:
+            raise typer.BadParameter(str(e))
     setup_logging(log_level, log_format)
+    swarm = DockerServices(docker_host) if docker_host else None
 
     handle = Handle(namespace_path)
     ports = PortMap(namespace_path)
-    collector = IPVSCollector(namespace_path, handle.snapshot, ports.lookup, options, info=handle.info)
+    collector = IPVSCollector(namespace_path, handle.snapshot, ports.lookup, options, info=handle.info,
+                              swarm=swarm)
     metrics = MetricsApp(collector, others=[ProcessCollector(registry=None)])
     try:
         collector.check()
@@ -260,6 +271,8 @@ def run(
     finally:
         server.server_close()
         handle.close()
+        if swarm is not None:
+            swarm.close()
 
 
 def main(argv: Optional[list[str]] = None) -> None:

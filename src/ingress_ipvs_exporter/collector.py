@@ -326,11 +326,14 @@ class IPVSCollector:
     """
 
     def __init__(self, namespace: str, snapshot: Callable[[], Snapshot], ports: PortLookup,
-                 options: Options = Options(), info: Callable[[], tuple[int, int]] | None = None):
+                 options: Options = Options(), info: Callable[[], tuple[int, int]] | None = None,
+                 swarm=None):
+        """swarm: optional docker.DockerServices, naming the swarm service of each fwmark."""
         self.namespace = namespace
         self._snapshot = snapshot
         self._ports = ports
         self._info = info
+        self._swarm = swarm
         self.options = options
         self._logged: set[str] = set()
         self._errors: dict[str, int] = {}
@@ -348,6 +351,8 @@ class IPVSCollector:
             snap = self._snapshot()
             ports = self._ports(snap.fwmarks())
             tail = self._ipvs_info() if self._info else []
+            if self._swarm is not None:
+                tail += self._swarm_families(ports)
         except IPVSError as e:
             self._failed(e)
             return None, {}, self._health(0, time.monotonic() - start)
@@ -359,6 +364,23 @@ class IPVSCollector:
         if snap is not None:
             yield from ipvs_families(snap, self.namespace, ports, self.options)
         yield from tail
+
+    def _swarm_families(self, ports: Mapping[int, Sequence]) -> list[Metric]:
+        """ipvs_swarm_service_info: one series per fwmark, with the same port label as the
+        fwmark's other series, so PromQL can join service names on (namespace, fwmark)."""
+        names = self._swarm.lookup(p for found in ports.values() for p in found)
+        info = GaugeMetricFamily("ipvs_swarm_service_info",
+                                 "The Docker Swarm service that publishes the fwmark's ports (always 1)",
+                                 labels=("fwmark", "namespace", "port", "service_id", "service_name"))
+        for mark in sorted(ports):
+            owners = {names[(p.protocol, p.port)] for p in ports[mark] if (p.protocol, p.port) in names}
+            for owner in sorted(owners, key=lambda o: o.id):
+                port = str(min(p.port for p in ports[mark]))
+                info.add_metric([str(mark), self.namespace, port, owner.id, owner.name], 1)
+        up = GaugeMetricFamily("ipvs_docker_up", "1 when the last query of the Docker Engine API for swarm "
+                               "service names succeeded, else 0", labels=NS_LABELS)
+        up.add_metric([self.namespace], 1 if self._swarm.up else 0)
+        return [info, up]
 
     def _ipvs_info(self) -> list[Metric]:
         version, table = self._info()

@@ -170,3 +170,27 @@ def test_registering_does_no_io():
     reg = CollectorRegistry()
     reg.register(IPVSCollector(NS, lambda: calls.append(1), lambda m: {}))
     assert calls == []
+
+
+def test_swarm_service_names_join_on_fwmark():
+    from ingress_ipvs_exporter.docker import SwarmService
+
+    class FakeSwarm:
+        up = True
+
+        def lookup(self, ports):
+            asked = {(p.protocol, p.port) for p in ports}
+            known = {("tcp", 30000): SwarmService("id1", "web"), ("tcp", 30002): SwarmService("id2", "api"),
+                     ("udp", 30001): SwarmService("id2", "api")}
+            return {k: v for k, v in known.items() if k in asked}
+
+    reg = CollectorRegistry()
+    reg.register(IPVSCollector(NS, lambda: make_snapshot(SEED_EXAMPLE),
+                               lambda marks: {m: PORTS[m] for m in marks if m in PORTS}, swarm=FakeSwarm()))
+    text = generate_latest(reg).decode()
+    assert ('ipvs_swarm_service_info{fwmark="260",namespace="%s",port="30000",service_id="id1",service_name="web"} 1.0'
+            % NS) in text
+    # one series per fwmark even when it has several ports, labelled like its other series
+    assert [l for l in text.splitlines() if l.startswith('ipvs_swarm_service_info{fwmark="261"')] == [
+        'ipvs_swarm_service_info{fwmark="261",namespace="%s",port="30001",service_id="id2",service_name="api"} 1.0' % NS]
+    assert 'ipvs_docker_up{namespace="%s"} 1.0' % NS in text
