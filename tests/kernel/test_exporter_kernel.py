@@ -264,3 +264,38 @@ def test_ipvs_missing_from_the_kernel_reports_up_0_with_reason(netns):
     finally:
         block.unlink()
         sh("modprobe", "-a", "ip_vs", "ip_vs_rr", "ip_vs_wrr", "ip_vs_sh", "ip_vs_wlc", check=False)
+
+
+def test_the_dump_releases_the_gil(netns):
+    """Another thread keeps running Python while a large dump is inside the C shim: the
+    longest pause the other thread sees is a small part of the dump, not all of it."""
+    import threading
+    import time as _time
+
+    from ingress_ipvs_exporter.ipvs import lib
+    name, path = netns
+    rules = "".join(f"-A -f {m} -s rr\n-a -f {m} -r 10.5.{m // 250}.{m % 250 + 1}:0 -m\n" for m in range(1, 3001))
+    sh("ipvsadm", "-R", ns=name, input=rules)
+    h = Handle(path)
+    h.snapshot()  # open and warm up
+    span = []
+    done = threading.Event()
+
+    def dump():
+        span.append(_time.monotonic())
+        assert lib.ipvs_dump(h._h) == 0
+        span.append(_time.monotonic())
+        done.set()
+
+    ticks = []
+    t = threading.Thread(target=dump)
+    t.start()
+    while not done.is_set():
+        ticks.append(_time.monotonic())
+    t.join()
+    h.close()
+    start, end = span
+    inside = [start] + [x for x in ticks if start <= x <= end] + [end]
+    longest = max(b - a for a, b in zip(inside, inside[1:]))
+    assert end - start > 0.05, "the dump was too short to tell"
+    assert longest < 0.5 * (end - start), f"other threads stalled {longest:.3f}s of a {end - start:.3f}s dump"
