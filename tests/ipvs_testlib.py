@@ -46,11 +46,14 @@ def exporter_command() -> str:
 
 
 @contextmanager
-def running_exporter(*args: str, timeout: float = 60.0):
-    """Start the exporter on a free loopback port; yield (metrics URL, process)."""
+def running_exporter(*args: str, timeout: float = 60.0, probe: bool = True, listen_flag: str = "--listen-address",
+                     prefix: tuple = ()):
+    """Start the exporter on a free loopback port; yield (metrics URL, process).
+    probe=False only waits for the port to accept (for TLS or auth set-ups);
+    prefix: a command that runs the exporter (e.g. setpriv ...)."""
     port = free_port()
     log = open(f"/tmp/exporter-{port}.log", "w+")
-    proc = subprocess.Popen([exporter_command(), "--listen-address", f"127.0.0.1:{port}", *args],
+    proc = subprocess.Popen([*prefix, exporter_command(), listen_flag, f"127.0.0.1:{port}", *args],
                             stdout=log, stderr=subprocess.STDOUT)
     url = f"http://127.0.0.1:{port}/metrics"
     try:
@@ -60,7 +63,10 @@ def running_exporter(*args: str, timeout: float = 60.0):
                 log.seek(0)
                 raise AssertionError(f"exporter exited with {proc.returncode}: {log.read()}")
             try:
-                urllib.request.urlopen(f"http://127.0.0.1:{port}/", timeout=5).read()
+                if probe:
+                    urllib.request.urlopen(f"http://127.0.0.1:{port}/", timeout=5).read()
+                else:
+                    socket.create_connection(("127.0.0.1", port), timeout=5).close()
                 break
             except OSError:
                 if time.monotonic() > deadline:

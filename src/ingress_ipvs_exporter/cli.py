@@ -10,6 +10,7 @@ from __future__ import annotations
 import json
 import logging
 import socket
+import ssl
 import sys
 import time
 from socketserver import ThreadingMixIn
@@ -19,7 +20,7 @@ from wsgiref.simple_server import WSGIRequestHandler, WSGIServer, make_server
 import typer
 from prometheus_client import ProcessCollector
 
-from . import __version__
+from . import __version__, webconfig
 from .collector import DEST_LABEL_CHOICES, IPVSCollector, Options
 from .docker import DockerServices, parse_docker_host
 from .exposition import MetricsApp
@@ -90,6 +91,8 @@ class SeedStyleCommand(typer.core.TyperCommand):
                 lines.append(f"  {p.opts[0]} {p.name.upper().replace('_', '-')}")
                 lines.append(f"                         {p.help} ")
                 lines.append(f"                         [default: {p.default}]")
+                if len(p.opts) > 1:
+                    lines.append(f"                         alias: {', '.join(p.opts[1:])}")
             lines.append("")
         formatter.write("\n".join(lines).rstrip() + "\n")
 
@@ -128,6 +131,8 @@ class _Server(ThreadingMixIn, WSGIServer):
 
 
 class _QuietHandler(WSGIRequestHandler):
+    timeout = 60  # seconds a client may stall mid-request before its connection is dropped
+
     def log_message(self, format: str, *args) -> None:  # noqa: A002 - stdlib signature
         log.debug("%s %s", self.address_string(), format % args)
 
@@ -150,7 +155,7 @@ def make_app(metrics, telemetry_path: str):
     return app
 
 
-def _server_class(host: str):
+def _server_class(host: str, tls: ssl.SSLContext | None = None):
     """An IPv6 socket for '' / '::' / v6 literals so that ':9100' serves v4 and v6 alike."""
     family = socket.AF_INET
     if host == "" and socket.has_ipv6:
@@ -169,16 +174,24 @@ def _server_class(host: str):
                 self.socket.setsockopt(socket.IPPROTO_IPV6, socket.IPV6_V6ONLY, 0)
             super().server_bind()
 
+        def get_request(self):
+            conn, addr = super().get_request()
+            if tls is not None:
+                # the handshake happens in the connection's own thread, on first read, so a
+                # slow or plain-HTTP client cannot hold up the accept loop
+                conn = tls.wrap_socket(conn, server_side=True, do_handshake_on_connect=False)
+            return conn, addr
+
     return Server
 
 
-def serve(host: str, port: int, app) -> WSGIServer:
+def serve(host: str, port: int, app, tls: ssl.SSLContext | None = None) -> WSGIServer:
     bind_host = host or ("::" if socket.has_ipv6 else "0.0.0.0")
     try:
-        return make_server(bind_host, port, app, server_class=_server_class(host), handler_class=_QuietHandler)
+        return make_server(bind_host, port, app, server_class=_server_class(host, tls), handler_class=_QuietHandler)
     except OSError:
         if host == "" and bind_host == "::":  # no IPv6 on this host
-            return make_server("0.0.0.0", port, app, server_class=_server_class("0.0.0.0"),
+            return make_server("0.0.0.0", port, app, server_class=_server_class("0.0.0.0", tls),
                                handler_class=_QuietHandler)
         raise
 
@@ -205,9 +218,9 @@ def _one_of(*choices: str):
 
 @app.command(cls=SeedStyleCommand)
 def run(
-    listen_address: str = typer.Option(":9100", "--listen-address",
+    listen_address: str = typer.Option(":9100", "--listen-address", "--web.listen-address",
                                        help="address to set the http server to listen to"),
-    telemetry_path: str = typer.Option("/metrics", "--telemetry-path",
+    telemetry_path: str = typer.Option("/metrics", "--telemetry-path", "--web.telemetry-path",
                                        help="endpoint to receive scrape requests from prometheus"),
     namespace_path: str = typer.Option("/var/run/docker/netns/ingress_sbox", "--namespace-path",
                                        help="absolute path to the network namespace where ipv is configured"),
@@ -220,6 +233,9 @@ def run(
     backend_metrics: bool = typer.Option(
         False, "--backend-metrics",
         help="also export ipvs_backend_* (every detail of every real server of every kind of service)"),
+    web_config_file: str = typer.Option(
+        "", "--web.config.file",
+        help="TLS and basic auth config in the Prometheus exporter-toolkit format (off when empty)"),
     log_level: str = typer.Option("info", "--log-level", callback=_one_of("debug", "info", "warning", "error"),
                                   help="log messages at this level and above: debug, info, warning, error"),
     log_format: str = typer.Option("logfmt", "--log-format", callback=_one_of("logfmt", "json"),
@@ -235,6 +251,10 @@ def run(
             parse_docker_host(docker_host)
         except ValueError as e:
             raise typer.BadParameter(str(e))
+    try:
+        web = webconfig.load(web_config_file) if web_config_file else webconfig.WebConfig()
+    except webconfig.WebConfigError as e:
+        raise typer.BadParameter(str(e))
     setup_logging(log_level, log_format)
     swarm = DockerServices(docker_host) if docker_host else None
 
@@ -252,14 +272,16 @@ def run(
         startup_error = e
 
     try:
-        server = serve(host, port, make_app(metrics, telemetry_path))
+        app = make_app(metrics, telemetry_path)
+        server = serve(host, port, webconfig.BasicAuth(app, web.users) if web.users else app, web.tls)
     except OSError as e:
         log.error("cannot listen on %s: %s (is another exporter on that port? set --listen-address)",
                   listen_address, e.strerror or e)
         raise typer.Exit(1)
 
-    log.info("%s %s listening on %s, telemetry path %s, namespace %s", PROG, __version__,
-             listen_address, telemetry_path, namespace_path or "(current)")
+    log.info("%s %s listening on %s (%s%s), telemetry path %s, namespace %s", PROG, __version__,
+             listen_address, "https" if web.tls else "http", ", basic auth" if web.users else "",
+             telemetry_path, namespace_path or "(current)")
     if startup_error is not None:
         hint = " No swarm here? 'make demo' in the source tree shows it on a real one." \
             if isinstance(startup_error, NamespaceNotFound) else ""
