@@ -8,7 +8,7 @@ ARGS   ?=
 PYTEST := $(BIN)/python -m pytest -p no:cacheprovider
 VM     := tests/vm/vm-run
 
-.PHONY: all deps deps-test venv build run test test-unit test-vm test-kernel test-swarm clean
+.PHONY: all deps deps-test venv build run demo test test-unit test-vm test-kernel test-swarm clean
 
 all: venv
 
@@ -32,6 +32,10 @@ build: venv
 ## run the exporter (root or CAP_SYS_ADMIN+CAP_NET_ADMIN); flags go in ARGS="..."
 run: venv
 	$(BIN)/ingress_ipvs_exporter $(ARGS)
+
+## the README example live, without a swarm node: a VM with dockerd, a swarm, the exporter
+demo: deps-test venv
+	demo/run
 
 ## every test: unit tests here, then the kernel and swarm suites in one VM boot
 test: deps-test venv test-unit test-vm
