@@ -1,0 +1,151 @@
+"""The exporter on a real Docker Swarm (swarm-lab, inside the IPVS VM), once with the
+host's iptables alternative set to nft and once to legacy.
+
+Per backend the tests share one swarm and run in file order: the README example (three
+services, ten requests, every seed sample equal to ipvsadm, ports as docker reports them),
+swarm service names through the exporter and through docker.py, churn, and dockerd stopped
+last, since it ends the swarm.
+"""
+from __future__ import annotations
+
+import contextlib
+import os
+import re
+import signal
+import subprocess
+import time
+from pathlib import Path
+
+import pytest
+
+from ingress_ipvs_exporter.docker import DockerError, fetch_services
+from ipvs_testlib import assert_seed_samples_match, ipvsadm, running_exporter, samples, scrape, stable_ipvsadm
+from swarmlib import API_TIMEOUT, IMAGE, WAIT, diag
+
+pytestmark = pytest.mark.swarm
+
+
+@contextlib.contextmanager
+def diagnosed():
+    """On failure, print swarm-lab's diagnostics (dockerd log, service ps, ipvsadm, rules)."""
+    try:
+        yield
+    except BaseException:
+        print(diag())
+        raise
+
+
+def marks_by_port(lab) -> dict[int, int]:
+    """published port -> fwmark, from the backend's own mangle rules in ingress_sbox."""
+    out = subprocess.run(["nsenter", f"--net={lab.ingress_ns}", f"iptables-{lab.backend}-save", "-t", "mangle"],
+                         capture_output=True, text=True, check=True, timeout=120).stdout
+    return {int(p): int(m, 16) for p, m in re.findall(r"--dport (\d+) -j MARK --set-xmark (0x[0-9a-f]+)/", out)}
+
+
+def _names(mapping) -> dict[tuple[str, int], str]:
+    return {port: service.name for port, service in mapping.items()}
+
+
+def test_readme_example_seed_metrics_equal_ipvsadm(lab):
+    with diagnosed():
+        ports = lab.ports()  # what `docker service inspect` reports: the truth
+        assert sorted(ports) == ["service_1", "service_2", "service_3"]
+        marks = marks_by_port(lab)
+        assert set(marks) == set(ports.values()), f"mangle rules {marks} vs published {ports}"
+        subprocess.run(["nsenter", f"--net={lab.ingress_ns}", "ipvsadm", "-Z"], check=True, timeout=60)
+        first = ports["service_1"]
+        lab.requests(first, 10)
+        with running_exporter("--namespace-path", lab.ingress_ns) as (url, _):
+            for _ in range(3):
+                before = stable_ipvsadm(lab.ingress_ns)
+                scraped = scrape(url)
+                if ipvsadm(lab.ingress_ns) == before:
+                    break
+            else:
+                pytest.fail("ipvsadm changed during every scrape")
+        ns = frozenset({("namespace", lab.ingress_ns)})
+        assert scraped[("ipvs_services_total", ns)] == 3
+        assert scraped[("ipvs_up", ns)] == 1
+        for name, port in ports.items():  # each service's port label is its published port
+            series = samples(scraped, "ipvs_connections_total")
+            assert frozenset(ns | {("fwmark", str(marks[port])), ("port", str(port))}) in series, (name, port)
+        conns = scraped[("ipvs_connections_total",
+                         frozenset(ns | {("fwmark", str(marks[first])), ("port", str(first))}))]
+        assert conns == 10
+        assert_seed_samples_match(scraped, before, lab.ingress_ns, {m: str(p) for p, m in marks.items()})
+
+
+def test_fetch_services_names_each_published_port(lab):
+    ports = lab.ports()
+    assert sorted(ports) == ["service_1", "service_2", "service_3"]
+    got = fetch_services(lab.docker_host, timeout=API_TIMEOUT)
+    assert _names(got) == {("tcp", port): name for name, port in ports.items()}
+    ids = lab.ids()
+    assert {service.name: service.id for service in got.values()} == {name: ids[name] for name in ports}
+
+
+def test_service_names_through_the_exporter_follow_churn(lab):
+    with diagnosed(), running_exporter("--namespace-path", lab.ingress_ns, "--docker-host", lab.docker_host) as (url, _):
+        ns = ("namespace", lab.ingress_ns)
+
+        def names() -> dict[int, str]:
+            """published port -> service name, from ipvs_swarm_service_info."""
+            got = {}
+            for labels in samples(scrape(url), "ipvs_swarm_service_info"):
+                d = dict(labels)
+                assert d["namespace"] == lab.ingress_ns
+                got[int(d["port"])] = d["service_name"]
+            return got
+
+        def wait_names(expected: dict[int, str]) -> None:
+            deadline = time.monotonic() + WAIT
+            while (got := names()) != expected:
+                assert time.monotonic() < deadline, f"names {got}, expected {expected}"
+                time.sleep(2)
+
+        wait_names({port: name for name, port in lab.ports().items()})
+        assert scrape(url)[("ipvs_docker_up", frozenset({ns}))] == 1
+        # churn between scrapes: a service created, another removed
+        lab.docker("service", "create", "--no-resolve-image", "--detach=true", "--name", "service_4",
+                   "--publish", "80", IMAGE, "/bin/httpd", "-f", "-p", "80", "-h", "/www")
+        lab.wait_ports(lambda p: "service_4" in p, "service_4 published")
+        lab.docker("service", "rm", "service_3")
+        after = lab.wait_ports(lambda p: "service_3" not in p, "service_3 removed")
+        wait_names({port: name for name, port in after.items()})
+
+
+def test_dockerd_stopped_leaves_ipvs_metrics_alone(lab):
+    """Last: stopping dockerd ends this backend's swarm (IPVS stays in the namespace)."""
+    with running_exporter("--namespace-path", lab.ingress_ns, "--docker-host", lab.docker_host) as (url, _):
+        ns = frozenset({("namespace", lab.ingress_ns)})
+        before = scrape(url)
+        pid = int(Path(lab.state, "dockerd.pid").read_text().strip())
+        os.kill(pid, signal.SIGTERM)
+        deadline = time.monotonic() + WAIT
+        while os.path.exists(f"/proc/{pid}"):
+            assert time.monotonic() < deadline, f"dockerd {pid} still running {WAIT:g}s after SIGTERM"
+            time.sleep(1)
+        time.sleep(2)
+        after = scrape(url)
+        assert after[("ipvs_up", ns)] == 1
+        seed = ("ipvs_connections_total", "ipvs_destination_total", "ipvs_destination_connections_total")
+        for name in seed:
+            assert samples(after, name).keys() == samples(before, name).keys(), name
+        deadline = time.monotonic() + WAIT
+        while after.get(("ipvs_docker_up", ns)) != 0:  # the failed refresh shows on a later scrape
+            assert time.monotonic() < deadline, "ipvs_docker_up never went to 0"
+            time.sleep(2)
+            after = scrape(url)
+        assert after[("ipvs_up", ns)] == 1
+        assert samples(after, "ipvs_swarm_service_info"), "the last known names stay"
+
+
+def test_docker_api_down_fails_fast(lab):
+    """After the previous test dockerd is gone: the API client fails at once, in one line."""
+    start = time.monotonic()
+    with pytest.raises(DockerError) as info:
+        fetch_services(lab.docker_host, timeout=API_TIMEOUT)
+    assert time.monotonic() - start < 5.0, "a stopped dockerd must fail fast, not time out"
+    message = str(info.value)
+    assert lab.docker_host in message and "\n" not in message
+    assert info.value.kind == "unreachable"
