@@ -45,7 +45,7 @@ test-unit: venv
 
 # One VM boot runs every kernel test (tests/kernel, tests/swarm when present).
 test-vm: deps-test venv
-	$(VM) -- python -m pytest -p no:cacheprovider -q -m "kernel or swarm" tests/kernel $(wildcard tests/swarm/test_*.py)
+	VM_TIMEOUT=4800 $(VM) -- python -m pytest -p no:cacheprovider -q -m "kernel or swarm" tests/kernel $(wildcard tests/swarm/test_*.py)
 
 test-kernel: deps-test venv
 	$(VM) -- python -m pytest -p no:cacheprovider -q -m kernel tests/kernel

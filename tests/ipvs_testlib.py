@@ -46,7 +46,7 @@ def exporter_command() -> str:
 
 
 @contextmanager
-def running_exporter(*args: str, timeout: float = 60.0, probe: bool = True, listen_flag: str = "--listen-address",
+def running_exporter(*args: str, timeout: float = 180.0, probe: bool = True, listen_flag: str = "--listen-address",
                      prefix: tuple = ()):
     """Start the exporter on a free loopback port; yield (metrics URL, process).
     probe=False only waits for the port to accept (for TLS or auth set-ups);
@@ -70,7 +70,8 @@ def running_exporter(*args: str, timeout: float = 60.0, probe: bool = True, list
                 break
             except OSError:
                 if time.monotonic() > deadline:
-                    raise AssertionError("exporter did not answer within %ss" % timeout)
+                    log.seek(0)
+                    raise AssertionError(f"exporter did not answer within {timeout:g}s; its log: {log.read()}")
                 time.sleep(0.2)
         yield url, proc
     finally:
