@@ -256,7 +256,7 @@ def run(
     except webconfig.WebConfigError as e:
         raise typer.BadParameter(str(e))
     setup_logging(log_level, log_format)
-    swarm = DockerServices(docker_host) if docker_host else None
+    swarm = DockerServices(docker_host, timeout=10.0) if docker_host else None
 
     handle = Handle(namespace_path)
     ports = PortMap(namespace_path)

@@ -3,8 +3,8 @@ host's iptables alternative set to nft and once to legacy.
 
 Per backend the tests share one swarm and run in file order: the README example (three
 services, ten requests, every seed sample equal to ipvsadm, ports as docker reports them),
-swarm service names through the exporter and through docker.py, churn, and dockerd stopped
-last, since it ends the swarm.
+swarm service names through the exporter and through docker.py, churn, a frozen dockerd, and
+dockerd stopped last, since it ends the swarm.
 """
 from __future__ import annotations
 
@@ -46,6 +46,18 @@ def _names(mapping) -> dict[tuple[str, int], str]:
     return {port: service.name for port, service in mapping.items()}
 
 
+def save_example(url: str, mark: int, backend: str) -> None:
+    """The README example's lines as this run saw them, in build/vm/ (writable from the VM)."""
+    import urllib.request
+    text = urllib.request.urlopen(url, timeout=60).read().decode()
+    seed = re.compile(r'^ipvs_(bytes_(in|out)|connections|destination_[a-z_]+|services)_total\{')
+    lines = [line for line in text.splitlines()
+             if seed.match(line) and (f'fwmark="{mark}"' in line or line.startswith("ipvs_services_total"))]
+    out = Path(__file__).parents[2] / "build" / "vm"
+    if out.is_dir():
+        (out / f"readme-example-{backend}.txt").write_text("\n".join(sorted(lines)) + "\n")
+
+
 def test_readme_example_seed_metrics_equal_ipvsadm(lab):
     with diagnosed():
         ports = lab.ports()  # what `docker service inspect` reports: the truth
@@ -63,6 +75,7 @@ def test_readme_example_seed_metrics_equal_ipvsadm(lab):
                     break
             else:
                 pytest.fail("ipvsadm changed during every scrape")
+            save_example(url, marks[first], lab.backend)
         ns = frozenset({("namespace", lab.ingress_ns)})
         assert scraped[("ipvs_services_total", ns)] == 3
         assert scraped[("ipvs_up", ns)] == 1
@@ -114,34 +127,42 @@ def test_service_names_through_the_exporter_follow_churn(lab):
         wait_names({port: name for name, port in after.items()})
 
 
-def test_dockerd_stopped_leaves_ipvs_metrics_alone(lab):
-    """Last: stopping dockerd ends this backend's swarm (IPVS stays in the namespace)."""
+def test_docker_api_hanging_leaves_ipvs_metrics_alone(lab):
+    """dockerd frozen (SIGSTOP): its API stops answering but the swarm's IPVS stays, as when
+    a busy or wedged dockerd does not answer. Scrapes go on, unaffected; only
+    ipvs_docker_up turns 0; the last known names stay."""
+    pid = int(Path(lab.state, "dockerd.pid").read_text().strip())
     with running_exporter("--namespace-path", lab.ingress_ns, "--docker-host", lab.docker_host) as (url, _):
         ns = frozenset({("namespace", lab.ingress_ns)})
-        before = scrape(url)
-        pid = int(Path(lab.state, "dockerd.pid").read_text().strip())
-        os.kill(pid, signal.SIGTERM)
         deadline = time.monotonic() + WAIT
-        while os.path.exists(f"/proc/{pid}"):
-            assert time.monotonic() < deadline, f"dockerd {pid} still running {WAIT:g}s after SIGTERM"
-            time.sleep(1)
-        time.sleep(2)
-        after = scrape(url)
-        assert after[("ipvs_up", ns)] == 1
-        seed = ("ipvs_connections_total", "ipvs_destination_total", "ipvs_destination_connections_total")
-        for name in seed:
-            assert samples(after, name).keys() == samples(before, name).keys(), name
-        deadline = time.monotonic() + WAIT
-        while after.get(("ipvs_docker_up", ns)) != 0:  # the failed refresh shows on a later scrape
-            assert time.monotonic() < deadline, "ipvs_docker_up never went to 0"
+        while not samples(before := scrape(url), "ipvs_swarm_service_info"):
+            assert time.monotonic() < deadline, "no names before freezing dockerd"
             time.sleep(2)
+        os.kill(pid, signal.SIGSTOP)
+        try:
+            deadline = time.monotonic() + WAIT
             after = scrape(url)
-        assert after[("ipvs_up", ns)] == 1
-        assert samples(after, "ipvs_swarm_service_info"), "the last known names stay"
+            while after.get(("ipvs_docker_up", ns)) != 0:  # the refresh times out in the background
+                assert time.monotonic() < deadline, "ipvs_docker_up never went to 0"
+                assert after[("ipvs_up", ns)] == 1
+                time.sleep(2)
+                after = scrape(url)
+            assert after[("ipvs_up", ns)] == 1
+            for name in ("ipvs_connections_total", "ipvs_destination_total", "ipvs_destination_connections_total"):
+                assert samples(after, name).keys() == samples(before, name).keys(), name
+            assert samples(after, "ipvs_swarm_service_info").keys() == samples(before, "ipvs_swarm_service_info").keys()
+        finally:
+            os.kill(pid, signal.SIGCONT)
 
 
 def test_docker_api_down_fails_fast(lab):
-    """After the previous test dockerd is gone: the API client fails at once, in one line."""
+    """Last for this swarm: dockerd stopped; the API client fails at once, in one line."""
+    pid = int(Path(lab.state, "dockerd.pid").read_text().strip())
+    os.kill(pid, signal.SIGTERM)
+    deadline = time.monotonic() + WAIT
+    while os.path.exists(f"/proc/{pid}"):
+        assert time.monotonic() < deadline, f"dockerd {pid} still running {WAIT:g}s after SIGTERM"
+        time.sleep(1)
     start = time.monotonic()
     with pytest.raises(DockerError) as info:
         fetch_services(lab.docker_host, timeout=API_TIMEOUT)
