@@ -1,0 +1,405 @@
+"""The least privilege the exporter needs, found by running it as an unprivileged user.
+
+Each test runs the installed exporter as nobody (uid 65534) with exactly a chosen set of
+capabilities - permitted, inheritable, ambient and bounding set, plus no_new_privs, which
+is what the systemd unit in packaging/systemd gives it - and scrapes it over loopback.
+Ambient capabilities matter: the exporter execs nsenter and iptables-*-save to read the
+mangle rules, and only ambient capabilities survive into those children.
+
+The namespace sits where Docker keeps it: /var/run/docker is root's, mode 0700, so
+non-root needs CAP_DAC_READ_SEARCH to reach /var/run/docker/netns/ingress_sbox at all.
+Findings (also in packaging/systemd/README.md):
+  CAP_SYS_ADMIN        setns() into the namespace (the shim and nsenter)
+  CAP_NET_ADMIN        IPVS over generic netlink; iptables-nft-save over nfnetlink
+  CAP_DAC_READ_SEARCH  Docker's 0700 /var/run/docker; /proc/net/ip_tables_names (0440),
+                       which tells whether legacy iptables tables exist
+  CAP_NET_RAW          iptables-legacy-save's raw socket: legacy-backend hosts only
+Without SYS_ADMIN, NET_ADMIN or (for Docker's path) DAC_READ_SEARCH the exporter serves
+ipvs_up 0 with reason "permission" and logs it once; without NET_RAW or DAC_READ_SEARCH
+on a legacy-backend host IPVS is read but the port label is empty.
+"""
+from __future__ import annotations
+
+import os
+import re
+import subprocess
+import sys
+import sysconfig
+import time
+import urllib.request
+from contextlib import contextmanager
+from pathlib import Path
+
+import pytest
+from ipvs_testlib import (
+    assert_seed_samples_match,
+    exporter_command,
+    free_port,
+    ipvsadm,
+    samples,
+    scrape,
+    sh,
+)
+from lab import SWARM_PORTS, UNMARKED_FWMARK
+
+pytestmark = pytest.mark.kernel
+
+NOBODY = 65534
+CAP_BITS = {"dac_read_search": 2, "net_admin": 12, "net_raw": 13, "sys_admin": 21}
+# What packaging/systemd/ingress_ipvs_exporter.service grants.
+UNIT_CAPS = ("sys_admin", "net_admin", "dac_read_search", "net_raw")
+# The least an nf_tables host (Debian 11+, Ubuntu 21.10+, RHEL 8+) needs with Docker's path.
+NFT_CAPS = ("sys_admin", "net_admin", "dac_read_search")
+EXPECTED_PORTS = {**{mark: str(port) for port, mark in SWARM_PORTS.items()}, UNMARKED_FWMARK: ""}
+PERMISSION = "not permitted to read IPVS"
+
+
+def setpriv_prefix(caps) -> list[str]:
+    """setpriv (util-linux) as nobody with exactly `caps`, ambient so that exec'd children keep them."""
+    spec = ",".join(["-all", *(f"+{c}" for c in caps)])
+    return ["setpriv", f"--reuid={NOBODY}", f"--regid={NOBODY}", "--clear-groups", "--nnp",
+            f"--inh-caps={spec}", f"--ambient-caps={spec}", f"--bounding-set={spec}"]
+
+
+def _mask(caps) -> int:
+    return sum(1 << CAP_BITS[c] for c in caps)
+
+
+@contextmanager
+def exporter_as(caps, *args: str, timeout: float = 90.0):
+    """ipvs_testlib.running_exporter, but run through setpriv_prefix(caps); yields (url, pid, log path)."""
+    port = free_port()
+    log_path = Path(f"/tmp/exporter-caps-{port}.log")
+    with open(log_path, "w") as log:
+        proc = subprocess.Popen([*setpriv_prefix(caps), exporter_command(),
+                                 "--listen-address", f"127.0.0.1:{port}", *args],
+                                stdout=log, stderr=subprocess.STDOUT)
+    try:
+        deadline = time.monotonic() + timeout
+        while True:
+            if proc.poll() is not None:
+                raise AssertionError(f"exporter exited with {proc.returncode}: {log_path.read_text()}")
+            try:
+                urllib.request.urlopen(f"http://127.0.0.1:{port}/", timeout=5).read()
+                break
+            except OSError:
+                assert time.monotonic() < deadline, f"exporter did not answer within {timeout}s"
+                time.sleep(0.3)
+        yield f"http://127.0.0.1:{port}/metrics", proc.pid, log_path
+    finally:
+        proc.terminate()
+        try:
+            proc.wait(10)
+        except subprocess.TimeoutExpired:
+            proc.kill()
+            proc.wait()
+
+
+def _status(pid: int) -> dict[str, str]:
+    lines = Path(f"/proc/{pid}/status").read_text().splitlines()
+    return dict(line.split(":\t", 1) for line in lines if ":\t" in line)
+
+
+def assert_runs_with_exactly(pid: int, caps) -> None:
+    """The exporter process (setpriv exec'd into it) is nobody with exactly these capabilities."""
+    st = _status(pid)
+    assert st["Uid"].split()[:2] == [str(NOBODY)] * 2, st["Uid"]
+    for field in ("CapEff", "CapPrm", "CapAmb", "CapBnd"):
+        assert int(st[field], 16) == _mask(caps), f"{field} {st[field]} != {sorted(caps)}"
+    assert st.get("NoNewPrivs", "").strip() == "1"
+
+
+@contextmanager
+def ipvs_namespace(backend: str):
+    """A swarm-like namespace (fwmark services, swarm's mangle rules in `backend`), exposed under a
+    Docker-like 0700 root directory: yields (docker-like path, /run/netns path)."""
+    name = f"cap{os.getpid() % 10000}{backend[0]}"
+    root = Path(f"/run/captest-{name}")
+    dockerish = root / "docker" / "netns" / "ingress_sbox"
+    sh("ip", "netns", "add", name)
+    try:
+        sh("ip", "link", "set", "lo", "up", ns=name)
+        for port, mark in SWARM_PORTS.items():
+            sh(f"iptables-{backend}", "-t", "mangle", "-A", "PREROUTING", "-p", "tcp", "-m", "tcp",
+               "--dport", str(port), "-j", "MARK", "--set-xmark", f"{mark:#x}/0xffffffff", ns=name)
+        for mark in (*SWARM_PORTS.values(), UNMARKED_FWMARK):
+            sh("ipvsadm", "-A", "-f", str(mark), "-s", "rr", ns=name)
+            sh("ipvsadm", "-a", "-f", str(mark), "-r", "198.18.20.2:0", "-m", ns=name)
+        # dockerd: os.MkdirAll(ExecRoot, 0700); libnetwork: netns/ 0755; ingress_sbox a bind mount
+        dockerish.parent.mkdir(parents=True)
+        os.chmod(root / "docker", 0o700)
+        os.chmod(dockerish.parent, 0o755)
+        dockerish.touch()
+        sh("mount", "--bind", f"/run/netns/{name}", str(dockerish))
+        yield str(dockerish), f"/run/netns/{name}"
+    finally:
+        sh("umount", str(dockerish), check=False)
+        subprocess.run(["rm", "-rf", str(root)], check=False)
+        sh("ip", "netns", "del", name, check=False)
+
+
+@pytest.fixture(scope="module")
+def nft_ns():
+    with ipvs_namespace("nft") as paths:
+        yield paths
+
+
+@pytest.fixture(scope="module")
+def legacy_ns():
+    with ipvs_namespace("legacy") as paths:
+        yield paths
+
+
+def _namespace(request, backend: str) -> tuple[str, str]:
+    return request.getfixturevalue(f"{backend}_ns")
+
+
+def _up(scraped, ns) -> float | None:
+    return scraped.get(("ipvs_up", frozenset({("namespace", ns)})))
+
+
+def _ports_seen(scraped, ns) -> dict[str, str]:
+    """fwmark -> port label of ipvs_connections_total."""
+    return {dict(labels)["fwmark"]: dict(labels)["port"]
+            for labels in samples(scraped, "ipvs_connections_total") if dict(labels)["namespace"] == ns}
+
+
+def _lines(log_path: Path, needle: str) -> list[str]:
+    return [line for line in log_path.read_text().splitlines() if needle in line]
+
+
+# ---- what works ------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("backend, caps", [("nft", UNIT_CAPS), ("legacy", UNIT_CAPS), ("nft", NFT_CAPS)],
+                         ids=["nft-unit-caps", "legacy-unit-caps", "nft-minimum"])
+def test_unprivileged_with_these_caps_reads_everything(request, backend, caps):
+    """nobody + the unit's capabilities: ipvs_up 1 and every seed sample, port labels included,
+    equal to ipvsadm's - the port labels prove nsenter and iptables-*-save inherited the caps."""
+    path, _ = _namespace(request, backend)
+    with exporter_as(caps, "--namespace-path", path) as (url, pid, log_path):
+        assert_runs_with_exactly(pid, caps)
+        scraped = scrape(url)
+        scrape(url)  # a second scrape logs nothing new
+    assert _up(scraped, path) == 1, log_path.read_text()
+    assert_seed_samples_match(scraped, ipvsadm(path), path, EXPECTED_PORTS)
+    assert samples(scraped, "ipvs_service_published_port_info")
+    noise = [line for line in log_path.read_text().splitlines()
+             if re.search(r"level=(warning|error|critical)", line)]
+    assert not noise, noise
+
+
+# ---- each capability taken away --------------------------------------------------------
+
+
+@pytest.mark.parametrize("missing", ["sys_admin", "net_admin", "dac_read_search"])
+def test_without_a_needed_cap_serves_up_0_and_says_so_once(request, missing):
+    """No setns (SYS_ADMIN), no IPVS netlink (NET_ADMIN) or no way into Docker's 0700 directory
+    (DAC_READ_SEARCH): the exporter keeps serving ipvs_up 0 with reason permission, logged once."""
+    caps = [c for c in NFT_CAPS if c != missing]
+    path, _ = _namespace(request, "nft")
+    with exporter_as(caps, "--namespace-path", path) as (url, pid, log_path):
+        assert_runs_with_exactly(pid, caps)
+        for _ in range(3):
+            scraped = scrape(url)
+    assert _up(scraped, path) == 0
+    assert scraped[("ipvs_scrape_errors_total",
+                    frozenset({("namespace", path), ("reason", "permission")}))] >= 3
+    assert not samples(scraped, "ipvs_connections_total")
+    said = _lines(log_path, PERMISSION)
+    assert len(said) == 1, f"want one '{PERMISSION}' line, got:\n{log_path.read_text()}"
+    assert path in said[0] and "CAP_SYS_ADMIN" in said[0], said[0]
+
+
+@pytest.mark.parametrize("missing, path_kind", [("net_raw", "docker"), ("dac_read_search", "run-netns")],
+                         ids=["no-net_raw", "no-dac_read_search"])
+def test_legacy_host_without_a_port_cap_reads_ipvs_without_ports(request, missing, path_kind):
+    """Swarm's marks in legacy iptables. Without NET_RAW iptables-legacy-save cannot open its raw
+    socket; without DAC_READ_SEARCH /proc/net/ip_tables_names (0440) is unreadable, so the legacy
+    tables look absent (the namespace is given as /run/netns/NAME here, reachable without it).
+    Either way IPVS is still read (ipvs_up 1) and only the port label is empty."""
+    caps = [c for c in UNIT_CAPS if c != missing]
+    dockerish, run_netns = _namespace(request, "legacy")
+    path = dockerish if path_kind == "docker" else run_netns
+    with exporter_as(caps, "--namespace-path", path) as (url, pid, log_path):
+        assert_runs_with_exactly(pid, caps)
+        for _ in range(2):
+            scraped = scrape(url)
+    assert _up(scraped, path) == 1, log_path.read_text()
+    assert_seed_samples_match(scraped, ipvsadm(path), path, {})  # every port label empty
+    assert set(_ports_seen(scraped, path).values()) == {""}
+    said = [line for line in log_path.read_text().splitlines()
+            if re.search(r"level=(warning|error)", line) and ("iptables" in line or "port" in line)]
+    if not said:
+        pytest.xfail(f"without CAP_{missing.upper()} the legacy port labels vanish silently: portmap "
+                     "logs no warning (a failed backend is debug-only when another backend answered; "
+                     "an unreadable /proc/net/ip_tables_names reads as 'no legacy tables')")
+    assert len(said) == 1, said
+
+
+# ---- the shipped unit under a real systemd ----------------------------------------------
+
+UNIT = Path(__file__).resolve().parents[2] / "packaging" / "systemd" / "ingress_ipvs_exporter.service"
+DOCKER_NETNS = Path("/var/run/docker/netns")
+
+
+def _in_systemd(pid1: int, *argv: str, check: bool = True) -> str:
+    """Run a command in the private systemd's namespaces (systemctl reaches it there)."""
+    res = subprocess.run(["nsenter", "-t", str(pid1), "-a", *argv], capture_output=True, text=True,
+                         timeout=180, check=False)
+    if check and res.returncode != 0:
+        raise AssertionError(f"{' '.join(argv)} failed ({res.returncode}): {res.stderr.strip()}")
+    return res.stdout
+
+
+def _wait_metrics(url: str, ready, what: str, timeout: float = 240.0) -> dict:
+    deadline = time.monotonic() + timeout
+    last: object = None
+    while time.monotonic() < deadline:
+        try:
+            last = scrape(url)
+            if ready(last):
+                return last
+        except OSError as exc:
+            last = exc
+        time.sleep(1)
+    raise AssertionError(f"{what}: not within {timeout:g}s; last scrape: {last!r}")
+
+
+@contextmanager
+def private_systemd():
+    """systemd as PID 1 of a new PID and mount namespace (the VM's init is not systemd); the
+    units it runs get systemd's real sandbox: DynamicUser, seccomp, capabilities, mounts."""
+    # --propagation shared: as on a host, where PID 1 makes / rshared (a systemd that finds itself
+    # in a PID namespace leaves propagation as it was, and the VM's mounts are private).
+    proc = subprocess.Popen(["unshare", "--pid", "--fork", "--kill-child", "--mount-proc", "--propagation", "shared",
+                             "/lib/systemd/systemd", "--system", "--unit=ingress_ipvs_exporter.service",
+                             "--log-target=kmsg"],
+                            stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    try:
+        deadline = time.monotonic() + 120
+        while True:
+            kids = subprocess.run(["pgrep", "-P", str(proc.pid), "-x", "systemd"], capture_output=True,
+                                  text=True, check=False).stdout.split()
+            if kids and subprocess.run(["nsenter", "-t", kids[0], "-a", "systemctl", "show", "-p", "Version"],
+                                       capture_output=True, check=False).returncode == 0:
+                break
+            assert proc.poll() is None, "systemd exited"
+            assert time.monotonic() < deadline, "systemd did not answer systemctl within 120s"
+            time.sleep(1)
+        yield int(kids[0])
+    finally:
+        proc.terminate()
+        try:
+            proc.wait(30)
+        except subprocess.TimeoutExpired:
+            proc.kill()
+            proc.wait()
+
+
+def _install_exporter(link: Path) -> None:
+    """Put the installed exporter at the unit's ExecStart path. A venv whose interpreter lives under
+    /root or /home (a developer's pyenv) cannot run with ProtectHome=yes: then run the same installed
+    package through a venv of the system's python3.X that adds the project venv's site-packages."""
+    exe = Path(exporter_command())
+    interpreter = os.path.realpath(exe.read_text().splitlines()[0][2:].strip())
+    link.parent.mkdir(parents=True, exist_ok=True)
+    if link.is_symlink() or link.exists():
+        link.unlink()
+    if not interpreter.startswith(("/root/", "/home/")):
+        link.symlink_to(exe)
+        return
+    system_python = f"/usr/bin/python3.{sys.version_info.minor}"
+    if not os.access(system_python, os.X_OK):
+        pytest.skip(f"the venv's python is under a home directory and {system_python} is missing")
+    venv = Path("/opt/ingress_ipvs_exporter-captest")
+    if not venv.exists():
+        sh(system_python, "-m", "venv", "--without-pip", str(venv))
+    site = sysconfig.get_paths()["purelib"]
+    (venv / f"lib/python3.{sys.version_info.minor}/site-packages/captest.pth").write_text(
+        f"import site; site.addsitedir({site!r})\n")
+    link.write_text(f"#!{venv}/bin/python3\nimport sys\nfrom ingress_ipvs_exporter.cli import main\n"
+                    "sys.exit(main())\n")
+    link.chmod(0o755)
+
+
+@pytest.mark.skipif(not os.access("/lib/systemd/systemd", os.X_OK),
+                    reason="systemd is not installed: apt-get install systemd")
+def test_shipped_unit_under_systemd_serves_docker_namespace_created_after_start():
+    """The unit as shipped (DynamicUser, the four capabilities, seccomp @system-service,
+    RestrictNamespaces=net, MemoryDenyWriteExecute, ProtectSystem=strict...) under systemd 252:
+    started before Docker's namespace exists it serves ipvs_up 0; once ingress_sbox is bind-mounted
+    in the host's mount namespace (as dockerd does) the mount propagates into the unit's own, and
+    it serves the seed metrics with port labels. The drop-in only routes output to a file, drops
+    the default boot dependencies and - when the venv's interpreter lives under /root or /home,
+    as a developer's pyenv does - relaxes ProtectHome=yes to read-only."""
+    port = free_port()
+    log = Path(f"/run/captest-unit-{port}.log")
+    Path("/etc/systemd/system/ingress_ipvs_exporter.service").write_text(UNIT.read_text())
+    dropin = Path("/etc/systemd/system/ingress_ipvs_exporter.service.d")
+    dropin.mkdir(parents=True, exist_ok=True)
+    (dropin / "test.conf").write_text("[Unit]\nDefaultDependencies=no\n[Service]\n"
+                                      f"StandardOutput=append:{log}\nStandardError=append:{log}\n")
+    Path("/etc/default").mkdir(exist_ok=True)
+    Path("/etc/default/ingress_ipvs_exporter").write_text(f'ARGS="--listen-address 127.0.0.1:{port}"\n')
+    _install_exporter(Path("/usr/local/bin/ingress_ipvs_exporter"))
+    url = f"http://127.0.0.1:{port}/metrics"
+    ns_path = str(DOCKER_NETNS / "ingress_sbox")
+    up = ("ipvs_up", frozenset({("namespace", ns_path)}))
+    if Path(ns_path).exists():
+        pytest.skip(f"{ns_path} exists: a dockerd runs here")
+    name = f"capu{os.getpid() % 10000}"
+    created: list[Path] = []
+    sh("ip", "netns", "add", name)
+    try:
+        sh("ip", "link", "set", "lo", "up", ns=name)
+        for p, mark in SWARM_PORTS.items():
+            sh("iptables-nft", "-t", "mangle", "-A", "PREROUTING", "-p", "tcp", "-m", "tcp", "--dport", str(p),
+               "-j", "MARK", "--set-xmark", f"{mark:#x}/0xffffffff", ns=name)
+        for mark in (*SWARM_PORTS.values(), UNMARKED_FWMARK):
+            sh("ipvsadm", "-A", "-f", str(mark), "-s", "rr", ns=name)
+            sh("ipvsadm", "-a", "-f", str(mark), "-r", "198.18.20.2:0", "-m", ns=name)
+        for d in (DOCKER_NETNS.parent, DOCKER_NETNS):
+            if not d.exists():
+                d.mkdir()
+                created.append(d)
+        os.chmod(DOCKER_NETNS.parent, 0o700)  # as dockerd makes its exec root
+        os.chmod(DOCKER_NETNS, 0o755)
+        with private_systemd() as pid1:
+            def explain() -> str:
+                status = _in_systemd(pid1, "systemctl", "show", "-p",
+                                     "ActiveState,SubState,NRestarts,ExecMainStatus,Result",
+                                     "ingress_ipvs_exporter.service", check=False)
+                return f"\n{status}\n--- {log}:\n{log.read_text() if log.exists() else '(none)'}"
+            try:
+                scraped = _wait_metrics(url, lambda s: s.get(up) == 0, "the unit serving ipvs_up 0")
+            except AssertionError as exc:
+                raise AssertionError(f"{exc}{explain()}") from None
+            main_pid = _in_systemd(pid1, "systemctl", "show", "-p", "MainPID", "--value",
+                                   "ingress_ipvs_exporter.service").strip()
+            status = dict(line.split(":\t", 1) for line in
+                          _in_systemd(pid1, "cat", f"/proc/{main_pid}/status").splitlines() if ":\t" in line)
+            assert status["Uid"].split()[0] != "0", status["Uid"]  # DynamicUser
+            for field in ("CapEff", "CapAmb", "CapBnd"):
+                assert int(status[field], 16) == _mask(UNIT_CAPS), f"{field} {status[field]}"
+            assert status["NoNewPrivs"].strip() == "1" and status["Seccomp"].strip() == "2", status
+            # dockerd bind-mounts ingress_sbox in the host's mount namespace: here, systemd's
+            Path(ns_path).touch()
+            created.append(Path(ns_path))
+            _in_systemd(pid1, "mount", "--bind", f"/run/netns/{name}", ns_path)
+            try:
+                scraped = _wait_metrics(url, lambda s: s.get(up) == 1, "ipvs_up 1 after ingress_sbox appeared")
+            except AssertionError as exc:
+                raise AssertionError(f"{exc}{explain()}") from None
+            props = _in_systemd(pid1, "systemctl", "show", "-p", "MainPID,NRestarts,ActiveState",
+                                "ingress_ipvs_exporter.service")
+            assert "ActiveState=active" in props and "NRestarts=0" in props, props
+        assert_seed_samples_match(scraped, ipvsadm(f"/run/netns/{name}"), ns_path, EXPECTED_PORTS)
+        text = log.read_text()
+        assert "ipvs_up 0 until IPVS is readable" in text and ns_path in text, text
+        assert not re.search(r"level=error", text), text
+    finally:
+        # the bind mount lived in systemd's mount namespace, gone with it
+        for path in reversed(created):
+            path.unlink() if path.is_file() else path.rmdir()
+        sh("ip", "netns", "del", name, check=False)
