@@ -8,7 +8,9 @@ ARGS   ?=
 PYTEST := $(BIN)/python -m pytest -p no:cacheprovider
 VM     := tests/vm/vm-run
 
-.PHONY: all deps deps-test venv build run demo test test-unit test-vm test-kernel test-swarm clean
+BENCH_STAMP := $(VENV)/.bench-installed
+
+.PHONY: all deps deps-test venv build run demo bench test test-unit test-vm test-kernel test-swarm clean
 
 all: venv
 
@@ -36,6 +38,15 @@ run: venv
 ## the README example live, without a swarm node: a VM with dockerd, a swarm, the exporter
 demo: deps-test venv
 	demo/run
+
+$(BENCH_STAMP): bench/requirements.txt $(STAMP)
+	$(BIN)/pip install -q -r bench/requirements.txt
+	touch $@
+
+## side-by-side scrape benchmark in the IPVS VM -> build/vm/bench/{bench.json,bench.md,bench.png}
+bench: venv $(BENCH_STAMP)
+	scripts/install-deps bench
+	bench/make-bench $(BENCH_ARGS)
 
 ## every test: unit tests here, then the kernel and swarm suites in one VM boot
 test: deps-test venv test-unit test-vm
