@@ -241,6 +241,7 @@ def test_legacy_host_without_a_port_cap_reads_ipvs_without_ports(request, missin
 
 UNIT = Path(__file__).resolve().parents[2] / "packaging" / "systemd" / "ingress_ipvs_exporter.service"
 DOCKER_NETNS = Path("/var/run/docker/netns")
+LEGACY_PORT, LEGACY_FWMARK = 30005, 300
 
 
 def _in_systemd(pid1: int, *argv: str, check: bool = True) -> str:
@@ -356,7 +357,10 @@ def test_shipped_unit_under_systemd_serves_docker_namespace_created_after_start(
         for p, mark in SWARM_PORTS.items():
             sh("iptables-nft", "-t", "mangle", "-A", "PREROUTING", "-p", "tcp", "-m", "tcp", "--dport", str(p),
                "-j", "MARK", "--set-xmark", f"{mark:#x}/0xffffffff", ns=name)
-        for mark in (*SWARM_PORTS.values(), UNMARKED_FWMARK):
+        # one more mark in legacy iptables: iptables-legacy-save must work inside the sandbox too
+        sh("iptables-legacy", "-t", "mangle", "-A", "PREROUTING", "-p", "udp", "-m", "udp", "--dport",
+           str(LEGACY_PORT), "-j", "MARK", "--set-xmark", f"{LEGACY_FWMARK:#x}/0xffffffff", ns=name)
+        for mark in (*SWARM_PORTS.values(), UNMARKED_FWMARK, LEGACY_FWMARK):
             sh("ipvsadm", "-A", "-f", str(mark), "-s", "rr", ns=name)
             sh("ipvsadm", "-a", "-f", str(mark), "-r", "198.18.20.2:0", "-m", ns=name)
         for d in (DOCKER_NETNS.parent, DOCKER_NETNS):
@@ -394,7 +398,8 @@ def test_shipped_unit_under_systemd_serves_docker_namespace_created_after_start(
             props = _in_systemd(pid1, "systemctl", "show", "-p", "MainPID,NRestarts,ActiveState",
                                 "ingress_ipvs_exporter.service")
             assert "ActiveState=active" in props and "NRestarts=0" in props, props
-        assert_seed_samples_match(scraped, ipvsadm(f"/run/netns/{name}"), ns_path, EXPECTED_PORTS)
+        assert_seed_samples_match(scraped, ipvsadm(f"/run/netns/{name}"), ns_path,
+                                  {**EXPECTED_PORTS, LEGACY_FWMARK: str(LEGACY_PORT)})
         text = log.read_text()
         assert "ipvs_up 0 until IPVS is readable" in text and ns_path in text, text
         assert not re.search(r"level=error", text), text
