@@ -17,6 +17,7 @@ Findings (also in packaging/systemd/README.md):
 Without SYS_ADMIN, NET_ADMIN or (for Docker's path) DAC_READ_SEARCH the exporter serves
 ipvs_up 0 with reason "permission" and logs it once; without NET_RAW or DAC_READ_SEARCH
 on a legacy-backend host IPVS is read but the port label is empty.
+The last test runs packaging/systemd/ingress_ipvs_exporter.service itself under systemd.
 """
 from __future__ import annotations
 
