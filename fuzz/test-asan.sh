@@ -11,8 +11,9 @@
 #    venv's editable install (whose own module is left alone).
 # 2. On this host: the parser on the fuzz corpus and the unit tests, with gcc's libasan
 #    preloaded (Python itself is not instrumented, so the runtime has to come first).
-# 3. In the VM: the kernel suite, with the same environment, which every process the
-#    tests start inherits (the exporter itself included). Python leaks at exit by
+# 3. In the VM: the kernel suite, with the same environment; every Python process the
+#    tests start (the exporter included) runs with the ASan runtime, other programs
+#    without it (build/asan/pkg/sitecustomize.py). Python leaks at exit by
 #    design, so detect_leaks=0 (leaks are tests/kernel/test_leaks_kernel.py's job, under
 #    valgrind, which cannot run beside ASan: its valgrind test is deselected here).
 #    Reports go to build/vm/asan/; any sanitizer error report fails the run.
@@ -37,8 +38,26 @@ so=$(ls "$out"/tmp/ingress_ipvs_exporter/_ipvs_cffi*.so)
 cp src/ingress_ipvs_exporter/*.py "$out/pkg/ingress_ipvs_exporter/"
 cp "$so" "$out/pkg/ingress_ipvs_exporter/"
 ldd "$so" | grep -q libasan || { echo "fuzz/test-asan.sh: $so is not linked with libasan" >&2; exit 1; }
+# Only Python processes (which load the shim) carry the ASan runtime: other programs the
+# tests start (curl, ip, iptables, ...) are not under test, and curl hung under it.
+# Python run without it (the exporter, started by the tests) re-executes itself with it.
+cat > "$out/pkg/sitecustomize.py" <<'PY'
+import os
+import sys
 
-export LD_PRELOAD=$libasan
+_pre = os.environ.get("IPVS_ASAN_PRELOAD")
+if _pre:
+    if os.environ.get("LD_PRELOAD") != _pre:
+        with open("/proc/self/cmdline", "rb") as _f:
+            _argv = _f.read().split(b"\0")[:-1]
+        _argv[0] = os.fsencode(sys.executable)
+        _env = dict(os.environb)
+        _env[b"LD_PRELOAD"] = os.fsencode(_pre)
+        os.execve(sys.executable, _argv, _env)
+    del os.environ["LD_PRELOAD"]
+PY
+
+export LD_PRELOAD=$libasan IPVS_ASAN_PRELOAD=$libasan
 export PYTHONPATH=$repo/$out/pkg
 export ASAN_OPTIONS=detect_leaks=0:abort_on_error=1:halt_on_error=1
 export UBSAN_OPTIONS=print_stacktrace=1:halt_on_error=1
@@ -61,7 +80,7 @@ export UBSAN_OPTIONS=$UBSAN_OPTIONS:log_path=/tmp/ipvs-asan/report
 # one line: the command crosses virtme-ng's --exec, which does not keep newlines
 inner='mkdir -p /tmp/ipvs-asan && chmod 1777 /tmp/ipvs-asan; python -m pytest -p no:cacheprovider -q -rfEx -m kernel tests/kernel -k "not valgrind" 2>&1 | tee build/vm/asan/pytest.log; rc=${PIPESTATUS[0]}; cp /tmp/ipvs-asan/report.* build/vm/asan/ 2>/dev/null; exit $rc'
 set +e
-tests/vm/vm-run --timeout "${VM_TIMEOUT:-5400}" -- env LD_PRELOAD="$LD_PRELOAD" PYTHONPATH="$PYTHONPATH" \
+tests/vm/vm-run --timeout "${VM_TIMEOUT:-5400}" -- env LD_PRELOAD="$LD_PRELOAD" IPVS_ASAN_PRELOAD="$LD_PRELOAD" PYTHONPATH="$PYTHONPATH" \
   PYTHONMALLOC=malloc ASAN_OPTIONS="$ASAN_OPTIONS" UBSAN_OPTIONS="$UBSAN_OPTIONS" bash -c "$inner"
 rc=$?
 set -e
