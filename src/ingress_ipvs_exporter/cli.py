@@ -20,7 +20,7 @@ from wsgiref.simple_server import WSGIRequestHandler, WSGIServer, make_server
 import typer
 from prometheus_client import ProcessCollector
 
-from . import __version__, webconfig
+from . import __version__, memory, webconfig
 from .collector import DEST_LABEL_CHOICES, IPVSCollector, Options
 from .docker import DockerServices, parse_docker_host
 from .exposition import MetricsApp
@@ -256,6 +256,7 @@ def run(
     except webconfig.WebConfigError as e:
         raise typer.BadParameter(str(e))
     setup_logging(log_level, log_format)
+    memory.tune()
     swarm = DockerServices(docker_host, timeout=10.0) if docker_host else None
 
     handle = Handle(namespace_path)

@@ -20,6 +20,7 @@ from prometheus_client.utils import floatToGoString
 
 from .collector import (DEST_LABEL_CHOICES, DST_LABELS, METRICS, NS_LABELS, SEED_DST_LABELS, SEED_SVC_LABELS,
                         SVC_LABELS, MetricDef, Options, _label_columns, info_rows, ipvs_families)
+from . import memory
 from .ipvs import DST_NCOLS, NSTATS, SVC_NCOLS, Snapshot, lib
 
 _TEXT, _OPENMETRICS = 0, 1
@@ -66,7 +67,14 @@ def _sample_name(d: MetricDef) -> str:
     return d.name if d.kind != "counter" or d.name.endswith("_total") else d.name + "_total"
 
 
-CACHE_BUDGET = 16 * 1024 * 1024  # bytes of family text kept for reuse across scrapes
+CACHE_BUDGET = 4 * 1024 * 1024  # bytes of sample text kept for reuse across scrapes (see docs/performance.md)
+CHUNK_SERIES = 512  # series per chunk: bounds the text a scrape holds at once
+
+
+def _packed(values: Sequence[int]):
+    """A compact copy of a column to compare with the next scrape's: bytes for a memoryview
+    (which would otherwise keep the whole previous snapshot alive), a tuple for a list."""
+    return values.tobytes() if isinstance(values, memoryview) else tuple(values)
 
 
 class _Shape:
@@ -93,44 +101,54 @@ class _Shape:
             self.labels["destination"] = [
                 _labelstr(DST_LABELS, (addr, dport, *svc_full[svc][:2], ns, *svc_full[svc][2:])) + " "
                 for (svc, addr, dport) in dst]
-        self._last: dict[str, tuple[Sequence[int], str]] = {}
+        self._last: dict[str, tuple[object, list[bytes], int]] = {}
         self._cached = 0
         # info families: whole lines (header excluded), values are always 1
-        self.info = [(d, "".join(f"{d.name}{_labelstr(names, row)} 1.0\n" for row in rows))
-                     for d, names, rows in info_rows(snap, ns, svc_full, dst, ports, options)]
+        self.info = []
+        for d, names, rows in info_rows(snap, ns, svc_full, dst, ports, options):
+            lines = [f"{d.name}{_labelstr(names, row)} 1.0\n" for row in rows]
+            self.info.append((d, ["".join(lines[i:i + CHUNK_SERIES]).encode()
+                                  for i in range(0, len(lines), CHUNK_SERIES)]))
 
-    def samples(self, d: MetricDef, values: Sequence[int]) -> str:
-        """The family's sample lines. A family whose values are those of the last scrape
-        (weights, thresholds, idle services) reuses its text, within CACHE_BUDGET; when
-        every value prints as "<int>.0", lines are built by C-level map()s, no Python loop."""
+    def samples(self, d: MetricDef, values: Sequence[int]) -> list[bytes]:
+        """The family's sample lines, in chunks of CHUNK_SERIES series. A family whose values
+        are those of the last scrape (weights, thresholds, idle services) reuses its chunks,
+        within CACHE_BUDGET; when every value prints as "<int>.0", lines are built by C-level
+        map()s, no Python loop."""
         last = self._last.get(d.name)
-        if last is not None and last[0] == values:
+        packed = _packed(values)
+        if last is not None and last[0] == packed:
             return last[1]
         labels = self.labels[d.level]
         name = _sample_name(d)
-        if not values:
-            text = ""
-        elif -1000000 < min(values) and max(values) < 1000000:
-            text = ".0\n".join(map(operator.add, map(operator.add, repeat(name), labels), map(str, values))) + ".0\n"
-        else:
-            text = "\n".join([name + ls + fmt(v) for ls, v in zip(labels, values)]) + "\n"
+        small = bool(values) and -1000000 < min(values) and max(values) < 1000000
+        chunks = []
+        for i in range(0, len(values), CHUNK_SERIES):
+            ls, vs = labels[i:i + CHUNK_SERIES], values[i:i + CHUNK_SERIES]
+            if small:
+                text = ".0\n".join(map(operator.add, map(operator.add, repeat(name), ls), map(str, vs))) + ".0\n"
+            else:
+                text = "\n".join([name + l + fmt(v) for l, v in zip(ls, vs)]) + "\n"
+            chunks.append(text.encode())
+        size = sum(map(len, chunks))
         if last is not None:
-            self._cached -= len(last[1])
-        if self._cached + len(text) <= CACHE_BUDGET:
-            self._last[d.name] = (values, text)
-            self._cached += len(text)
+            self._cached -= last[2]
+        if self._cached + size <= CACHE_BUDGET:
+            self._last[d.name] = (packed, chunks, size)
+            self._cached += size
         else:
             self._last.pop(d.name, None)
-        return text
+        return chunks
 
 
 def _shape_key(snap: Snapshot, namespace: str, ports: Mapping[int, Sequence], options: Options) -> tuple:
     """What the series text depends on; compared (not hashed) against the last scrape's."""
     s, d = snap.svc_u32, snap.dst_u32
-    svc_cols = tuple(s[c::SVC_NCOLS] for c in (lib.IPVS_SVC_AF, lib.IPVS_SVC_PROTOCOL, lib.IPVS_SVC_PORT,
-                                               lib.IPVS_SVC_FWMARK, lib.IPVS_SVC_FLAGS, lib.IPVS_SVC_DEST_COUNT))
-    dst_cols = tuple(d[c::DST_NCOLS] for c in (lib.IPVS_DST_SVC, lib.IPVS_DST_AF, lib.IPVS_DST_PORT,
-                                               lib.IPVS_DST_FWD))
+    svc_cols = tuple(_packed(s[c::SVC_NCOLS]) for c in (lib.IPVS_SVC_AF, lib.IPVS_SVC_PROTOCOL, lib.IPVS_SVC_PORT,
+                                                        lib.IPVS_SVC_FWMARK, lib.IPVS_SVC_FLAGS,
+                                                        lib.IPVS_SVC_DEST_COUNT))
+    dst_cols = tuple(_packed(d[c::DST_NCOLS]) for c in (lib.IPVS_DST_SVC, lib.IPVS_DST_AF, lib.IPVS_DST_PORT,
+                                                        lib.IPVS_DST_FWD))
     return (namespace, options, snap.n_svc, snap.n_dst, svc_cols, dst_cols, snap.svc_addr, snap.dst_addr,
             snap.svc_sched, {m: tuple(v) for m, v in ports.items()})
 
@@ -149,11 +167,12 @@ class FastRenderer:
 
     def render(self, snap: Snapshot, namespace: str, ports: Mapping[int, Sequence], options: Options,
                openmetrics: bool = False) -> str:
-        return "".join(self.chunks(snap, namespace, ports, options, openmetrics))
+        return b"".join(self.chunks(snap, namespace, ports, options, openmetrics)).decode()
 
     def chunks(self, snap: Snapshot, namespace: str, ports: Mapping[int, Sequence], options: Options,
-               openmetrics: bool = False) -> Iterator[str]:
-        """The rendering one family at a time, so a large scrape is never whole in memory.
+               openmetrics: bool = False) -> Iterator[bytes]:
+        """The rendering in chunks of at most CHUNK_SERIES lines, so a large scrape is never
+        whole in memory.
 
         Safe for concurrent scrapes without a lock: each keeps its own reference to the
         shape it renders with; a shape's per-family cache entries are (values, text) pairs
@@ -167,9 +186,11 @@ class FastRenderer:
         form = _OPENMETRICS if openmetrics else _TEXT
         for d in METRICS:
             if options.wants(d.level):
-                yield _header(d.name, d.kind, d.help, form) + shape.samples(d, _column(d, snap, shape))
-        for d, lines in shape.info:
-            yield _header(d.name, "gauge", d.help, form) + lines
+                yield _header(d.name, d.kind, d.help, form).encode()
+                yield from shape.samples(d, _column(d, snap, shape))
+        for d, chunks in shape.info:
+            yield _header(d.name, "gauge", d.help, form).encode()
+            yield from chunks
 
 
 def _column(d: MetricDef, snap: Snapshot, shape: _Shape) -> list[int]:
@@ -223,15 +244,18 @@ class MetricsApp:
     def _chunks(self, encoder, openmetrics: bool) -> Iterator[bytes]:
         c = self.collector
         snap, ports, tail = c.read()
-        if snap is not None:
-            if FastRenderer.supports(c.options):
-                # no lock: a slow client must not hold up other scrapes (see chunks())
-                for chunk in self.renderer.chunks(snap, c.namespace, ports, c.options, openmetrics):
-                    yield chunk.encode()
-            else:
-                text = encoder(_Families(ipvs_families(snap, c.namespace, ports, c.options)))
-                yield text[: -len(b"# EOF\n")] if openmetrics else text
-        yield encoder(_Families(tail, *self.others))
+        try:
+            if snap is not None:
+                if FastRenderer.supports(c.options):
+                    # no lock: a slow client must not hold up other scrapes (see chunks())
+                    yield from self.renderer.chunks(snap, c.namespace, ports, c.options, openmetrics)
+                else:
+                    text = encoder(_Families(ipvs_families(snap, c.namespace, ports, c.options)))
+                    yield text[: -len(b"# EOF\n")] if openmetrics else text
+            yield encoder(_Families(tail, *self.others))
+        finally:
+            del snap, ports, tail
+            memory.release()
 
     def body(self, accept: str) -> tuple[bytes, str]:
         chunks, content_type = self.stream(accept)

@@ -106,3 +106,49 @@ def test_whole_app_body_equals_the_registry_rendering(accept):
     reg.register(collector)
     assert content_type == expected_type
     assert body == encoder(reg)
+
+
+@pytest.mark.parametrize("budget", [0, 300, 1 << 20], ids=["no-cache", "partial-cache", "cache"])
+def test_chunk_boundaries_and_cache_budget_keep_the_output_identical(monkeypatch, budget):
+    """Families longer than a chunk, with the cache off, partly full or holding everything."""
+    from ingress_ipvs_exporter import exposition
+
+    monkeypatch.setattr(exposition, "CHUNK_SERIES", 2)
+    monkeypatch.setattr(exposition, "CACHE_BUDGET", budget)
+    snap, r = make_snapshot(EVERY_KIND), FastRenderer()
+    options = Options(backends=True)
+    expected = reference(snap, "/ns", PORTS, options, False)
+    assert r.render(snap, "/ns", PORTS, options) == expected
+    chunks = list(r.chunks(snap, "/ns", PORTS, options))
+    assert b"".join(chunks).decode() == expected
+    assert max(c.count(b"\n") for c in chunks) == 2  # a header (HELP, TYPE) or two series
+    assert r._shape._cached <= budget
+
+
+def test_every_scrape_hands_memory_back_even_when_the_client_leaves_early(monkeypatch):
+    from ingress_ipvs_exporter import memory
+    from ingress_ipvs_exporter.collector import IPVSCollector
+    from ingress_ipvs_exporter.exposition import MetricsApp
+
+    calls = []
+    monkeypatch.setattr(memory, "release", lambda: calls.append(1))
+    snap = make_snapshot(EVERY_KIND)
+    app = MetricsApp(IPVSCollector("/ns", lambda: snap, lambda marks: PORTS))
+    chunks, _ = app.stream("")
+    assert b"ipvs_up" in b"".join(chunks)
+    assert calls == [1]
+    chunks, _ = app.stream("")
+    next(chunks)
+    chunks.close()  # what the WSGI server does when the client hangs up mid-body
+    assert calls == [1, 1]
+
+
+def test_malloc_tuning_takes_on_glibc():
+    import os
+
+    from ingress_ipvs_exporter import memory
+
+    if not os.confstr("CS_GNU_LIBC_VERSION"):
+        pytest.fail("these hosts run glibc; the tuning would be a no-op here")
+    assert memory.tune() is True
+    memory.release()
