@@ -192,6 +192,16 @@ def stable_ipvsadm(ns_path: str | None, settle: float = 4.0, tries: int = 5) -> 
     raise AssertionError("IPVS counters kept changing; is traffic still flowing?")
 
 
+def scrape_while_stable(url: str, ns_path: str | None, attempts: int = 3) -> tuple[dict, dict[str, AdmService]]:
+    """A scrape taken while ipvsadm reads the same before and after it: (scraped, ipvsadm)."""
+    for _ in range(attempts):
+        before = stable_ipvsadm(ns_path)
+        scraped = scrape(url)
+        if ipvsadm(ns_path) == before:
+            return scraped, before
+    raise AssertionError(f"ipvsadm changed during each of {attempts} scrapes")
+
+
 def assert_seed_samples_match(scraped: dict, adm: dict[str, AdmService], namespace: str,
                               ports: dict[int, str]) -> None:
     """Every seed sample equals ipvsadm: per fwmark service and per destination.

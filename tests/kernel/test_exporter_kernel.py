@@ -6,8 +6,8 @@ import socket
 import pytest
 
 from ingress_ipvs_exporter.ipvs import Handle, NamespaceNotFound, NotANamespace
-from ipvs_testlib import (assert_seed_samples_match, ipvsadm, running_exporter, samples, scrape, sh,
-                          stable_ipvsadm)
+from ipvs_testlib import (assert_seed_samples_match, ipvsadm, running_exporter, samples, scrape,
+                          scrape_while_stable, sh)
 from lab import SWARM_PORTS, UNMARKED_FWMARK, swarm_like_lab
 
 pytestmark = pytest.mark.kernel
@@ -20,13 +20,7 @@ def test_scrape_equals_ipvsadm_in_a_swarm_like_namespace(backend):
         expected_ports = {mark: str(port) for port, mark in SWARM_PORTS.items()}
         expected_ports[UNMARKED_FWMARK] = ""  # no rule: exported with an empty port
         with running_exporter("--namespace-path", lab.ns_path) as (url, _):
-            for attempt in range(3):
-                before = stable_ipvsadm(lab.ns_path)
-                scraped = scrape(url)
-                if ipvsadm(lab.ns_path) == before:
-                    break
-            else:
-                pytest.fail("ipvsadm changed during every scrape")
+            scraped, before = scrape_while_stable(url, lab.ns_path)
         # the traffic really went through IPVS: 10 connections on the service of port 30000
         assert before["FWM 256"].conns == 10
         assert scraped[("ipvs_connections_total", frozenset(

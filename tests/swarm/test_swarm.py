@@ -19,7 +19,7 @@ from pathlib import Path
 import pytest
 
 from ingress_ipvs_exporter.docker import DockerError, fetch_services
-from ipvs_testlib import assert_seed_samples_match, ipvsadm, running_exporter, samples, scrape, stable_ipvsadm
+from ipvs_testlib import assert_seed_samples_match, running_exporter, samples, scrape, scrape_while_stable
 from swarmlib import API_TIMEOUT, IMAGE, WAIT, diag
 
 pytestmark = pytest.mark.swarm
@@ -68,13 +68,7 @@ def test_readme_example_seed_metrics_equal_ipvsadm(lab):
         first = ports["service_1"]
         lab.requests(first, 10)
         with running_exporter("--namespace-path", lab.ingress_ns) as (url, _):
-            for _ in range(3):
-                before = stable_ipvsadm(lab.ingress_ns)
-                scraped = scrape(url)
-                if ipvsadm(lab.ingress_ns) == before:
-                    break
-            else:
-                pytest.fail("ipvsadm changed during every scrape")
+            scraped, before = scrape_while_stable(url, lab.ingress_ns)
             save_example(url, marks[first], lab.backend)
         ns = frozenset({("namespace", lab.ingress_ns)})
         assert scraped[("ipvs_services_total", ns)] == 3
