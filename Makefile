@@ -10,7 +10,7 @@ VM     := tests/vm/vm-run
 
 BENCH_STAMP := $(VENV)/.bench-installed
 
-.PHONY: all deps deps-test venv build run demo bench test test-unit test-vm test-kernel test-swarm clean
+.PHONY: all deps deps-test venv build wheel run demo bench test test-unit test-packaging test-vm test-kernel test-swarm clean
 
 all: venv
 
@@ -31,6 +31,10 @@ venv: $(STAMP)
 
 build: venv
 
+## a manylinux wheel with libnl bundled (auditwheel repair) -> dist/
+wheel: venv
+	scripts/build-wheel
+
 ## run the exporter (root or CAP_SYS_ADMIN+CAP_NET_ADMIN); flags go in ARGS="..."
 run: venv
 	$(BIN)/ingress_ipvs_exporter $(ARGS)
@@ -48,11 +52,16 @@ bench: venv $(BENCH_STAMP)
 	scripts/install-deps bench
 	bench/make-bench $(BENCH_ARGS)
 
-## every test: unit tests here, then the kernel and swarm suites in one VM boot
-test: deps-test venv test-unit test-vm
+## every test: unit and packaging tests here, then the kernel and swarm suites in one VM boot
+test: deps-test venv test-unit test-packaging test-vm
 
 test-unit: venv
 	$(PYTEST) -q tests/unit
+
+# the wheel (built, installed in a fresh venv, its libnl checked), the source build's message
+# without libnl, and the systemd unit (systemd-analyze)
+test-packaging: deps-test venv
+	$(PYTEST) -q tests/packaging
 
 # One VM boot runs every kernel test (tests/kernel, tests/swarm when present).
 test-vm: deps-test venv

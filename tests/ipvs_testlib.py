@@ -9,10 +9,12 @@ import socket
 import subprocess
 import sys
 import time
+import urllib.parse
 import urllib.request
 from contextlib import contextmanager
 from dataclasses import dataclass, field
 
+import pytest
 from prometheus_client.parser import text_string_to_metric_families
 
 SEED_SERVICE_METRICS = ("ipvs_connections_total", "ipvs_bytes_in_total", "ipvs_bytes_out_total",
@@ -45,6 +47,28 @@ def exporter_command() -> str:
     return exe
 
 
+def stop_process(proc: subprocess.Popen, grace: float = 10.0) -> None:
+    """SIGTERM, then SIGKILL after `grace` seconds; reaps it either way."""
+    proc.terminate()
+    try:
+        proc.wait(grace)
+    except subprocess.TimeoutExpired:
+        proc.kill()
+        proc.wait()
+
+
+def exporter_log(url: str) -> str:
+    """Where running_exporter writes the output of the exporter serving `url`."""
+    return f"/tmp/exporter-{urllib.parse.urlsplit(url).port}.log"
+
+
+def unavailable(why: str) -> None:
+    """Skip a test whose prerequisite is missing; under CI=true fail it instead (CI runs every test)."""
+    if os.environ.get("CI", "").lower() == "true":
+        pytest.fail(f"{why} (CI=true: a test that cannot run is a failure)")
+    pytest.skip(why)
+
+
 @contextmanager
 def running_exporter(*args: str, timeout: float = 180.0, probe: bool = True, listen_flag: str = "--listen-address",
                      prefix: tuple = ()):
@@ -52,10 +76,10 @@ def running_exporter(*args: str, timeout: float = 180.0, probe: bool = True, lis
     probe=False only waits for the port to accept (for TLS or auth set-ups);
     prefix: a command that runs the exporter (e.g. setpriv ...)."""
     port = free_port()
-    log = open(f"/tmp/exporter-{port}.log", "w+")
+    url = f"http://127.0.0.1:{port}/metrics"
+    log = open(exporter_log(url), "w+")
     proc = subprocess.Popen([*prefix, exporter_command(), listen_flag, f"127.0.0.1:{port}", *args],
                             stdout=log, stderr=subprocess.STDOUT)
-    url = f"http://127.0.0.1:{port}/metrics"
     try:
         deadline = time.monotonic() + timeout
         while True:
@@ -75,11 +99,7 @@ def running_exporter(*args: str, timeout: float = 180.0, probe: bool = True, lis
                 time.sleep(0.2)
         yield url, proc
     finally:
-        proc.terminate()
-        try:
-            proc.wait(10)
-        except subprocess.TimeoutExpired:
-            proc.kill()
+        stop_process(proc)
         log.close()
 
 

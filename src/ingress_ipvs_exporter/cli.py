@@ -7,6 +7,7 @@ exit 1. Once serving, IPVS or namespace trouble never stops the process: it show
 """
 from __future__ import annotations
 
+import errno
 import json
 import logging
 import socket
@@ -285,7 +286,7 @@ def run(
              telemetry_path, namespace_path or "(current)")
     if startup_error is not None:
         hint = " No swarm here? 'make demo' in the source tree shows it on a real one." \
-            if isinstance(startup_error, NamespaceNotFound) else ""
+            if isinstance(startup_error, NamespaceNotFound) and startup_error.errno == errno.ENOENT else ""
         log.warning("%s. Serving ipvs_up 0 until IPVS is readable.%s", startup_error.strerror, hint)
     try:
         server.serve_forever()

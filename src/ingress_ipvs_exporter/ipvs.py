@@ -10,6 +10,7 @@ import errno
 import logging
 import os
 import socket
+import stat
 import threading
 from typing import NamedTuple
 
@@ -98,21 +99,49 @@ def describe_namespace(path: str) -> str:
     return f"network namespace {path}" if path else "the current network namespace"
 
 
-def error_for(err: int, path: str) -> IPVSError:
-    """Map a shim errno to the exception a user can act on."""
+def _is_placeholder(path: str) -> bool:
+    """An empty regular file: what Docker creates at the netns path just before it bind-mounts
+    the namespace onto it (a namespace file mounted there stats as a 0-byte regular file too,
+    but then setns() succeeds, so this is only asked after setns() said EINVAL)."""
+    try:
+        st = os.stat(path)
+    except OSError:
+        return False
+    return stat.S_ISREG(st.st_mode) and st.st_size == 0
+
+
+def error_for(err: int, path: str, entering: bool = False) -> IPVSError:
+    """Map a shim errno to the exception a user can act on. entering: the error came from
+    ipvs_open (open + setns into the namespace) rather than from an IPVS request, which tells
+    the two EPERMs apart: setns() wants CAP_SYS_ADMIN, IPVS's netlink commands CAP_NET_ADMIN."""
     where = describe_namespace(path)
+    denied = f"not permitted to read IPVS in {where}"
     if err == errno.ENOENT:
         return NamespaceNotFound(
             err, f"{where} does not exist (yet): is this node in a swarm? Otherwise set --namespace-path"
+        )
+    if err == errno.EINVAL and path and _is_placeholder(path):
+        return NamespaceNotFound(
+            err, f"{path} is an empty file, not yet a network namespace (Docker creates the file, then "
+                 "mounts the namespace on it): waiting for it"
         )
     if err == errno.EINVAL:
         return NotANamespace(
             err, f"{path} is not a network namespace: point --namespace-path at one, e.g. /var/run/docker/netns/ingress_sbox"
         )
-    if err in (errno.EPERM, errno.EACCES):
+    if err == errno.EACCES:
+        # open() of the path: a directory on the way is not searchable (Docker's /var/run/docker
+        # is root's, mode 0700) or the file is not readable.
         return NotPermitted(
-            err, f"not permitted to read IPVS in {where}: run as root or with CAP_SYS_ADMIN and CAP_NET_ADMIN"
+            err, f"{denied}: cannot open {path} (permission denied): give the exporter CAP_DAC_READ_SEARCH "
+                 "or run it as root"
         )
+    if err == errno.EPERM and entering:
+        return NotPermitted(err, f"{denied}: entering it (setns) needs CAP_SYS_ADMIN: give the exporter "
+                                 "CAP_SYS_ADMIN or run it as root")
+    if err == errno.EPERM:
+        return NotPermitted(err, f"{denied}: IPVS netlink requests need CAP_NET_ADMIN: give the exporter "
+                                 "CAP_NET_ADMIN or run it as root")
     if err == errno.EPROTONOSUPPORT:
         return IPVSUnavailable(
             err, f"IPVS is not available in the kernel of {where}: load it with 'modprobe ip_vs'"
@@ -248,7 +277,7 @@ class Handle:
                          describe_namespace(self.path))
             os._exit(70)
         if rc:
-            raise error_for(-rc, self.path)
+            raise error_for(-rc, self.path, entering=True)
         self._h = out[0]
 
     def _close(self) -> None:

@@ -141,19 +141,30 @@ def _run(argv: list[str], timeout: float) -> tuple[str | None, str]:
     return None, f"exit {res.returncode}: {lines[-1] if lines else 'no message'}"
 
 
-def _legacy_mangle_families(prefix: list[str], timeout: float) -> set[str] | None:
-    """Families whose legacy mangle table exists in the namespace, or None if that is unknown.
+class LegacyTables:
+    """What /proc/net says about the legacy (x_tables) tables in a namespace."""
+
+    def __init__(self, mangle: set[str], unreadable: set[str]) -> None:
+        self.mangle = mangle  # families whose legacy mangle table exists
+        self.unreadable = unreadable  # families whose table list exists but could not be read
+
+
+def _legacy_mangle_families(prefix: list[str], timeout: float) -> LegacyTables | None:
+    """Which legacy mangle tables exist in the namespace, or None if the check itself failed.
 
     Merely reading a legacy table creates it (loading iptable_mangle), after which every
-    iptables-nft call in the namespace warns; /proc/net tells without side effects.
+    iptables-nft call in the namespace warns; /proc/net tells without side effects. The lists
+    are root's, mode 0440: without CAP_DAC_READ_SEARCH a family's list reads as "!".
     """
-    script = "".join(f"[ -e {shlex.quote(path)} ] && while read -r t; do echo \"{family} $t\"; "
-                     f"done < {shlex.quote(path)}; " for family, path in _LEGACY_TABLE_LISTS.items())
+    script = "".join(f"if [ -e {shlex.quote(path)} ]; then while read -r t; do echo \"{family} $t\"; "
+                     f"done 2>/dev/null < {shlex.quote(path)} || echo \"{family} !\"; fi; "
+                     for family, path in _LEGACY_TABLE_LISTS.items())
     out, _ = _run(prefix + ["/bin/sh", "-c", script + "exit 0"], timeout)
     if out is None:
         return None
-    pairs = (line.partition(" ") for line in out.splitlines())
-    return {family for family, _, table in pairs if table == "mangle"}
+    pairs = [line.partition(" ") for line in out.splitlines()]
+    return LegacyTables({family for family, _, table in pairs if table == "mangle"},
+                        {family for family, _, table in pairs if table == "!"})
 
 
 def _table_missing(reason: str) -> bool:
@@ -162,14 +173,55 @@ def _table_missing(reason: str) -> bool:
     return "table" in text and "does not exist" in text
 
 
-def _hint(failures: str) -> str:
+def _denied(reason: str) -> bool:
+    text = reason.lower()
+    return "not permitted" in text or "permission denied" in text
+
+
+def _capabilities_for(failures: dict[str, list[str]]) -> list[str]:
+    """The capabilities whose absence explains these permission failures (reason -> commands)."""
+    caps: list[str] = []
+    for reason, names in failures.items():
+        if not _denied(reason):
+            continue
+        if "nsenter" in reason or "reassociate" in reason:
+            want = ["CAP_SYS_ADMIN"]  # nsenter could not enter the namespace (setns)
+        else:
+            want = []
+            for name in names:
+                # iptables-legacy-save: a raw socket, then getsockopt; nf_tables: netlink
+                want += ["CAP_NET_RAW", "CAP_NET_ADMIN"] if "legacy" in name else ["CAP_NET_ADMIN"]
+        caps += [cap for cap in want if cap not in caps]
+    return caps
+
+
+def _listed(failures: dict[str, list[str]]) -> str:
+    """'cmd, cmd: reason; cmd: reason' - each cause said once."""
+    return "; ".join(f"{', '.join(names)}: {reason}" for reason, names in failures.items())
+
+
+def _hint(failures: dict[str, list[str]]) -> str:
     """What a user should do about the failures, in a few words."""
-    text = failures.lower()
-    if "not permitted" in text or "permission denied" in text:
-        return "run the exporter as root (it needs CAP_SYS_ADMIN and CAP_NET_ADMIN)"
-    if "timed out" in text:
+    caps = _capabilities_for(failures)
+    if caps:
+        return f"give the exporter {' and '.join(caps)} (ambient, so iptables inherits them) or run it as root"
+    if any("timed out" in reason for reason in failures):
         return "check whether iptables is hanging on this host"
     return "check that iptables works in this namespace"
+
+
+# Partial failures (the port label of some rules is lost) are logged once per process, not
+# on every refresh of the port map.
+_warned: set[str] = set()
+_warned_lock = threading.Lock()
+
+
+def _warn_once(message: str) -> None:
+    with _warned_lock:
+        if message in _warned:
+            return
+        _warned.add(message)
+    log.warning("%s", message)
 
 
 def read_mangle_rules(namespace_path: str, timeout: float = 5.0) -> str:
@@ -187,7 +239,8 @@ def read_mangle_rules(namespace_path: str, timeout: float = 5.0) -> str:
             raise PortMapError(f"{where} does not exist: check the namespace path "
                                "(Docker creates ingress_sbox when the node joins a swarm)") from None
         except PermissionError:
-            raise PortMapError(f"{where} is not accessible: run the exporter as root") from None
+            raise PortMapError(f"{where} is not accessible: give the exporter CAP_DAC_READ_SEARCH "
+                               "or run it as root") from None
         nsenter = shutil.which("nsenter")
         if not nsenter:
             raise PortMapError(f"{cannot}: nsenter not found, install util-linux")
@@ -198,11 +251,19 @@ def read_mangle_rules(namespace_path: str, timeout: float = 5.0) -> str:
     legacy = None
     if any(backend == "legacy" for _, backend, _ in commands):
         legacy = _legacy_mangle_families(prefix, timeout)
+    if legacy is not None and legacy.unreadable:
+        lists = " and ".join(_LEGACY_TABLE_LISTS[f] for f in sorted(legacy.unreadable))
+        _warn_once(f"cannot read {lists} in {where} (permission denied), so rules in legacy iptables "
+                   "are not read and ports published there get an empty port label: give the exporter "
+                   "CAP_DAC_READ_SEARCH or run it as root (hosts whose rules are all in nf_tables can "
+                   "ignore this)")
     texts: list[str] = []
     failures: dict[str, list[str]] = {}  # reason -> commands, so a shared cause is said once
     for family, backend, command in commands:
-        if backend == "legacy" and legacy is not None and family not in legacy:
-            texts.append("")  # no legacy table, so no rules: don't create one by reading it
+        if backend == "legacy" and legacy is not None and family not in legacy.mangle:
+            # no legacy table, so no rules: don't create one by reading it (an unreadable
+            # list is warned about above; reading the table could create it)
+            texts.append("")
             continue
         # argv[0] keeps its name (no realpath): xtables-*-multi picks the backend from it.
         out, reason = _run(prefix + [command, "-t", "mangle"], timeout)
@@ -210,10 +271,16 @@ def read_mangle_rules(namespace_path: str, timeout: float = 5.0) -> str:
             texts.append(out or "")
         else:
             failures.setdefault(reason, []).append(os.path.basename(command))
-    said = "; ".join(f"{', '.join(names)}: {reason}" for reason, names in failures.items())
+    said = _listed(failures)
     if not texts:
-        raise PortMapError(f"{cannot}: {said}; {_hint(said)}")
-    if failures:
+        raise PortMapError(f"{cannot}: {said}; {_hint(failures)}")
+    denied = {reason: names for reason, names in failures.items() if _denied(reason)}
+    if denied:
+        # another backend answered, so this is easy to miss: ports published through the
+        # failed one get an empty port label
+        _warn_once(f"some iptables rules in {where} cannot be read, so ports published there get an "
+                   f"empty port label: {_listed(denied)}; {_hint(denied)}")
+    elif failures:
         log.debug("some iptables backends failed in %s: %s", where, said)
     return "".join(texts)
 

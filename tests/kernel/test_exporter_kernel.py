@@ -97,9 +97,14 @@ def test_errors_name_the_namespace_and_the_fix(tmp_path):
     with pytest.raises(NamespaceNotFound, match="/no/such/ns.*--namespace-path"):
         Handle("/no/such/ns").snapshot()
     plain = tmp_path / "not-a-netns"
-    plain.write_text("")
+    plain.write_text("text\n")
     with pytest.raises(NotANamespace, match="not a network namespace"):
         Handle(str(plain)).snapshot()
+    # what Docker creates before it mounts the namespace on it: not there yet, not a wrong path
+    placeholder = tmp_path / "ingress_sbox"
+    placeholder.write_text("")
+    with pytest.raises(NamespaceNotFound, match="empty file, not yet a network namespace"):
+        Handle(str(placeholder)).snapshot()
 
 
 def test_exporter_serves_up_0_without_namespace_then_recovers(netns):

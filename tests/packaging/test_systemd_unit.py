@@ -13,6 +13,7 @@ import subprocess
 from pathlib import Path
 
 import pytest
+from ipvs_testlib import unavailable
 
 REPO = Path(__file__).resolve().parents[2]
 UNIT = REPO / "packaging" / "systemd" / "ingress_ipvs_exporter.service"
@@ -20,9 +21,13 @@ NAME = UNIT.name
 SYSTEM_UNITS = Path("/usr/lib/systemd/system")
 CAPS = {"CAP_SYS_ADMIN", "CAP_NET_ADMIN", "CAP_DAC_READ_SEARCH", "CAP_NET_RAW"}
 
-needs_systemd_analyze = pytest.mark.skipif(
-    not shutil.which("systemd-analyze") or not (SYSTEM_UNITS / "sysinit.target").exists(),
-    reason="systemd-analyze is not installed: apt-get install systemd")
+
+
+@pytest.fixture
+def systemd_analyze() -> None:
+    """systemd-analyze and the system's units (Debian package systemd): skip without them, fail under CI."""
+    if not shutil.which("systemd-analyze") or not (SYSTEM_UNITS / "sysinit.target").exists():
+        unavailable("systemd-analyze is not installed: scripts/install-deps test (apt-get install systemd)")
 
 
 def _root(tmp_path: Path, unit_text: str, with_exporter: bool = True) -> Path:
@@ -56,7 +61,7 @@ def _service() -> dict[str, list[str]]:
     return values
 
 
-@needs_systemd_analyze
+@pytest.mark.usefixtures("systemd_analyze")
 def test_systemd_analyze_verify_accepts_the_unit_as_shipped(tmp_path):
     res = _analyze(_root(tmp_path, UNIT.read_text()), "verify")
     assert res.returncode == 0, res.stdout + res.stderr
@@ -64,7 +69,7 @@ def test_systemd_analyze_verify_accepts_the_unit_as_shipped(tmp_path):
     assert (res.stdout + res.stderr).strip() == "", res.stdout + res.stderr
 
 
-@needs_systemd_analyze
+@pytest.mark.usefixtures("systemd_analyze")
 def test_verify_would_catch_a_broken_unit(tmp_path):
     """The check has teeth: a missing binary fails, a misspelt key is reported."""
     res = _analyze(_root(tmp_path / "a", UNIT.read_text(), with_exporter=False), "verify")
@@ -74,7 +79,7 @@ def test_verify_would_catch_a_broken_unit(tmp_path):
     assert "NoNewPrivilege" in res.stderr, res.stderr
 
 
-@needs_systemd_analyze
+@pytest.mark.usefixtures("systemd_analyze")
 def test_security_exposure_is_low(tmp_path):
     """systemd's own sandboxing score (0 best, 10 worst) stays where this unit put it (2.2)."""
     res = _analyze(_root(tmp_path, UNIT.read_text()), "security", "--offline=true", "--threshold=30")
@@ -123,7 +128,7 @@ def _syscalls(group: str, seen: set[str] | None = None) -> set[str]:
     return names
 
 
-@needs_systemd_analyze
+@pytest.mark.usefixtures("systemd_analyze")
 def test_the_syscall_filter_allows_setns():
     """The exporter and nsenter call setns(2): the unit's filter (allow list less deny lists) must let it through."""
     allowed: set[str] = set()

@@ -20,7 +20,7 @@ import pytest
 REPO = Path(__file__).resolve().parents[2]
 BUILD_WHEEL = REPO / "scripts" / "build-wheel"
 # What the wheel is built from: a newer one of these makes dist/'s wheel stale.
-SOURCES = ["pyproject.toml", "setup.py", "build_ipvs.py", "csrc/*", "src/ingress_ipvs_exporter/*.py"]
+SOURCES = ["pyproject.toml", "setup.py", "build_ipvs.py", "csrc/*", "src/ingress_ipvs_exporter/*.py", "LICENSES/*"]
 TIMEOUT = 600
 
 
@@ -93,6 +93,24 @@ def test_wheel_is_manylinux_with_libnl_inside(wheel: Path):
     assert any(re.match(r"ingress_ipvs_exporter/_ipvs_cffi.*\.so$", n) for n in names), names
 
 
+def test_wheel_carries_the_libnl_licence(wheel: Path):
+    """libnl is LGPL-2.1: the wheel that bundles it carries its notice (what, licence, where the
+    source is) and the licence text, in .dist-info/licenses/ (pyproject's license-files)."""
+    import zipfile
+    with zipfile.ZipFile(wheel) as z:
+        names = z.namelist()
+        notice = [n for n in names if re.search(r"\.dist-info/licenses/LICENSES/libnl-NOTICE\.txt$", n)]
+        lgpl = [n for n in names if re.search(r"\.dist-info/licenses/LICENSES/LGPL-2\.1\.txt$", n)]
+        assert notice and lgpl, [n for n in names if ".dist-info/" in n]
+        text = z.read(notice[0]).decode()
+        assert "GNU LESSER GENERAL PUBLIC LICENSE" in z.read(lgpl[0]).decode()
+        metadata = z.read(next(n for n in names if n.endswith(".dist-info/METADATA"))).decode()
+    assert "LGPL-2.1" in text and "https://github.com/thom311/libnl" in text and "apt-get source libnl3" in text
+    for lib in ("libnl-3", "libnl-genl-3"):
+        assert f"ingress_ipvs_exporter.libs/{lib}-" in text
+    assert "License-File: LICENSES/libnl-NOTICE.txt" in metadata
+
+
 def test_installed_extension_links_the_bundled_libnl(venv: Path):
     site = _site_packages(venv)
     (ext,) = (site / "ingress_ipvs_exporter").glob("_ipvs_cffi*.so")
@@ -136,6 +154,17 @@ def test_console_script_runs(venv: Path, wheel: Path):
     assert res.stdout.strip() == f"ingress_ipvs_exporter {_project_version()}"
 
 
+def test_build_info_metric_carries_the_version(venv: Path):
+    """pyproject.toml's version is the one source: the installed wheel's build-info metric says it too."""
+    code = ("from ingress_ipvs_exporter.collector import build_info\n"
+            "s = build_info().samples[0]\nprint(s.name, s.labels['version'], s.labels['libnl_version'])")
+    res = _run([venv / "bin" / "python", "-c", code], cwd=venv)
+    assert res.returncode == 0, res.stderr
+    name, version, libnl = res.stdout.split()
+    assert name == "ipvs_exporter_build_info" and version == _project_version()
+    assert re.fullmatch(r"3\.\d+\.\d+", libnl), libnl
+
+
 def _missing_line(why: str) -> str:
     """build_ipvs.py's one-line message, read from its source (importing it would run the build)."""
     tree = ast.parse((REPO / "build_ipvs.py").read_text())
@@ -145,20 +174,54 @@ def _missing_line(why: str) -> str:
     raise AssertionError("build_ipvs.py has no MISSING message")
 
 
-def test_source_build_without_libnl_says_what_to_install(tmp_path: Path):
-    """Building from source where pkg-config cannot find libnl stops with one actionable line."""
+def _source_copy(tmp_path: Path) -> Path:
+    """What `pip install .` sees in a clean checkout: the sources without this tree's build outputs."""
     src = tmp_path / "src-copy"
     src.mkdir()
     for name in ("pyproject.toml", "setup.py", "build_ipvs.py", "README.md"):
         shutil.copy2(REPO / name, src / name)
-    shutil.copytree(REPO / "csrc", src / "csrc")
+    for name in ("csrc", "LICENSES"):
+        shutil.copytree(REPO / name, src / name)
     shutil.copytree(REPO / "src", src / "src",
                     ignore=shutil.ignore_patterns("*.so", "_ipvs_cffi.c", "__pycache__", "*.egg-info"))
-    res = _run([sys.executable, "-m", "pip", "wheel", ".", "--no-deps", "-w", tmp_path / "out"], cwd=src,
-               env=_env(PKG_CONFIG_PATH="/nonexistent", PKG_CONFIG_LIBDIR="/nonexistent"))
+    return src
+
+
+def test_pip_install_from_source_links_the_system_libnl(tmp_path: Path):
+    """`pip install .` into a fresh venv compiles the shim against the system's libnl-genl-3."""
+    src = _source_copy(tmp_path)
+    root = tmp_path / "venv"
+    assert _run([sys.executable, "-m", "venv", root]).returncode == 0
+    res = _run([root / "bin" / "python", "-m", "pip", "install", "-q", src], cwd=tmp_path)
+    assert res.returncode == 0, f"pip install . failed:\n{res.stdout}\n{res.stderr}"
+    (ext,) = (_site_packages(root) / "ingress_ipvs_exporter").glob("_ipvs_cffi*.so")
+    ldd = _run(["ldd", ext])
+    libnl = [line.split(" => ")[1].split(" (")[0] for line in ldd.stdout.splitlines()
+             if line.strip().startswith("libnl") and " => " in line]
+    assert len(libnl) == 2, ldd.stdout
+    for path in libnl:
+        assert not Path(path).resolve().is_relative_to(root), path
+        assert re.fullmatch(r"/(usr/)?lib(64)?/(x86_64-linux-gnu/)?libnl-(genl-)?3\.so\.200", path), path
+    assert not (_site_packages(root) / "ingress_ipvs_exporter.libs").exists()
+    res = _run([root / "bin" / "ingress_ipvs_exporter", "--version"], cwd=tmp_path)
+    assert res.returncode == 0 and res.stdout.strip() == f"ingress_ipvs_exporter {_project_version()}", res
+
+
+@pytest.mark.parametrize("missing", ["libnl", "pkg-config"])
+def test_source_build_without_libnl_says_what_to_install(tmp_path: Path, missing: str):
+    """Building from source where pkg-config cannot find libnl, or where there is no pkg-config,
+    stops with one actionable line."""
+    src = _source_copy(tmp_path)
+    if missing == "libnl":
+        env, why = _env(PKG_CONFIG_PATH="/nonexistent", PKG_CONFIG_LIBDIR="/nonexistent"), \
+            "pkg-config has no libnl-genl-3.0"
+    else:  # a PATH without pkg-config (pip and the build backend run by absolute path)
+        (tmp_path / "empty-bin").mkdir()
+        env, why = _env(PATH=str(tmp_path / "empty-bin")), "pkg-config is not installed"
+    res = _run([sys.executable, "-m", "pip", "wheel", ".", "--no-deps", "-w", tmp_path / "out"], cwd=src, env=env)
     output = res.stdout + res.stderr
-    assert res.returncode != 0, f"the build succeeded without libnl:\n{output}"
-    want = _missing_line("pkg-config has no libnl-genl-3.0")
+    assert res.returncode != 0, f"the build succeeded without {missing}:\n{output}"
+    want = _missing_line(why)
     assert "apt-get install pkg-config libnl-genl-3-dev" in want and "libnl3-devel" in want
     assert want in [line.strip() for line in output.splitlines()], \
         f"pip's output lacks the line\n  {want}\n---\n{output}"

@@ -97,11 +97,29 @@ def test_readme_usage_is_the_real_help():
 
 def test_namespace_path_that_is_not_a_namespace_is_a_usage_error(tmp_path):
     plain = tmp_path / "plain-file"
-    plain.write_text("")
+    plain.write_text("some text\n")
     res = run("--listen-address", "127.0.0.1:0", "--namespace-path", str(plain))
     assert res.returncode == 2, res.stderr
     lines = [l for l in res.stderr.splitlines() if l.strip()]
     assert len(lines) == 1 and "--namespace-path" in lines[0] and "not a network namespace" in lines[0]
+
+
+def test_an_empty_file_is_a_namespace_not_there_yet(tmp_path):
+    """Docker creates an empty file at the netns path and then bind-mounts the namespace on it.
+    An exporter started in between keeps serving ipvs_up 0 (reason namespace_missing) and retries,
+    instead of taking the path for a wrong one (exit 2)."""
+    from ipvs_testlib import exporter_log, running_exporter, scrape
+    placeholder = tmp_path / "ingress_sbox"
+    placeholder.write_text("")
+    path = str(placeholder)
+    with running_exporter("--namespace-path", path) as (url, proc):
+        for _ in range(3):
+            scraped = scrape(url)
+        assert proc.poll() is None
+    assert scraped[("ipvs_up", frozenset({("namespace", path)}))] == 0
+    assert scraped[("ipvs_scrape_errors_total", frozenset({("namespace", path), ("reason", "namespace_missing")}))] == 3
+    said = [line for line in open(exporter_log(url)) if "not yet a network namespace" in line]
+    assert len(said) == 1 and "level=warning" in said[0] and path in said[0], said
 
 
 def test_json_logs_and_the_missing_namespace_is_logged_once():
@@ -109,12 +127,12 @@ def test_json_logs_and_the_missing_namespace_is_logged_once():
     import time
     import urllib.request
 
-    from ipvs_testlib import running_exporter
+    from ipvs_testlib import exporter_log, running_exporter
     with running_exporter("--namespace-path", "/nonexistent/ns", "--log-format", "json") as (url, proc):
         for _ in range(3):
             urllib.request.urlopen(url).read()
         time.sleep(0.2)
-        log_path = f"/tmp/exporter-{url.split(':')[2].split('/')[0]}.log"
+    log_path = exporter_log(url)
     records = [json.loads(line) for line in open(log_path) if line.strip()]
     assert {r["level"] for r in records} <= {"info", "warning"}
     missing = [r for r in records if "does not exist" in r["msg"]]

@@ -1,4 +1,6 @@
 """Unit tests for portmap: parsing iptables-save text, choosing readers, and the PortMap cache."""
+import logging
+import socket
 import stat
 import threading
 
@@ -154,6 +156,16 @@ def _print(text):
     return "/bin/cat <<'EOF'\n" + text + "EOF"
 
 
+@pytest.fixture(autouse=True)
+def fresh_warnings(monkeypatch):
+    """portmap warns once per process: each test starts with nothing said."""
+    monkeypatch.setattr(portmap, "_warned", set())
+
+
+def _warnings(caplog):
+    return [r.getMessage() for r in caplog.records if r.name == portmap.log.name and r.levelno >= logging.WARNING]
+
+
 @pytest.fixture
 def legacy_lists(tmp_path, monkeypatch):
     """Stand-ins for /proc/net/ip{,6}_tables_names, saying that a legacy mangle table exists."""
@@ -196,10 +208,57 @@ def test_missing_table_is_not_an_error(bindir):
     assert read_mangle_rules("") == ""
 
 
-def test_one_failing_backend_is_not_an_error(bindir):
+def test_one_failing_backend_is_not_an_error(bindir, caplog):
     _fake(bindir, "iptables-nft-save", "echo 'Failed to initialize nft: Protocol not supported' >&2; exit 1")
     _fake(bindir, "iptables-legacy-save", _print(LEGACY_SWARM))
     assert parse_mangle_rules(read_mangle_rules(""))[0x100] == [TCP(30002)]
+    assert _warnings(caplog) == []  # a backend the kernel lacks is not the user's to fix
+
+
+def test_a_backend_denied_its_capability_is_warned_once(bindir, caplog):
+    """Legacy rules, no CAP_NET_RAW: iptables-nft-save answers, iptables-legacy-save is refused, so
+    the ports published in legacy iptables lose their label: one warning that names the fix."""
+    _fake(bindir, "iptables-nft-save", _print(NFT_SWARM))
+    _fake(bindir, "iptables-legacy-save", "echo 'iptables-legacy-save v1.8.9 (legacy): Cannot initialize: "
+                                          "Permission denied (you must be root)' >&2; exit 1")
+    for _ in range(3):
+        assert parse_mangle_rules(read_mangle_rules("")) == parse_mangle_rules(NFT_SWARM)
+    (said,) = _warnings(caplog)
+    assert "iptables-legacy-save" in said and "empty port label" in said
+    assert "CAP_NET_RAW" in said and "CAP_NET_ADMIN" in said and "CAP_SYS_ADMIN" not in said
+
+
+def test_an_unreadable_legacy_table_list_is_warned_once(bindir, legacy_lists, caplog, tmp_path):
+    """/proc/net/ip_tables_names is root's, 0440: without CAP_DAC_READ_SEARCH it cannot be opened.
+    Legacy tables are then not read (reading could create one), and that is said once."""
+    legacy_lists["iptables"].unlink()
+    unopenable = socket.socket(socket.AF_UNIX)  # exists, but open() fails even for root
+    unopenable.bind(str(legacy_lists["iptables"]))
+    try:
+        _fake(bindir, "iptables-nft-save", _print(NFT_SWARM))
+        _fake(bindir, "iptables-legacy-save", "exit 9")  # must not run
+        for _ in range(3):
+            assert parse_mangle_rules(read_mangle_rules("")) == parse_mangle_rules(NFT_SWARM)
+    finally:
+        unopenable.close()
+    (said,) = _warnings(caplog)
+    assert str(legacy_lists["iptables"]) in said and "CAP_DAC_READ_SEARCH" in said
+    assert str(legacy_lists["ip6tables"]) not in said  # that one was readable
+
+
+@pytest.mark.parametrize("reason, names, caps", [
+    ("exit 1: nsenter: reassociate to namespace 'ns/net' failed: Operation not permitted",
+     ["iptables-nft-save", "iptables-legacy-save"], ["CAP_SYS_ADMIN"]),
+    ("exit 4: Could not fetch rule set generation id: Permission denied (you must be root)",
+     ["iptables-nft-save"], ["CAP_NET_ADMIN"]),
+    ("exit 1: Cannot initialize: Permission denied (you must be root)",
+     ["iptables-legacy-save"], ["CAP_NET_RAW", "CAP_NET_ADMIN"]),
+    ("exit 1: Failed to initialize nft: Protocol not supported", ["iptables-nft-save"], []),
+])
+def test_hint_names_the_capability_each_failure_lacks(reason, names, caps):
+    hint = portmap._hint({reason: names})
+    for cap in ("CAP_SYS_ADMIN", "CAP_NET_ADMIN", "CAP_NET_RAW", "CAP_DAC_READ_SEARCH"):
+        assert (cap in hint) == (cap in caps), hint
 
 
 def test_legacy_not_read_when_its_table_does_not_exist(bindir, legacy_lists):
@@ -235,7 +294,7 @@ def test_all_failing_raises_one_line_naming_each(bindir):
     assert "\n" not in message and "current network namespace" in message
     assert "iptables-nft-save: exit 4: Permission denied (you must be root)" in message
     assert "iptables-legacy-save: exit 3: no message" in message
-    assert "run the exporter as root" in message
+    assert "CAP_NET_ADMIN" in message and "run it as root" in message
 
 
 def test_no_iptables_says_install_iptables(bindir):

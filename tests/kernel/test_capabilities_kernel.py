@@ -14,9 +14,10 @@ Findings (also in packaging/systemd/README.md):
   CAP_DAC_READ_SEARCH  Docker's 0700 /var/run/docker; /proc/net/ip_tables_names (0440),
                        which tells whether legacy iptables tables exist
   CAP_NET_RAW          iptables-legacy-save's raw socket: legacy-backend hosts only
-Without SYS_ADMIN, NET_ADMIN or (for Docker's path) DAC_READ_SEARCH the exporter serves
-ipvs_up 0 with reason "permission" and logs it once; without NET_RAW or DAC_READ_SEARCH
-on a legacy-backend host IPVS is read but the port label is empty.
+Without SYS_ADMIN (setns: EPERM), NET_ADMIN (IPVS genetlink: EPERM) or, for Docker's path,
+DAC_READ_SEARCH (open: EACCES) the exporter serves ipvs_up 0 with reason "permission" and logs
+once a line naming that capability; without NET_RAW or DAC_READ_SEARCH on a legacy-backend host
+IPVS is read but the port label is empty, and one warning names the capability.
 The last test runs packaging/systemd/ingress_ipvs_exporter.service itself under systemd.
 """
 from __future__ import annotations
@@ -27,7 +28,6 @@ import subprocess
 import sys
 import sysconfig
 import time
-import urllib.request
 from contextlib import contextmanager
 from pathlib import Path
 
@@ -35,11 +35,15 @@ import pytest
 from ipvs_testlib import (
     assert_seed_samples_match,
     exporter_command,
+    exporter_log,
     free_port,
     ipvsadm,
+    running_exporter,
     samples,
     scrape,
     sh,
+    stop_process,
+    unavailable,
 )
 from lab import SWARM_PORTS, UNMARKED_FWMARK
 
@@ -67,33 +71,10 @@ def _mask(caps) -> int:
 
 
 @contextmanager
-def exporter_as(caps, *args: str, timeout: float = 90.0):
-    """ipvs_testlib.running_exporter, but run through setpriv_prefix(caps); yields (url, pid, log path)."""
-    port = free_port()
-    log_path = Path(f"/tmp/exporter-caps-{port}.log")
-    with open(log_path, "w") as log:
-        proc = subprocess.Popen([*setpriv_prefix(caps), exporter_command(),
-                                 "--listen-address", f"127.0.0.1:{port}", *args],
-                                stdout=log, stderr=subprocess.STDOUT)
-    try:
-        deadline = time.monotonic() + timeout
-        while True:
-            if proc.poll() is not None:
-                raise AssertionError(f"exporter exited with {proc.returncode}: {log_path.read_text()}")
-            try:
-                urllib.request.urlopen(f"http://127.0.0.1:{port}/", timeout=5).read()
-                break
-            except OSError:
-                assert time.monotonic() < deadline, f"exporter did not answer within {timeout}s"
-                time.sleep(0.3)
-        yield f"http://127.0.0.1:{port}/metrics", proc.pid, log_path
-    finally:
-        proc.terminate()
-        try:
-            proc.wait(10)
-        except subprocess.TimeoutExpired:
-            proc.kill()
-            proc.wait()
+def exporter_as(caps, *args: str):
+    """ipvs_testlib.running_exporter run through setpriv_prefix(caps); yields (url, pid, log path)."""
+    with running_exporter(*args, prefix=tuple(setpriv_prefix(caps))) as (url, proc):
+        yield url, proc.pid, Path(exporter_log(url))
 
 
 def _status(pid: int) -> dict[str, str]:
@@ -209,7 +190,10 @@ def test_without_a_needed_cap_serves_up_0_and_says_so_once(request, missing):
     assert not samples(scraped, "ipvs_connections_total")
     said = _lines(log_path, PERMISSION)
     assert len(said) == 1, f"want one '{PERMISSION}' line, got:\n{log_path.read_text()}"
-    assert path in said[0] and "CAP_SYS_ADMIN" in said[0], said[0]
+    # the line names the capability that is missing, and no other (each gives its own errno:
+    # setns EPERM while entering, genetlink EPERM on the request, open EACCES)
+    named = [c for c in NFT_CAPS if f"CAP_{c.upper()}" in said[0]]
+    assert path in said[0] and named == [missing], said[0]
 
 
 @pytest.mark.parametrize("missing, path_kind", [("net_raw", "docker"), ("dac_read_search", "run-netns")],
@@ -229,13 +213,9 @@ def test_legacy_host_without_a_port_cap_reads_ipvs_without_ports(request, missin
     assert _up(scraped, path) == 1, log_path.read_text()
     assert_seed_samples_match(scraped, ipvsadm(path), path, {})  # every port label empty
     assert set(_ports_seen(scraped, path).values()) == {""}
-    said = [line for line in log_path.read_text().splitlines()
-            if re.search(r"level=(warning|error)", line) and ("iptables" in line or "port" in line)]
-    if not said:
-        pytest.xfail(f"without CAP_{missing.upper()} the legacy port labels vanish silently: portmap "
-                     "logs no warning (a failed backend is debug-only when another backend answered; "
-                     "an unreadable /proc/net/ip_tables_names reads as 'no legacy tables')")
-    assert len(said) == 1, said
+    said = [line for line in log_path.read_text().splitlines() if re.search(r"level=(warning|error)", line)]
+    assert len(said) == 1, f"want one warning, got:\n{log_path.read_text()}"
+    assert f"CAP_{missing.upper()}" in said[0] and "empty port label" in said[0] and path in said[0], said[0]
 
 
 # ---- the shipped unit under a real systemd ----------------------------------------------
@@ -291,12 +271,7 @@ def private_systemd():
             time.sleep(1)
         yield int(kids[0])
     finally:
-        proc.terminate()
-        try:
-            proc.wait(30)
-        except subprocess.TimeoutExpired:
-            proc.kill()
-            proc.wait()
+        stop_process(proc, 30)
 
 
 def _install_exporter(link: Path) -> None:
@@ -313,7 +288,7 @@ def _install_exporter(link: Path) -> None:
         return
     system_python = f"/usr/bin/python3.{sys.version_info.minor}"
     if not os.access(system_python, os.X_OK):
-        pytest.skip(f"the venv's python is under a home directory and {system_python} is missing")
+        unavailable(f"the venv's python is under a home directory and {system_python} is missing")
     venv = Path("/opt/ingress_ipvs_exporter-captest")
     if not venv.exists():
         sh(system_python, "-m", "venv", "--without-pip", str(venv))
@@ -325,8 +300,6 @@ def _install_exporter(link: Path) -> None:
     link.chmod(0o755)
 
 
-@pytest.mark.skipif(not os.access("/lib/systemd/systemd", os.X_OK),
-                    reason="systemd is not installed: apt-get install systemd")
 def test_shipped_unit_under_systemd_serves_docker_namespace_created_after_start():
     """The unit as shipped (DynamicUser, the four capabilities, seccomp @system-service,
     RestrictNamespaces=net, MemoryDenyWriteExecute, ProtectSystem=strict...) under systemd 252:
@@ -335,6 +308,8 @@ def test_shipped_unit_under_systemd_serves_docker_namespace_created_after_start(
     it serves the seed metrics with port labels. The drop-in only routes output to a file, drops
     the default boot dependencies and - when the venv's interpreter lives under /root or /home,
     as a developer's pyenv does - relaxes ProtectHome=yes to read-only."""
+    if not os.access("/lib/systemd/systemd", os.X_OK):
+        unavailable("systemd is not installed: scripts/install-deps test")
     port = free_port()
     log = Path(f"/run/captest-unit-{port}.log")
     Path("/etc/systemd/system/ingress_ipvs_exporter.service").write_text(UNIT.read_text())
@@ -349,7 +324,7 @@ def test_shipped_unit_under_systemd_serves_docker_namespace_created_after_start(
     ns_path = str(DOCKER_NETNS / "ingress_sbox")
     up = ("ipvs_up", frozenset({("namespace", ns_path)}))
     if Path(ns_path).exists():
-        pytest.skip(f"{ns_path} exists: a dockerd runs here")
+        unavailable(f"{ns_path} exists: a dockerd runs here")
     name = f"capu{os.getpid() % 10000}"
     created: list[Path] = []
     sh("ip", "netns", "add", name)
