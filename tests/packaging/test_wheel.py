@@ -20,7 +20,8 @@ import pytest
 REPO = Path(__file__).resolve().parents[2]
 BUILD_WHEEL = REPO / "scripts" / "build-wheel"
 # What the wheel is built from: a newer one of these makes dist/'s wheel stale.
-SOURCES = ["pyproject.toml", "setup.py", "build_ipvs.py", "csrc/*", "src/ingress_ipvs_exporter/*.py", "LICENSES/*"]
+SOURCES = ["pyproject.toml", "setup.py", "build_ipvs.py", "csrc/*", "src/ingress_ipvs_exporter/*.py", "LICENSE",
+           "LICENSES/*"]
 TIMEOUT = 600
 
 
@@ -109,6 +110,7 @@ def test_wheel_carries_the_libnl_licence(wheel: Path):
     for lib in ("libnl-3", "libnl-genl-3"):
         assert f"ingress_ipvs_exporter.libs/{lib}-" in text
     assert "License-File: LICENSES/libnl-NOTICE.txt" in metadata
+    assert "License-File: LICENSE" in metadata and "License-Expression: MIT" in metadata
 
 
 def test_installed_extension_links_the_bundled_libnl(venv: Path):
@@ -178,7 +180,7 @@ def _source_copy(tmp_path: Path) -> Path:
     """What `pip install .` sees in a clean checkout: the sources without this tree's build outputs."""
     src = tmp_path / "src-copy"
     src.mkdir()
-    for name in ("pyproject.toml", "setup.py", "build_ipvs.py", "README.md"):
+    for name in ("pyproject.toml", "setup.py", "build_ipvs.py", "README.md", "LICENSE"):
         shutil.copy2(REPO / name, src / name)
     for name in ("csrc", "LICENSES"):
         shutil.copytree(REPO / name, src / name)
