@@ -10,6 +10,7 @@ both renderings are identical for both text formats.
 from __future__ import annotations
 
 import functools
+from array import array
 import operator
 import zlib
 from itertools import repeat
@@ -84,8 +85,9 @@ class _Shape:
 
     def __init__(self, snap: Snapshot, namespace: str, ports: Mapping[int, Sequence], options: Options):
         svc_seed, svc_full, dst = _label_columns(snap, ports)
-        self.seed_rows = [i for i, s in enumerate(svc_seed) if s is not None]
-        self.seed_dst_rows = [j for j, (svc, _, _) in enumerate(dst) if svc_seed[svc] is not None]
+        # row numbers as uint32 arrays: 4 bytes a row where a list of ints costs ~36
+        self.seed_rows = array("I", (i for i, s in enumerate(svc_seed) if s is not None))
+        self.seed_dst_rows = array("I", (j for j, (svc, _, _) in enumerate(dst) if svc_seed[svc] is not None))
         ns = namespace
         self.labels: dict[str, list[str]] = {
             "namespace": [_labelstr(NS_LABELS, (ns,)) + " "],
