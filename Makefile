@@ -10,7 +10,7 @@ VM     := tests/vm/vm-run
 
 BENCH_STAMP := $(VENV)/.bench-installed
 
-.PHONY: all deps deps-test venv build wheel run demo bench test test-unit test-packaging test-vm test-kernel test-swarm clean
+.PHONY: all deps deps-test venv build wheel run demo bench container-test test test-unit test-packaging test-vm test-kernel test-swarm clean
 
 all: venv
 
@@ -51,6 +51,13 @@ $(BENCH_STAMP): bench/requirements.txt $(STAMP)
 bench: venv $(BENCH_STAMP)
 	scripts/install-deps bench
 	bench/make-bench $(BENCH_ARGS)
+
+## the container image built and the swarm stack deployed for real in the IPVS VM, offline:
+## bases and wheels prepared here (packaging/docker/prepare-offline), build + deploy + scrape there
+container-test: venv
+	scripts/install-deps container
+	packaging/docker/prepare-offline
+	bash -o pipefail -c 'VM_TIMEOUT=3000 $(VM) --memory 6G -- bash tests/container/container-test 2>&1 | tee build/container-test.log'
 
 ## every test: unit and packaging tests here, then the kernel and swarm suites in one VM boot
 test: deps-test venv test-unit test-packaging test-vm
