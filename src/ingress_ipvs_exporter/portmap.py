@@ -61,10 +61,13 @@ def _parse_mark(arg: str) -> int | None:
 
 def _parse_rule(line: str) -> tuple[int, list[PublishedPort]] | None:
     """(mark, ports) of one `-A CHAIN ...` line that sets a MARK for a destination port."""
-    try:
-        tokens = shlex.split(line)
-    except ValueError:  # unbalanced quotes: not something iptables-save writes
-        return None
+    if '"' in line or "'" in line or "\\" in line:
+        try:
+            tokens = shlex.split(line)
+        except ValueError:  # unbalanced quotes: not something iptables-save writes
+            return None
+    else:  # what Docker writes: no quoting; str.split is ~30x faster than shlex
+        tokens = line.split()
     protocol = target = None
     ports: list[int] = []
     mark = None
