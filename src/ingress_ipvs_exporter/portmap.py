@@ -291,21 +291,27 @@ def read_mangle_rules(namespace_path: str, timeout: float = 5.0) -> str:
 class PortMap:
     """Cache of fwmark -> ports for one namespace: reading iptables costs processes, scrapes are frequent.
 
-    Refreshes when the set of fwmarks asked for changes or after max_age seconds; a failed
+    When the set of fwmarks asked for changes (a service came or went), the rules are re-read
+    before answering. Every max_age seconds they are re-read in the background: that scrape
+    and the ones during the read answer from the cache, the next ones see the new rules (at
+    10,000 rules under emulation a read takes seconds; no scrape waits for it). A failed
     refresh keeps the last good map and records the error in last_error.
     """
 
     def __init__(self, namespace_path: str, max_age: float = 60.0,
                  reader: Callable[[str], str] = read_mangle_rules,
-                 clock: Callable[[], float] = time.monotonic) -> None:
+                 clock: Callable[[], float] = time.monotonic,
+                 spawn: Callable[[Callable[[], None]], None] | None = None) -> None:
         self.namespace_path = namespace_path
         self.max_age = max_age
         self._reader = reader
         self._clock = clock
+        self._spawn = spawn or _daemon_thread
         self._lock = threading.Lock()
         self._map: dict[int, list[PublishedPort]] = {}
         self._asked: frozenset[int] | None = None
         self._read_at = 0.0
+        self._refreshing = False
         self.last_error: str | None = None
 
     def lookup(self, fwmarks: Iterable[int]) -> dict[int, list[PublishedPort]]:
@@ -313,22 +319,45 @@ class PortMap:
         wanted = frozenset(fwmarks)
         if not wanted:
             return {}
+        stale = False
         with self._lock:
             now = self._clock()
-            if wanted != self._asked or now - self._read_at >= self.max_age:
-                self._refresh(wanted, now)
-            return {mark: list(self._map[mark]) for mark in sorted(wanted) if mark in self._map}
+            if wanted != self._asked:
+                self._store(self._read(), now)
+                self._asked = wanted
+            elif now - self._read_at >= self.max_age and not self._refreshing:
+                self._refreshing = stale = True
+            found = {mark: list(self._map[mark]) for mark in sorted(wanted) if mark in self._map}
+        if stale:
+            self._spawn(self._refresh_in_background)
+        return found
 
-    def _refresh(self, wanted: frozenset[int], now: float) -> None:
-        """Re-read the rules; on failure keep the old map and remember why (lock held)."""
+    def _read(self) -> dict[int, list[PublishedPort]] | Exception:
         try:
-            self._map = parse_mangle_rules(self._reader(self.namespace_path))
+            return parse_mangle_rules(self._reader(self.namespace_path))
         except Exception as exc:  # a scrape must never fail because of port labels
-            message = str(exc) or type(exc).__name__
+            return exc
+
+    def _store(self, result: dict[int, list[PublishedPort]] | Exception, read_at: float) -> None:
+        """Keep a read's map, or on failure the old map and why (lock held)."""
+        if isinstance(result, Exception):
+            message = str(result) or type(result).__name__
             if message != self.last_error:
                 log.warning("published ports unavailable: %s", message)
             self.last_error = message
         else:
+            self._map = result
             self.last_error = None
-        self._asked = wanted
-        self._read_at = now
+        self._read_at = read_at
+
+    def _refresh_in_background(self) -> None:
+        started = self._clock()
+        result = self._read()
+        with self._lock:
+            if self._read_at <= started:  # no newer read (a changed mark set) got in first
+                self._store(result, started)
+            self._refreshing = False
+
+
+def _daemon_thread(fn: Callable[[], None]) -> None:
+    threading.Thread(target=fn, name="portmap-refresh", daemon=True).start()

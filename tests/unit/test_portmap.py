@@ -3,6 +3,7 @@ import logging
 import socket
 import stat
 import threading
+import time
 
 import pytest
 
@@ -355,21 +356,26 @@ def test_lookup_returns_only_found_marks():
     assert reader.calls == ["/ns"]
 
 
-def test_cache_refreshes_on_mark_set_change_and_age():
-    reader, clock = FakeReader(NFT_SWARM), FakeClock()
-    pm = PortMap("/ns", max_age=60, reader=reader, clock=clock)
+def test_cache_refreshes_on_mark_set_change_and_in_the_background_with_age():
+    reader, clock, spawned = FakeReader(NFT_SWARM), FakeClock(), []
+    pm = PortMap("/ns", max_age=60, reader=reader, clock=clock, spawn=spawned.append)
     pm.lookup([0x100])
     pm.lookup(iter([0x100]))
     clock.now += 59
     pm.lookup({0x100})
-    assert len(reader.calls) == 1
-    pm.lookup([0x100, 0x101])  # a new service appeared
-    assert len(reader.calls) == 2
+    assert len(reader.calls) == 1 and not spawned
+    pm.lookup([0x100, 0x101])  # a new service appeared: read before answering
+    assert len(reader.calls) == 2 and not spawned
     pm.lookup([0x101, 0x100, 0x101])  # same set, other order
     assert len(reader.calls) == 2
     clock.now += 60
+    pm.lookup([0x100, 0x101])  # stale: answered from the cache, one refresh started
     pm.lookup([0x100, 0x101])
+    assert len(reader.calls) == 2 and len(spawned) == 1
+    spawned.pop()()
     assert len(reader.calls) == 3
+    pm.lookup([0x100, 0x101])
+    assert len(reader.calls) == 3 and not spawned
 
 
 def test_empty_mark_set_reads_nothing():
@@ -379,28 +385,51 @@ def test_empty_mark_set_reads_nothing():
 
 
 def test_new_rules_seen_after_refresh():
-    reader, clock = FakeReader(NFT_SWARM, NFT_SWARM + LEGACY_SWARM), FakeClock()
-    pm = PortMap("/ns", max_age=10, reader=reader, clock=clock)
+    reader, clock, spawned = FakeReader(NFT_SWARM, NFT_SWARM + LEGACY_SWARM), FakeClock(), []
+    pm = PortMap("/ns", max_age=10, reader=reader, clock=clock, spawn=spawned.append)
     assert pm.lookup([0x103]) == {}
     clock.now += 10
+    assert pm.lookup([0x103]) == {}  # this scrape does not wait for the read
+    spawned.pop()()
     assert pm.lookup([0x103]) == {0x103: [TCP(30005)]}
 
 
 def test_failure_keeps_last_good_map_and_records_error():
     boom = PortMapError("cannot read iptables rules in /ns: boom")
     reader = FakeReader(NFT_SWARM, boom, ValueError(), NFT_SWARM)
-    clock = FakeClock()
-    pm = PortMap("/ns", max_age=5, reader=reader, clock=clock)
+    clock, spawned = FakeClock(), []
+    pm = PortMap("/ns", max_age=5, reader=reader, clock=clock, spawn=spawned.append)
     good = pm.lookup([0x100])
     assert good == {0x100: [TCP(30002)]} and pm.last_error is None
+    for error in ("cannot read iptables rules in /ns: boom", "ValueError", None):
+        clock.now += 5
+        assert pm.lookup([0x100]) == good
+        spawned.pop()()
+        assert pm.lookup([0x100]) == good and pm.last_error == error and not spawned  # no retry before max_age
+    assert len(reader.calls) == 4
+
+
+def test_a_slow_background_read_holds_up_no_scrape():
+    release, reads = threading.Event(), []
+
+    def reader(path):
+        reads.append(path)
+        if len(reads) > 1:
+            assert release.wait(10)
+        return NFT_SWARM
+
+    clock = FakeClock()
+    pm = PortMap("/ns", max_age=5, reader=reader, clock=clock)  # real background thread
+    assert pm.lookup([0x100]) == {0x100: [TCP(30002)]}
     clock.now += 5
-    assert pm.lookup([0x100]) == good
-    assert pm.last_error == "cannot read iptables rules in /ns: boom"
-    assert pm.lookup([0x100]) == good and len(reader.calls) == 2  # no retry before max_age
-    clock.now += 5
-    assert pm.lookup([0x100]) == good and pm.last_error == "ValueError"
-    clock.now += 5
-    assert pm.lookup([0x100]) == good and pm.last_error is None
+    for _ in range(3):  # while the refresh is stuck: answered at once, no second refresh
+        assert pm.lookup([0x100]) == {0x100: [TCP(30002)]}
+    assert len(reads) == 2
+    release.set()
+    deadline = time.monotonic() + 10
+    while pm._refreshing and time.monotonic() < deadline:
+        time.sleep(0.01)
+    assert not pm._refreshing and pm._read_at == clock.now
 
 
 def test_failure_before_any_success_gives_empty_map():
