@@ -6,15 +6,20 @@ sample here). This renderer keeps, per family, the text of every series up to it
 destinations, labels) is unchanged; a scrape then only formats values, taken column-wise
 from the snapshot's flat lists. collector.ipvs_families() stays the reference: tests assert
 both renderings are identical for both text formats.
+
+With gzip (what Prometheus asks for), each family is deflated on its own into a Segment, and
+a family whose values did not change since the last scrape is sent from the cache of
+segments without being rendered or compressed again; the segments form one gzip member.
 """
 from __future__ import annotations
 
 import functools
 from array import array
 import operator
+import struct
 import zlib
 from itertools import repeat
-from typing import Iterator, Mapping, Sequence
+from typing import Iterable, Iterator, Mapping, NamedTuple, Sequence
 
 from prometheus_client.exposition import choose_encoder
 from prometheus_client.utils import floatToGoString
@@ -68,8 +73,63 @@ def _sample_name(d: MetricDef) -> str:
     return d.name if d.kind != "counter" or d.name.endswith("_total") else d.name + "_total"
 
 
-CACHE_BUDGET = 4 * 1024 * 1024  # bytes of sample text kept for reuse across scrapes (see docs/performance.md)
+CACHE_BUDGET = 8 * 1024 * 1024  # bytes of compressed families kept for reuse (see docs/performance.md)
 CHUNK_SERIES = 512  # series per chunk: bounds the text a scrape holds at once
+GZIP_LEVEL = 1  # a large scrape is CPU-bound on compression: the fastest level
+
+
+class Segment(NamedTuple):
+    """Text deflated on its own (raw deflate, no history before it, ending byte-aligned), so
+    that segments can be laid end to end into one gzip stream, in any combination."""
+
+    data: list[bytes]
+    crc: int  # CRC-32 of the text alone
+    length: int  # bytes of text
+    zeros_crc: int  # CRC-32 of `length` zero bytes: what joining its CRC onto another's needs
+
+
+_ZEROS = memoryview(bytes(1 << 20))
+
+
+def _crc_of_zeros(length: int, crc: int = 0) -> int:
+    while length > 0:
+        n = min(length, len(_ZEROS))
+        crc = zlib.crc32(_ZEROS[:n], crc)
+        length -= n
+    return crc
+
+
+def deflate(chunks: Iterable[bytes]) -> Segment:
+    z = zlib.compressobj(GZIP_LEVEL, zlib.DEFLATED, -15)
+    data, crc, length = [], 0, 0
+    for chunk in chunks:
+        crc, length = zlib.crc32(chunk, crc), length + len(chunk)
+        out = z.compress(chunk)
+        if out:
+            data.append(out)
+    data.append(z.flush(zlib.Z_SYNC_FLUSH))
+    return Segment(data, crc, length, _crc_of_zeros(length))
+
+
+class GzipStream:
+    """One gzip member (RFC 1952) made of Segments: header, the segments' deflate data, an
+    empty final block, then the CRC-32 of all the text, combined from the segments' own
+    (crc(A+B) = crc(zeros(len B), crc(A)) ^ crc(zeros(len B)) ^ crc(B)), and its length."""
+
+    HEADER = b"\x1f\x8b\x08\x00\x00\x00\x00\x00\x00\xff"  # deflate, no name, no mtime, unknown OS
+    END = b"\x03\x00"  # an empty final fixed-Huffman block
+
+    def __init__(self):
+        self.crc = 0
+        self.length = 0
+
+    def add(self, seg: Segment) -> list[bytes]:
+        self.crc = _crc_of_zeros(seg.length, self.crc) ^ seg.zeros_crc ^ seg.crc
+        self.length += seg.length
+        return seg.data
+
+    def trailer(self) -> bytes:
+        return self.END + struct.pack("<II", self.crc, self.length & 0xFFFFFFFF)
 
 
 def _packed(values: Sequence[int]):
@@ -103,7 +163,7 @@ class _Shape:
             self.labels["destination"] = [
                 _labelstr(DST_LABELS, (addr, dport, *svc_full[svc][:2], ns, *svc_full[svc][2:])) + " "
                 for (svc, addr, dport) in dst]
-        self._last: dict[str, tuple[object, list[bytes], int]] = {}
+        self._last: dict[tuple[str, int], tuple[object, Segment]] = {}
         self._cached = 0
         # info families: whole lines (header excluded), values are always 1
         self.info = []
@@ -113,14 +173,8 @@ class _Shape:
                                   for i in range(0, len(lines), CHUNK_SERIES)]))
 
     def samples(self, d: MetricDef, values: Sequence[int]) -> list[bytes]:
-        """The family's sample lines, in chunks of CHUNK_SERIES series. A family whose values
-        are those of the last scrape (weights, thresholds, idle services) reuses its chunks,
-        within CACHE_BUDGET; when every value prints as "<int>.0", lines are built by C-level
-        map()s, no Python loop."""
-        last = self._last.get(d.name)
-        packed = _packed(values)
-        if last is not None and last[0] == packed:
-            return last[1]
+        """The family's sample lines, in chunks of CHUNK_SERIES series; when every value
+        prints as "<int>.0", lines are built by C-level map()s, no Python loop."""
         labels = self.labels[d.level]
         name = _sample_name(d)
         small = bool(values) and -1000000 < min(values) and max(values) < 1000000
@@ -132,15 +186,27 @@ class _Shape:
             else:
                 text = "\n".join([name + l + fmt(v) for l, v in zip(ls, vs)]) + "\n"
             chunks.append(text.encode())
-        size = sum(map(len, chunks))
+        return chunks
+
+    def segment(self, d: MetricDef, values: Sequence[int], form: int) -> Segment:
+        """The family (header and samples) deflated. A family whose values are those of the
+        last scrape (weights, thresholds, idle services and real servers) reuses its segment
+        within CACHE_BUDGET: neither rendered nor compressed again."""
+        key = (d.name, form)
+        last = self._last.get(key)
+        packed = _packed(values)
+        if last is not None and last[0] == packed:
+            return last[1]
+        seg = deflate([_header(d.name, d.kind, d.help, form).encode(), *self.samples(d, values)])
+        size = sum(map(len, seg.data))
         if last is not None:
-            self._cached -= last[2]
+            self._cached -= sum(map(len, last[1].data))
         if self._cached + size <= CACHE_BUDGET:
-            self._last[d.name] = (packed, chunks, size)
+            self._last[key] = (packed, seg)
             self._cached += size
         else:
-            self._last.pop(d.name, None)
-        return chunks
+            self._last.pop(key, None)
+        return seg
 
 
 def _shape_key(snap: Snapshot, namespace: str, ports: Mapping[int, Sequence], options: Options) -> tuple:
@@ -177,14 +243,9 @@ class FastRenderer:
         whole in memory.
 
         Safe for concurrent scrapes without a lock: each keeps its own reference to the
-        shape it renders with; a shape's per-family cache entries are (values, text) pairs
-        replaced whole; at worst two scrapes that see a new shape both build it."""
-        key = _shape_key(snap, namespace, ports, options)
-        shape, shape_key = self._shape, self._key
-        if key != shape_key:
-            self._shape = self._key = None  # let the old shape go before building the new one
-            shape = _Shape(snap, namespace, ports, options)
-            self._shape, self._key = shape, key
+        shape it renders with; a shape's per-family cache entries are (values, segment)
+        pairs replaced whole; at worst two scrapes that see a new shape both build it."""
+        shape = self._shape_for(snap, namespace, ports, options)
         form = _OPENMETRICS if openmetrics else _TEXT
         for d in METRICS:
             if options.wants(d.level):
@@ -193,6 +254,27 @@ class FastRenderer:
         for d, chunks in shape.info:
             yield _header(d.name, "gauge", d.help, form).encode()
             yield from chunks
+
+    def segments(self, snap: Snapshot, namespace: str, ports: Mapping[int, Sequence], options: Options,
+                 openmetrics: bool = False) -> Iterator[Segment]:
+        """The same rendering, deflated family by family for a GzipStream; unchanged families
+        come from the shape's cache (same concurrency rules as chunks())."""
+        shape = self._shape_for(snap, namespace, ports, options)
+        form = _OPENMETRICS if openmetrics else _TEXT
+        for d in METRICS:
+            if options.wants(d.level):
+                yield shape.segment(d, _column(d, snap, shape), form)
+        for d, chunks in shape.info:
+            yield deflate([_header(d.name, "gauge", d.help, form).encode(), *chunks])
+
+    def _shape_for(self, snap: Snapshot, namespace: str, ports: Mapping[int, Sequence], options: Options) -> _Shape:
+        key = _shape_key(snap, namespace, ports, options)
+        shape, shape_key = self._shape, self._key
+        if key != shape_key:
+            self._shape = self._key = None  # let the old shape go before building the new one
+            shape = _Shape(snap, namespace, ports, options)
+            self._shape, self._key = shape, key
+        return shape
 
 
 def _column(d: MetricDef, snap: Snapshot, shape: _Shape) -> list[int]:
@@ -237,24 +319,36 @@ class MetricsApp:
         self.others = others
         self.renderer = FastRenderer()
 
-    def stream(self, accept: str) -> tuple[Iterator[bytes], str]:
-        """The exposition as chunks of bytes, and its content type."""
+    def stream(self, accept: str, gzip: bool = False) -> tuple[Iterator[bytes], str]:
+        """The exposition as chunks of bytes (one gzip member when asked), and its content type."""
         encoder, content_type = choose_encoder(accept)
         openmetrics = content_type.startswith("application/openmetrics-text")
-        return self._chunks(encoder, openmetrics), content_type
+        return self._chunks(encoder, openmetrics, gzip), content_type
 
-    def _chunks(self, encoder, openmetrics: bool) -> Iterator[bytes]:
+    def _chunks(self, encoder, openmetrics: bool, gzip: bool = False) -> Iterator[bytes]:
         c = self.collector
         snap, ports, tail = c.read()
+        stream = GzipStream() if gzip else None
         try:
+            if stream is not None:
+                yield GzipStream.HEADER
             if snap is not None:
-                if FastRenderer.supports(c.options):
-                    # no lock: a slow client must not hold up other scrapes (see chunks())
-                    yield from self.renderer.chunks(snap, c.namespace, ports, c.options, openmetrics)
-                else:
+                if not FastRenderer.supports(c.options):
                     text = encoder(_Families(ipvs_families(snap, c.namespace, ports, c.options)))
-                    yield text[: -len(b"# EOF\n")] if openmetrics else text
-            yield encoder(_Families(tail, *self.others))
+                    text = text[: -len(b"# EOF\n")] if openmetrics else text
+                    yield from stream.add(deflate([text])) if stream is not None else [text]
+                elif stream is not None:
+                    # no lock: a slow client must not hold up other scrapes (see chunks())
+                    for seg in self.renderer.segments(snap, c.namespace, ports, c.options, openmetrics):
+                        yield from stream.add(seg)
+                else:
+                    yield from self.renderer.chunks(snap, c.namespace, ports, c.options, openmetrics)
+            text = encoder(_Families(tail, *self.others))
+            if stream is None:
+                yield text
+            else:
+                yield from stream.add(deflate([text]))
+                yield stream.trailer()
         finally:
             del snap, ports, tail
             memory.release()
@@ -264,20 +358,10 @@ class MetricsApp:
         return b"".join(chunks), content_type
 
     def __call__(self, environ, start_response):
-        chunks, content_type = self.stream(environ.get("HTTP_ACCEPT", ""))
+        gzip = "gzip" in environ.get("HTTP_ACCEPT_ENCODING", "")
+        chunks, content_type = self.stream(environ.get("HTTP_ACCEPT", ""), gzip)
         headers = [("Content-Type", content_type)]
-        if "gzip" in environ.get("HTTP_ACCEPT_ENCODING", ""):
+        if gzip:
             headers.append(("Content-Encoding", "gzip"))
-            chunks = _gzip(chunks)
         start_response("200 OK", headers)
         return chunks if environ.get("REQUEST_METHOD") != "HEAD" else iter(())
-
-
-def _gzip(chunks: Iterator[bytes]) -> Iterator[bytes]:
-    """Compress a stream as it goes (level 1: a large scrape is CPU-bound on compression)."""
-    z = zlib.compressobj(1, zlib.DEFLATED, 31)
-    for chunk in chunks:
-        out = z.compress(chunk)
-        if out:
-            yield out
-    yield z.flush()

@@ -108,21 +108,72 @@ def test_whole_app_body_equals_the_registry_rendering(accept):
     assert body == encoder(reg)
 
 
-@pytest.mark.parametrize("budget", [0, 300, 1 << 20], ids=["no-cache", "partial-cache", "cache"])
-def test_chunk_boundaries_and_cache_budget_keep_the_output_identical(monkeypatch, budget):
-    """Families longer than a chunk, with the cache off, partly full or holding everything."""
+def test_chunks_hold_at_most_chunk_series_lines(monkeypatch):
     from ingress_ipvs_exporter import exposition
 
     monkeypatch.setattr(exposition, "CHUNK_SERIES", 2)
-    monkeypatch.setattr(exposition, "CACHE_BUDGET", budget)
-    snap, r = make_snapshot(EVERY_KIND), FastRenderer()
-    options = Options(backends=True)
-    expected = reference(snap, "/ns", PORTS, options, False)
-    assert r.render(snap, "/ns", PORTS, options) == expected
-    chunks = list(r.chunks(snap, "/ns", PORTS, options))
-    assert b"".join(chunks).decode() == expected
+    snap, options = make_snapshot(EVERY_KIND), Options(backends=True)
+    chunks = list(FastRenderer().chunks(snap, "/ns", PORTS, options))
+    assert b"".join(chunks).decode() == reference(snap, "/ns", PORTS, options, False)
     assert max(c.count(b"\n") for c in chunks) == 2  # a header (HELP, TYPE) or two series
-    assert r._shape._cached <= budget
+
+
+def _wsgi_get(app, accept="", encoding="gzip"):
+    got = {}
+    body = b"".join(app({"HTTP_ACCEPT": accept, "HTTP_ACCEPT_ENCODING": encoding, "REQUEST_METHOD": "GET"},
+                        lambda status, headers: got.update(headers)))
+    return got, body
+
+
+@pytest.mark.parametrize("accept", ["", "application/openmetrics-text; version=1.0.0; charset=utf-8"])
+@pytest.mark.parametrize("budget", [0, 600, 1 << 20], ids=["no-cache", "partial-cache", "cache"])
+def test_gzip_body_is_one_valid_member_equal_to_the_plain_body(monkeypatch, accept, budget):
+    """Families deflated apart and laid end to end, some from the cache: one gzip member whose
+    CRC and length hold (gzip.decompress checks both) and whose text is the plain body's."""
+    import gzip
+    import zlib
+
+    from ingress_ipvs_exporter import exposition
+    from ingress_ipvs_exporter.collector import IPVSCollector
+    from ingress_ipvs_exporter.exposition import MetricsApp
+
+    monkeypatch.setattr(exposition, "CHUNK_SERIES", 2)
+    monkeypatch.setattr(exposition, "CACHE_BUDGET", budget)
+    services = list(EVERY_KIND)
+    snaps = [make_snapshot(services), make_snapshot(services)]
+    services[2] = services[2]._replace(stats=st(3))  # one family's values change, the others not
+    snaps.append(make_snapshot(services))
+    current = iter(snaps)
+    collector = IPVSCollector("/ns", lambda: next(current), lambda marks: PORTS, Options(backends=True))
+    collector._health = lambda up, seconds: []  # scrape durations differ between two scrapes
+    app = MetricsApp(collector)
+    for snap in snaps:
+        headers, body = _wsgi_get(app, accept)
+        assert headers["Content-Encoding"] == "gzip"
+        one_member = zlib.decompressobj(31)
+        text = one_member.decompress(body)
+        assert one_member.eof and one_member.unused_data == b""
+        assert gzip.decompress(body) == text
+        assert text.decode().startswith(reference(snap, "/ns", PORTS, Options(backends=True), bool(accept)))
+        shape = app.renderer._shape
+        assert shape._cached <= budget
+        assert bool(shape._last) == (budget > 0)
+    plain_collector = IPVSCollector("/ns", lambda: snaps[-1], lambda marks: PORTS, Options(backends=True))
+    plain_collector._health = lambda up, seconds: []
+    assert _wsgi_get(MetricsApp(plain_collector), accept, encoding="")[1] == text
+
+
+def test_unchanged_families_are_neither_rendered_nor_compressed_again(monkeypatch):
+    from ingress_ipvs_exporter import exposition
+
+    r, snap, options = FastRenderer(), make_snapshot(EVERY_KIND), Options()
+    first = list(r.segments(snap, "/ns", PORTS, options))
+    calls = []
+    monkeypatch.setattr(exposition, "deflate", lambda chunks: calls.append(1))
+    again = list(r.segments(snap, "/ns", PORTS, options))
+    n_info = len(r._shape.info)
+    assert len(calls) == n_info  # info families are small and always deflated afresh
+    assert again[:len(again) - n_info] == first[:len(first) - n_info]
 
 
 def test_every_scrape_hands_memory_back_even_when_the_client_leaves_early(monkeypatch):
