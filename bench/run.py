@@ -10,6 +10,8 @@ boot (1 warm-up, then --runs timed runs each):
 
   exporter_gzip, exporter_plain  the installed exporter: GET /metrics over loopback, with and
                                  without `Accept-Encoding: gzip`, whole body read
+  exporter_gzip_nocache          the same (gzip) with its cache of compressed families off: every
+                                 family rendered and compressed on every scrape, as under traffic
   shim_dump                      Handle(path).snapshot() in this process: the design's floor
   ipvsadm                        `ipvsadm -Ln --stats --exact` run inside the namespace, to a pipe
   node_exporter_gzip             Debian's prometheus-node-exporter, only its ipvs collector,
@@ -300,9 +302,10 @@ class Procs:
     def __init__(self):
         self.procs: list[subprocess.Popen] = []
 
-    def start(self, cmd: list[str], logfile: Path) -> subprocess.Popen:
+    def start(self, cmd: list[str], logfile: Path, env: dict | None = None) -> subprocess.Popen:
         with open(logfile, "wb") as f:
-            p = subprocess.Popen(cmd, stdout=f, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL)
+            p = subprocess.Popen(cmd, stdout=f, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL,
+                                 env=None if env is None else {**os.environ, **env})
         self.procs.append(p)
         return p
 
@@ -357,25 +360,35 @@ class StartedExporter:
         return self.answered_s
 
 
-def start_exporter(ns: str, n: int, procs: Procs, outdir: Path) -> StartedExporter:
+def start_exporter(ns: str, n: int, procs: Procs, outdir: Path, suffix: str = "",
+                   env: dict | None = None) -> StartedExporter:
     exe = shutil.which("ingress_ipvs_exporter") or str(Path(sys.executable).with_name("ingress_ipvs_exporter"))
     port = free_port()
     p = procs.start([exe, "--listen-address", f"127.0.0.1:{port}", "--namespace-path", f"/run/netns/{ns}"],
-                    outdir / f"exporter-{n}.log")
+                    outdir / f"exporter{suffix}-{n}.log", env)
     return StartedExporter(p, port)
 
 
-def bench_exporter(ns: str, n: int, args, procs: Procs, outdir: Path, started: StartedExporter) -> dict:
+# The second exporter: its cache of compressed families off, so every scrape renders and
+# compresses every family, as when every counter moves between scrapes (the bench's IPVS is
+# idle, which the cache would otherwise make look cheap).
+NOCACHE = "_nocache"
+NOCACHE_ENV = {"INGRESS_IPVS_EXPORTER_CACHE_MB": "0"}
+
+
+def bench_exporter(ns: str, n: int, args, procs: Procs, outdir: Path, started: StartedExporter,
+                   variants=(("plain", False), ("gzip", True)), suffix: str = "", extra_scrapes: int | None = None) -> dict:
     """Scrapes of the exporter started (by start_exporter) while the namespace was being filled."""
     p, port, host = started.p, started.port, "127.0.0.1"
+    extra = args.extra_scrapes if extra_scrapes is None else extra_scrapes
     try:
         start_s = started.wait()
         res = {}
-        for variant, gz in (("plain", False), ("gzip", True)):
+        for variant, gz in variants:
             m = measure(lambda gz=gz: scrape(host, port, gz), args.runs, args.reduced_runs, args.budget_s)
             text = scrape_stats(m)
-            res[f"exporter_{variant}"] = m
-        (outdir / f"exporter-{n}.head.txt").write_bytes(b"\n".join(text.split(b"\n", 120)[:120]) + b"\n")
+            res[f"exporter_{variant}{suffix}"] = m
+        (outdir / f"exporter{suffix}-{n}.head.txt").write_bytes(b"\n".join(text.split(b"\n", 120)[:120]) + b"\n")
         if not re.search(rb"^ipvs_up(\{[^}]*\})? 1(\.0)?$", text, re.M):
             raise RuntimeError(f"the exporter answered without 'ipvs_up 1' (see exporter-{n}.head.txt)")
         dest_series = count_samples(text, b"ipvs_destination_bytes_in_total")
@@ -384,19 +397,19 @@ def bench_exporter(ns: str, n: int, args, procs: Procs, outdir: Path, started: S
                                f"expected {n * DESTS_PER_SERVICE}")
         rss = rss_mb(p.pid)
         t0 = time.perf_counter()
-        for _ in range(args.extra_scrapes):
+        for _ in range(extra):
             scrape(host, port, True)
         extra_s = time.perf_counter() - t0
         rss2 = rss_mb(p.pid)
         if p.poll() is not None:
             raise RuntimeError(f"exited with status {p.returncode}")
         common = {"pid": p.pid, "start_to_answer_s": start_s, "rss_mb": rss, "rss_after_extra_mb": rss2,
-                  "extra_scrapes": args.extra_scrapes, "extra_scrapes_s": extra_s,
+                  "extra_scrapes": extra, "extra_scrapes_s": extra_s,
                   "rss_growth_mb": (rss2 - rss) if rss is not None and rss2 is not None else None}
         return {k: {**v, **common} for k, v in res.items()}
     except Exception as e:
         status = f"failed: {type(e).__name__}: {e}"
-        return {"exporter_gzip": {"status": status}, "exporter_plain": {"status": status}}
+        return {f"exporter_{variant}{suffix}": {"status": status} for variant, _ in variants}
     finally:
         procs.stop(p)
 
@@ -588,6 +601,8 @@ def bench_size(n: int, args, procs: Procs, outdir: Path, prev: dict) -> dict:
             # Python start-up is slow under emulation: let it overlap the set-up. It serves
             # `ipvs_up` and reads IPVS only when scraped, which is after the set-up.
             started = start_exporter(ns, n, procs, outdir)
+        nocache = start_exporter(ns, n, procs, outdir, NOCACHE, NOCACHE_ENV) if "exporter_nocache" in args.contenders \
+            else None
         log(f"N={n}: loading {n} services x {DESTS_PER_SERVICE} destinations and {n} mangle rules into {ns}")
         entry["setup"] = fill_namespace(ns, n)
         log(f"N={n}: set-up took {entry['setup']['ipvsadm_restore_s']:.1f} s (ipvsadm -R) + "
@@ -596,6 +611,8 @@ def bench_size(n: int, args, procs: Procs, outdir: Path, prev: dict) -> dict:
         entry["contender_wall_s"] = walls = {}
         steps = [
             ("exporter", lambda: bench_exporter(ns, n, args, procs, outdir, started)),
+            ("exporter_nocache", lambda: bench_exporter(ns, n, args, procs, outdir, nocache, (("gzip", True),),
+                                                        NOCACHE, extra_scrapes=0)),
             ("shim", lambda: {"shim_dump": bench_shim(ns, n, args)}),
             ("ipvsadm", lambda: {"ipvsadm": bench_ipvsadm(ns, n, args, prev.get("ipvsadm"))}),
             ("node_exporter", lambda: {"node_exporter_gzip": bench_node_exporter(
@@ -626,7 +643,7 @@ def main(argv=None) -> int:
                                  formatter_class=argparse.ArgumentDefaultsHelpFormatter)
     ap.add_argument("--out", default="build/vm/bench", help="output directory")
     ap.add_argument("--sizes", default="100,1000,10000", help="comma list of service counts (x 10 destinations)")
-    ap.add_argument("--contenders", default="exporter,shim,ipvsadm,node_exporter,pyroute2",
+    ap.add_argument("--contenders", default="exporter,exporter_nocache,shim,ipvsadm,node_exporter,pyroute2",
                     help="comma list of the contenders to run")
     ap.add_argument("--runs", type=int, default=5, help="timed runs per contender and size, after 1 warm-up")
     ap.add_argument("--reduced-runs", type=int, default=3,

@@ -14,6 +14,8 @@ segments without being rendered or compressed again; the segments form one gzip 
 from __future__ import annotations
 
 import functools
+import logging
+import os
 from array import array
 import operator
 import struct
@@ -73,7 +75,21 @@ def _sample_name(d: MetricDef) -> str:
     return d.name if d.kind != "counter" or d.name.endswith("_total") else d.name + "_total"
 
 
-CACHE_BUDGET = 8 * 1024 * 1024  # bytes of compressed families kept for reuse (see docs/performance.md)
+CACHE_ENV = "INGRESS_IPVS_EXPORTER_CACHE_MB"
+
+
+def _cache_budget(default_mb: int = 8) -> int:
+    """Bytes of compressed families kept for reuse across scrapes: $INGRESS_IPVS_EXPORTER_CACHE_MB
+    (0 turns the cache off; see docs/performance.md), else 8 MB."""
+    raw = os.environ.get(CACHE_ENV, "").strip()
+    if raw.isdigit():
+        return int(raw) * 1024 * 1024
+    if raw:
+        logging.getLogger(__name__).warning("%s=%r is not a whole number of MB; using %d", CACHE_ENV, raw, default_mb)
+    return default_mb * 1024 * 1024
+
+
+CACHE_BUDGET = _cache_budget()
 CHUNK_SERIES = 512  # series per chunk: bounds the text a scrape holds at once
 GZIP_LEVEL = 1  # a large scrape is CPU-bound on compression: the fastest level
 

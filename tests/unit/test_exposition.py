@@ -203,3 +203,13 @@ def test_malloc_tuning_takes_on_glibc():
         pytest.fail("these hosts run glibc; the tuning would be a no-op here")
     assert memory.tune() is True
     memory.release()
+
+
+@pytest.mark.parametrize("raw, expected", [("", 8 << 20), ("0", 0), ("32", 32 << 20), (" 2 ", 2 << 20),
+                                           ("lots", 8 << 20), ("-1", 8 << 20)])
+def test_cache_budget_from_the_environment(monkeypatch, caplog, raw, expected):
+    from ingress_ipvs_exporter import exposition
+
+    monkeypatch.setenv(exposition.CACHE_ENV, raw)
+    assert exposition._cache_budget() == expected
+    assert ("not a whole number" in caplog.text) == (raw.strip() not in ("", "0", "32", "2"))
