@@ -64,6 +64,7 @@ static int nle_to_errno(int nle)
     case NLE_BUSY: return -EBUSY;
     case NLE_EXIST: return -EEXIST;
     case NLE_MSG_TRUNC: return -EMSGSIZE;
+    case NLE_MSG_TOOSHORT: return -EBADMSG;   /* shorter than its headers */
     case NLE_SEQ_MISMATCH: return -EILSEQ;
     case NLE_DUMP_INTR: return -EINTR;
     case NLE_NODEV: return -ENODEV;

@@ -130,8 +130,8 @@ def test_hand_made_edge_cases():
         return feed(os.path.join(REGRESSIONS, name))
 
     assert run("edge-nlmsg-len-beyond-buffer.bin")[0] == [-errno.EMSGSIZE]
-    assert run("edge-header-only.bin")[0] == [-errno.EIO]  # libnl's NLE_MSG_TOOSHORT
-    assert run("edge-short-genl-header.bin")[0] == [-errno.EIO]
+    assert run("edge-header-only.bin")[0] == [-errno.EBADMSG]  # libnl's NLE_MSG_TOOSHORT
+    assert run("edge-short-genl-header.bin")[0] == [-errno.EBADMSG]
     assert run("edge-nested-len-overflow.bin")[0] == [-errno.EPROTO]  # the nest is not there
     assert run("edge-attr-len-below-header.bin")[0] == [-errno.EPROTO]
     assert run("edge-sched-unterminated.bin")[0] == [-errno.EINVAL]  # NLA_STRING without NUL
