@@ -10,7 +10,8 @@ VM     := tests/vm/vm-run
 
 BENCH_STAMP := $(VENV)/.bench-installed
 
-.PHONY: all deps deps-test venv build wheel run demo bench container-test test test-unit test-packaging test-vm test-kernel test-swarm clean
+.PHONY: all deps deps-test venv build wheel run demo bench container-test test test-unit test-packaging test-vm \
+        test-kernel test-swarm fuzz fuzz-short test-asan test-leaks soak clean
 
 all: venv
 
@@ -59,11 +60,12 @@ container-test: venv
 	packaging/docker/prepare-offline
 	bash -o pipefail -c 'VM_TIMEOUT=3000 $(VM) --memory 6G -- bash tests/container/container-test 2>&1 | tee build/container-test.log'
 
-## every test: unit and packaging tests here, then the kernel and swarm suites in one VM boot
-test: deps-test venv test-unit test-packaging test-vm
+## every test: unit and packaging tests here, a minute of fuzzing, then the kernel and swarm
+## suites in one VM boot
+test: deps-test venv test-unit test-packaging fuzz-short test-vm
 
 test-unit: venv
-	$(PYTEST) -q tests/unit
+	$(PYTEST) -q tests/unit tests/fuzz
 
 # the wheel (built, installed in a fresh venv, its libnl checked), the source build's message
 # without libnl, and the systemd unit (systemd-analyze)
@@ -79,6 +81,28 @@ test-kernel: deps-test venv
 
 test-swarm: deps-test venv
 	$(VM) -- python -m pytest -p no:cacheprovider -q -m swarm tests/swarm
+
+# Reliability (docs/reliability.md). The fuzzer builds with clang; the rest run in the VM.
+## the shim's netlink parser under libFuzzer + ASan + UBSan: ten million executions (about an hour)
+fuzz: deps-test venv
+	fuzz/run.sh -runs=10000000
+
+## the same for 60 seconds (part of make test)
+fuzz-short: deps-test venv
+	fuzz/run.sh 60
+
+## the shim built with ASan + UBSan: unit tests here, the kernel suite in the VM
+test-asan: deps-test venv
+	fuzz/test-asan.sh
+
+## 1,000 real dumps under valgrind (no leak, no invalid access) in the VM alone
+test-leaks: deps-test venv
+	$(VM) -- python -m pytest -p no:cacheprovider -q -m kernel tests/kernel/test_leaks_kernel.py
+
+## 10,000 scrapes of the exporter while IPVS and its namespace churn, in the VM -> build/vm/soak.json
+soak: deps-test venv
+	VM_TIMEOUT=$${VM_TIMEOUT:-5400} $(VM) -- env SOAK_SCRAPES=$${SOAK_SCRAPES:-10000} SOAK_RECREATES=$${SOAK_RECREATES:-5} \
+	  python -m pytest -p no:cacheprovider -q -s -m kernel tests/kernel/test_soak_kernel.py
 
 clean:
 	rm -rf build dist src/*.egg-info src/ingress_ipvs_exporter/_ipvs_cffi*.so src/ingress_ipvs_exporter/_ipvs_cffi.c

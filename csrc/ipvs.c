@@ -64,6 +64,7 @@ static int nle_to_errno(int nle)
     case NLE_BUSY: return -EBUSY;
     case NLE_EXIST: return -EEXIST;
     case NLE_MSG_TRUNC: return -EMSGSIZE;
+    case NLE_MSG_TOOSHORT: return -EBADMSG;   /* shorter than its headers */
     case NLE_SEQ_MISMATCH: return -EILSEQ;
     case NLE_DUMP_INTR: return -EINTR;
     case NLE_NODEV: return -ENODEV;
@@ -410,6 +411,96 @@ nomem:
     return -ENOMEM;
 }
 
+/* ---- duplicate service rows --------------------------------------------- */
+
+/* Service row r moves down to row w (w <= r), when rows are dropped. */
+static void move_service_row(struct ipvs_handle *h, uint32_t w, uint32_t r)
+{
+    if (r == w)
+        return;
+    memcpy(h->svc_u32 + (size_t)w * IPVS_SVC_NCOLS, h->svc_u32 + (size_t)r * IPVS_SVC_NCOLS,
+           IPVS_SVC_NCOLS * sizeof(uint32_t));
+    memcpy(h->svc_stats + (size_t)w * IPVS_NSTATS, h->svc_stats + (size_t)r * IPVS_NSTATS,
+           IPVS_NSTATS * sizeof(uint64_t));
+    memcpy(h->svc_addr + (size_t)w * IPVS_ADDR_LEN, h->svc_addr + (size_t)r * IPVS_ADDR_LEN, IPVS_ADDR_LEN);
+    memcpy(h->svc_sched + (size_t)w * IPVS_NAME_LEN, h->svc_sched + (size_t)r * IPVS_NAME_LEN, IPVS_NAME_LEN);
+}
+
+/* The service a row names, as GET_DEST looks it up: af + fwmark, or af + protocol +
+ * address + port. */
+static int same_service(const struct ipvs_handle *h, uint32_t a, uint32_t b)
+{
+    const uint32_t *x = h->svc_u32 + (size_t)a * IPVS_SVC_NCOLS;
+    const uint32_t *y = h->svc_u32 + (size_t)b * IPVS_SVC_NCOLS;
+    if (x[IPVS_SVC_AF] != y[IPVS_SVC_AF] || x[IPVS_SVC_FWMARK] != y[IPVS_SVC_FWMARK])
+        return 0;
+    if (x[IPVS_SVC_FWMARK])
+        return 1;
+    return x[IPVS_SVC_PROTOCOL] == y[IPVS_SVC_PROTOCOL] && x[IPVS_SVC_PORT] == y[IPVS_SVC_PORT] &&
+           memcmp(h->svc_addr + (size_t)a * IPVS_ADDR_LEN, h->svc_addr + (size_t)b * IPVS_ADDR_LEN,
+                  IPVS_ADDR_LEN) == 0;
+}
+
+static uint32_t service_hash(const struct ipvs_handle *h, uint32_t r)
+{
+    const uint32_t *x = h->svc_u32 + (size_t)r * IPVS_SVC_NCOLS;
+    uint32_t v = 2166136261u, i;
+    uint32_t key[4] = {x[IPVS_SVC_AF], x[IPVS_SVC_FWMARK], 0, 0};
+    const uint8_t *addr = h->svc_addr + (size_t)r * IPVS_ADDR_LEN;
+    if (!x[IPVS_SVC_FWMARK]) {
+        key[2] = x[IPVS_SVC_PROTOCOL];
+        key[3] = x[IPVS_SVC_PORT];
+    }
+    for (i = 0; i < sizeof(key); i++)
+        v = (v ^ ((const uint8_t *)key)[i]) * 16777619u;
+    for (i = 0; i < IPVS_ADDR_LEN && !x[IPVS_SVC_FWMARK]; i++)
+        v = (v ^ addr[i]) * 16777619u;
+    return v;
+}
+
+int ipvs_drop_duplicate_services(struct ipvs_handle *h)
+{
+    uint32_t n = h->n_svc, size = 16, r, w, d, dw = 0, *slot;
+    if (n < 2)
+        return 0;
+    while (size < 2 * n)
+        size *= 2;
+    slot = malloc((size_t)size * sizeof(*slot));  /* row + 1; 0 = empty */
+    if (!slot)
+        return -ENOMEM;
+    memset(slot, 0, (size_t)size * sizeof(*slot));
+    for (r = 0, w = 0; r < n; r++) {
+        uint32_t *row = h->svc_u32 + (size_t)r * IPVS_SVC_NCOLS, i = service_hash(h, r) & (size - 1);
+        uint32_t first = row[IPVS_SVC_DEST_FIRST], count = row[IPVS_SVC_DEST_COUNT];
+        while (slot[i] && !same_service(h, slot[i] - 1, r))
+            i = (i + 1) & (size - 1);
+        if (slot[i])
+            continue;  /* seen before: drop the row and its destinations */
+        move_service_row(h, w, r);
+        slot[i] = w + 1;  /* rows before w are final, so the kept copy is compared from now on */
+        /* destinations are in service order: move this service's down to dw */
+        for (d = 0; d < count && first + d < h->n_dst; d++) {
+            if (dw + d != first + d) {
+                memcpy(h->dst_u32 + (size_t)(dw + d) * IPVS_DST_NCOLS, h->dst_u32 + (size_t)(first + d) * IPVS_DST_NCOLS,
+                       IPVS_DST_NCOLS * sizeof(uint32_t));
+                memcpy(h->dst_stats + (size_t)(dw + d) * IPVS_NSTATS, h->dst_stats + (size_t)(first + d) * IPVS_NSTATS,
+                       IPVS_NSTATS * sizeof(uint64_t));
+                memcpy(h->dst_addr + (size_t)(dw + d) * IPVS_ADDR_LEN, h->dst_addr + (size_t)(first + d) * IPVS_ADDR_LEN,
+                       IPVS_ADDR_LEN);
+            }
+            h->dst_u32[(size_t)(dw + d) * IPVS_DST_NCOLS + IPVS_DST_SVC] = w;
+        }
+        h->svc_u32[(size_t)w * IPVS_SVC_NCOLS + IPVS_SVC_DEST_FIRST] = dw;
+        h->svc_u32[(size_t)w * IPVS_SVC_NCOLS + IPVS_SVC_DEST_COUNT] = d;
+        dw += d;
+        w++;
+    }
+    free(slot);
+    h->n_svc = w;
+    h->n_dst = dw;
+    return 0;
+}
+
 int ipvs_dump(struct ipvs_handle *h)
 {
     struct nl_msg *msg;
@@ -425,19 +516,14 @@ int ipvs_dump(struct ipvs_handle *h)
         return -ENOMEM;
     if ((err = transact(h, msg, on_valid_svc)))
         return err;
+    if ((err = ipvs_drop_duplicate_services(h)))  /* before asking for their destinations */
+        return err;
     /* Destinations per service. A service deleted since the service dump is dropped
      * (rows are compacted in place; dests already read keep their row index). */
     n = h->n_svc;
     for (r = 0, w = 0; r < n; r++) {
         uint32_t first = h->n_dst;
-        if (r != w) {
-            memcpy(h->svc_u32 + (size_t)w * IPVS_SVC_NCOLS, h->svc_u32 + (size_t)r * IPVS_SVC_NCOLS,
-                   IPVS_SVC_NCOLS * sizeof(uint32_t));
-            memcpy(h->svc_stats + (size_t)w * IPVS_NSTATS, h->svc_stats + (size_t)r * IPVS_NSTATS,
-                   IPVS_NSTATS * sizeof(uint64_t));
-            memcpy(h->svc_addr + (size_t)w * IPVS_ADDR_LEN, h->svc_addr + (size_t)r * IPVS_ADDR_LEN, IPVS_ADDR_LEN);
-            memcpy(h->svc_sched + (size_t)w * IPVS_NAME_LEN, h->svc_sched + (size_t)r * IPVS_NAME_LEN, IPVS_NAME_LEN);
-        }
+        move_service_row(h, w, r);
         h->svc_u32[(size_t)w * IPVS_SVC_NCOLS + IPVS_SVC_DEST_FIRST] = first;
         h->svc_u32[(size_t)w * IPVS_SVC_NCOLS + IPVS_SVC_DEST_COUNT] = 0;
         err = dump_dests(h, w);

@@ -91,5 +91,11 @@ int ipvs_get_info(struct ipvs_handle *h, uint32_t *version, uint32_t *conn_tab_s
 int ipvs_parse_message(struct ipvs_handle *h, int kind, const void *msg, size_t len);
 int ipvs_handle_new_offline(struct ipvs_handle **out);
 
+/* Drop service rows that repeat an earlier row's service (same af and fwmark, or same af,
+ * protocol, address and port) with their destination rows; keeps the first, in order.
+ * ipvs_dump() does this: the kernel resumes a dump by position, so a service deleted
+ * between two batches of a dump makes the next batch repeat one. Returns 0 or -ENOMEM. */
+int ipvs_drop_duplicate_services(struct ipvs_handle *h);
+
 /* The libnl version this shim was built against, e.g. "3.7.0". */
 const char *ipvs_libnl_version(void);
