@@ -24,6 +24,7 @@ from __future__ import annotations
 
 import os
 import re
+import shutil
 import subprocess
 import sys
 import sysconfig
@@ -254,6 +255,11 @@ def private_systemd():
     units it runs get systemd's real sandbox: DynamicUser, seccomp, capabilities, mounts."""
     # --propagation shared: as on a host, where PID 1 makes / rshared (a systemd that finds itself
     # in a PID namespace leaves propagation as it was, and the VM's mounts are private).
+    # /run is the VM's own tmpfs: what systemd writes there outlives it. /run/systemd/system says
+    # "systemd is PID 1" to every program after it (dockerd then picks the systemd cgroup driver),
+    # so it goes when this systemd does, unless it was there before.
+    marker = Path("/run/systemd/system")
+    had_marker = marker.exists()
     proc = subprocess.Popen(["unshare", "--pid", "--fork", "--kill-child", "--mount-proc", "--propagation", "shared",
                              "/lib/systemd/systemd", "--system", "--unit=ingress_ipvs_exporter.service",
                              "--log-target=kmsg"],
@@ -272,6 +278,8 @@ def private_systemd():
         yield int(kids[0])
     finally:
         stop_process(proc, 30)
+        if not had_marker:
+            shutil.rmtree(marker, ignore_errors=True)
 
 
 def _install_exporter(link: Path) -> None:
