@@ -17,10 +17,9 @@ import functools
 import logging
 import os
 from array import array
-import operator
 import struct
 import zlib
-from itertools import repeat
+from itertools import chain, repeat
 from typing import Iterable, Iterator, Mapping, NamedTuple, Sequence
 
 from prometheus_client.exposition import choose_encoder
@@ -101,18 +100,43 @@ class Segment(NamedTuple):
     data: list[bytes]
     crc: int  # CRC-32 of the text alone
     length: int  # bytes of text
-    zeros_crc: int  # CRC-32 of `length` zero bytes: what joining its CRC onto another's needs
 
 
-_ZEROS = memoryview(bytes(1 << 20))
+# CRC-32 arithmetic, for joining two texts' CRCs without the texts. A CRC-32 register holds a
+# polynomial over GF(2) in reflected order: bit 31 is the coefficient of x^0, bit 0 that of
+# x^31; multiplying by x is a right shift, reduced by the generator (0xEDB88320 in this order)
+# when x^31's coefficient falls off. For texts A and B: crc(A+B) = crc(A) * x^(8 len(B)) + crc(B)
+# mod the generator (the register's initial and final inversions cancel out in this form).
+_CRC_POLY = 0xEDB88320
+_X0 = 1 << 31  # the polynomial 1
 
 
-def _crc_of_zeros(length: int, crc: int = 0) -> int:
-    while length > 0:
-        n = min(length, len(_ZEROS))
-        crc = zlib.crc32(_ZEROS[:n], crc)
-        length -= n
-    return crc
+def _crc_mul(a: int, b: int) -> int:
+    """a * b modulo the CRC-32 generator, both in reflected order."""
+    product, bit = 0, _X0
+    while a:
+        if a & bit:
+            product ^= b
+            a ^= bit
+        bit >>= 1
+        b = (b >> 1) ^ _CRC_POLY if b & 1 else b >> 1
+    return product
+
+
+_X_POW2 = [_X0 >> 1]  # x^(2^k) mod the generator: x, x^2, x^4, ...
+for _ in range(63):
+    _X_POW2.append(_crc_mul(_X_POW2[-1], _X_POW2[-1]))
+
+
+def crc_join(crc_a: int, crc_b: int, length_b: int) -> int:
+    """The CRC-32 of A+B from crc(A), crc(B) and len(B) (what zlib's crc32_combine computes)."""
+    shift, n, k = _X0, 8 * length_b, 0  # x^(8 len(B)), by its binary digits
+    while n:
+        if n & 1:
+            shift = _crc_mul(_X_POW2[k], shift)
+        n >>= 1
+        k += 1
+    return _crc_mul(shift, crc_a) ^ crc_b
 
 
 def deflate(chunks: Iterable[bytes]) -> Segment:
@@ -124,13 +148,13 @@ def deflate(chunks: Iterable[bytes]) -> Segment:
         if out:
             data.append(out)
     data.append(z.flush(zlib.Z_SYNC_FLUSH))
-    return Segment(data, crc, length, _crc_of_zeros(length))
+    return Segment(data, crc, length)
 
 
 class GzipStream:
     """One gzip member (RFC 1952) made of Segments: header, the segments' deflate data, an
-    empty final block, then the CRC-32 of all the text, combined from the segments' own
-    (crc(A+B) = crc(zeros(len B), crc(A)) ^ crc(zeros(len B)) ^ crc(B)), and its length."""
+    empty final block, then the CRC-32 of all the text, joined from the segments' own
+    (crc_join), and its length."""
 
     HEADER = b"\x1f\x8b\x08\x00\x00\x00\x00\x00\x00\xff"  # deflate, no name, no mtime, unknown OS
     END = b"\x03\x00"  # an empty final fixed-Huffman block
@@ -140,7 +164,7 @@ class GzipStream:
         self.length = 0
 
     def add(self, seg: Segment) -> list[bytes]:
-        self.crc = _crc_of_zeros(seg.length, self.crc) ^ seg.zeros_crc ^ seg.crc
+        self.crc = crc_join(self.crc, seg.crc, seg.length)
         self.length += seg.length
         return seg.data
 
@@ -197,8 +221,8 @@ class _Shape:
         chunks = []
         for i in range(0, len(values), CHUNK_SERIES):
             ls, vs = labels[i:i + CHUNK_SERIES], values[i:i + CHUNK_SERIES]
-            if small:
-                text = ".0\n".join(map(operator.add, map(operator.add, repeat(name), ls), map(str, vs))) + ".0\n"
+            if small:  # one join of name, labels, value, ".0\n" per series: no concatenations
+                text = "".join(chain.from_iterable(zip(repeat(name), ls, map(str, vs), repeat(".0\n"))))
             else:
                 text = "\n".join([name + l + fmt(v) for l, v in zip(ls, vs)]) + "\n"
             chunks.append(text.encode())

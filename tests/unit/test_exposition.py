@@ -213,3 +213,19 @@ def test_cache_budget_from_the_environment(monkeypatch, caplog, raw, expected):
     monkeypatch.setenv(exposition.CACHE_ENV, raw)
     assert exposition._cache_budget() == expected
     assert ("not a whole number" in caplog.text) == (raw.strip() not in ("", "0", "32", "2"))
+
+
+def test_crc_join_equals_zlib_over_the_joined_text():
+    import os
+    import zlib
+
+    from ingress_ipvs_exporter.exposition import crc_join
+
+    for a_len, b_len in [(0, 0), (0, 5), (5, 0), (1, 1), (100, 3), (4096, 65537), (7, 1 << 20)]:
+        a, b = os.urandom(a_len), os.urandom(b_len)
+        assert crc_join(zlib.crc32(a), zlib.crc32(b), len(b)) == zlib.crc32(a + b), (a_len, b_len)
+    parts = [os.urandom(n) for n in (3, 0, 999, 12, 70000)]
+    crc = 0
+    for p in parts:
+        crc = crc_join(crc, zlib.crc32(p), len(p))
+    assert crc == zlib.crc32(b"".join(parts))
