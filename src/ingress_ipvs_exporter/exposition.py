@@ -16,18 +16,18 @@ from __future__ import annotations
 import functools
 import logging
 import os
-from array import array
 import struct
 import zlib
+from array import array
 from itertools import chain, repeat
 from typing import Iterable, Iterator, Mapping, NamedTuple, Sequence
 
 from prometheus_client.exposition import choose_encoder
 from prometheus_client.utils import floatToGoString
 
+from . import memory
 from .collector import (DEST_LABEL_CHOICES, DST_LABELS, METRICS, NS_LABELS, SEED_DST_LABELS, SEED_SVC_LABELS,
                         SVC_LABELS, MetricDef, Options, _label_columns, info_rows, ipvs_families)
-from . import memory
 from .ipvs import DST_NCOLS, NSTATS, SVC_NCOLS, Snapshot, lib
 
 _TEXT, _OPENMETRICS = 0, 1
@@ -205,6 +205,7 @@ class _Shape:
                 for (svc, addr, dport) in dst]
         self._last: dict[tuple[str, int], tuple[object, Segment]] = {}
         self._cached = 0
+        self._info_segments: dict[int, list[Segment]] = {}
         # info families: whole lines (header excluded), values are always 1
         self.info = []
         for d, names, rows in info_rows(snap, ns, svc_full, dst, ports, options):
@@ -214,7 +215,8 @@ class _Shape:
 
     def samples(self, d: MetricDef, values: Sequence[int]) -> list[bytes]:
         """The family's sample lines, in chunks of CHUNK_SERIES series; when every value
-        prints as "<int>.0", lines are built by C-level map()s, no Python loop."""
+        prints as "<int>.0", each chunk is one str.join over (name, labels, value, ".0\n")
+        built by C-level iterators, no Python loop."""
         labels = self.labels[d.level]
         name = _sample_name(d)
         small = bool(values) and -1000000 < min(values) and max(values) < 1000000
@@ -227,6 +229,15 @@ class _Shape:
                 text = "\n".join([name + l + fmt(v) for l, v in zip(ls, vs)]) + "\n"
             chunks.append(text.encode())
         return chunks
+
+    def info_segments(self, form: int) -> list[Segment]:
+        """The info families deflated, once per shape and format: their lines never change
+        while the shape holds (replaced whole, so concurrent scrapes at worst both build it)."""
+        segs = self._info_segments.get(form)
+        if segs is None:
+            segs = self._info_segments[form] = [deflate([_header(d.name, "gauge", d.help, form).encode(), *chunks])
+                                                for d, chunks in self.info]
+        return segs
 
     def segment(self, d: MetricDef, values: Sequence[int], form: int) -> Segment:
         """The family (header and samples) deflated. A family whose values are those of the
@@ -304,8 +315,7 @@ class FastRenderer:
         for d in METRICS:
             if options.wants(d.level):
                 yield shape.segment(d, _column(d, snap, shape), form)
-        for d, chunks in shape.info:
-            yield deflate([_header(d.name, "gauge", d.help, form).encode(), *chunks])
+        yield from shape.info_segments(form)
 
     def _shape_for(self, snap: Snapshot, namespace: str, ports: Mapping[int, Sequence], options: Options) -> _Shape:
         key = _shape_key(snap, namespace, ports, options)
