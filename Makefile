@@ -10,7 +10,7 @@ VM     := tests/vm/vm-run
 
 BENCH_STAMP := $(VENV)/.bench-installed
 
-.PHONY: all deps deps-test venv build wheel run demo bench container-test test test-unit test-packaging test-vm \
+.PHONY: all deps deps-test venv build wheel run demo bench container-test lint format test test-unit test-packaging test-vm \
         test-kernel test-swarm fuzz fuzz-short test-asan test-leaks soak clean
 
 all: venv
@@ -25,7 +25,7 @@ $(STAMP): pyproject.toml setup.py build_ipvs.py csrc/ipvs.c csrc/ipvs.h
 	scripts/install-deps build
 	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
 	$(BIN)/pip install -q --upgrade pip
-	$(BIN)/pip install -q -e '.[test]' virtme-ng
+	$(BIN)/pip install -q -e '.[test,lint]' virtme-ng
 	touch $@
 
 venv: $(STAMP)
@@ -60,9 +60,24 @@ container-test: venv
 	packaging/docker/prepare-offline
 	bash -o pipefail -c 'VM_TIMEOUT=3000 $(VM) --memory 6G -- bash tests/container/container-test 2>&1 | tee build/container-test.log'
 
-## every test: unit and packaging tests here, a minute of fuzzing, then the kernel and swarm
-## suites in one VM boot
-test: deps-test venv test-unit test-packaging fuzz-short test-vm
+## ruff (lint + format check), mypy --strict on src/, clang-format and -Werror on the C
+lint: venv
+	$(BIN)/ruff check .
+	$(BIN)/ruff format --check .
+	$(BIN)/mypy
+	$(BIN)/clang-format --dry-run --Werror csrc/*.c csrc/*.h fuzz/*.c
+	gcc -fsyntax-only -std=gnu11 -Wall -Wextra -Werror $$(pkg-config --cflags libnl-genl-3.0) csrc/ipvs.c
+	for f in fuzz/*.c; do gcc -fsyntax-only -std=gnu11 -Wall -Wextra -Werror -Icsrc $$(pkg-config --cflags libnl-genl-3.0) $$f || exit 1; done
+
+## format the tree in place (what lint checks)
+format: venv
+	$(BIN)/ruff check --fix .
+	$(BIN)/ruff format .
+	$(BIN)/clang-format -i csrc/*.c csrc/*.h fuzz/*.c
+
+## every test: lint, unit and packaging tests here, a minute of fuzzing, then the kernel and
+## swarm suites in one VM boot
+test: deps-test venv lint test-unit test-packaging fuzz-short test-vm
 
 test-unit: venv
 	$(PYTEST) -q tests/unit tests/fuzz

@@ -3,6 +3,7 @@
 libnl-genl-3 is found with pkg-config; when it (or pkg-config) is missing the build
 stops with one line naming the packages to install.
 """
+
 import os
 import shlex
 import shutil
@@ -17,7 +18,8 @@ PKG = "libnl-genl-3.0"
 MISSING = (
     "ingress_ipvs_exporter: cannot build the C shim: libnl-genl-3 development files "
     "not found via pkg-config ({why}). Install them: Debian/Ubuntu "
-    "'apt-get install pkg-config libnl-genl-3-dev', Fedora/RHEL 'dnf install pkgconf-pkg-config libnl3-devel'."
+    "'apt-get install pkg-config libnl-genl-3-dev', "
+    "Fedora/RHEL 'dnf install pkgconf-pkg-config libnl3-devel'."
 )
 
 

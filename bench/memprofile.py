@@ -10,12 +10,12 @@ with --render, prometheus_client's reference rendering next to the fast renderer
 
 The figures in docs/performance.md ("Optimisations") came from this script.
 """
+
 from __future__ import annotations
 
 import argparse
 import array
 import gc
-import os
 import socket
 import subprocess
 import sys
@@ -26,12 +26,13 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent / "tests"))
 
-from ingress_ipvs_exporter import cli, memory  # noqa: E402
-from ingress_ipvs_exporter.collector import IPVSCollector, Options, ipvs_families  # noqa: E402
-from ingress_ipvs_exporter.exposition import FastRenderer, MetricsApp  # noqa: E402
-from ingress_ipvs_exporter.ipvs import Destination, Service, Snapshot, Stats  # noqa: E402
-from ingress_ipvs_exporter.portmap import PublishedPort  # noqa: E402
-from ipvs_testlib import make_snapshot  # noqa: E402
+from ipvs_testlib import make_snapshot
+
+from ingress_ipvs_exporter import cli, memory
+from ingress_ipvs_exporter.collector import IPVSCollector, Options, ipvs_families
+from ingress_ipvs_exporter.exposition import FastRenderer, MetricsApp
+from ingress_ipvs_exporter.ipvs import Destination, Service, Snapshot, Stats
+from ingress_ipvs_exporter.portmap import PublishedPort
 
 DESTS = 10
 
@@ -47,18 +48,53 @@ def synthetic(n: int) -> tuple[Snapshot, dict]:
     """n fwmark services x DESTS destinations, columns as memoryviews like the shim's."""
     services = []
     for i in range(n):
-        dests = tuple(Destination(socket.AF_INET, f"198.18.{i >> 8 & 255}.{(i & 255) * DESTS % 250 + j}", 0, 0, 1,
-                                  0, 0, j, j, 0, Stats(*(i * 7 + j * k for k in range(10))))
-                      for j in range(DESTS))
-        services.append(Service(socket.AF_INET, 0, "", 0, 256 + i, "rr", 0, 0, 0xFFFFFFFF,
-                                Stats(*(i * 13 + k for k in range(10))), dests))
+        dests = tuple(
+            Destination(
+                socket.AF_INET,
+                f"198.18.{i >> 8 & 255}.{(i & 255) * DESTS % 250 + j}",
+                0,
+                0,
+                1,
+                0,
+                0,
+                j,
+                j,
+                0,
+                Stats(*(i * 7 + j * k for k in range(10))),
+            )
+            for j in range(DESTS)
+        )
+        services.append(
+            Service(
+                socket.AF_INET,
+                0,
+                "",
+                0,
+                256 + i,
+                "rr",
+                0,
+                0,
+                0xFFFFFFFF,
+                Stats(*(i * 13 + k for k in range(10))),
+                dests,
+            )
+        )
     s = make_snapshot(services)
 
     def mv(values, code):
         return memoryview(array.array(code, values).tobytes()).cast(code)
 
-    snap = Snapshot(s.n_svc, s.n_dst, mv(s.svc_u32, "I"), mv(s.svc_stats, "Q"), s.svc_addr, s.svc_sched,
-                    mv(s.dst_u32, "I"), mv(s.dst_stats, "Q"), s.dst_addr)
+    snap = Snapshot(
+        s.n_svc,
+        s.n_dst,
+        mv(s.svc_u32, "I"),
+        mv(s.svc_stats, "Q"),
+        s.svc_addr,
+        s.svc_sched,
+        mv(s.dst_u32, "I"),
+        mv(s.dst_stats, "Q"),
+        s.dst_addr,
+    )
     return snap, {256 + i: [PublishedPort("tcp", 30000 + i)] for i in range(n)}
 
 
@@ -95,9 +131,11 @@ def main() -> int:
         t = time.perf_counter()
         b"".join(r.chunks(snap, "ns", ports, Options()))
         t_steady = time.perf_counter() - t
-        print(f"render: {ref.count(bytes([10]))} lines; prometheus_client "
-              f"{t_ref:.3f} s, fast {t_first:.3f} s (new shape), {t_steady:.3f} s (same shape); "
-              f"identical: {first == ref}")
+        print(
+            f"render: {ref.count(bytes([10]))} lines; prometheus_client "
+            f"{t_ref:.3f} s, fast {t_first:.3f} s (new shape), {t_steady:.3f} s (same shape); "
+            f"identical: {first == ref}"
+        )
         del ref, first, r, reg
 
     collector = IPVSCollector("ingress_sbox", lambda: snap, lambda marks: ports, Options())
@@ -111,11 +149,18 @@ def main() -> int:
         if args.trace:
             tracemalloc.reset_peak()
         t = time.perf_counter()
-        size = subprocess.run(["curl", "-sS", "-o", "/dev/null", "-w", "%{size_download}"]
-                              + (["-H", "Accept-Encoding: gzip"] if gz else []) + [url],
-                              capture_output=True, text=True, check=True).stdout
-        line = f"scrape {k} ({'gzip' if gz else 'plain'}): {int(size)} bytes, {time.perf_counter() - t:.2f} s, " \
-               f"RSS {rss_mb():.1f} MB"
+        size = subprocess.run(
+            ["curl", "-sS", "-o", "/dev/null", "-w", "%{size_download}"]
+            + (["-H", "Accept-Encoding: gzip"] if gz else [])
+            + [url],
+            capture_output=True,
+            text=True,
+            check=True,
+        ).stdout
+        line = (
+            f"scrape {k} ({'gzip' if gz else 'plain'}): {int(size)} bytes, {time.perf_counter() - t:.2f} s, "
+            f"RSS {rss_mb():.1f} MB"
+        )
         if args.trace:
             cur, peak = tracemalloc.get_traced_memory()
             line += f", traced {cur / 1e6:.1f} MB live, {peak / 1e6:.1f} MB peak"

@@ -5,6 +5,7 @@ then cProfile over whole scrapes (the MetricsApp body, gzip as Prometheus asks f
 
 Writes build/vm/bench/profile-N.txt. The figures in docs/performance.md came from it.
 """
+
 from __future__ import annotations
 
 import argparse
@@ -17,7 +18,7 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
-import run as bench  # noqa: E402  (bench/run.py: namespace set-up)
+import run as bench
 
 
 def main() -> int:
@@ -59,8 +60,11 @@ def main() -> int:
 
         snap = timed("shim dump (Handle.snapshot)", handle.snapshot)
         marks = snap.fwmarks()
-        timed("port map re-read (iptables-*-save in the namespace)",
-              lambda: ports._store(ports._read(), time.monotonic()), repeat=2)
+        timed(
+            "port map re-read (iptables-*-save in the namespace)",
+            lambda: ports._store(ports._read(), time.monotonic()),
+            repeat=2,
+        )
         timed("port map lookup (cached)", lambda: ports.lookup(marks))
         timed("collector.read (dump + cached ports + health)", collector.read)
         timed("body, first scrape (new shape)", lambda: app.body("")[0], repeat=1)

@@ -7,6 +7,7 @@ bench/run.py calls this at the end of a run too; running it again (on the host, 
 re-renders the same files. The plot needs matplotlib (bench/requirements.txt); without it
 only the markdown is written.
 """
+
 from __future__ import annotations
 
 import json
@@ -26,7 +27,7 @@ CONTENDERS = [
     ("pyroute2", "pyroute2 IPVS dump"),
 ]
 LABELS = dict(CONTENDERS)
-PRIMARY = "exporter_gzip"   # what Prometheus does: Accept-Encoding: gzip
+PRIMARY = "exporter_gzip"  # what Prometheus does: Accept-Encoding: gzip
 
 
 def _ok(c: dict | None) -> bool:
@@ -68,46 +69,69 @@ def _checks(doc: dict, key: str, prefix: str = "") -> list[dict]:
     out = []
 
     def add(name, ok, detail):
-        out.append({"name": prefix + name, "result": "SKIP" if ok is None else ("PASS" if ok else "FAIL"),
-                    "detail": detail})
+        out.append(
+            {
+                "name": prefix + name,
+                "result": "SKIP" if ok is None else ("PASS" if ok else "FAIL"),
+                "detail": detail,
+            }
+        )
 
     e1k, a1k, n1k = _get(doc, 1000, key), _get(doc, 1000, "ipvsadm"), _get(doc, 1000, "node_exporter_gzip")
     p1k = _get(doc, 1000, "exporter_plain") if key == PRIMARY else None
     if _ok(e1k) and _ok(a1k):
         r = e1k["median_s"] / a1k["median_s"]
         extra = f"; plain {p1k['median_s'] / a1k['median_s']:.2f}x" if _ok(p1k) else ""
-        add("1000x10: exporter scrape <= 2x ipvsadm", r <= 2,
-            f"{e1k['median_s'] * 1e3:.1f} ms vs {a1k['median_s'] * 1e3:.1f} ms = {r:.2f}x{extra}")
+        add(
+            "1000x10: exporter scrape <= 2x ipvsadm",
+            r <= 2,
+            f"{e1k['median_s'] * 1e3:.1f} ms vs {a1k['median_s'] * 1e3:.1f} ms = {r:.2f}x{extra}",
+        )
     else:
         add("1000x10: exporter scrape <= 2x ipvsadm", None, "no data at 1000")
     if _ok(e1k) and _ok(n1k):
-        add("1000x10: exporter scrape < node_exporter", e1k["median_s"] < n1k["median_s"],
-            f"{e1k['median_s'] * 1e3:.1f} ms vs {n1k['median_s'] * 1e3:.1f} ms (both gzip)")
+        add(
+            "1000x10: exporter scrape < node_exporter",
+            e1k["median_s"] < n1k["median_s"],
+            f"{e1k['median_s'] * 1e3:.1f} ms vs {n1k['median_s'] * 1e3:.1f} ms (both gzip)",
+        )
     else:
         add("1000x10: exporter scrape < node_exporter", None, "no data at 1000")
     e10k = _get(doc, 10000, key)
     if _ok(e10k) and _ok(e1k):
         r = e10k["median_s"] / e1k["median_s"]
-        add("exporter time(10000)/time(1000) <= 11", r <= 11,
-            f"{e10k['median_s']:.2f} s / {e1k['median_s']:.3f} s = {r:.1f}")
+        add(
+            "exporter time(10000)/time(1000) <= 11",
+            r <= 11,
+            f"{e10k['median_s']:.2f} s / {e1k['median_s']:.3f} s = {r:.1f}",
+        )
     else:
         add("exporter time(10000)/time(1000) <= 11", None, "no data at 1000 and 10000")
     if e10k and e10k.get("rss_mb") is not None:
         peak = max(e10k["rss_mb"], e10k.get("rss_after_extra_mb") or 0)
-        add("10000x10: exporter RSS <= 100 MB", peak <= 100,
+        add(
+            "10000x10: exporter RSS <= 100 MB",
+            peak <= 100,
             f"{e10k['rss_mb']:.1f} MB after the timed scrapes, "
-            f"{e10k.get('rss_after_extra_mb') or 0:.1f} MB after {e10k.get('extra_scrapes')} more")
+            f"{e10k.get('rss_after_extra_mb') or 0:.1f} MB after {e10k.get('extra_scrapes')} more",
+        )
         g = e10k.get("rss_growth_mb")
-        add("10000x10: exporter RSS flat (< 1 MB growth)", None if g is None else g < 1,
-            f"{g:+.2f} MB over {e10k.get('extra_scrapes')} extra scrapes" if g is not None else "no reading")
+        add(
+            "10000x10: exporter RSS flat (< 1 MB growth)",
+            None if g is None else g < 1,
+            f"{g:+.2f} MB over {e10k.get('extra_scrapes')} extra scrapes" if g is not None else "no reading",
+        )
     else:
         add("10000x10: exporter RSS <= 100 MB", None, "no data at 10000")
         add("10000x10: exporter RSS flat (< 1 MB growth)", None, "no data at 10000")
     s10k = _get(doc, 10000, "shim_dump")
     if _ok(e10k) and _ok(s10k):
         r = e10k["median_s"] / s10k["median_s"]
-        add("10000x10: exporter scrape <= 3x bare dump", r <= 3,
-            f"{e10k['median_s']:.2f} s vs {s10k['median_s']:.2f} s = {r:.1f}x")
+        add(
+            "10000x10: exporter scrape <= 3x bare dump",
+            r <= 3,
+            f"{e10k['median_s']:.2f} s vs {s10k['median_s']:.2f} s = {r:.1f}x",
+        )
     else:
         add("10000x10: exporter scrape <= 3x bare dump", None, "no data at 10000")
     return out
@@ -125,22 +149,32 @@ def _fmt_t(s):
 
 def machine_line(doc: dict) -> str:
     m = doc.get("machine", {})
-    parts = [f"kernel {m.get('kernel')}", f"{m.get('cpus')} vCPU ({m.get('cpu_model')})",
-             f"{m.get('mem_total_mb')} MB", m.get("emulation", "")]
+    parts = [
+        f"kernel {m.get('kernel')}",
+        f"{m.get('cpus')} vCPU ({m.get('cpu_model')})",
+        f"{m.get('mem_total_mb')} MB",
+        m.get("emulation", ""),
+    ]
     if m.get("host_cpu_model"):
         parts.append(f"host CPU {m['host_cpu_model']}")
     if m.get("host_loadavg_at_start"):
         parts.append(f"host load average at start {m['host_loadavg_at_start']}")
     if m.get("note"):
         parts.append(m["note"])
-    tools = [f"ipvsadm {m.get('ipvsadm') or '?'}", f"{m.get('node_exporter') or 'node_exporter ?'}",
-             f"pyroute2 {m.get('pyroute2') or '?'}", f"Python {m.get('python')}"]
+    tools = [
+        f"ipvsadm {m.get('ipvsadm') or '?'}",
+        f"{m.get('node_exporter') or 'node_exporter ?'}",
+        f"pyroute2 {m.get('pyroute2') or '?'}",
+        f"Python {m.get('python')}",
+    ]
     return "; ".join(p for p in parts if p) + ". Tools: " + ", ".join(tools) + "."
 
 
 def markdown(doc: dict) -> str:
-    rows = ["| N services x 10 dests | contender | median | min | runs | x ipvsadm | samples | RSS |",
-            "|---:|---|---:|---:|---:|---:|---:|---:|"]
+    rows = [
+        "| N services x 10 dests | contender | median | min | runs | x ipvsadm | samples | RSS |",
+        "|---:|---|---:|---:|---:|---:|---:|---:|",
+    ]
     notes = []
     for r in doc.get("results", []):
         n = r["n_services"]
@@ -162,35 +196,51 @@ def markdown(doc: dict) -> str:
                 if c.get("rss_after_extra_mb") is not None and key == PRIMARY:
                     rss_s += f" -> {c['rss_after_extra_mb']:.1f}"
             ratio = c.get("ratio_to_ipvsadm")
-            rows.append(f"| {n} | {label} | {_fmt_t(c['median_s'])} | {_fmt_t(c['min_s'])} | {c['runs']} | "
-                        f"{'' if ratio is None else f'{ratio:.2f}x'} | {'' if samples is None else samples} | {rss_s} |")
+            rows.append(
+                f"| {n} | {label} | {_fmt_t(c['median_s'])} | {_fmt_t(c['min_s'])} | {c['runs']} | "
+                f"{'' if ratio is None else f'{ratio:.2f}x'} | {'' if samples is None else samples} | {rss_s} |"
+            )
             if c.get("runs_note"):
                 notes.append(f"- N={n}, {label}: {c['runs_note']}")
     lines = [f"Machine: {machine_line(doc)}", "", *rows, ""]
-    lines.append("Times are per scrape or dump, wall-clock, median and min of `runs` after one warm-up. "
-                 "RSS is VmRSS after the timed scrapes; on the exporter's gzip row `-> X` is after "
-                 f"{doc.get('config', {}).get('extra_scrapes', 20)} more scrapes. samples = non-comment lines "
-                 "of the (decoded) body; node_exporter: all of them, then its `node_ipvs_*` ones.")
+    lines.append(
+        "Times are per scrape or dump, wall-clock, median and min of `runs` after one warm-up. "
+        "RSS is VmRSS after the timed scrapes; on the exporter's gzip row `-> X` is after "
+        f"{doc.get('config', {}).get('extra_scrapes', 20)} more scrapes. samples = non-comment lines "
+        "of the (decoded) body; node_exporter: all of them, then its `node_ipvs_*` ones."
+    )
     setup = []
     for r in doc.get("results", []):
         if not r.get("setup"):
             continue
         e = r.get("contenders", {}).get(PRIMARY) or {}
-        answer = (f", exporter answered {e['start_to_answer_s']:.0f} s after its start"
-                  if e.get("start_to_answer_s") is not None else "")
-        setup.append(f"N={r['n_services']}: ipvsadm -R {r['setup']['ipvsadm_restore_s']:.1f} s, "
-                     f"iptables-nft-restore {r['setup']['iptables_nft_restore_s']:.1f} s{answer}, "
-                     f"whole size {r.get('wall_s', 0):.0f} s")
+        answer = (
+            f", exporter answered {e['start_to_answer_s']:.0f} s after its start"
+            if e.get("start_to_answer_s") is not None
+            else ""
+        )
+        setup.append(
+            f"N={r['n_services']}: ipvsadm -R {r['setup']['ipvsadm_restore_s']:.1f} s, "
+            f"iptables-nft-restore {r['setup']['iptables_nft_restore_s']:.1f} s{answer}, "
+            f"whole size {r.get('wall_s', 0):.0f} s"
+        )
     if setup:
-        lines += ["", "Set-up and wall time per size (the exporter starts while the namespace is filled): "
-                  + "; ".join(setup) + "."]
+        lines += [
+            "",
+            "Set-up and wall time per size (the exporter starts while the namespace is filled): "
+            + "; ".join(setup)
+            + ".",
+        ]
     if notes:
         lines += ["", "Fewer runs:", *notes]
     lines += ["", "Targets (informational):", "", *[f"- {line}" for line in check_lines(doc)]]
     if doc.get("duration_s") is not None:
         total = doc.get("make_bench_total_s")
-        lines += ["", f"Bench duration inside the VM: {doc['duration_s']:.0f} s"
-                  + (f"; whole `make bench` (VM boot included): {total:.0f} s." if total else ".")]
+        lines += [
+            "",
+            f"Bench duration inside the VM: {doc['duration_s']:.0f} s"
+            + (f"; whole `make bench` (VM boot included): {total:.0f} s." if total else "."),
+        ]
     if doc.get("error"):
         lines += ["", f"**Error:** {doc['error']}"]
     return "\n".join(lines) + "\n"
@@ -198,14 +248,20 @@ def markdown(doc: dict) -> str:
 
 def plot(doc: dict, path: Path) -> bool:
     home_cfg = Path.home() / ".config"
-    if "MPLCONFIGDIR" not in os.environ and not os.access(home_cfg if home_cfg.exists() else Path.home(), os.W_OK):
+    if "MPLCONFIGDIR" not in os.environ and not os.access(
+        home_cfg if home_cfg.exists() else Path.home(), os.W_OK
+    ):
         os.environ["MPLCONFIGDIR"] = tempfile.mkdtemp(prefix="mpl-")
     try:
         import matplotlib
+
         matplotlib.use("Agg")
         import matplotlib.pyplot as plt
     except ImportError:
-        print("report: matplotlib not installed, no plot (pip install -r bench/requirements.txt)", file=sys.stderr)
+        print(
+            "report: matplotlib not installed, no plot (pip install -r bench/requirements.txt)",
+            file=sys.stderr,
+        )
         return False
     fig, ax = plt.subplots(figsize=(8, 5.5), dpi=110)
     markers = "osD^v<>"
@@ -220,15 +276,23 @@ def plot(doc: dict, path: Path) -> bool:
         if not xs:
             continue
         style = "-" if key.endswith("gzip") or key in ("shim_dump", "ipvsadm", "pyroute2") else "--"
-        ax.errorbar(xs, ys, yerr=[lo, [0] * len(lo)], marker=markers[i % len(markers)], linestyle=style,
-                    capsize=3, label=label)
+        ax.errorbar(
+            xs,
+            ys,
+            yerr=[lo, [0] * len(lo)],
+            marker=markers[i % len(markers)],
+            linestyle=style,
+            capsize=3,
+            label=label,
+        )
     ax.set_xscale("log")
     ax.set_yscale("log")
     ax.set_xlabel("IPVS services (x 10 destinations each)")
     ax.set_ylabel("time per scrape / dump, median (s); bar down to min")
     m = doc.get("machine", {})
-    ax.set_title(f"IPVS scrape time vs size - {m.get('emulation', '')}, kernel {m.get('kernel', '')}",
-                 fontsize=9)
+    ax.set_title(
+        f"IPVS scrape time vs size - {m.get('emulation', '')}, kernel {m.get('kernel', '')}", fontsize=9
+    )
     ax.grid(True, which="both", alpha=0.3)
     ax.legend(fontsize=8)
     fig.tight_layout()
@@ -246,10 +310,14 @@ def write_all(doc: dict, outdir: Path, plot_too: bool = True) -> None:
 
 def main(argv=None) -> int:
     import argparse
+
     ap = argparse.ArgumentParser(description="bench.json -> bench.md + bench.png")
     ap.add_argument("dir", help="the directory holding bench.json (bench/run.py --out)")
-    ap.add_argument("--total-s", type=float,
-                    help="the whole `make bench` duration (VM boot included), recorded in bench.json")
+    ap.add_argument(
+        "--total-s",
+        type=float,
+        help="the whole `make bench` duration (VM boot included), recorded in bench.json",
+    )
     args = ap.parse_args(argv)
     outdir = Path(args.dir)
     src = outdir / "bench.json" if outdir.is_dir() else outdir

@@ -24,6 +24,7 @@ interpreter start-up ends up in a figure. Writes bench.json and bench.md into --
 (bench.png with --plot, or later with bench/report.py). Exits 0 unless the set-up failed or
 a contender crashed.
 """
+
 from __future__ import annotations
 
 import argparse
@@ -48,14 +49,14 @@ HERE = Path(__file__).resolve().parent
 sys.path.insert(0, str(HERE))
 
 DESTS_PER_SERVICE = 10
-MARK_BASE = 0x100                      # swarm hands out fwmarks from 256 up
-PORT_BASE = 30000                      # published ports 30000+i
-ADDR_BASE = (198 << 24) | (18 << 16)   # 198.18.0.0/15 (benchmarking range): 131072 addresses
+MARK_BASE = 0x100  # swarm hands out fwmarks from 256 up
+PORT_BASE = 30000  # published ports 30000+i
+ADDR_BASE = (198 << 24) | (18 << 16)  # 198.18.0.0/15 (benchmarking range): 131072 addresses
 ADDR_SPACE = 1 << 17
-HTTP_TIMEOUT = 600.0                   # one scrape, even at 10000x10 under emulation
-START_TIMEOUT = 300.0                  # an exporter must answer within this after it was started
-CMD_TIMEOUT = 900.0                    # one set-up command or one ipvsadm run
-NODE_EXPORTER_PORT = 9100              # inside the bench namespace: its own loopback
+HTTP_TIMEOUT = 600.0  # one scrape, even at 10000x10 under emulation
+START_TIMEOUT = 300.0  # an exporter must answer within this after it was started
+CMD_TIMEOUT = 900.0  # one set-up command or one ipvsadm run
+NODE_EXPORTER_PORT = 9100  # inside the bench namespace: its own loopback
 CLONE_NEWNET = 0x40000000
 
 
@@ -113,8 +114,10 @@ class InNetns:
 
 # ---- measuring -------------------------------------------------------------------------
 
-def measure(fn, runs: int, reduced_runs: int, budget_s: float, warmup: int = 1,
-            prior_warm: list[float] | None = None) -> dict:
+
+def measure(
+    fn, runs: int, reduced_runs: int, budget_s: float, warmup: int = 1, prior_warm: list[float] | None = None
+) -> dict:
     """Warm up, then time fn() `runs` times; fewer when they would not fit in budget_s:
     `reduced_runs` when warm-up x runs exceeds it, 1 when even warm-up x reduced_runs does.
 
@@ -133,15 +136,25 @@ def measure(fn, runs: int, reduced_runs: int, budget_s: float, warmup: int = 1,
     if w * runs > budget_s:
         n = min(runs, reduced_runs if w * reduced_runs <= budget_s else 1)
         if n < runs:
-            note = (f"{n} run{'s' if n > 1 else ''} instead of {runs}: the warm-up took {w:.1f} s and "
-                    f"{runs} runs would exceed the {budget_s:g} s budget")
+            note = (
+                f"{n} run{'s' if n > 1 else ''} instead of {runs}: the warm-up took {w:.1f} s and "
+                f"{runs} runs would exceed the {budget_s:g} s budget"
+            )
     times = []
     for _ in range(n):
         t0 = time.perf_counter()
         last = fn()
         times.append(time.perf_counter() - t0)
-    out = {"status": "ok", "median_s": statistics.median(times), "min_s": min(times), "max_s": max(times),
-           "runs": n, "warmup_s": warm, "times_s": times, "last": last}
+    out = {
+        "status": "ok",
+        "median_s": statistics.median(times),
+        "min_s": min(times),
+        "max_s": max(times),
+        "runs": n,
+        "warmup_s": warm,
+        "times_s": times,
+        "last": last,
+    }
     if note:
         out["runs_note"] = note
     return out
@@ -162,9 +175,14 @@ def plan(label: str, n: int, args, prev: tuple[int, float] | None) -> dict:
     if est > args.budget_s:
         log(f"N={n}: {label} skipped: {why}")
         return {"skip": f"skipped: {why} exceeds --budget-s {args.budget_s:g}"}
-    return {**kw, "runs": 1, "reduced_runs": 1, "warmup": 0,
-            "note": f"1 run, no warm-up: {why}; warm-up + {args.reduced_runs} runs would exceed "
-                    f"--budget-s {args.budget_s:g}"}
+    return {
+        **kw,
+        "runs": 1,
+        "reduced_runs": 1,
+        "warmup": 0,
+        "note": f"1 run, no warm-up: {why}; warm-up + {args.reduced_runs} runs would exceed "
+        f"--budget-s {args.budget_s:g}",
+    }
 
 
 def run_planned(fn, kw: dict) -> dict:
@@ -212,7 +230,9 @@ def scrape_stats(m: dict, prefix: bytes = b"") -> bytes:
 
 def count_samples(text: bytes, prefix: bytes = b"") -> int:
     """Non-comment, non-empty lines (only those starting with prefix, when given)."""
-    return sum(1 for line in text.split(b"\n") if line and not line.startswith(b"#") and line.startswith(prefix))
+    return sum(
+        1 for line in text.split(b"\n") if line and not line.startswith(b"#") and line.startswith(prefix)
+    )
 
 
 def wait_http(host: str, port: int, deadline_s: float, proc: subprocess.Popen | None = None) -> float:
@@ -244,12 +264,18 @@ def rss_mb(pid: int) -> float | None:
 
 # ---- namespace set-up -----------------------------------------------------------------
 
+
 def run(cmd: list[str], input_text: str | None = None, timeout: float = CMD_TIMEOUT) -> str:
-    p = subprocess.run(cmd, input=input_text.encode() if input_text is not None else None,
-                       stdout=subprocess.PIPE, stderr=subprocess.PIPE, timeout=timeout)
+    p = subprocess.run(
+        cmd,
+        input=input_text.encode() if input_text is not None else None,
+        capture_output=True,
+        timeout=timeout,
+    )
     if p.returncode:
-        raise RuntimeError(f"{' '.join(cmd[:6])} exited {p.returncode}: "
-                           f"{p.stderr.decode(errors='replace').strip()[:500]}")
+        raise RuntimeError(
+            f"{' '.join(cmd[:6])} exited {p.returncode}: {p.stderr.decode(errors='replace').strip()[:500]}"
+        )
     return p.stdout.decode(errors="replace")
 
 
@@ -263,15 +289,19 @@ def ipvsadm_script(n: int) -> str:
     for i in range(n):
         mark = MARK_BASE + i
         lines.append(f"-A -f {mark} -s rr")
-        lines.extend(f"-a -f {mark} -r {addr(1 + i * DESTS_PER_SERVICE + j)}:0 -m" for j in range(DESTS_PER_SERVICE))
+        lines.extend(
+            f"-a -f {mark} -r {addr(1 + i * DESTS_PER_SERVICE + j)}:0 -m" for j in range(DESTS_PER_SERVICE)
+        )
     return "\n".join(lines) + "\n"
 
 
 def mangle_script(n: int) -> str:
     """`iptables-restore` input: the mark rules swarm writes for published ports 30000+i."""
     lines = ["*mangle"]
-    lines.extend(f"-A PREROUTING -p tcp -m tcp --dport {PORT_BASE + i} -j MARK --set-xmark {MARK_BASE + i:#x}/0xffffffff"
-                 for i in range(n))
+    lines.extend(
+        f"-A PREROUTING -p tcp -m tcp --dport {PORT_BASE + i} -j MARK --set-xmark {MARK_BASE + i:#x}/0xffffffff"
+        for i in range(n)
+    )
     lines.append("COMMIT")
     return "\n".join(lines) + "\n"
 
@@ -288,13 +318,15 @@ def fill_namespace(name: str, n: int) -> dict:
 
 def delete_namespace(name: str) -> None:
     try:
-        subprocess.run(["ip", "netns", "del", name], stdout=subprocess.DEVNULL,
-                       stderr=subprocess.DEVNULL, timeout=300)
+        subprocess.run(
+            ["ip", "netns", "del", name], stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, timeout=300
+        )
     except subprocess.TimeoutExpired:
         log(f"ip netns del {name} timed out")
 
 
 # ---- processes ------------------------------------------------------------------------
+
 
 class Procs:
     """Every long-running process this bench starts, so clean-up ends exactly those."""
@@ -304,8 +336,13 @@ class Procs:
 
     def start(self, cmd: list[str], logfile: Path, env: dict | None = None) -> subprocess.Popen:
         with open(logfile, "wb") as f:
-            p = subprocess.Popen(cmd, stdout=f, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL,
-                                 env=None if env is None else {**os.environ, **env})
+            p = subprocess.Popen(
+                cmd,
+                stdout=f,
+                stderr=subprocess.STDOUT,
+                stdin=subprocess.DEVNULL,
+                env=None if env is None else {**os.environ, **env},
+            )
         self.procs.append(p)
         return p
 
@@ -337,6 +374,7 @@ def free_port() -> int:
 
 # ---- the contenders -------------------------------------------------------------------
 
+
 class StartedExporter:
     """The exporter process, and a thread that notes when it first answers GET /."""
 
@@ -360,12 +398,18 @@ class StartedExporter:
         return self.answered_s
 
 
-def start_exporter(ns: str, n: int, procs: Procs, outdir: Path, suffix: str = "",
-                   env: dict | None = None) -> StartedExporter:
-    exe = shutil.which("ingress_ipvs_exporter") or str(Path(sys.executable).with_name("ingress_ipvs_exporter"))
+def start_exporter(
+    ns: str, n: int, procs: Procs, outdir: Path, suffix: str = "", env: dict | None = None
+) -> StartedExporter:
+    exe = shutil.which("ingress_ipvs_exporter") or str(
+        Path(sys.executable).with_name("ingress_ipvs_exporter")
+    )
     port = free_port()
-    p = procs.start([exe, "--listen-address", f"127.0.0.1:{port}", "--namespace-path", f"/run/netns/{ns}"],
-                    outdir / f"exporter{suffix}-{n}.log", env)
+    p = procs.start(
+        [exe, "--listen-address", f"127.0.0.1:{port}", "--namespace-path", f"/run/netns/{ns}"],
+        outdir / f"exporter{suffix}-{n}.log",
+        env,
+    )
     return StartedExporter(p, port)
 
 
@@ -376,8 +420,17 @@ NOCACHE = "_nocache"
 NOCACHE_ENV = {"INGRESS_IPVS_EXPORTER_CACHE_MB": "0"}
 
 
-def bench_exporter(ns: str, n: int, args, procs: Procs, outdir: Path, started: StartedExporter,
-                   variants=(("plain", False), ("gzip", True)), suffix: str = "", extra_scrapes: int | None = None) -> dict:
+def bench_exporter(
+    ns: str,
+    n: int,
+    args,
+    procs: Procs,
+    outdir: Path,
+    started: StartedExporter,
+    variants=(("plain", False), ("gzip", True)),
+    suffix: str = "",
+    extra_scrapes: int | None = None,
+) -> dict:
     """Scrapes of the exporter started (by start_exporter) while the namespace was being filled."""
     p, port, host = started.p, started.port, "127.0.0.1"
     extra = args.extra_scrapes if extra_scrapes is None else extra_scrapes
@@ -388,13 +441,16 @@ def bench_exporter(ns: str, n: int, args, procs: Procs, outdir: Path, started: S
             m = measure(lambda gz=gz: scrape(host, port, gz), args.runs, args.reduced_runs, args.budget_s)
             text = scrape_stats(m)
             res[f"exporter_{variant}{suffix}"] = m
-        (outdir / f"exporter{suffix}-{n}.head.txt").write_bytes(b"\n".join(text.split(b"\n", 120)[:120]) + b"\n")
+        (outdir / f"exporter{suffix}-{n}.head.txt").write_bytes(
+            b"\n".join(text.split(b"\n", 120)[:120]) + b"\n"
+        )
         if not re.search(rb"^ipvs_up(\{[^}]*\})? 1(\.0)?$", text, re.M):
             raise RuntimeError(f"the exporter answered without 'ipvs_up 1' (see exporter-{n}.head.txt)")
         dest_series = count_samples(text, b"ipvs_destination_bytes_in_total")
         if dest_series != n * DESTS_PER_SERVICE:
-            raise RuntimeError(f"ipvs_destination_bytes_in_total has {dest_series} series, "
-                               f"expected {n * DESTS_PER_SERVICE}")
+            raise RuntimeError(
+                f"ipvs_destination_bytes_in_total has {dest_series} series, expected {n * DESTS_PER_SERVICE}"
+            )
         rss = rss_mb(p.pid)
         t0 = time.perf_counter()
         for _ in range(extra):
@@ -403,9 +459,15 @@ def bench_exporter(ns: str, n: int, args, procs: Procs, outdir: Path, started: S
         rss2 = rss_mb(p.pid)
         if p.poll() is not None:
             raise RuntimeError(f"exited with status {p.returncode}")
-        common = {"pid": p.pid, "start_to_answer_s": start_s, "rss_mb": rss, "rss_after_extra_mb": rss2,
-                  "extra_scrapes": extra, "extra_scrapes_s": extra_s,
-                  "rss_growth_mb": (rss2 - rss) if rss is not None and rss2 is not None else None}
+        common = {
+            "pid": p.pid,
+            "start_to_answer_s": start_s,
+            "rss_mb": rss,
+            "rss_after_extra_mb": rss2,
+            "extra_scrapes": extra,
+            "extra_scrapes_s": extra_s,
+            "rss_growth_mb": (rss2 - rss) if rss is not None and rss2 is not None else None,
+        }
         return {k: {**v, **common} for k, v in res.items()}
     except Exception as e:
         status = f"failed: {type(e).__name__}: {e}"
@@ -417,6 +479,7 @@ def bench_exporter(ns: str, n: int, args, procs: Procs, outdir: Path, started: S
 def bench_shim(ns: str, n: int, args) -> dict:
     try:
         from ingress_ipvs_exporter.ipvs import Handle
+
         h = Handle(f"/run/netns/{ns}")
         try:
             m = measure(h.snapshot, args.runs, args.reduced_runs, args.budget_s)
@@ -437,10 +500,11 @@ def bench_ipvsadm(ns: str, n: int, args, prev) -> dict:
     cmd = ["ipvsadm", "-Ln", "--stats", "--exact"]
 
     def once():
-        p = subprocess.run(cmd, stdout=subprocess.PIPE, stderr=subprocess.PIPE, timeout=CMD_TIMEOUT)
+        p = subprocess.run(cmd, capture_output=True, timeout=CMD_TIMEOUT)
         if p.returncode:
             raise RuntimeError(f"ipvsadm exited {p.returncode}: {p.stderr.decode(errors='replace').strip()}")
         return p.stdout
+
     try:
         with InNetns(ns):
             m = run_planned(once, kw)
@@ -467,8 +531,20 @@ def bench_node_exporter(ns: str, n: int, args, procs: Procs, outdir: Path, prev)
     host, port = "127.0.0.1", NODE_EXPORTER_PORT
     t_start = time.monotonic()
     # `ip netns exec` execs the command in place: the pid is node_exporter's own.
-    p = procs.start(["ip", "netns", "exec", ns, exe, "--collector.disable-defaults", "--collector.ipvs",
-                     "--web.listen-address", f"{host}:{port}"], outdir / f"node_exporter-{n}.log")
+    p = procs.start(
+        [
+            "ip",
+            "netns",
+            "exec",
+            ns,
+            exe,
+            "--collector.disable-defaults",
+            "--collector.ipvs",
+            "--web.listen-address",
+            f"{host}:{port}",
+        ],
+        outdir / f"node_exporter-{n}.log",
+    )
     try:
         with InNetns(ns):
             wait_http(host, port, START_TIMEOUT, p)
@@ -476,8 +552,10 @@ def bench_node_exporter(ns: str, n: int, args, procs: Procs, outdir: Path, prev)
             m = run_planned(lambda: scrape(host, port, True), kw)
         text = scrape_stats(m, b"node_ipvs_")
         if count_samples(text, b"node_ipvs_backend_weight") != n * DESTS_PER_SERVICE:
-            raise RuntimeError(f"node_ipvs_backend_weight has {count_samples(text, b'node_ipvs_backend_weight')} "
-                               f"series, expected {n * DESTS_PER_SERVICE}")
+            raise RuntimeError(
+                f"node_ipvs_backend_weight has {count_samples(text, b'node_ipvs_backend_weight')} "
+                f"series, expected {n * DESTS_PER_SERVICE}"
+            )
         if p.poll() is not None:
             raise RuntimeError(f"exited with status {p.returncode}")
         return {**m, "pid": p.pid, "start_to_answer_s": start_s, "rss_mb": rss_mb(p.pid)}
@@ -499,8 +577,12 @@ def pyroute2_dump(ipvs, IPVSService) -> tuple[int, int, int]:
         for dmsg in ipvs.dest("dump", service=IPVSService.from_message(msg)):
             d = dmsg.get_attr("IPVS_CMD_ATTR_DEST")
             # what an exporter needs of each destination: address, port, connections, counters
-            for name in ("IPVS_DEST_ATTR_ADDR", "IPVS_DEST_ATTR_PORT", "IPVS_DEST_ATTR_ACTIVE_CONNS",
-                         "IPVS_DEST_ATTR_INACT_CONNS"):
+            for name in (
+                "IPVS_DEST_ATTR_ADDR",
+                "IPVS_DEST_ATTR_PORT",
+                "IPVS_DEST_ATTR_ACTIVE_CONNS",
+                "IPVS_DEST_ATTR_INACT_CONNS",
+            ):
                 d.get_attr(name)
             dstats = d.get_attr("IPVS_DEST_ATTR_STATS64") or d.get_attr("IPVS_DEST_ATTR_STATS")
             counters += len(dstats["attrs"]) if dstats is not None else 0
@@ -514,7 +596,9 @@ def bench_pyroute2(ns: str, n: int, args, prev) -> dict:
         import pyroute2
         from pyroute2 import IPVS, IPVSService
     except ImportError as e:
-        return {"status": f"unsupported: no pyroute2 IPVS API here ({e}); pip install -r bench/requirements.txt"}
+        return {
+            "status": f"unsupported: no pyroute2 IPVS API here ({e}); pip install -r bench/requirements.txt"
+        }
     kw = plan("pyroute2", n, args, prev)
     if "skip" in kw:
         return {"status": kw["skip"]}
@@ -527,30 +611,57 @@ def bench_pyroute2(ns: str, n: int, args, prev) -> dict:
                 probe = pyroute2_dump(ipvs, IPVSService)
                 warm = time.perf_counter() - t0
                 if probe[:2] != (n, n * DESTS_PER_SERVICE):
-                    return {"status": f"unsupported: pyroute2 {pyroute2.__version__} dumped {probe[0]} services / "
-                                      f"{probe[1]} destinations, expected {n} / {n * DESTS_PER_SERVICE}"}
+                    return {
+                        "status": f"unsupported: pyroute2 {pyroute2.__version__} dumped {probe[0]} services / "
+                        f"{probe[1]} destinations, expected {n} / {n * DESTS_PER_SERVICE}"
+                    }
                 if kw["warmup"] == 0:  # planned as a single run: the probe was it
-                    m = {"status": "ok", "median_s": warm, "min_s": warm, "max_s": warm, "runs": 1,
-                         "warmup_s": [], "times_s": [warm], "last": probe, "runs_note": kw["note"]}
+                    m = {
+                        "status": "ok",
+                        "median_s": warm,
+                        "min_s": warm,
+                        "max_s": warm,
+                        "runs": 1,
+                        "warmup_s": [],
+                        "times_s": [warm],
+                        "last": probe,
+                        "runs_note": kw["note"],
+                    }
                 else:
-                    m = measure(lambda: pyroute2_dump(ipvs, IPVSService), kw["runs"], kw["reduced_runs"],
-                                kw["budget_s"], warmup=0, prior_warm=[warm])
+                    m = measure(
+                        lambda: pyroute2_dump(ipvs, IPVSService),
+                        kw["runs"],
+                        kw["reduced_runs"],
+                        kw["budget_s"],
+                        warmup=0,
+                        prior_warm=[warm],
+                    )
             finally:
                 ipvs.close()
         n_svc, n_dst, counters = m.pop("last")
-        return {**m, "services": n_svc, "destinations": n_dst, "counters_read": counters,
-                "version": pyroute2.__version__}
+        return {
+            **m,
+            "services": n_svc,
+            "destinations": n_dst,
+            "counters_read": counters,
+            "version": pyroute2.__version__,
+        }
     except Exception as e:
         return {"status": f"failed: {type(e).__name__}: {e}"}
 
 
 # ---- machine --------------------------------------------------------------------------
 
+
 def machine_info(args) -> dict:
     cpu, mem = "unknown", None
     try:
-        cpu = next(line.split(":", 1)[1].strip() for line in open("/proc/cpuinfo") if line.startswith("model name"))
-        mem = next(int(line.split()[1]) // 1024 for line in open("/proc/meminfo") if line.startswith("MemTotal:"))
+        cpu = next(
+            line.split(":", 1)[1].strip() for line in open("/proc/cpuinfo") if line.startswith("model name")
+        )
+        mem = next(
+            int(line.split()[1]) // 1024 for line in open("/proc/meminfo") if line.startswith("MemTotal:")
+        )
     except (OSError, StopIteration):
         pass
 
@@ -560,8 +671,10 @@ def machine_info(args) -> dict:
             return p.stdout.decode(errors="replace").strip().splitlines()[0]
         except Exception:
             return None
+
     try:
         import pyroute2
+
         pyroute2_version = pyroute2.__version__
     except Exception:
         pyroute2_version = None
@@ -574,8 +687,11 @@ def machine_info(args) -> dict:
         "cpus": os.cpu_count(),
         "mem_total_mb": mem,
         "kernel": platform.release(),
-        "emulation": ("qemu TCG software emulation" if os.environ.get("IN_IPVS_VM") == "1"
-                      else "none (run on this host's kernel)"),
+        "emulation": (
+            "qemu TCG software emulation"
+            if os.environ.get("IN_IPVS_VM") == "1"
+            else "none (run on this host's kernel)"
+        ),
         "host_cpu_model": args.host_cpu or None,
         "host_loadavg_at_start": args.host_load or None,
         "note": args.note or None,
@@ -589,6 +705,7 @@ def machine_info(args) -> dict:
 
 # ---- main -----------------------------------------------------------------------------
 
+
 def bench_size(n: int, args, procs: Procs, outdir: Path, prev: dict) -> dict:
     ns = f"ipvsbench{n}-{os.getpid()}"
     entry: dict = {"n_services": n, "n_destinations": n * DESTS_PER_SERVICE, "namespace": ns}
@@ -601,22 +718,37 @@ def bench_size(n: int, args, procs: Procs, outdir: Path, prev: dict) -> dict:
             # Python start-up is slow under emulation: let it overlap the set-up. It serves
             # `ipvs_up` and reads IPVS only when scraped, which is after the set-up.
             started = start_exporter(ns, n, procs, outdir)
-        nocache = start_exporter(ns, n, procs, outdir, NOCACHE, NOCACHE_ENV) if "exporter_nocache" in args.contenders \
+        nocache = (
+            start_exporter(ns, n, procs, outdir, NOCACHE, NOCACHE_ENV)
+            if "exporter_nocache" in args.contenders
             else None
+        )
         log(f"N={n}: loading {n} services x {DESTS_PER_SERVICE} destinations and {n} mangle rules into {ns}")
         entry["setup"] = fill_namespace(ns, n)
-        log(f"N={n}: set-up took {entry['setup']['ipvsadm_restore_s']:.1f} s (ipvsadm -R) + "
-            f"{entry['setup']['iptables_nft_restore_s']:.1f} s (iptables-nft-restore)")
+        log(
+            f"N={n}: set-up took {entry['setup']['ipvsadm_restore_s']:.1f} s (ipvsadm -R) + "
+            f"{entry['setup']['iptables_nft_restore_s']:.1f} s (iptables-nft-restore)"
+        )
         c: dict = {}
         entry["contender_wall_s"] = walls = {}
         steps = [
             ("exporter", lambda: bench_exporter(ns, n, args, procs, outdir, started)),
-            ("exporter_nocache", lambda: bench_exporter(ns, n, args, procs, outdir, nocache, (("gzip", True),),
-                                                        NOCACHE, extra_scrapes=0)),
+            (
+                "exporter_nocache",
+                lambda: bench_exporter(
+                    ns, n, args, procs, outdir, nocache, (("gzip", True),), NOCACHE, extra_scrapes=0
+                ),
+            ),
             ("shim", lambda: {"shim_dump": bench_shim(ns, n, args)}),
             ("ipvsadm", lambda: {"ipvsadm": bench_ipvsadm(ns, n, args, prev.get("ipvsadm"))}),
-            ("node_exporter", lambda: {"node_exporter_gzip": bench_node_exporter(
-                ns, n, args, procs, outdir, prev.get("node_exporter_gzip"))}),
+            (
+                "node_exporter",
+                lambda: {
+                    "node_exporter_gzip": bench_node_exporter(
+                        ns, n, args, procs, outdir, prev.get("node_exporter_gzip")
+                    )
+                },
+            ),
             ("pyroute2", lambda: {"pyroute2": bench_pyroute2(ns, n, args, prev.get("pyroute2"))}),
         ]
         for group, step in steps:
@@ -627,8 +759,11 @@ def bench_size(n: int, args, procs: Procs, outdir: Path, prev: dict) -> dict:
             c.update(got)
             walls[group] = round(time.perf_counter() - t1, 1)
             for name, r in got.items():
-                figure = (f"median {r['median_s']:.3f} s, min {r['min_s']:.3f} s, {r['runs']} runs"
-                          if r.get("status") == "ok" else r.get("status"))
+                figure = (
+                    f"median {r['median_s']:.3f} s, min {r['min_s']:.3f} s, {r['runs']} runs"
+                    if r.get("status") == "ok"
+                    else r.get("status")
+                )
                 log(f"N={n}: {name}: {figure} ({walls[group]:.0f} s)")
         entry["contenders"] = c
     finally:
@@ -639,18 +774,34 @@ def bench_size(n: int, args, procs: Procs, outdir: Path, prev: dict) -> dict:
 
 
 def main(argv=None) -> int:
-    ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0],
-                                 formatter_class=argparse.ArgumentDefaultsHelpFormatter)
+    ap = argparse.ArgumentParser(
+        description=__doc__.split("\n\n")[0], formatter_class=argparse.ArgumentDefaultsHelpFormatter
+    )
     ap.add_argument("--out", default="build/vm/bench", help="output directory")
-    ap.add_argument("--sizes", default="100,1000,10000", help="comma list of service counts (x 10 destinations)")
-    ap.add_argument("--contenders", default="exporter,exporter_nocache,shim,ipvsadm,node_exporter,pyroute2",
-                    help="comma list of the contenders to run")
+    ap.add_argument(
+        "--sizes", default="100,1000,10000", help="comma list of service counts (x 10 destinations)"
+    )
+    ap.add_argument(
+        "--contenders",
+        default="exporter,exporter_nocache,shim,ipvsadm,node_exporter,pyroute2",
+        help="comma list of the contenders to run",
+    )
     ap.add_argument("--runs", type=int, default=5, help="timed runs per contender and size, after 1 warm-up")
-    ap.add_argument("--reduced-runs", type=int, default=3,
-                    help="runs used instead when warm-up x --runs would exceed --budget-s")
-    ap.add_argument("--budget-s", type=float, default=150.0,
-                    help="about how long one contender (one scrape variant) may take at one size")
-    ap.add_argument("--extra-scrapes", type=int, default=20, help="exporter scrapes between the two RSS readings")
+    ap.add_argument(
+        "--reduced-runs",
+        type=int,
+        default=3,
+        help="runs used instead when warm-up x --runs would exceed --budget-s",
+    )
+    ap.add_argument(
+        "--budget-s",
+        type=float,
+        default=150.0,
+        help="about how long one contender (one scrape variant) may take at one size",
+    )
+    ap.add_argument(
+        "--extra-scrapes", type=int, default=20, help="exporter scrapes between the two RSS readings"
+    )
     ap.add_argument("--host-cpu", default="", help="the host's CPU model (the VM only sees an emulated one)")
     ap.add_argument("--host-load", default="", help="the host's load average when the bench started")
     ap.add_argument("--note", default="", help="a remark for the machine line")
@@ -658,7 +809,10 @@ def main(argv=None) -> int:
     args = ap.parse_args(argv)
 
     if os.geteuid() != 0:
-        print("bench/run.py: needs root; run it in the VM: tests/vm/vm-run -- python bench/run.py", file=sys.stderr)
+        print(
+            "bench/run.py: needs root; run it in the VM: tests/vm/vm-run -- python bench/run.py",
+            file=sys.stderr,
+        )
         return 2
     if not os.path.exists("/proc/net/ip_vs"):
         subprocess.run(["modprobe", "ip_vs"], timeout=60)
@@ -676,17 +830,25 @@ def main(argv=None) -> int:
 
     def on_signal(signum, frame):
         raise KeyboardInterrupt(f"signal {signum}")
+
     signal.signal(signal.SIGTERM, on_signal)
 
     started = time.time()
     doc = {
         "machine": machine_info(args),
-        "config": {"sizes": sizes, "dests_per_service": DESTS_PER_SERVICE, "runs": args.runs,
-                   "reduced_runs": args.reduced_runs, "budget_s": args.budget_s, "warmup_runs": 1,
-                   "extra_scrapes": args.extra_scrapes, "contenders": sorted(args.contenders),
-                   "runs_policy": "1 warm-up + runs; fewer runs when warm-up x runs exceeds budget_s, "
-                                  "or when the previous size's median scaled linearly says so "
-                                  "(then 1 run without warm-up, or skipped); see runs_note"},
+        "config": {
+            "sizes": sizes,
+            "dests_per_service": DESTS_PER_SERVICE,
+            "runs": args.runs,
+            "reduced_runs": args.reduced_runs,
+            "budget_s": args.budget_s,
+            "warmup_runs": 1,
+            "extra_scrapes": args.extra_scrapes,
+            "contenders": sorted(args.contenders),
+            "runs_policy": "1 warm-up + runs; fewer runs when warm-up x runs exceeds budget_s, "
+            "or when the previous size's median scaled linearly says so "
+            "(then 1 run without warm-up, or skipped); see runs_note",
+        },
         "started_at": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime(started)),
         "results": [],
     }
@@ -713,6 +875,7 @@ def main(argv=None) -> int:
     doc["duration_s"] = time.time() - started
 
     import report
+
     report.add_ratios(doc)
     doc["checks"] = report.checks(doc)
     (outdir / "bench.json").write_text(json.dumps(doc, indent=2) + "\n")
@@ -720,8 +883,12 @@ def main(argv=None) -> int:
     print(report.markdown(doc), flush=True)
     for line in report.check_lines(doc):
         print(line)
-    failed = [f"N={r['n_services']} {name}: {c['status']}" for r in doc["results"]
-              for name, c in r.get("contenders", {}).items() if c.get("status", "").startswith("failed")]
+    failed = [
+        f"N={r['n_services']} {name}: {c['status']}"
+        for r in doc["results"]
+        for name, c in r.get("contenders", {}).items()
+        if c.get("status", "").startswith("failed")
+    ]
     for f in failed:
         print(f"CONTENDER FAILED {f}")
     if not args.plot:

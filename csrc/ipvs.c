@@ -28,16 +28,16 @@
 
 #include "ipvs.h"
 
-#define RCVBUF_BYTES (8 * 1024 * 1024)
-#define MSGBUF_BYTES (64 * 1024)
+#define RCVBUF_BYTES   (8 * 1024 * 1024)
+#define MSGBUF_BYTES   (64 * 1024)
 #define RECV_TIMEOUT_S 10
 
 struct priv {
     struct nl_sock *sk;
     int family;
     uint32_t cap_svc, cap_dst;
-    int cb_err;           /* first error seen inside a callback (negative errno) */
-    uint32_t cur_svc;     /* service row that GET_DEST replies belong to */
+    int cb_err;       /* first error seen inside a callback (negative errno) */
+    uint32_t cur_svc; /* service row that GET_DEST replies belong to */
     uint32_t info_version, info_tab_size;
 };
 
@@ -64,7 +64,7 @@ static int nle_to_errno(int nle)
     case NLE_BUSY: return -EBUSY;
     case NLE_EXIST: return -EEXIST;
     case NLE_MSG_TRUNC: return -EMSGSIZE;
-    case NLE_MSG_TOOSHORT: return -EBADMSG;   /* shorter than its headers */
+    case NLE_MSG_TOOSHORT: return -EBADMSG; /* shorter than its headers */
     case NLE_SEQ_MISMATCH: return -EILSEQ;
     case NLE_DUMP_INTR: return -EINTR;
     case NLE_NODEV: return -ENODEV;
@@ -120,43 +120,43 @@ static int reserve_dst(struct ipvs_handle *h, uint32_t need)
 /* ---- attribute parsing -------------------------------------------------- */
 
 static struct nla_policy cmd_policy[IPVS_CMD_ATTR_MAX + 1] = {
-    [IPVS_CMD_ATTR_SERVICE] = { .type = NLA_NESTED },
-    [IPVS_CMD_ATTR_DEST] = { .type = NLA_NESTED },
+    [IPVS_CMD_ATTR_SERVICE] = {.type = NLA_NESTED},
+    [IPVS_CMD_ATTR_DEST] = {.type = NLA_NESTED},
 };
 
 static struct nla_policy svc_policy[IPVS_SVC_ATTR_MAX + 1] = {
-    [IPVS_SVC_ATTR_AF] = { .type = NLA_U16 },
-    [IPVS_SVC_ATTR_PROTOCOL] = { .type = NLA_U16 },
-    [IPVS_SVC_ATTR_ADDR] = { .type = NLA_UNSPEC, .minlen = 4 },
-    [IPVS_SVC_ATTR_PORT] = { .type = NLA_U16 },
-    [IPVS_SVC_ATTR_FWMARK] = { .type = NLA_U32 },
-    [IPVS_SVC_ATTR_SCHED_NAME] = { .type = NLA_STRING },
-    [IPVS_SVC_ATTR_FLAGS] = { .type = NLA_UNSPEC, .minlen = sizeof(struct ip_vs_flags) },
-    [IPVS_SVC_ATTR_TIMEOUT] = { .type = NLA_U32 },
-    [IPVS_SVC_ATTR_NETMASK] = { .type = NLA_U32 },
-    [IPVS_SVC_ATTR_STATS] = { .type = NLA_NESTED },
-    [IPVS_SVC_ATTR_PE_NAME] = { .type = NLA_STRING },
-    [IPVS_SVC_ATTR_STATS64] = { .type = NLA_NESTED },
+    [IPVS_SVC_ATTR_AF] = {.type = NLA_U16},
+    [IPVS_SVC_ATTR_PROTOCOL] = {.type = NLA_U16},
+    [IPVS_SVC_ATTR_ADDR] = {.type = NLA_UNSPEC, .minlen = 4},
+    [IPVS_SVC_ATTR_PORT] = {.type = NLA_U16},
+    [IPVS_SVC_ATTR_FWMARK] = {.type = NLA_U32},
+    [IPVS_SVC_ATTR_SCHED_NAME] = {.type = NLA_STRING},
+    [IPVS_SVC_ATTR_FLAGS] = {.type = NLA_UNSPEC, .minlen = sizeof(struct ip_vs_flags)},
+    [IPVS_SVC_ATTR_TIMEOUT] = {.type = NLA_U32},
+    [IPVS_SVC_ATTR_NETMASK] = {.type = NLA_U32},
+    [IPVS_SVC_ATTR_STATS] = {.type = NLA_NESTED},
+    [IPVS_SVC_ATTR_PE_NAME] = {.type = NLA_STRING},
+    [IPVS_SVC_ATTR_STATS64] = {.type = NLA_NESTED},
 };
 
 static struct nla_policy dst_policy[IPVS_DEST_ATTR_MAX + 1] = {
-    [IPVS_DEST_ATTR_ADDR] = { .type = NLA_UNSPEC, .minlen = 4 },
-    [IPVS_DEST_ATTR_PORT] = { .type = NLA_U16 },
-    [IPVS_DEST_ATTR_FWD_METHOD] = { .type = NLA_U32 },
-    [IPVS_DEST_ATTR_WEIGHT] = { .type = NLA_U32 },
-    [IPVS_DEST_ATTR_U_THRESH] = { .type = NLA_U32 },
-    [IPVS_DEST_ATTR_L_THRESH] = { .type = NLA_U32 },
-    [IPVS_DEST_ATTR_ACTIVE_CONNS] = { .type = NLA_U32 },
-    [IPVS_DEST_ATTR_INACT_CONNS] = { .type = NLA_U32 },
-    [IPVS_DEST_ATTR_PERSIST_CONNS] = { .type = NLA_U32 },
-    [IPVS_DEST_ATTR_STATS] = { .type = NLA_NESTED },
-    [IPVS_DEST_ATTR_ADDR_FAMILY] = { .type = NLA_U16 },
-    [IPVS_DEST_ATTR_STATS64] = { .type = NLA_NESTED },
+    [IPVS_DEST_ATTR_ADDR] = {.type = NLA_UNSPEC, .minlen = 4},
+    [IPVS_DEST_ATTR_PORT] = {.type = NLA_U16},
+    [IPVS_DEST_ATTR_FWD_METHOD] = {.type = NLA_U32},
+    [IPVS_DEST_ATTR_WEIGHT] = {.type = NLA_U32},
+    [IPVS_DEST_ATTR_U_THRESH] = {.type = NLA_U32},
+    [IPVS_DEST_ATTR_L_THRESH] = {.type = NLA_U32},
+    [IPVS_DEST_ATTR_ACTIVE_CONNS] = {.type = NLA_U32},
+    [IPVS_DEST_ATTR_INACT_CONNS] = {.type = NLA_U32},
+    [IPVS_DEST_ATTR_PERSIST_CONNS] = {.type = NLA_U32},
+    [IPVS_DEST_ATTR_STATS] = {.type = NLA_NESTED},
+    [IPVS_DEST_ATTR_ADDR_FAMILY] = {.type = NLA_U16},
+    [IPVS_DEST_ATTR_STATS64] = {.type = NLA_NESTED},
 };
 
 static struct nla_policy info_policy[IPVS_INFO_ATTR_MAX + 1] = {
-    [IPVS_INFO_ATTR_VERSION] = { .type = NLA_U32 },
-    [IPVS_INFO_ATTR_CONN_TAB_SIZE] = { .type = NLA_U32 },
+    [IPVS_INFO_ATTR_VERSION] = {.type = NLA_U32},
+    [IPVS_INFO_ATTR_CONN_TAB_SIZE] = {.type = NLA_U32},
 };
 
 /* Read a stats block: 32-bit blocks mix u32 and u64 attributes, 64-bit blocks are
@@ -169,7 +169,8 @@ static int read_stats(struct nlattr *block, uint64_t *out)
     if (!block)
         return 0;
     memset(out, 0, IPVS_NSTATS * sizeof(uint64_t));
-    nla_for_each_nested(a, block, rem) {
+    nla_for_each_nested(a, block, rem)
+    {
         int t = nla_type(a);
         if (t < 1 || t > IPVS_NSTATS)
             continue;
@@ -190,8 +191,14 @@ static void read_addr(struct nlattr *a, uint8_t *out)
     }
 }
 
-static uint32_t u32_or0(struct nlattr *a) { return a ? nla_get_u32(a) : 0; }
-static uint32_t u16_or0(struct nlattr *a) { return a ? nla_get_u16(a) : 0; }
+static uint32_t u32_or0(struct nlattr *a)
+{
+    return a ? nla_get_u32(a) : 0;
+}
+static uint32_t u16_or0(struct nlattr *a)
+{
+    return a ? nla_get_u16(a) : 0;
+}
 
 static int parse_service(struct ipvs_handle *h, struct nlattr *nest)
 {
@@ -252,7 +259,8 @@ static int parse_dest(struct ipvs_handle *h, struct nlattr *nest, uint32_t svc, 
     row = h->dst_u32 + (size_t)i * IPVS_DST_NCOLS;
     row[IPVS_DST_SVC] = svc;
     /* Kernels before 4.x omit the family: a destination then has the service's. */
-    row[IPVS_DST_AF] = d[IPVS_DEST_ATTR_ADDR_FAMILY] ? nla_get_u16(d[IPVS_DEST_ATTR_ADDR_FAMILY]) : svc_af;
+    row[IPVS_DST_AF] =
+        d[IPVS_DEST_ATTR_ADDR_FAMILY] ? nla_get_u16(d[IPVS_DEST_ATTR_ADDR_FAMILY]) : svc_af;
     row[IPVS_DST_PORT] = ntohs((uint16_t)u16_or0(d[IPVS_DEST_ATTR_PORT]));
     row[IPVS_DST_FWD] = u32_or0(d[IPVS_DEST_ATTR_FWD_METHOD]) & IP_VS_CONN_F_FWD_MASK;
     row[IPVS_DST_WEIGHT] = u32_or0(d[IPVS_DEST_ATTR_WEIGHT]);
@@ -290,7 +298,8 @@ static int parse_nlmsg(struct ipvs_handle *h, int kind, struct nlmsghdr *nlh)
     {
         struct priv *pv = h->priv;
         uint32_t svc = pv->cur_svc;
-        uint16_t af = svc < h->n_svc ? (uint16_t)h->svc_u32[(size_t)svc * IPVS_SVC_NCOLS + IPVS_SVC_AF] : 0;
+        uint16_t af =
+            svc < h->n_svc ? (uint16_t)h->svc_u32[(size_t)svc * IPVS_SVC_NCOLS + IPVS_SVC_AF] : 0;
         return parse_dest(h, attrs[IPVS_CMD_ATTR_DEST], svc, af);
     }
 }
@@ -372,7 +381,8 @@ static struct nl_msg *new_request(struct ipvs_handle *h, int cmd, int flags)
     struct nl_msg *msg = nlmsg_alloc();
     if (!msg)
         return NULL;
-    if (!genlmsg_put(msg, NL_AUTO_PORT, NL_AUTO_SEQ, pv->family, 0, flags, cmd, IPVS_GENL_VERSION)) {
+    if (!genlmsg_put(msg, NL_AUTO_PORT, NL_AUTO_SEQ, pv->family, 0, flags, cmd,
+                     IPVS_GENL_VERSION)) {
         nlmsg_free(msg);
         return NULL;
     }
@@ -422,8 +432,10 @@ static void move_service_row(struct ipvs_handle *h, uint32_t w, uint32_t r)
            IPVS_SVC_NCOLS * sizeof(uint32_t));
     memcpy(h->svc_stats + (size_t)w * IPVS_NSTATS, h->svc_stats + (size_t)r * IPVS_NSTATS,
            IPVS_NSTATS * sizeof(uint64_t));
-    memcpy(h->svc_addr + (size_t)w * IPVS_ADDR_LEN, h->svc_addr + (size_t)r * IPVS_ADDR_LEN, IPVS_ADDR_LEN);
-    memcpy(h->svc_sched + (size_t)w * IPVS_NAME_LEN, h->svc_sched + (size_t)r * IPVS_NAME_LEN, IPVS_NAME_LEN);
+    memcpy(h->svc_addr + (size_t)w * IPVS_ADDR_LEN, h->svc_addr + (size_t)r * IPVS_ADDR_LEN,
+           IPVS_ADDR_LEN);
+    memcpy(h->svc_sched + (size_t)w * IPVS_NAME_LEN, h->svc_sched + (size_t)r * IPVS_NAME_LEN,
+           IPVS_NAME_LEN);
 }
 
 /* The service a row names, as GET_DEST looks it up: af + fwmark, or af + protocol +
@@ -465,28 +477,31 @@ int ipvs_drop_duplicate_services(struct ipvs_handle *h)
         return 0;
     while (size < 2 * n)
         size *= 2;
-    slot = malloc((size_t)size * sizeof(*slot));  /* row + 1; 0 = empty */
+    slot = malloc((size_t)size * sizeof(*slot)); /* row + 1; 0 = empty */
     if (!slot)
         return -ENOMEM;
     memset(slot, 0, (size_t)size * sizeof(*slot));
     for (r = 0, w = 0; r < n; r++) {
-        uint32_t *row = h->svc_u32 + (size_t)r * IPVS_SVC_NCOLS, i = service_hash(h, r) & (size - 1);
+        uint32_t *row = h->svc_u32 + (size_t)r * IPVS_SVC_NCOLS,
+                 i = service_hash(h, r) & (size - 1);
         uint32_t first = row[IPVS_SVC_DEST_FIRST], count = row[IPVS_SVC_DEST_COUNT];
         while (slot[i] && !same_service(h, slot[i] - 1, r))
             i = (i + 1) & (size - 1);
         if (slot[i])
-            continue;  /* seen before: drop the row and its destinations */
+            continue; /* seen before: drop the row and its destinations */
         move_service_row(h, w, r);
-        slot[i] = w + 1;  /* rows before w are final, so the kept copy is compared from now on */
+        slot[i] = w + 1; /* rows before w are final, so the kept copy is compared from now on */
         /* destinations are in service order: move this service's down to dw */
         for (d = 0; d < count && first + d < h->n_dst; d++) {
             if (dw + d != first + d) {
-                memcpy(h->dst_u32 + (size_t)(dw + d) * IPVS_DST_NCOLS, h->dst_u32 + (size_t)(first + d) * IPVS_DST_NCOLS,
+                memcpy(h->dst_u32 + (size_t)(dw + d) * IPVS_DST_NCOLS,
+                       h->dst_u32 + (size_t)(first + d) * IPVS_DST_NCOLS,
                        IPVS_DST_NCOLS * sizeof(uint32_t));
-                memcpy(h->dst_stats + (size_t)(dw + d) * IPVS_NSTATS, h->dst_stats + (size_t)(first + d) * IPVS_NSTATS,
+                memcpy(h->dst_stats + (size_t)(dw + d) * IPVS_NSTATS,
+                       h->dst_stats + (size_t)(first + d) * IPVS_NSTATS,
                        IPVS_NSTATS * sizeof(uint64_t));
-                memcpy(h->dst_addr + (size_t)(dw + d) * IPVS_ADDR_LEN, h->dst_addr + (size_t)(first + d) * IPVS_ADDR_LEN,
-                       IPVS_ADDR_LEN);
+                memcpy(h->dst_addr + (size_t)(dw + d) * IPVS_ADDR_LEN,
+                       h->dst_addr + (size_t)(first + d) * IPVS_ADDR_LEN, IPVS_ADDR_LEN);
             }
             h->dst_u32[(size_t)(dw + d) * IPVS_DST_NCOLS + IPVS_DST_SVC] = w;
         }
@@ -516,7 +531,7 @@ int ipvs_dump(struct ipvs_handle *h)
         return -ENOMEM;
     if ((err = transact(h, msg, on_valid_svc)))
         return err;
-    if ((err = ipvs_drop_duplicate_services(h)))  /* before asking for their destinations */
+    if ((err = ipvs_drop_duplicate_services(h))) /* before asking for their destinations */
         return err;
     /* Destinations per service. A service deleted since the service dump is dropped
      * (rows are compacted in place; dests already read keep their row index). */
@@ -528,7 +543,7 @@ int ipvs_dump(struct ipvs_handle *h)
         h->svc_u32[(size_t)w * IPVS_SVC_NCOLS + IPVS_SVC_DEST_COUNT] = 0;
         err = dump_dests(h, w);
         if (err == -ESRCH || err == -ENOENT) {
-            h->n_dst = first;       /* the service went away: forget it */
+            h->n_dst = first; /* the service went away: forget it */
             continue;
         }
         if (err)
@@ -597,7 +612,7 @@ void ipvs_close(struct ipvs_handle *h)
 static int connect_here(struct priv *pv)
 {
     int err, fd;
-    struct timeval tv = { .tv_sec = RECV_TIMEOUT_S, .tv_usec = 0 };
+    struct timeval tv = {.tv_sec = RECV_TIMEOUT_S, .tv_usec = 0};
     pv->sk = nl_socket_alloc();
     if (!pv->sk)
         return -ENOMEM;

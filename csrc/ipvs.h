@@ -34,33 +34,32 @@
 #define IPVS_SVC_NCOLS      9
 
 /* Destination uint32 columns (dst_u32 row). weight is a signed int in the kernel. */
-#define IPVS_DST_SVC        0
-#define IPVS_DST_AF         1
-#define IPVS_DST_PORT       2
-#define IPVS_DST_FWD        3
-#define IPVS_DST_WEIGHT     4
-#define IPVS_DST_U_THRESH   5
-#define IPVS_DST_L_THRESH   6
-#define IPVS_DST_ACTIVE     7
-#define IPVS_DST_INACTIVE   8
-#define IPVS_DST_PERSIST    9
-#define IPVS_DST_NCOLS      10
+#define IPVS_DST_SVC      0
+#define IPVS_DST_AF       1
+#define IPVS_DST_PORT     2
+#define IPVS_DST_FWD      3
+#define IPVS_DST_WEIGHT   4
+#define IPVS_DST_U_THRESH 5
+#define IPVS_DST_L_THRESH 6
+#define IPVS_DST_ACTIVE   7
+#define IPVS_DST_INACTIVE 8
+#define IPVS_DST_PERSIST  9
+#define IPVS_DST_NCOLS    10
 
-#define IPVS_ADDR_LEN  16   /* an IPv4 address uses the first 4 bytes */
-#define IPVS_NAME_LEN  16   /* scheduler name, NUL-terminated */
-
+#define IPVS_ADDR_LEN 16 /* an IPv4 address uses the first 4 bytes */
+#define IPVS_NAME_LEN 16 /* scheduler name, NUL-terminated */
 
 struct ipvs_handle {
     /* filled by ipvs_dump(); valid until the next dump or close */
     uint32_t n_svc;
     uint32_t n_dst;
-    uint32_t *svc_u32;      /* n_svc * IPVS_SVC_NCOLS */
-    uint64_t *svc_stats;    /* n_svc * IPVS_NSTATS */
-    uint8_t *svc_addr;      /* n_svc * IPVS_ADDR_LEN */
-    char *svc_sched;        /* n_svc * IPVS_NAME_LEN */
-    uint32_t *dst_u32;      /* n_dst * IPVS_DST_NCOLS */
-    uint64_t *dst_stats;    /* n_dst * IPVS_NSTATS */
-    uint8_t *dst_addr;      /* n_dst * IPVS_ADDR_LEN */
+    uint32_t *svc_u32;   /* n_svc * IPVS_SVC_NCOLS */
+    uint64_t *svc_stats; /* n_svc * IPVS_NSTATS */
+    uint8_t *svc_addr;   /* n_svc * IPVS_ADDR_LEN */
+    char *svc_sched;     /* n_svc * IPVS_NAME_LEN */
+    uint32_t *dst_u32;   /* n_dst * IPVS_DST_NCOLS */
+    uint64_t *dst_stats; /* n_dst * IPVS_NSTATS */
+    uint8_t *dst_addr;   /* n_dst * IPVS_ADDR_LEN */
     /* the namespace the socket is bound to (fstat of the path at open) */
     uint64_t ns_dev;
     uint64_t ns_ino;

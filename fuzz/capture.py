@@ -19,6 +19,7 @@ tests/fuzz/test_parse_corpus.py to check the shim's rows).
 
     python3 fuzz/capture.py OUTDIR
 """
+
 from __future__ import annotations
 
 import json
@@ -33,11 +34,37 @@ NLMSG_ERROR, NLMSG_DONE = 2, 3
 GENL_ID_CTRL, CTRL_CMD_GETFAMILY, CTRL_ATTR_FAMILY_ID, CTRL_ATTR_FAMILY_NAME = 0x10, 3, 1, 2
 IPVS_CMD_GET_SERVICE, IPVS_CMD_GET_DEST = 4, 8
 IPVS_CMD_ATTR_SERVICE, IPVS_CMD_ATTR_DEST = 1, 2
-SVC = {1: "af", 2: "protocol", 3: "addr", 4: "port", 5: "fwmark", 6: "sched", 7: "flags",
-       8: "timeout", 9: "netmask", 10: "stats", 11: "pe", 12: "stats64"}
-DST = {1: "addr", 2: "port", 3: "fwd", 4: "weight", 5: "u_thresh", 6: "l_thresh", 7: "active",
-       8: "inactive", 9: "persist", 10: "stats", 11: "af", 12: "stats64", 13: "tun_type",
-       14: "tun_port", 15: "tun_flags"}
+SVC = {
+    1: "af",
+    2: "protocol",
+    3: "addr",
+    4: "port",
+    5: "fwmark",
+    6: "sched",
+    7: "flags",
+    8: "timeout",
+    9: "netmask",
+    10: "stats",
+    11: "pe",
+    12: "stats64",
+}
+DST = {
+    1: "addr",
+    2: "port",
+    3: "fwd",
+    4: "weight",
+    5: "u_thresh",
+    6: "l_thresh",
+    7: "active",
+    8: "inactive",
+    9: "persist",
+    10: "stats",
+    11: "af",
+    12: "stats64",
+    13: "tun_type",
+    14: "tun_port",
+    15: "tun_flags",
+}
 STATS = ["conns", "inpkts", "outpkts", "inbytes", "outbytes", "cps", "inpps", "outpps", "inbps", "outbps"]
 PROTO = {0: "fwm", 6: "tcp", 17: "udp", 132: "sctp"}
 
@@ -56,7 +83,7 @@ def attrs(buf: bytes) -> list[tuple[int, bytes]]:
         n, t = struct.unpack_from("=HH", buf, off)
         if n < 4 or off + n > len(buf):
             break
-        out.append((t & 0x3FFF, buf[off + 4:off + n]))
+        out.append((t & 0x3FFF, buf[off + 4 : off + n]))
         off += align(n)
     return out
 
@@ -79,7 +106,7 @@ class Genl:
             off = 0
             while off + 16 <= len(data):
                 n, typ, _flags, seq, _pid = struct.unpack_from("=IHHII", data, off)
-                msg = data[off:off + n]
+                msg = data[off : off + n]
                 off += align(n)
                 if seq != self.seq:
                     continue
@@ -93,8 +120,9 @@ class Genl:
                 replies.append(msg)
 
     def family(self, name: str) -> int:
-        (msg,) = self.request(GENL_ID_CTRL, CTRL_CMD_GETFAMILY, NLM_F_ACK,
-                              attr(CTRL_ATTR_FAMILY_NAME, name.encode() + b"\0"))
+        (msg,) = self.request(
+            GENL_ID_CTRL, CTRL_CMD_GETFAMILY, NLM_F_ACK, attr(CTRL_ATTR_FAMILY_NAME, name.encode() + b"\0")
+        )
         for t, v in attrs(msg[20:]):
             if t == CTRL_ATTR_FAMILY_ID:
                 return struct.unpack("=H", v[:2])[0]
@@ -110,15 +138,28 @@ def nested(msg: bytes, cmd_attr: int) -> list[tuple[int, bytes]]:
 
 def decode(kind: str, msg: bytes) -> dict:
     names = SVC if kind == "svc" else DST
-    a = {names.get(t, str(t)): v for t, v in nested(msg, IPVS_CMD_ATTR_SERVICE if kind == "svc" else IPVS_CMD_ATTR_DEST)}
+    a = {
+        names.get(t, str(t)): v
+        for t, v in nested(msg, IPVS_CMD_ATTR_SERVICE if kind == "svc" else IPVS_CMD_ATTR_DEST)
+    }
     out: dict = {}
     for k in ("af", "protocol"):
         if k in a:
             out[k] = struct.unpack("=H", a[k][:2])[0]
     if "port" in a:
         out["port"] = struct.unpack("!H", a["port"][:2])[0]
-    for k in ("fwmark", "timeout", "netmask", "fwd", "weight", "u_thresh", "l_thresh", "active",
-              "inactive", "persist"):
+    for k in (
+        "fwmark",
+        "timeout",
+        "netmask",
+        "fwd",
+        "weight",
+        "u_thresh",
+        "l_thresh",
+        "active",
+        "inactive",
+        "persist",
+    ):
         if k in a:
             out[k] = struct.unpack("=I", a[k][:4])[0]
     if "weight" in out and out["weight"] >= 1 << 31:
@@ -132,8 +173,11 @@ def decode(kind: str, msg: bytes) -> dict:
     if "addr" in a:
         raw = a["addr"]
         fam = out.get("af", socket.AF_INET)
-        out["addr"] = socket.inet_ntop(socket.AF_INET6, raw[:16]) if fam == socket.AF_INET6 else \
-            socket.inet_ntop(socket.AF_INET, raw[:4])
+        out["addr"] = (
+            socket.inet_ntop(socket.AF_INET6, raw[:16])
+            if fam == socket.AF_INET6
+            else socket.inet_ntop(socket.AF_INET, raw[:4])
+        )
     block = a.get("stats64") or a.get("stats")
     if block is not None:
         st = [0] * 10

@@ -33,7 +33,8 @@ static int check(const struct ipvs_handle *h, uint32_t *svc, uint32_t *dst, long
     for (k = 0; k < h->n_svc; k++)
         sum += h->svc_u32[(size_t)k * IPVS_SVC_NCOLS + IPVS_SVC_DEST_COUNT];
     if (sum != h->n_dst) {
-        fprintf(stderr, "dumploop: dump %ld: destination counts add up to %u, not %u\n", i, sum, h->n_dst);
+        fprintf(stderr, "dumploop: dump %ld: destination counts add up to %u, not %u\n", i, sum,
+                h->n_dst);
         return 1;
     }
     return 0;
@@ -88,7 +89,8 @@ int main(int argc, char **argv)
         if (rc)
             return 1;
     }
-    printf("dumploop: dumps=%ld reopens=%ld services=%u destinations=%u version=0x%06x conn_tab=%u\n",
-           dumps, reopens, svc == UINT32_MAX ? 0 : svc, dst, version, tab);
+    printf(
+        "dumploop: dumps=%ld reopens=%ld services=%u destinations=%u version=0x%06x conn_tab=%u\n",
+        dumps, reopens, svc == UINT32_MAX ? 0 : svc, dst, version, tab);
     return 0;
 }

@@ -212,12 +212,14 @@ int LLVMFuzzerTestOneInput(const uint8_t *data, size_t size)
         sink += check_handle(a);
         for (i = 0; i < a->n_svc; i++)
             for (j = i + 1; j < a->n_svc; j++) {
-                const uint32_t *x = a->svc_u32 + (size_t)i * IPVS_SVC_NCOLS, *y = a->svc_u32 + (size_t)j * IPVS_SVC_NCOLS;
+                const uint32_t *x = a->svc_u32 + (size_t)i * IPVS_SVC_NCOLS,
+                               *y = a->svc_u32 + (size_t)j * IPVS_SVC_NCOLS;
                 if (x[IPVS_SVC_AF] == y[IPVS_SVC_AF] && x[IPVS_SVC_FWMARK] == y[IPVS_SVC_FWMARK] &&
-                    (x[IPVS_SVC_FWMARK] || (x[IPVS_SVC_PROTOCOL] == y[IPVS_SVC_PROTOCOL] &&
-                                            x[IPVS_SVC_PORT] == y[IPVS_SVC_PORT] &&
-                                            !memcmp(a->svc_addr + (size_t)i * IPVS_ADDR_LEN,
-                                                    a->svc_addr + (size_t)j * IPVS_ADDR_LEN, IPVS_ADDR_LEN))))
+                    (x[IPVS_SVC_FWMARK] ||
+                     (x[IPVS_SVC_PROTOCOL] == y[IPVS_SVC_PROTOCOL] &&
+                      x[IPVS_SVC_PORT] == y[IPVS_SVC_PORT] &&
+                      !memcmp(a->svc_addr + (size_t)i * IPVS_ADDR_LEN,
+                              a->svc_addr + (size_t)j * IPVS_ADDR_LEN, IPVS_ADDR_LEN))))
                     fail("a service left twice after dropping duplicates");
             }
     }

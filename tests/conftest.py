@@ -3,6 +3,7 @@
 Outside the VM (IN_IPVS_VM unset) kernel and swarm tests are skipped for a developer,
 but under CI=true a kernel suite that cannot run is a failure, never a skip.
 """
+
 import os
 
 from ipvs_testlib import unavailable

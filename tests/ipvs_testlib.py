@@ -1,5 +1,6 @@
 """Helpers shared by the kernel, swarm and demo tests: run the installed exporter as a
 user would, scrape it over loopback HTTP, and read the truth from ipvsadm."""
+
 from __future__ import annotations
 
 import os
@@ -17,11 +18,19 @@ from dataclasses import dataclass, field
 import pytest
 from prometheus_client.parser import text_string_to_metric_families
 
-SEED_SERVICE_METRICS = ("ipvs_connections_total", "ipvs_bytes_in_total", "ipvs_bytes_out_total",
-                        "ipvs_destination_total")
-SEED_DEST_METRICS = ("ipvs_destination_connections_total", "ipvs_destination_bytes_in_total",
-                     "ipvs_destination_bytes_out_total", "ipvs_destination_active_connections_total",
-                     "ipvs_destination_inactive_connections_total")
+SEED_SERVICE_METRICS = (
+    "ipvs_connections_total",
+    "ipvs_bytes_in_total",
+    "ipvs_bytes_out_total",
+    "ipvs_destination_total",
+)
+SEED_DEST_METRICS = (
+    "ipvs_destination_connections_total",
+    "ipvs_destination_bytes_in_total",
+    "ipvs_destination_bytes_out_total",
+    "ipvs_destination_active_connections_total",
+    "ipvs_destination_inactive_connections_total",
+)
 
 
 def sh(*args: str, ns: str | None = None, check: bool = True, input: str | None = None) -> str:
@@ -70,16 +79,24 @@ def unavailable(why: str) -> None:
 
 
 @contextmanager
-def running_exporter(*args: str, timeout: float = 180.0, probe: bool = True, listen_flag: str = "--listen-address",
-                     prefix: tuple = ()):
+def running_exporter(
+    *args: str,
+    timeout: float = 180.0,
+    probe: bool = True,
+    listen_flag: str = "--listen-address",
+    prefix: tuple = (),
+):
     """Start the exporter on a free loopback port; yield (metrics URL, process).
     probe=False only waits for the port to accept (for TLS or auth set-ups);
     prefix: a command that runs the exporter (e.g. setpriv ...)."""
     port = free_port()
     url = f"http://127.0.0.1:{port}/metrics"
     log = open(exporter_log(url), "w+")
-    proc = subprocess.Popen([*prefix, exporter_command(), listen_flag, f"127.0.0.1:{port}", *args],
-                            stdout=log, stderr=subprocess.STDOUT)
+    proc = subprocess.Popen(
+        [*prefix, exporter_command(), listen_flag, f"127.0.0.1:{port}", *args],
+        stdout=log,
+        stderr=subprocess.STDOUT,
+    )
     try:
         deadline = time.monotonic() + timeout
         while True:
@@ -95,7 +112,9 @@ def running_exporter(*args: str, timeout: float = 180.0, probe: bool = True, lis
             except OSError:
                 if time.monotonic() > deadline:
                     log.seek(0)
-                    raise AssertionError(f"exporter did not answer within {timeout:g}s; its log: {log.read()}")
+                    raise AssertionError(
+                        f"exporter did not answer within {timeout:g}s; its log: {log.read()}"
+                    )
                 time.sleep(0.2)
         yield url, proc
     finally:
@@ -173,8 +192,13 @@ def ipvsadm(ns_path: str | None = None) -> dict[str, AdmService]:
     pre = ["nsenter", f"--net={ns_path}"] if ns_path else []
 
     def run(*extra):
-        return subprocess.run([*pre, "ipvsadm", "-Ln", "--exact", *extra], check=True,
-                              capture_output=True, text=True, timeout=60).stdout
+        return subprocess.run(
+            [*pre, "ipvsadm", "-Ln", "--exact", *extra],
+            check=True,
+            capture_output=True,
+            text=True,
+            timeout=60,
+        ).stdout
 
     services: dict[str, AdmService] = {}
     cur = None
@@ -182,7 +206,8 @@ def ipvsadm(ns_path: str | None = None) -> dict[str, AdmService]:
         if m := _SVC.match(line):
             parts = m.group(4).split()
             cur = services[_key(m)] = AdmService(
-                m.group(1), m.group(2), parts[0] if parts else "", " ".join(parts[1:]))
+                m.group(1), m.group(2), parts[0] if parts else "", " ".join(parts[1:])
+            )
         elif (m := _DST.match(line)) and cur is not None and m.group(1) != "RemoteAddress:Port":
             addr, port = _split_hostport(m.group(1))
             fwd, weight, act, inact = m.group(2).split()[:4]
@@ -192,7 +217,9 @@ def ipvsadm(ns_path: str | None = None) -> dict[str, AdmService]:
         if m := _SVC.match(line):
             cur = services.get(_key(m))
             if cur:
-                cur.conns, cur.inpkts, cur.outpkts, cur.inbytes, cur.outbytes = map(int, m.group(4).split()[:5])
+                cur.conns, cur.inpkts, cur.outpkts, cur.inbytes, cur.outbytes = map(
+                    int, m.group(4).split()[:5]
+                )
         elif (m := _DST.match(line)) and cur is not None and m.group(1) != "RemoteAddress:Port":
             d = cur.dests.get(_split_hostport(m.group(1)))
             if d:
@@ -212,7 +239,9 @@ def stable_ipvsadm(ns_path: str | None, settle: float = 4.0, tries: int = 5) -> 
     raise AssertionError("IPVS counters kept changing; is traffic still flowing?")
 
 
-def scrape_while_stable(url: str, ns_path: str | None, attempts: int = 3) -> tuple[dict, dict[str, AdmService]]:
+def scrape_while_stable(
+    url: str, ns_path: str | None, attempts: int = 3
+) -> tuple[dict, dict[str, AdmService]]:
     """A scrape taken while ipvsadm reads the same before and after it: (scraped, ipvsadm)."""
     for _ in range(attempts):
         before = stable_ipvsadm(ns_path)
@@ -222,25 +251,33 @@ def scrape_while_stable(url: str, ns_path: str | None, attempts: int = 3) -> tup
     raise AssertionError(f"ipvsadm changed during each of {attempts} scrapes")
 
 
-def assert_seed_samples_match(scraped: dict, adm: dict[str, AdmService], namespace: str,
-                              ports: dict[int, str]) -> None:
+def assert_seed_samples_match(
+    scraped: dict, adm: dict[str, AdmService], namespace: str, ports: dict[int, str]
+) -> None:
     """Every seed sample equals ipvsadm: per fwmark service and per destination.
     ports: fwmark -> expected port label."""
     fwm = {s.fwmark: s for s in adm.values() if s.kind == "FWM"}
     assert scraped[("ipvs_services_total", frozenset({("namespace", namespace)}))] == len(adm)
     for mark, s in fwm.items():
         base = {("namespace", namespace), ("fwmark", str(mark)), ("port", ports.get(mark, ""))}
-        want = {"ipvs_connections_total": s.conns, "ipvs_bytes_in_total": s.inbytes,
-                "ipvs_bytes_out_total": s.outbytes, "ipvs_destination_total": len(s.dests)}
+        want = {
+            "ipvs_connections_total": s.conns,
+            "ipvs_bytes_in_total": s.inbytes,
+            "ipvs_bytes_out_total": s.outbytes,
+            "ipvs_destination_total": len(s.dests),
+        }
         for name, value in want.items():
             got = scraped.get((name, frozenset(base)))
             assert got == value, f"{name} fwmark={mark}: exporter {got}, ipvsadm {value}"
         for (addr, _), d in s.dests.items():
             labels = frozenset(base | {("address", addr)})
-            want = {"ipvs_destination_connections_total": d.conns, "ipvs_destination_bytes_in_total": d.inbytes,
-                    "ipvs_destination_bytes_out_total": d.outbytes,
-                    "ipvs_destination_active_connections_total": d.active,
-                    "ipvs_destination_inactive_connections_total": d.inactive}
+            want = {
+                "ipvs_destination_connections_total": d.conns,
+                "ipvs_destination_bytes_in_total": d.inbytes,
+                "ipvs_destination_bytes_out_total": d.outbytes,
+                "ipvs_destination_active_connections_total": d.active,
+                "ipvs_destination_inactive_connections_total": d.inactive,
+            }
             for name, value in want.items():
                 got = scraped.get((name, labels))
                 assert got == value, f"{name} fwmark={mark} address={addr}: exporter {got}, ipvsadm {value}"
@@ -273,14 +310,22 @@ def make_snapshot(services):
         row[lib.IPVS_SVC_AF], row[lib.IPVS_SVC_PROTOCOL], row[lib.IPVS_SVC_PORT] = s.af, s.protocol, s.port
         row[lib.IPVS_SVC_FWMARK], row[lib.IPVS_SVC_FLAGS] = s.fwmark, s.flags
         row[lib.IPVS_SVC_TIMEOUT], row[lib.IPVS_SVC_NETMASK] = s.timeout, s.netmask
-        row[lib.IPVS_SVC_DEST_FIRST], row[lib.IPVS_SVC_DEST_COUNT] = len(dst_u32) // lib.IPVS_DST_NCOLS, len(s.destinations)
+        row[lib.IPVS_SVC_DEST_FIRST], row[lib.IPVS_SVC_DEST_COUNT] = (
+            len(dst_u32) // lib.IPVS_DST_NCOLS,
+            len(s.destinations),
+        )
         svc_u32 += row
         svc_stats += list(s.stats)
         svc_addr += pack(s.af, s.address)
         svc_sched += s.scheduler.encode().ljust(NAME_LEN, b"\0")
         for d in s.destinations:
             r = [0] * lib.IPVS_DST_NCOLS
-            r[lib.IPVS_DST_SVC], r[lib.IPVS_DST_AF], r[lib.IPVS_DST_PORT], r[lib.IPVS_DST_FWD] = i, d.af, d.port, d.fwd_method
+            r[lib.IPVS_DST_SVC], r[lib.IPVS_DST_AF], r[lib.IPVS_DST_PORT], r[lib.IPVS_DST_FWD] = (
+                i,
+                d.af,
+                d.port,
+                d.fwd_method,
+            )
             r[lib.IPVS_DST_WEIGHT] = d.weight & 0xFFFFFFFF
             r[lib.IPVS_DST_U_THRESH], r[lib.IPVS_DST_L_THRESH] = d.u_threshold, d.l_threshold
             r[lib.IPVS_DST_ACTIVE], r[lib.IPVS_DST_INACTIVE] = d.active_conns, d.inactive_conns
@@ -288,5 +333,14 @@ def make_snapshot(services):
             dst_u32 += r
             dst_stats += list(d.stats)
             dst_addr += pack(d.af, d.address)
-    return Snapshot(len(services), len(dst_u32) // lib.IPVS_DST_NCOLS, svc_u32, svc_stats, svc_addr, svc_sched,
-                    dst_u32, dst_stats, dst_addr)
+    return Snapshot(
+        len(services),
+        len(dst_u32) // lib.IPVS_DST_NCOLS,
+        svc_u32,
+        svc_stats,
+        svc_addr,
+        svc_sched,
+        dst_u32,
+        dst_stats,
+        dst_addr,
+    )

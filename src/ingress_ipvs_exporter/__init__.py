@@ -1,4 +1,5 @@
 """Prometheus exporter for IPVS, read over generic netlink inside a network namespace."""
+
 from importlib.metadata import PackageNotFoundError, version
 
 try:

@@ -5,6 +5,7 @@ Usage errors print one line and exit 2; runtime failures to start print one line
 exit 1. Once serving, IPVS or namespace trouble never stops the process: it shows as
 `ipvs_up 0` and one log line.
 """
+
 from __future__ import annotations
 
 import errno
@@ -45,8 +46,9 @@ def parse_listen_address(value: str) -> tuple[str, int]:
     if host.startswith("[") and host.endswith("]"):
         host = host[1:-1]
     elif ":" in host:
-        raise typer.BadParameter(f"'{value}': put an IPv6 host in brackets, e.g. '[::1]:9100'",
-                                 param_hint="--listen-address")
+        raise typer.BadParameter(
+            f"'{value}': put an IPv6 host in brackets, e.g. '[::1]:9100'", param_hint="--listen-address"
+        )
     return host, int(port)
 
 
@@ -57,14 +59,18 @@ def parse_destination_labels(value: str, backends: bool = False) -> Options:
         return Options(destination_labels=(), per_destination=False, backends=backends)
     bad = [n for n in names if n not in DEST_LABEL_CHOICES]
     if bad:
-        raise typer.BadParameter(f"unknown label '{bad[0]}': use a comma list of {', '.join(DEST_LABEL_CHOICES)}, "
-                                 "or 'none'", param_hint="--destination-labels")
+        raise typer.BadParameter(
+            f"unknown label '{bad[0]}': use a comma list of {', '.join(DEST_LABEL_CHOICES)}, or 'none'",
+            param_hint="--destination-labels",
+        )
     return Options(destination_labels=names, backends=backends)
 
 
 def check_telemetry_path(value: str) -> str:
     if not value.startswith("/"):
-        raise typer.BadParameter(f"'{value}' must start with '/', e.g. /metrics", param_hint="--telemetry-path")
+        raise typer.BadParameter(
+            f"'{value}' must start with '/', e.g. /metrics", param_hint="--telemetry-path"
+        )
     return value
 
 
@@ -111,8 +117,9 @@ class LogfmtFormatter(logging.Formatter):
 class JSONFormatter(logging.Formatter):
     def format(self, record: logging.LogRecord) -> str:
         ts = time.strftime("%Y-%m-%dT%H:%M:%S", time.gmtime(record.created)) + f".{int(record.msecs):03d}Z"
-        return json.dumps({"ts": ts, "level": record.levelname.lower(), "logger": record.name,
-                           "msg": record.getMessage()})
+        return json.dumps(
+            {"ts": ts, "level": record.levelname.lower(), "logger": record.name, "msg": record.getMessage()}
+        )
 
 
 def setup_logging(level: str, fmt: str) -> None:
@@ -134,14 +141,16 @@ class _Server(ThreadingMixIn, WSGIServer):
 class _QuietHandler(WSGIRequestHandler):
     timeout = 60  # seconds a client may stall mid-request before its connection is dropped
 
-    def log_message(self, format: str, *args) -> None:  # noqa: A002 - stdlib signature
+    def log_message(self, format: str, *args) -> None:
         log.debug("%s %s", self.address_string(), format % args)
 
 
 def make_app(metrics, telemetry_path: str):
     """WSGI app: `metrics` at telemetry_path, a small landing page at /, 404 elsewhere."""
-    landing = (f"<html><head><title>{PROG}</title></head><body><h1>{PROG}</h1>"
-               f'<p><a href="{telemetry_path}">Metrics</a></p></body></html>').encode()
+    landing = (
+        f"<html><head><title>{PROG}</title></head><body><h1>{PROG}</h1>"
+        f'<p><a href="{telemetry_path}">Metrics</a></p></body></html>'
+    ).encode()
 
     def app(environ, start_response):
         path = environ.get("PATH_INFO") or "/"
@@ -189,18 +198,24 @@ def _server_class(host: str, tls: ssl.SSLContext | None = None):
 def serve(host: str, port: int, app, tls: ssl.SSLContext | None = None) -> WSGIServer:
     bind_host = host or ("::" if socket.has_ipv6 else "0.0.0.0")
     try:
-        return make_server(bind_host, port, app, server_class=_server_class(host, tls), handler_class=_QuietHandler)
+        return make_server(
+            bind_host, port, app, server_class=_server_class(host, tls), handler_class=_QuietHandler
+        )
     except OSError:
         if host == "" and bind_host == "::":  # no IPv6 on this host
-            return make_server("0.0.0.0", port, app, server_class=_server_class("0.0.0.0", tls),
-                               handler_class=_QuietHandler)
+            return make_server(
+                "0.0.0.0", port, app, server_class=_server_class("0.0.0.0", tls), handler_class=_QuietHandler
+            )
         raise
 
 
 # ---- the command --------------------------------------------------------------------
 
-app = typer.Typer(add_completion=False, pretty_exceptions_enable=False,
-                  context_settings={"help_option_names": ["--help", "-h"]})
+app = typer.Typer(
+    add_completion=False,
+    pretty_exceptions_enable=False,
+    context_settings={"help_option_names": ["--help", "-h"]},
+)
 
 
 def _version(value: bool) -> None:
@@ -214,35 +229,61 @@ def _one_of(*choices: str):
         if value not in choices:
             raise typer.BadParameter(f"'{value}' is not one of {', '.join(choices)}")
         return value
+
     return check
 
 
 @app.command(cls=SeedStyleCommand)
 def run(
-    listen_address: str = typer.Option(":9100", "--listen-address", "--web.listen-address",
-                                       help="address to set the http server to listen to"),
-    telemetry_path: str = typer.Option("/metrics", "--telemetry-path", "--web.telemetry-path",
-                                       help="endpoint to receive scrape requests from prometheus"),
-    namespace_path: str = typer.Option("/var/run/docker/netns/ingress_sbox", "--namespace-path",
-                                       help="absolute path to the network namespace where ipv is configured"),
+    listen_address: str = typer.Option(
+        ":9100",
+        "--listen-address",
+        "--web.listen-address",
+        help="address to set the http server to listen to",
+    ),
+    telemetry_path: str = typer.Option(
+        "/metrics",
+        "--telemetry-path",
+        "--web.telemetry-path",
+        help="endpoint to receive scrape requests from prometheus",
+    ),
+    namespace_path: str = typer.Option(
+        "/var/run/docker/netns/ingress_sbox",
+        "--namespace-path",
+        help="absolute path to the network namespace where ipv is configured",
+    ),
     destination_labels: str = typer.Option(
-        ",".join(DEST_LABEL_CHOICES), "--destination-labels",
-        help="labels kept on per-destination series, summing series that merge; 'none' drops them"),
+        ",".join(DEST_LABEL_CHOICES),
+        "--destination-labels",
+        help="labels kept on per-destination series, summing series that merge; 'none' drops them",
+    ),
     docker_host: str = typer.Option(
-        "", "--docker-host",
-        help="Docker Engine API to name swarm services, e.g. unix:///var/run/docker.sock (off when empty)"),
+        "",
+        "--docker-host",
+        help="Docker Engine API to name swarm services, e.g. unix:///var/run/docker.sock (off when empty)",
+    ),
     backend_metrics: bool = typer.Option(
-        False, "--backend-metrics",
-        help="also export ipvs_backend_* (every detail of every real server of every kind of service)"),
+        False,
+        "--backend-metrics",
+        help="also export ipvs_backend_* (every detail of every real server of every kind of service)",
+    ),
     web_config_file: str = typer.Option(
-        "", "--web.config.file",
-        help="TLS and basic auth config in the Prometheus exporter-toolkit format (off when empty)"),
-    log_level: str = typer.Option("info", "--log-level", callback=_one_of("debug", "info", "warning", "error"),
-                                  help="log messages at this level and above: debug, info, warning, error"),
-    log_format: str = typer.Option("logfmt", "--log-format", callback=_one_of("logfmt", "json"),
-                                   help="log line format: logfmt or json"),
-    version: Optional[bool] = typer.Option(None, "--version", callback=_version, is_eager=True,
-                                           help="print the version and exit"),
+        "",
+        "--web.config.file",
+        help="TLS and basic auth config in the Prometheus exporter-toolkit format (off when empty)",
+    ),
+    log_level: str = typer.Option(
+        "info",
+        "--log-level",
+        callback=_one_of("debug", "info", "warning", "error"),
+        help="log messages at this level and above: debug, info, warning, error",
+    ),
+    log_format: str = typer.Option(
+        "logfmt", "--log-format", callback=_one_of("logfmt", "json"), help="log line format: logfmt or json"
+    ),
+    version: Optional[bool] = typer.Option(
+        None, "--version", callback=_version, is_eager=True, help="print the version and exit"
+    ),
 ) -> None:
     host, port = parse_listen_address(listen_address)
     check_telemetry_path(telemetry_path)
@@ -251,25 +292,26 @@ def run(
         try:
             parse_docker_host(docker_host)
         except ValueError as e:
-            raise typer.BadParameter(str(e))
+            raise typer.BadParameter(str(e)) from None
     try:
         web = webconfig.load(web_config_file) if web_config_file else webconfig.WebConfig()
     except webconfig.WebConfigError as e:
-        raise typer.BadParameter(str(e))
+        raise typer.BadParameter(str(e)) from None
     setup_logging(log_level, log_format)
     memory.tune()
     swarm = DockerServices(docker_host, timeout=10.0) if docker_host else None
 
     handle = Handle(namespace_path)
     ports = PortMap(namespace_path)
-    collector = IPVSCollector(namespace_path, handle.snapshot, ports.lookup, options, info=handle.info,
-                              swarm=swarm)
+    collector = IPVSCollector(
+        namespace_path, handle.snapshot, ports.lookup, options, info=handle.info, swarm=swarm
+    )
     metrics = MetricsApp(collector, others=[ProcessCollector(registry=None)])
     try:
         collector.check()
         startup_error = None
     except NotANamespace as e:
-        raise typer.BadParameter(e.strerror, param_hint="--namespace-path")
+        raise typer.BadParameter(e.strerror, param_hint="--namespace-path") from None
     except IPVSError as e:
         startup_error = e
 
@@ -277,16 +319,29 @@ def run(
         app = make_app(metrics, telemetry_path)
         server = serve(host, port, webconfig.BasicAuth(app, web.users) if web.users else app, web.tls)
     except OSError as e:
-        log.error("cannot listen on %s: %s (is another exporter on that port? set --listen-address)",
-                  listen_address, e.strerror or e)
-        raise typer.Exit(1)
+        log.error(
+            "cannot listen on %s: %s (is another exporter on that port? set --listen-address)",
+            listen_address,
+            e.strerror or e,
+        )
+        raise typer.Exit(1) from None
 
-    log.info("%s %s listening on %s (%s%s), telemetry path %s, namespace %s", PROG, __version__,
-             listen_address, "https" if web.tls else "http", ", basic auth" if web.users else "",
-             telemetry_path, namespace_path or "(current)")
+    log.info(
+        "%s %s listening on %s (%s%s), telemetry path %s, namespace %s",
+        PROG,
+        __version__,
+        listen_address,
+        "https" if web.tls else "http",
+        ", basic auth" if web.users else "",
+        telemetry_path,
+        namespace_path or "(current)",
+    )
     if startup_error is not None:
-        hint = " No swarm here? 'make demo' in the source tree shows it on a real one." \
-            if isinstance(startup_error, NamespaceNotFound) and startup_error.errno == errno.ENOENT else ""
+        hint = (
+            " No swarm here? 'make demo' in the source tree shows it on a real one."
+            if isinstance(startup_error, NamespaceNotFound) and startup_error.errno == errno.ENOENT
+            else ""
+        )
         log.warning("%s. Serving ipvs_up 0 until IPVS is readable.%s", startup_error.strerror, hint)
     try:
         server.serve_forever()

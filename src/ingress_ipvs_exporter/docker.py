@@ -4,6 +4,7 @@ Optional (--docker-host): names IPVS fwmark services after the swarm services be
 Plain HTTP/1.1 over a unix socket or TCP with the standard library, so no new dependency.
 Docker is asked from a background thread only; a scrape reads a cache and never waits on it.
 """
+
 from __future__ import annotations
 
 import http.client
@@ -69,8 +70,15 @@ def parse_docker_host(value: str) -> tuple[str, str]:
         hostname, port = parts.hostname, parts.port
     except ValueError as exc:
         raise ValueError(f"{bad}: {exc}; {want}") from None
-    if not hostname or port == 0 or parts.username or parts.password or parts.query or parts.fragment \
-            or parts.path not in ("", "/"):
+    if (
+        not hostname
+        or port == 0
+        or parts.username
+        or parts.password
+        or parts.query
+        or parts.fragment
+        or parts.path not in ("", "/")
+    ):
         raise ValueError(f"{bad} is not a HOST:PORT address; {want}")
     host = f"[{hostname}]" if ":" in hostname else hostname
     return "tcp", f"{host}:{port if port is not None else _DEFAULT_TCP_PORT[scheme]}"
@@ -110,8 +118,10 @@ def _http_error(where: str, status: int, reason: str, body: bytes) -> DockerErro
     message = _one_line(message) or reason
     text = f"{where}: HTTP {status}: {message}"
     if status == 503 and "swarm manager" in message.lower():
-        fix = ("service names need a swarm manager node: run the exporter on a manager "
-               "or point --docker-host at one")
+        fix = (
+            "service names need a swarm manager node: run the exporter on a manager "
+            "or point --docker-host at one"
+        )
     elif status in (401, 403):
         fix = "check that --docker-host allows reading services"
     elif status == 404:
@@ -135,8 +145,15 @@ def _get(docker_host: str, path: str, timeout: float) -> bytes:
     else:
         conn = http.client.HTTPConnection(address, timeout=timeout)
     try:
-        conn.request("GET", path, headers={"Host": "docker", "Accept": "application/json",
-                                           "User-Agent": f"ingress_ipvs_exporter/{__version__}"})
+        conn.request(
+            "GET",
+            path,
+            headers={
+                "Host": "docker",
+                "Accept": "application/json",
+                "User-Agent": f"ingress_ipvs_exporter/{__version__}",
+            },
+        )
         resp = conn.getresponse()
         chunks, size = [], 0
         while True:  # the socket timeout bounds each read; this bounds the whole answer
@@ -151,25 +168,34 @@ def _get(docker_host: str, path: str, timeout: float) -> bytes:
             chunks.append(chunk)
             size += len(chunk)
             if size > _MAX_BODY:
-                raise DockerError(f"{where}: answer larger than {_MAX_BODY >> 20} MiB; "
-                                  "check that --docker-host points at a Docker Engine API", "answer")
+                raise DockerError(
+                    f"{where}: answer larger than {_MAX_BODY >> 20} MiB; "
+                    "check that --docker-host points at a Docker Engine API",
+                    "answer",
+                )
         body = b"".join(chunks)
     except DockerError:
         raise
     except (socket.timeout, TimeoutError):
-        raise DockerError(f"{where}: no answer within {timeout:g}s; check that the Docker daemon "
-                          "is healthy or raise its timeout", "timeout") from None
+        raise DockerError(
+            f"{where}: no answer within {timeout:g}s; check that the Docker daemon "
+            "is healthy or raise its timeout",
+            "timeout",
+        ) from None
     except (FileNotFoundError, ConnectionRefusedError) as exc:
         what = "socket does not exist" if isinstance(exc, FileNotFoundError) else "connection refused"
-        raise DockerError(f"{where}: {what}; check that Docker is running and --docker-host "
-                          "points at it", "unreachable") from None
+        raise DockerError(
+            f"{where}: {what}; check that Docker is running and --docker-host points at it", "unreachable"
+        ) from None
     except PermissionError:
-        raise DockerError(f"{where}: permission denied; run the exporter as root or in the "
-                          "docker group", "unreachable") from None
+        raise DockerError(
+            f"{where}: permission denied; run the exporter as root or in the docker group", "unreachable"
+        ) from None
     except (OSError, http.client.HTTPException) as exc:
         detail = _one_line(getattr(exc, "strerror", None) or str(exc) or type(exc).__name__)
-        raise DockerError(f"{where}: {detail}; check that Docker is running and --docker-host "
-                          "points at it", "unreachable") from None
+        raise DockerError(
+            f"{where}: {detail}; check that Docker is running and --docker-host points at it", "unreachable"
+        ) from None
     finally:
         conn.close()
     if resp.status != 200:
@@ -206,9 +232,12 @@ def fetch_services(docker_host: str, timeout: float = 2.0) -> dict[Port, SwarmSe
     try:
         return _services_map(json.loads(body))
     except (ValueError, TypeError) as exc:  # UnicodeDecodeError is a ValueError
-        raise DockerError(f"docker at {docker_host}: GET {_SERVICES_PATH} did not return a JSON "
-                          f"list of services ({_one_line(str(exc), 80)}); check that --docker-host "
-                          "points at a Docker Engine API", "answer") from None
+        raise DockerError(
+            f"docker at {docker_host}: GET {_SERVICES_PATH} did not return a JSON "
+            f"list of services ({_one_line(str(exc), 80)}); check that --docker-host "
+            "points at a Docker Engine API",
+            "answer",
+        ) from None
 
 
 def _port_key(port: Any) -> Port:
@@ -229,9 +258,14 @@ class DockerServices:
     good map, sets up False and last_error; each cause is logged once, not per refresh.
     """
 
-    def __init__(self, docker_host: str, timeout: float = 2.0, max_age: float = 60.0,
-                 fetch: Callable[[str, float], dict[Port, SwarmService]] = fetch_services,
-                 clock: Callable[[], float] = time.monotonic) -> None:
+    def __init__(
+        self,
+        docker_host: str,
+        timeout: float = 2.0,
+        max_age: float = 60.0,
+        fetch: Callable[[str, float], dict[Port, SwarmService]] = fetch_services,
+        clock: Callable[[], float] = time.monotonic,
+    ) -> None:
         self.docker_host = docker_host
         self.timeout = timeout
         self.max_age = max_age
@@ -255,8 +289,7 @@ class DockerServices:
             return {}
         with self._lock:
             now = self._clock()
-            stale = (self._fetched_at is None or not self.up
-                     or now - self._fetched_at >= self.max_age)
+            stale = self._fetched_at is None or not self.up or now - self._fetched_at >= self.max_age
             if wanted != self._asked or stale:
                 self._asked = wanted
                 self._request()

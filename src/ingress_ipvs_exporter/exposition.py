@@ -11,6 +11,7 @@ With gzip (what Prometheus asks for), each family is deflated on its own into a 
 a family whose values did not change since the last scrape is sent from the cache of
 segments without being rendered or compressed again; the segments form one gzip member.
 """
+
 from __future__ import annotations
 
 import functools
@@ -26,8 +27,20 @@ from prometheus_client.exposition import choose_encoder
 from prometheus_client.utils import floatToGoString
 
 from . import memory
-from .collector import (DEST_LABEL_CHOICES, DST_LABELS, METRICS, NS_LABELS, SEED_DST_LABELS, SEED_SVC_LABELS,
-                        SVC_LABELS, MetricDef, Options, _label_columns, info_rows, ipvs_families)
+from .collector import (
+    DEST_LABEL_CHOICES,
+    DST_LABELS,
+    METRICS,
+    NS_LABELS,
+    SEED_DST_LABELS,
+    SEED_SVC_LABELS,
+    SVC_LABELS,
+    MetricDef,
+    Options,
+    _label_columns,
+    info_rows,
+    ipvs_families,
+)
 from .ipvs import DST_NCOLS, NSTATS, SVC_NCOLS, Snapshot, lib
 
 _TEXT, _OPENMETRICS = 0, 1
@@ -47,7 +60,7 @@ def escape_all(values: Sequence[str]) -> list[str]:
     return [escape(v) if ("\\" in v or '"' in v or "\n" in v) else v for v in values]
 
 
-@functools.lru_cache(maxsize=None)
+@functools.cache
 def _template(names: tuple) -> str:
     """A str.format template writing labels sorted by name, as prometheus_client does."""
     order = sorted(range(len(names)), key=names.__getitem__)
@@ -63,10 +76,7 @@ def _header(d_name: str, kind: str, help_text: str, form: int) -> str:
     """HELP and TYPE lines; for a counter the family name drops _total in OpenMetrics."""
     base = d_name[:-6] if kind == "counter" and d_name.endswith("_total") else d_name
     shown = base + "_total" if kind == "counter" and form == _TEXT else base
-    if form == _TEXT:
-        doc = help_text.replace("\\", "\\\\").replace("\n", "\\n")
-    else:
-        doc = escape(help_text)
+    doc = help_text.replace("\\", "\\\\").replace("\n", "\\n") if form == _TEXT else escape(help_text)
     return f"# HELP {shown} {doc}\n# TYPE {shown} {kind}\n"
 
 
@@ -84,7 +94,9 @@ def _cache_budget(default_mb: int = 8) -> int:
     if raw.isdigit():
         return int(raw) * 1024 * 1024
     if raw:
-        logging.getLogger(__name__).warning("%s=%r is not a whole number of MB; using %d", CACHE_ENV, raw, default_mb)
+        logging.getLogger(__name__).warning(
+            "%s=%r is not a whole number of MB; using %d", CACHE_ENV, raw, default_mb
+        )
     return default_mb * 1024 * 1024
 
 
@@ -191,18 +203,22 @@ class _Shape:
         ns = namespace
         self.labels: dict[str, list[str]] = {
             "namespace": [_labelstr(NS_LABELS, (ns,)) + " "],
-            "seed_service": [_labelstr(SEED_SVC_LABELS, (svc_seed[i][0], ns, svc_seed[i][1])) + " "
-                             for i in self.seed_rows],
+            "seed_service": [
+                _labelstr(SEED_SVC_LABELS, (svc_seed[i][0], ns, svc_seed[i][1])) + " " for i in self.seed_rows
+            ],
             "service": [_labelstr(SVC_LABELS, (f, fw, ns, p, pr, v)) + " " for (f, fw, p, pr, v) in svc_full],
         }
         if options.wants("seed_destination"):
             self.labels["seed_destination"] = [
-                _labelstr(SEED_DST_LABELS, (dst[j][1], svc_seed[dst[j][0]][0], ns, svc_seed[dst[j][0]][1])) + " "
-                for j in self.seed_dst_rows]
+                _labelstr(SEED_DST_LABELS, (dst[j][1], svc_seed[dst[j][0]][0], ns, svc_seed[dst[j][0]][1]))
+                + " "
+                for j in self.seed_dst_rows
+            ]
         if options.wants("destination"):
             self.labels["destination"] = [
                 _labelstr(DST_LABELS, (addr, dport, *svc_full[svc][:2], ns, *svc_full[svc][2:])) + " "
-                for (svc, addr, dport) in dst]
+                for (svc, addr, dport) in dst
+            ]
         self._last: dict[tuple[str, int], tuple[object, Segment]] = {}
         self._cached = 0
         self._info_segments: dict[int, list[Segment]] = {}
@@ -210,8 +226,15 @@ class _Shape:
         self.info = []
         for d, names, rows in info_rows(snap, ns, svc_full, dst, ports, options):
             lines = [f"{d.name}{_labelstr(names, row)} 1.0\n" for row in rows]
-            self.info.append((d, ["".join(lines[i:i + CHUNK_SERIES]).encode()
-                                  for i in range(0, len(lines), CHUNK_SERIES)]))
+            self.info.append(
+                (
+                    d,
+                    [
+                        "".join(lines[i : i + CHUNK_SERIES]).encode()
+                        for i in range(0, len(lines), CHUNK_SERIES)
+                    ],
+                )
+            )
 
     def samples(self, d: MetricDef, values: Sequence[int]) -> list[bytes]:
         """The family's sample lines, in chunks of CHUNK_SERIES series; when every value
@@ -219,14 +242,14 @@ class _Shape:
         built by C-level iterators, no Python loop."""
         labels = self.labels[d.level]
         name = _sample_name(d)
-        small = bool(values) and -1000000 < min(values) and max(values) < 1000000
+        small = bool(values) and min(values) > -1000000 and max(values) < 1000000
         chunks = []
         for i in range(0, len(values), CHUNK_SERIES):
-            ls, vs = labels[i:i + CHUNK_SERIES], values[i:i + CHUNK_SERIES]
+            ls, vs = labels[i : i + CHUNK_SERIES], values[i : i + CHUNK_SERIES]
             if small:  # one join of name, labels, value, ".0\n" per series: no concatenations
                 text = "".join(chain.from_iterable(zip(repeat(name), ls, map(str, vs), repeat(".0\n"))))
             else:
-                text = "\n".join([name + l + fmt(v) for l, v in zip(ls, vs)]) + "\n"
+                text = "\n".join([name + lab + fmt(v) for lab, v in zip(ls, vs)]) + "\n"
             chunks.append(text.encode())
         return chunks
 
@@ -235,8 +258,9 @@ class _Shape:
         while the shape holds (replaced whole, so concurrent scrapes at worst both build it)."""
         segs = self._info_segments.get(form)
         if segs is None:
-            segs = self._info_segments[form] = [deflate([_header(d.name, "gauge", d.help, form).encode(), *chunks])
-                                                for d, chunks in self.info]
+            segs = self._info_segments[form] = [
+                deflate([_header(d.name, "gauge", d.help, form).encode(), *chunks]) for d, chunks in self.info
+            ]
         return segs
 
     def segment(self, d: MetricDef, values: Sequence[int], form: int) -> Segment:
@@ -263,13 +287,33 @@ class _Shape:
 def _shape_key(snap: Snapshot, namespace: str, ports: Mapping[int, Sequence], options: Options) -> tuple:
     """What the series text depends on; compared (not hashed) against the last scrape's."""
     s, d = snap.svc_u32, snap.dst_u32
-    svc_cols = tuple(_packed(s[c::SVC_NCOLS]) for c in (lib.IPVS_SVC_AF, lib.IPVS_SVC_PROTOCOL, lib.IPVS_SVC_PORT,
-                                                        lib.IPVS_SVC_FWMARK, lib.IPVS_SVC_FLAGS,
-                                                        lib.IPVS_SVC_DEST_COUNT))
-    dst_cols = tuple(_packed(d[c::DST_NCOLS]) for c in (lib.IPVS_DST_SVC, lib.IPVS_DST_AF, lib.IPVS_DST_PORT,
-                                                        lib.IPVS_DST_FWD))
-    return (namespace, options, snap.n_svc, snap.n_dst, svc_cols, dst_cols, snap.svc_addr, snap.dst_addr,
-            snap.svc_sched, {m: tuple(v) for m, v in ports.items()})
+    svc_cols = tuple(
+        _packed(s[c::SVC_NCOLS])
+        for c in (
+            lib.IPVS_SVC_AF,
+            lib.IPVS_SVC_PROTOCOL,
+            lib.IPVS_SVC_PORT,
+            lib.IPVS_SVC_FWMARK,
+            lib.IPVS_SVC_FLAGS,
+            lib.IPVS_SVC_DEST_COUNT,
+        )
+    )
+    dst_cols = tuple(
+        _packed(d[c::DST_NCOLS])
+        for c in (lib.IPVS_DST_SVC, lib.IPVS_DST_AF, lib.IPVS_DST_PORT, lib.IPVS_DST_FWD)
+    )
+    return (
+        namespace,
+        options,
+        snap.n_svc,
+        snap.n_dst,
+        svc_cols,
+        dst_cols,
+        snap.svc_addr,
+        snap.dst_addr,
+        snap.svc_sched,
+        {m: tuple(v) for m, v in ports.items()},
+    )
 
 
 class FastRenderer:
@@ -284,12 +328,24 @@ class FastRenderer:
         """Summing merged destination series is left to the reference path."""
         return not options.per_destination or tuple(options.destination_labels) == DEST_LABEL_CHOICES
 
-    def render(self, snap: Snapshot, namespace: str, ports: Mapping[int, Sequence], options: Options,
-               openmetrics: bool = False) -> str:
+    def render(
+        self,
+        snap: Snapshot,
+        namespace: str,
+        ports: Mapping[int, Sequence],
+        options: Options,
+        openmetrics: bool = False,
+    ) -> str:
         return b"".join(self.chunks(snap, namespace, ports, options, openmetrics)).decode()
 
-    def chunks(self, snap: Snapshot, namespace: str, ports: Mapping[int, Sequence], options: Options,
-               openmetrics: bool = False) -> Iterator[bytes]:
+    def chunks(
+        self,
+        snap: Snapshot,
+        namespace: str,
+        ports: Mapping[int, Sequence],
+        options: Options,
+        openmetrics: bool = False,
+    ) -> Iterator[bytes]:
         """The rendering in chunks of at most CHUNK_SERIES lines, so a large scrape is never
         whole in memory.
 
@@ -306,8 +362,14 @@ class FastRenderer:
             yield _header(d.name, "gauge", d.help, form).encode()
             yield from chunks
 
-    def segments(self, snap: Snapshot, namespace: str, ports: Mapping[int, Sequence], options: Options,
-                 openmetrics: bool = False) -> Iterator[Segment]:
+    def segments(
+        self,
+        snap: Snapshot,
+        namespace: str,
+        ports: Mapping[int, Sequence],
+        options: Options,
+        openmetrics: bool = False,
+    ) -> Iterator[Segment]:
         """The same rendering, deflated family by family for a GzipStream; unchanged families
         come from the shape's cache (same concurrency rules as chunks())."""
         shape = self._shape_for(snap, namespace, ports, options)
@@ -317,7 +379,9 @@ class FastRenderer:
                 yield shape.segment(d, _column(d, snap, shape), form)
         yield from shape.info_segments(form)
 
-    def _shape_for(self, snap: Snapshot, namespace: str, ports: Mapping[int, Sequence], options: Options) -> _Shape:
+    def _shape_for(
+        self, snap: Snapshot, namespace: str, ports: Mapping[int, Sequence], options: Options
+    ) -> _Shape:
         key = _shape_key(snap, namespace, ports, options)
         shape, shape_key = self._shape, self._key
         if key != shape_key:
@@ -334,11 +398,11 @@ def _column(d: MetricDef, snap: Snapshot, shape: _Shape) -> list[int]:
         return [snap.n_svc]
     service = d.level in ("service", "seed_service")
     if block == "dests":
-        values = snap.svc_u32[lib.IPVS_SVC_DEST_COUNT::SVC_NCOLS]
+        values = snap.svc_u32[lib.IPVS_SVC_DEST_COUNT :: SVC_NCOLS]
     elif block == "stats":
         values = (snap.svc_stats if service else snap.dst_stats)[col::NSTATS]
     else:
-        values = (snap.svc_u32 if service else snap.dst_u32)[col::SVC_NCOLS if service else DST_NCOLS]
+        values = (snap.svc_u32 if service else snap.dst_u32)[col :: SVC_NCOLS if service else DST_NCOLS]
         if not service and col == lib.IPVS_DST_WEIGHT:
             values = [v - (1 << 32) if v >= 1 << 31 else v for v in values]
     if d.level == "seed_service" and len(shape.seed_rows) != snap.n_svc:

@@ -4,8 +4,10 @@ The shim fills flat arrays; a snapshot copies them out as Python lists in one ca
 column block (no per-message parsing here). Failures raise IPVSError subclasses whose
 message names the namespace and what to do about it.
 """
+
 from __future__ import annotations
 
+import contextlib
 import errno
 import logging
 import os
@@ -122,26 +124,36 @@ def error_for(err: int, path: str, entering: bool = False) -> IPVSError:
         )
     if err == errno.EINVAL and path and _is_placeholder(path):
         return NamespaceNotFound(
-            err, f"{path} is an empty file, not yet a network namespace (Docker creates the file, then "
-                 "mounts the namespace on it): waiting for it"
+            err,
+            f"{path} is an empty file, not yet a network namespace (Docker creates the file, then "
+            "mounts the namespace on it): waiting for it",
         )
     if err == errno.EINVAL:
         return NotANamespace(
-            err, f"{path} is not a network namespace: point --namespace-path at one, e.g. /var/run/docker/netns/ingress_sbox"
+            err,
+            f"{path} is not a network namespace: point --namespace-path at one, "
+            "e.g. /var/run/docker/netns/ingress_sbox",
         )
     if err == errno.EACCES:
         # open() of the path: a directory on the way is not searchable (Docker's /var/run/docker
         # is root's, mode 0700) or the file is not readable.
         return NotPermitted(
-            err, f"{denied}: cannot open {path} (permission denied): give the exporter CAP_DAC_READ_SEARCH "
-                 "or run it as root"
+            err,
+            f"{denied}: cannot open {path} (permission denied): give the exporter CAP_DAC_READ_SEARCH "
+            "or run it as root",
         )
     if err == errno.EPERM and entering:
-        return NotPermitted(err, f"{denied}: entering it (setns) needs CAP_SYS_ADMIN: give the exporter "
-                                 "CAP_SYS_ADMIN or run it as root")
+        return NotPermitted(
+            err,
+            f"{denied}: entering it (setns) needs CAP_SYS_ADMIN: give the exporter "
+            "CAP_SYS_ADMIN or run it as root",
+        )
     if err == errno.EPERM:
-        return NotPermitted(err, f"{denied}: IPVS netlink requests need CAP_NET_ADMIN: give the exporter "
-                                 "CAP_NET_ADMIN or run it as root")
+        return NotPermitted(
+            err,
+            f"{denied}: IPVS netlink requests need CAP_NET_ADMIN: give the exporter "
+            "CAP_NET_ADMIN or run it as root",
+        )
     if err == errno.EPROTONOSUPPORT:
         return IPVSUnavailable(
             err, f"IPVS is not available in the kernel of {where}: load it with 'modprobe ip_vs'"
@@ -180,25 +192,51 @@ class Snapshot:
     the shim's arrays, or lists in tests); services() builds the tuple view on demand.
     """
 
-    __slots__ = ("n_svc", "n_dst", "svc_u32", "svc_stats", "svc_addr", "svc_sched",
-                 "dst_u32", "dst_stats", "dst_addr", "stats64")
+    __slots__ = (
+        "n_svc",
+        "n_dst",
+        "svc_u32",
+        "svc_stats",
+        "svc_addr",
+        "svc_sched",
+        "dst_u32",
+        "dst_stats",
+        "dst_addr",
+        "stats64",
+    )
 
-    def __init__(self, n_svc, n_dst, svc_u32, svc_stats, svc_addr, svc_sched,
-                 dst_u32, dst_stats, dst_addr, stats64=True):
+    def __init__(
+        self,
+        n_svc,
+        n_dst,
+        svc_u32,
+        svc_stats,
+        svc_addr,
+        svc_sched,
+        dst_u32,
+        dst_stats,
+        dst_addr,
+        stats64=True,
+    ):
         self.n_svc, self.n_dst = n_svc, n_dst
         self.svc_u32, self.svc_stats, self.svc_addr, self.svc_sched = svc_u32, svc_stats, svc_addr, svc_sched
         self.dst_u32, self.dst_stats, self.dst_addr = dst_u32, dst_stats, dst_addr
         self.stats64 = stats64
 
     @classmethod
-    def from_handle(cls, h) -> "Snapshot":
+    def from_handle(cls, h) -> Snapshot:
         ns, nd = h.n_svc, h.n_dst
         return cls(
-            ns, nd,
-            _u32(h.svc_u32, ns * SVC_NCOLS), _u64(h.svc_stats, ns * NSTATS),
-            _bytes(h.svc_addr, ns * ADDR_LEN), _bytes(h.svc_sched, ns * NAME_LEN),
-            _u32(h.dst_u32, nd * DST_NCOLS), _u64(h.dst_stats, nd * NSTATS),
-            _bytes(h.dst_addr, nd * ADDR_LEN), bool(h.stats64),
+            ns,
+            nd,
+            _u32(h.svc_u32, ns * SVC_NCOLS),
+            _u64(h.svc_stats, ns * NSTATS),
+            _bytes(h.svc_addr, ns * ADDR_LEN),
+            _bytes(h.svc_sched, ns * NAME_LEN),
+            _u32(h.dst_u32, nd * DST_NCOLS),
+            _u64(h.dst_stats, nd * NSTATS),
+            _bytes(h.dst_addr, nd * ADDR_LEN),
+            bool(h.stats64),
         )
 
     def fwmarks(self) -> set[int]:
@@ -206,12 +244,12 @@ class Snapshot:
         return {f for f in self.svc_u32[c::SVC_NCOLS] if f}
 
     def destination(self, i: int) -> Destination:
-        r = self.dst_u32[i * DST_NCOLS:(i + 1) * DST_NCOLS]
+        r = self.dst_u32[i * DST_NCOLS : (i + 1) * DST_NCOLS]
         af = r[lib.IPVS_DST_AF]
         weight = r[lib.IPVS_DST_WEIGHT]
         return Destination(
             af=af,
-            address=format_addr(af, self.dst_addr[i * ADDR_LEN:(i + 1) * ADDR_LEN]),
+            address=format_addr(af, self.dst_addr[i * ADDR_LEN : (i + 1) * ADDR_LEN]),
             port=r[lib.IPVS_DST_PORT],
             fwd_method=r[lib.IPVS_DST_FWD],
             weight=weight - (1 << 32) if weight >= 1 << 31 else weight,
@@ -220,25 +258,27 @@ class Snapshot:
             active_conns=r[lib.IPVS_DST_ACTIVE],
             inactive_conns=r[lib.IPVS_DST_INACTIVE],
             persist_conns=r[lib.IPVS_DST_PERSIST],
-            stats=Stats(*self.dst_stats[i * NSTATS:(i + 1) * NSTATS]),
+            stats=Stats(*self.dst_stats[i * NSTATS : (i + 1) * NSTATS]),
         )
 
     def service(self, i: int) -> Service:
-        r = self.svc_u32[i * SVC_NCOLS:(i + 1) * SVC_NCOLS]
+        r = self.svc_u32[i * SVC_NCOLS : (i + 1) * SVC_NCOLS]
         af = r[lib.IPVS_SVC_AF]
         first, count = r[lib.IPVS_SVC_DEST_FIRST], r[lib.IPVS_SVC_DEST_COUNT]
-        sched = self.svc_sched[i * NAME_LEN:(i + 1) * NAME_LEN].split(b"\0", 1)[0]
+        sched = self.svc_sched[i * NAME_LEN : (i + 1) * NAME_LEN].split(b"\0", 1)[0]
         return Service(
             af=af,
             protocol=r[lib.IPVS_SVC_PROTOCOL],
-            address=format_addr(af, self.svc_addr[i * ADDR_LEN:(i + 1) * ADDR_LEN]) if not r[lib.IPVS_SVC_FWMARK] else "",
+            address=format_addr(af, self.svc_addr[i * ADDR_LEN : (i + 1) * ADDR_LEN])
+            if not r[lib.IPVS_SVC_FWMARK]
+            else "",
             port=r[lib.IPVS_SVC_PORT],
             fwmark=r[lib.IPVS_SVC_FWMARK],
             scheduler=sched.decode("ascii", "replace"),
             flags=r[lib.IPVS_SVC_FLAGS],
             timeout=r[lib.IPVS_SVC_TIMEOUT],
             netmask=r[lib.IPVS_SVC_NETMASK],
-            stats=Stats(*self.svc_stats[i * NSTATS:(i + 1) * NSTATS]),
+            stats=Stats(*self.svc_stats[i * NSTATS : (i + 1) * NSTATS]),
             destinations=tuple(self.destination(j) for j in range(first, first + count)),
         )
 
@@ -273,8 +313,10 @@ class Handle:
         if rc == -errno.ENOTRECOVERABLE:
             # setns() back to our own namespace failed: this thread now lives in the
             # target namespace and every later socket would silently be made there.
-            log.critical("could not return from %s to the exporter's own network namespace; exiting",
-                         describe_namespace(self.path))
+            log.critical(
+                "could not return from %s to the exporter's own network namespace; exiting",
+                describe_namespace(self.path),
+            )
             os._exit(70)
         if rc:
             raise error_for(-rc, self.path, entering=True)
@@ -319,17 +361,15 @@ class Handle:
             self._call(lib.ipvs_get_info, v, s)
         return v[0], s[0]
 
-    def __enter__(self) -> "Handle":
+    def __enter__(self) -> Handle:
         return self
 
     def __exit__(self, *exc) -> None:
         self.close()
 
     def __del__(self):
-        try:
+        with contextlib.suppress(Exception):
             self._close()
-        except Exception:
-            pass
 
 
 def libnl_version() -> str:

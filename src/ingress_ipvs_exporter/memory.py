@@ -7,6 +7,7 @@ large free, so freed blocks stay in the process and RSS settles well above what 
 tune() caps the arenas and fixes the mmap threshold; release() hands free pages back to the
 kernel after each scrape.
 """
+
 from __future__ import annotations
 
 import ctypes

@@ -4,6 +4,7 @@ Docker Swarm marks ingress traffic per published port in the mangle table and IP
 one fwmark service per mark; this module recovers which ports feed which mark. The rules
 may live in either iptables backend (nf_tables or legacy x_tables), so both are read.
 """
+
 from __future__ import annotations
 
 import logging
@@ -159,15 +160,19 @@ def _legacy_mangle_families(prefix: list[str], timeout: float) -> LegacyTables |
     iptables-nft call in the namespace warns; /proc/net tells without side effects. The lists
     are root's, mode 0440: without CAP_DAC_READ_SEARCH a family's list reads as "!".
     """
-    script = "".join(f"if [ -e {shlex.quote(path)} ]; then while read -r t; do echo \"{family} $t\"; "
-                     f"done 2>/dev/null < {shlex.quote(path)} || echo \"{family} !\"; fi; "
-                     for family, path in _LEGACY_TABLE_LISTS.items())
+    script = "".join(
+        f'if [ -e {shlex.quote(path)} ]; then while read -r t; do echo "{family} $t"; '
+        f'done 2>/dev/null < {shlex.quote(path)} || echo "{family} !"; fi; '
+        for family, path in _LEGACY_TABLE_LISTS.items()
+    )
     out, _ = _run(prefix + ["/bin/sh", "-c", script + "exit 0"], timeout)
     if out is None:
         return None
     pairs = [line.partition(" ") for line in out.splitlines()]
-    return LegacyTables({family for family, _, table in pairs if table == "mangle"},
-                        {family for family, _, table in pairs if table == "!"})
+    return LegacyTables(
+        {family for family, _, table in pairs if table == "mangle"},
+        {family for family, _, table in pairs if table == "!"},
+    )
 
 
 def _table_missing(reason: str) -> bool:
@@ -207,7 +212,9 @@ def _hint(failures: dict[str, list[str]]) -> str:
     """What a user should do about the failures, in a few words."""
     caps = _capabilities_for(failures)
     if caps:
-        return f"give the exporter {' and '.join(caps)} (ambient, so iptables inherits them) or run it as root"
+        return (
+            f"give the exporter {' and '.join(caps)} (ambient, so iptables inherits them) or run it as root"
+        )
     if any("timed out" in reason for reason in failures):
         return "check whether iptables is hanging on this host"
     return "check that iptables works in this namespace"
@@ -239,11 +246,14 @@ def read_mangle_rules(namespace_path: str, timeout: float = 5.0) -> str:
         try:
             os.stat(namespace_path)
         except FileNotFoundError:
-            raise PortMapError(f"{where} does not exist: check the namespace path "
-                               "(Docker creates ingress_sbox when the node joins a swarm)") from None
+            raise PortMapError(
+                f"{where} does not exist: check the namespace path "
+                "(Docker creates ingress_sbox when the node joins a swarm)"
+            ) from None
         except PermissionError:
-            raise PortMapError(f"{where} is not accessible: give the exporter CAP_DAC_READ_SEARCH "
-                               "or run it as root") from None
+            raise PortMapError(
+                f"{where} is not accessible: give the exporter CAP_DAC_READ_SEARCH or run it as root"
+            ) from None
         nsenter = shutil.which("nsenter")
         if not nsenter:
             raise PortMapError(f"{cannot}: nsenter not found, install util-linux")
@@ -256,10 +266,12 @@ def read_mangle_rules(namespace_path: str, timeout: float = 5.0) -> str:
         legacy = _legacy_mangle_families(prefix, timeout)
     if legacy is not None and legacy.unreadable:
         lists = " and ".join(_LEGACY_TABLE_LISTS[f] for f in sorted(legacy.unreadable))
-        _warn_once(f"cannot read {lists} in {where} (permission denied), so rules in legacy iptables "
-                   "are not read and ports published there get an empty port label: give the exporter "
-                   "CAP_DAC_READ_SEARCH or run it as root (hosts whose rules are all in nf_tables can "
-                   "ignore this)")
+        _warn_once(
+            f"cannot read {lists} in {where} (permission denied), so rules in legacy iptables "
+            "are not read and ports published there get an empty port label: give the exporter "
+            "CAP_DAC_READ_SEARCH or run it as root (hosts whose rules are all in nf_tables can "
+            "ignore this)"
+        )
     texts: list[str] = []
     failures: dict[str, list[str]] = {}  # reason -> commands, so a shared cause is said once
     for family, backend, command in commands:
@@ -281,8 +293,10 @@ def read_mangle_rules(namespace_path: str, timeout: float = 5.0) -> str:
     if denied:
         # another backend answered, so this is easy to miss: ports published through the
         # failed one get an empty port label
-        _warn_once(f"some iptables rules in {where} cannot be read, so ports published there get an "
-                   f"empty port label: {_listed(denied)}; {_hint(denied)}")
+        _warn_once(
+            f"some iptables rules in {where} cannot be read, so ports published there get an "
+            f"empty port label: {_listed(denied)}; {_hint(denied)}"
+        )
     elif failures:
         log.debug("some iptables backends failed in %s: %s", where, said)
     return "".join(texts)
@@ -298,10 +312,14 @@ class PortMap:
     refresh keeps the last good map and records the error in last_error.
     """
 
-    def __init__(self, namespace_path: str, max_age: float = 60.0,
-                 reader: Callable[[str], str] = read_mangle_rules,
-                 clock: Callable[[], float] = time.monotonic,
-                 spawn: Callable[[Callable[[], None]], None] | None = None) -> None:
+    def __init__(
+        self,
+        namespace_path: str,
+        max_age: float = 60.0,
+        reader: Callable[[str], str] = read_mangle_rules,
+        clock: Callable[[], float] = time.monotonic,
+        spawn: Callable[[Callable[[], None]], None] | None = None,
+    ) -> None:
         self.namespace_path = namespace_path
         self.max_age = max_age
         self._reader = reader

@@ -2,6 +2,7 @@
 (exporter-toolkit): tls_server_config.{cert_file,key_file,client_ca_file,client_auth_type,
 min_version} and basic_auth_users {user: bcrypt hash}.
 """
+
 from __future__ import annotations
 
 import base64
@@ -15,11 +16,19 @@ from dataclasses import dataclass, field
 import bcrypt
 import yaml
 
-_TLS_VERSIONS = {"TLS10": ssl.TLSVersion.TLSv1, "TLS11": ssl.TLSVersion.TLSv1_1,
-                 "TLS12": ssl.TLSVersion.TLSv1_2, "TLS13": ssl.TLSVersion.TLSv1_3}
-_CLIENT_AUTH = {"NoClientCert": ssl.CERT_NONE, "RequestClientCert": ssl.CERT_OPTIONAL,
-                "RequireAnyClientCert": ssl.CERT_REQUIRED, "VerifyClientCertIfGiven": ssl.CERT_OPTIONAL,
-                "RequireAndVerifyClientCert": ssl.CERT_REQUIRED}
+_TLS_VERSIONS = {
+    "TLS10": ssl.TLSVersion.TLSv1,
+    "TLS11": ssl.TLSVersion.TLSv1_1,
+    "TLS12": ssl.TLSVersion.TLSv1_2,
+    "TLS13": ssl.TLSVersion.TLSv1_3,
+}
+_CLIENT_AUTH = {
+    "NoClientCert": ssl.CERT_NONE,
+    "RequestClientCert": ssl.CERT_OPTIONAL,
+    "RequireAnyClientCert": ssl.CERT_REQUIRED,
+    "VerifyClientCertIfGiven": ssl.CERT_OPTIONAL,
+    "RequireAndVerifyClientCert": ssl.CERT_REQUIRED,
+}
 
 
 class WebConfigError(ValueError):
@@ -40,13 +49,17 @@ def load(path: str) -> WebConfig:
     except OSError as e:
         raise WebConfigError(f"cannot read --web.config.file {path}: {e.strerror}") from None
     except yaml.YAMLError as e:
-        raise WebConfigError(f"--web.config.file {path} is not valid YAML: {' '.join(str(e).split())}") from None
+        raise WebConfigError(
+            f"--web.config.file {path} is not valid YAML: {' '.join(str(e).split())}"
+        ) from None
     if not isinstance(data, dict):
         raise WebConfigError(f"--web.config.file {path}: expected a mapping at the top level")
     unknown = set(data) - {"tls_server_config", "basic_auth_users", "http_server_config"}
     if unknown:
-        raise WebConfigError(f"--web.config.file {path}: unknown key '{sorted(unknown)[0]}' "
-                             "(known: tls_server_config, basic_auth_users)")
+        raise WebConfigError(
+            f"--web.config.file {path}: unknown key '{sorted(unknown)[0]}' "
+            "(known: tls_server_config, basic_auth_users)"
+        )
     cfg = WebConfig()
     tls = data.get("tls_server_config")
     if tls:
@@ -54,8 +67,10 @@ def load(path: str) -> WebConfig:
     for user, hashed in (data.get("basic_auth_users") or {}).items():
         h = str(hashed).encode()
         if not h.startswith((b"$2a$", b"$2b$", b"$2y$")):
-            raise WebConfigError(f"--web.config.file {path}: basic_auth_users.{user} is not a bcrypt hash "
-                                 "(make one with: htpasswd -nBC 10 USER)")
+            raise WebConfigError(
+                f"--web.config.file {path}: basic_auth_users.{user} is not a bcrypt hash "
+                "(make one with: htpasswd -nBC 10 USER)"
+            )
         cfg.users[str(user)] = h
     return cfg
 
@@ -73,16 +88,21 @@ def _tls_context(path: str, tls: dict) -> ssl.SSLContext:
     ctx.minimum_version = ssl.TLSVersion.TLSv1_2
     if tls.get("min_version"):
         if tls["min_version"] not in _TLS_VERSIONS:
-            raise WebConfigError(f"--web.config.file {path}: min_version must be one of {', '.join(_TLS_VERSIONS)}")
+            raise WebConfigError(
+                f"--web.config.file {path}: min_version must be one of {', '.join(_TLS_VERSIONS)}"
+            )
         ctx.minimum_version = _TLS_VERSIONS[tls["min_version"]]
     try:
         ctx.load_cert_chain(rel(cert), rel(key))
     except (OSError, ssl.SSLError) as e:
-        raise WebConfigError(f"--web.config.file {path}: cannot load cert_file/key_file: "
-                             f"{getattr(e, 'strerror', None) or e}") from None
+        raise WebConfigError(
+            f"--web.config.file {path}: cannot load cert_file/key_file: {getattr(e, 'strerror', None) or e}"
+        ) from None
     auth = tls.get("client_auth_type", "NoClientCert")
     if auth not in _CLIENT_AUTH:
-        raise WebConfigError(f"--web.config.file {path}: client_auth_type must be one of {', '.join(_CLIENT_AUTH)}")
+        raise WebConfigError(
+            f"--web.config.file {path}: client_auth_type must be one of {', '.join(_CLIENT_AUTH)}"
+        )
     ctx.verify_mode = _CLIENT_AUTH[auth]
     if tls.get("client_ca_file"):
         try:
@@ -128,6 +148,11 @@ class BasicAuth:
     def __call__(self, environ, start_response):
         if self._allowed(environ.get("HTTP_AUTHORIZATION", "")):
             return self.app(environ, start_response)
-        start_response("401 Unauthorized", [("Content-Type", "text/plain; charset=utf-8"),
-                                            ("WWW-Authenticate", 'Basic realm="ingress_ipvs_exporter"')])
+        start_response(
+            "401 Unauthorized",
+            [
+                ("Content-Type", "text/plain; charset=utf-8"),
+                ("WWW-Authenticate", 'Basic realm="ingress_ipvs_exporter"'),
+            ],
+        )
         return [b"401 Unauthorized\n"]

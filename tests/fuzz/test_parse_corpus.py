@@ -7,6 +7,7 @@ negative errno (a crash takes the test run down with it). The real messages must
 parse to the rows that fuzz/capture.py decoded on its own (tests/fuzz/corpus.json) and to
 what capture-vm.sh configured.
 """
+
 from __future__ import annotations
 
 import errno
@@ -16,8 +17,8 @@ import socket
 import struct
 
 import pytest
-
 from ingress_ipvs_exporter._ipvs_cffi import ffi, lib
+
 from ingress_ipvs_exporter.ipvs import Snapshot
 
 HERE = os.path.dirname(os.path.abspath(__file__))
@@ -68,7 +69,7 @@ def messages(data: bytes) -> list[tuple[int, bytes]]:
         while off + 3 <= len(data) and len(out) < MAX_MESSAGES:
             kind, n = data[off] & 1, data[off + 1] | data[off + 2] << 8
             off += 3
-            out.append((kind, data[off:off + n]))
+            out.append((kind, data[off : off + n]))
             off += len(out[-1][1])
     return out
 
@@ -77,17 +78,17 @@ def check_invariants(snap: Snapshot) -> None:
     """What a caller relies on, whatever the input (fuzz_parse.c checks the same)."""
     counted = 0
     for i in range(snap.n_svc):
-        row = snap.svc_u32[i * lib.IPVS_SVC_NCOLS:(i + 1) * lib.IPVS_SVC_NCOLS]
+        row = snap.svc_u32[i * lib.IPVS_SVC_NCOLS : (i + 1) * lib.IPVS_SVC_NCOLS]
         first, count = row[lib.IPVS_SVC_DEST_FIRST], row[lib.IPVS_SVC_DEST_COUNT]
         assert first + count <= snap.n_dst
         assert row[lib.IPVS_SVC_PORT] <= 0xFFFF
-        assert b"\0" in snap.svc_sched[i * 16:(i + 1) * 16]
+        assert b"\0" in snap.svc_sched[i * 16 : (i + 1) * 16]
         for j in range(first, first + count):
             assert snap.dst_u32[j * lib.IPVS_DST_NCOLS + lib.IPVS_DST_SVC] == i
         counted += count
     assert counted <= snap.n_dst
     for j in range(snap.n_dst):
-        row = snap.dst_u32[j * lib.IPVS_DST_NCOLS:(j + 1) * lib.IPVS_DST_NCOLS]
+        row = snap.dst_u32[j * lib.IPVS_DST_NCOLS : (j + 1) * lib.IPVS_DST_NCOLS]
         assert row[lib.IPVS_DST_PORT] <= 0xFFFF and row[lib.IPVS_DST_FWD] <= 7
         assert snap.n_svc == 0 or row[lib.IPVS_DST_SVC] < snap.n_svc
 
@@ -126,6 +127,7 @@ def test_regression_input_is_harmless(name):
 def test_hand_made_edge_cases():
     """The edge-*.bin inputs in regressions/ (hostile framing written by hand) give
     exactly these results."""
+
     def run(name):
         return feed(os.path.join(REGRESSIONS, name))
 
@@ -136,15 +138,21 @@ def test_hand_made_edge_cases():
     assert run("edge-attr-len-below-header.bin")[0] == [-errno.EPROTO]
     assert run("edge-sched-unterminated.bin")[0] == [-errno.EINVAL]  # NLA_STRING without NUL
     rcs, snap = run("edge-sched-long-terminated.bin")
-    assert rcs == [0] and snap.service(0).scheduler == "y" * 15     # cut to the 16-byte slot
+    assert rcs == [0] and snap.service(0).scheduler == "y" * 15  # cut to the 16-byte slot
     rcs, snap = run("edge-oversized-address.bin")
-    assert rcs == [0] and snap.svc_addr == b"\xaa" * 16             # 40 bytes sent, 16 kept
+    assert rcs == [0] and snap.svc_addr == b"\xaa" * 16  # 40 bytes sent, 16 kept
     rcs, snap = run("edge-zero-and-odd-lengths.bin")
-    assert rcs == [-errno.ERANGE] and snap.n_svc == 0              # u16 protocol of length 0
+    assert rcs == [-errno.ERANGE] and snap.n_svc == 0  # u16 protocol of length 0
     rcs, snap = run("edge-stats-odd-widths.bin")
     assert rcs == [0]
     st = snap.service(0).stats
-    assert (st.conns, st.inpkts, st.outpkts, st.inbytes, st.outbytes) == (0x02020202, 0x0303030303030303, 0, 0, 0)
+    assert (st.conns, st.inpkts, st.outpkts, st.inbytes, st.outbytes) == (
+        0x02020202,
+        0x0303030303030303,
+        0,
+        0,
+        0,
+    )
     assert snap.stats64 is False
     rcs, snap = run("edge-empty-stats64.bin")
     assert rcs == [0] and snap.stats64 is True and tuple(snap.service(0).stats) == (0,) * 10
@@ -181,9 +189,16 @@ def assert_service(svc, want: dict) -> None:
 def assert_destination(d, want: dict) -> None:
     assert d.af == want["af"]
     assert d.address == _addr(d.af, want["addr"])
-    for field, key in (("port", "port"), ("fwd_method", "fwd"), ("weight", "weight"), ("u_threshold", "u_thresh"),
-                       ("l_threshold", "l_thresh"), ("active_conns", "active"), ("inactive_conns", "inactive"),
-                       ("persist_conns", "persist")):
+    for field, key in (
+        ("port", "port"),
+        ("fwd_method", "fwd"),
+        ("weight", "weight"),
+        ("u_threshold", "u_thresh"),
+        ("l_threshold", "l_thresh"),
+        ("active_conns", "active"),
+        ("inactive_conns", "inactive"),
+        ("persist_conns", "persist"),
+    ):
         assert getattr(d, field) == want[key], field
     assert list(d.stats) == [want["stats"][k] for k in STATS]
 
@@ -232,16 +247,22 @@ def test_whole_dump_outgrows_the_first_capacities():
 
 # What fuzz/capture-vm.sh configured, checked independently of capture.py's decoding.
 CONFIGURED = {
-    "svc-tcp4-192_0_2_10-80.bin": dict(af=2, protocol=6, address="192.0.2.10", port=80, scheduler="rr", fwmark=0),
+    "svc-tcp4-192_0_2_10-80.bin": dict(
+        af=2, protocol=6, address="192.0.2.10", port=80, scheduler="rr", fwmark=0
+    ),
     "svc-udp4-192_0_2_10-53.bin": dict(af=2, protocol=17, address="192.0.2.10", port=53, scheduler="wrr"),
     "svc-udp4-192_0_2_10-80.bin": dict(af=2, protocol=17, address="192.0.2.10", port=80, scheduler="lc"),
-    "svc-sctp4-192_0_2_11-5060.bin": dict(af=2, protocol=132, address="192.0.2.11", port=5060, scheduler="sh"),
+    "svc-sctp4-192_0_2_11-5060.bin": dict(
+        af=2, protocol=132, address="192.0.2.11", port=5060, scheduler="sh"
+    ),
     "svc-fwm4-256.bin": dict(af=2, protocol=0, address="", port=0, fwmark=256, scheduler="rr"),
     "svc-fwm4-4294967295.bin": dict(af=2, fwmark=4294967295, scheduler="wlc"),
     "svc-fwm6-256.bin": dict(af=10, fwmark=256, address=""),
     "svc-tcp4-192_0_2_12-443.bin": dict(protocol=6, timeout=600, netmask=socket.htonl(0xFFFFFF00)),
     "svc-tcp4-192_0_2_13-8443.bin": dict(scheduler="lblcr", timeout=360),
-    "svc-tcp6-2001_db8__1-443.bin": dict(af=10, protocol=6, address="2001:db8::1", port=443, timeout=300, netmask=64),
+    "svc-tcp6-2001_db8__1-443.bin": dict(
+        af=10, protocol=6, address="2001:db8::1", port=443, timeout=300, netmask=64
+    ),
     "svc-udp6-2001_db8__2-53.bin": dict(af=10, protocol=17, address="2001:db8::2", port=53),
     "svc-sctp6-2001_db8__3-9899.bin": dict(af=10, protocol=132, address="2001:db8::3", port=9899),
 }
@@ -253,7 +274,11 @@ def test_service_is_what_was_configured(name):
     svc = snap.service(0)
     for field, value in CONFIGURED[name].items():
         assert getattr(svc, field) == value, field
-    persistent = name in ("svc-tcp4-192_0_2_12-443.bin", "svc-tcp4-192_0_2_13-8443.bin", "svc-tcp6-2001_db8__1-443.bin")
+    persistent = name in (
+        "svc-tcp4-192_0_2_12-443.bin",
+        "svc-tcp4-192_0_2_13-8443.bin",
+        "svc-tcp6-2001_db8__1-443.bin",
+    )
     assert bool(svc.flags & 1) == persistent  # IP_VS_SVC_F_PERSISTENT
 
 
@@ -261,12 +286,21 @@ def test_configured_destinations():
     _, snap = feed(os.path.join(CORPUS, "set-tcp4-192_0_2_10-80.bin"))
     dests = {d.address: d for d in snap.service(0).destinations}
     assert set(dests) == {"198.51.100.1", "198.51.100.2", "198.51.100.3"}
-    assert (dests["198.51.100.2"].weight, dests["198.51.100.2"].u_threshold, dests["198.51.100.2"].l_threshold) == (2, 100, 50)
+    assert (
+        dests["198.51.100.2"].weight,
+        dests["198.51.100.2"].u_threshold,
+        dests["198.51.100.2"].l_threshold,
+    ) == (2, 100, 50)
     assert dests["198.51.100.3"].weight == 0 and dests["198.51.100.3"].port == 8081
     assert all(d.fwd_method == 0 for d in dests.values())  # IP_VS_CONN_F_MASQ
     _, snap = feed(os.path.join(CORPUS, "set-udp6-2001_db8__2-53.bin"))
     (d,) = snap.service(0).destinations
-    assert (snap.service(0).af, d.af, d.address, d.fwd_method) == (10, 2, "198.51.100.50", 2)  # IPv4 behind IPv6, tunnel
+    assert (snap.service(0).af, d.af, d.address, d.fwd_method) == (
+        10,
+        2,
+        "198.51.100.50",
+        2,
+    )  # IPv4 behind IPv6, tunnel
     _, snap = feed(os.path.join(CORPUS, "set-fwm4-256.bin"))
     assert len(snap.service(0).destinations) == 12
     _, snap = feed(os.path.join(CORPUS, "set-tcp4-198_18_30_1-8080.bin"))
@@ -324,8 +358,17 @@ def test_bad_arguments():
 
 
 def _columns(snap: Snapshot) -> tuple:
-    return (snap.n_svc, snap.n_dst, bytes(snap.svc_u32), tuple(snap.svc_stats), snap.svc_addr, snap.svc_sched,
-            bytes(snap.dst_u32), tuple(snap.dst_stats), snap.dst_addr)
+    return (
+        snap.n_svc,
+        snap.n_dst,
+        bytes(snap.svc_u32),
+        tuple(snap.svc_stats),
+        snap.svc_addr,
+        snap.svc_sched,
+        bytes(snap.dst_u32),
+        tuple(snap.dst_stats),
+        snap.dst_addr,
+    )
 
 
 def test_services_repeated_by_a_dump_are_dropped_with_their_destinations():
@@ -333,8 +376,10 @@ def test_services_repeated_by_a_dump_are_dropped_with_their_destinations():
     the next batch repeat one (seen by tests/kernel/test_soak_kernel.py). Real messages of
     three services (fwmark 256 with 12 destinations, TCP and IPv6 TCP ones), the first two
     repeated: after ipvs_drop_duplicate_services() the rows are those of each once."""
-    sets = [os.path.join(CORPUS, f) for f in ("set-fwm4-256.bin", "set-tcp4-192_0_2_10-80.bin",
-                                              "set-tcp6-2001_db8__1-443.bin")]
+    sets = [
+        os.path.join(CORPUS, f)
+        for f in ("set-fwm4-256.bin", "set-tcp4-192_0_2_10-80.bin", "set-tcp6-2001_db8__1-443.bin")
+    ]
     msgs = []
     for path in sets:
         with open(path, "rb") as f:

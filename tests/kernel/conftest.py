@@ -1,9 +1,9 @@
 """Fixtures for kernel tests: throw-away network namespaces inside the IPVS VM."""
+
 import itertools
 import os
 
 import pytest
-
 from ipvs_testlib import sh
 
 _ids = itertools.count()

@@ -7,6 +7,7 @@ mark through IPVS (NAT) to busybox httpd in the server. Further fwmark services 
 swarm's non-monotonic mark/port assignment, plus one mark that no rule sets.
 All addresses are in namespaces this lab creates (198.18.0.0/15 is for benchmarks).
 """
+
 from __future__ import annotations
 
 import os
@@ -49,11 +50,25 @@ class Lab:
     def requests(self, port: int, n: int) -> None:
         """n sequential HTTP requests from the client through IPVS; each must succeed."""
         for i in range(n):
-            res = subprocess.run(["ip", "netns", "exec", self.client, "curl", "-sS", "--max-time", "10",
-                                  f"http://198.18.10.1:{port}/"],
-                                 capture_output=True, text=True, timeout=30)
-            assert res.returncode == 0 and "hello" in res.stdout, \
+            res = subprocess.run(
+                [
+                    "ip",
+                    "netns",
+                    "exec",
+                    self.client,
+                    "curl",
+                    "-sS",
+                    "--max-time",
+                    "10",
+                    f"http://198.18.10.1:{port}/",
+                ],
+                capture_output=True,
+                text=True,
+                timeout=30,
+            )
+            assert res.returncode == 0 and "hello" in res.stdout, (
                 f"request {i + 1} to :{port} failed: {res.stderr.strip()}"
+            )
 
 
 @contextmanager
@@ -66,12 +81,42 @@ def swarm_like_lab(backend: str):
         for ns in (lab.client, lab.balancer, lab.server):
             sh("ip", "netns", "add", ns)
             sh("ip", "link", "set", "lo", "up", ns=ns)
-        sh("ip", "link", "add", "cl0", "netns", lab.client, "type", "veth", "peer", "name", "lbc0",
-           "netns", lab.balancer)
-        sh("ip", "link", "add", "sv0", "netns", lab.server, "type", "veth", "peer", "name", "lbs0",
-           "netns", lab.balancer)
-        for ns, dev, addr in ((lab.client, "cl0", "198.18.10.2/24"), (lab.balancer, "lbc0", "198.18.10.1/24"),
-                              (lab.balancer, "lbs0", "198.18.20.1/24"), (lab.server, "sv0", "198.18.20.2/24")):
+        sh(
+            "ip",
+            "link",
+            "add",
+            "cl0",
+            "netns",
+            lab.client,
+            "type",
+            "veth",
+            "peer",
+            "name",
+            "lbc0",
+            "netns",
+            lab.balancer,
+        )
+        sh(
+            "ip",
+            "link",
+            "add",
+            "sv0",
+            "netns",
+            lab.server,
+            "type",
+            "veth",
+            "peer",
+            "name",
+            "lbs0",
+            "netns",
+            lab.balancer,
+        )
+        for ns, dev, addr in (
+            (lab.client, "cl0", "198.18.10.2/24"),
+            (lab.balancer, "lbc0", "198.18.10.1/24"),
+            (lab.balancer, "lbs0", "198.18.20.1/24"),
+            (lab.server, "sv0", "198.18.20.2/24"),
+        ):
             sh("ip", "addr", "add", addr, "dev", dev, ns=ns)
             sh("ip", "link", "set", dev, "up", ns=ns)
         sh("ip", "route", "add", "default", "via", "198.18.10.1", ns=lab.client)
@@ -79,8 +124,22 @@ def swarm_like_lab(backend: str):
         sh("sysctl", "-qw", "net.ipv4.ip_forward=1", ns=lab.balancer)
 
         for port, mark in SWARM_PORTS.items():
-            lab.iptables("-t", "mangle", "-A", "PREROUTING", "-p", "tcp", "-m", "tcp", "--dport", str(port),
-                         "-j", "MARK", "--set-xmark", f"{mark:#x}/0xffffffff")
+            lab.iptables(
+                "-t",
+                "mangle",
+                "-A",
+                "PREROUTING",
+                "-p",
+                "tcp",
+                "-m",
+                "tcp",
+                "--dport",
+                str(port),
+                "-j",
+                "MARK",
+                "--set-xmark",
+                f"{mark:#x}/0xffffffff",
+            )
             sh("ipvsadm", "-A", "-f", str(mark), "-s", "rr", ns=lab.balancer)
             sh("ipvsadm", "-a", "-f", str(mark), "-r", "198.18.20.2:0", "-m", ns=lab.balancer)
         sh("ipvsadm", "-A", "-f", str(UNMARKED_FWMARK), "-s", "rr", ns=lab.balancer)
@@ -89,11 +148,28 @@ def swarm_like_lab(backend: str):
         os.makedirs(www, exist_ok=True)
         with open(f"{www}/index.html", "w") as f:
             f.write("hello from the lab\n")
-        httpd = subprocess.Popen(["ip", "netns", "exec", lab.server, "busybox", "httpd", "-f",
-                                  "-p", "30000", "-h", www])
+        httpd = subprocess.Popen(
+            ["ip", "netns", "exec", lab.server, "busybox", "httpd", "-f", "-p", "30000", "-h", www]
+        )
         deadline = time.monotonic() + 30
-        while subprocess.run(["ip", "netns", "exec", lab.server, "curl", "-sf", "-o", "/dev/null",
-                              "--max-time", "5", "http://127.0.0.1:30000/"]).returncode != 0:
+        while (
+            subprocess.run(
+                [
+                    "ip",
+                    "netns",
+                    "exec",
+                    lab.server,
+                    "curl",
+                    "-sf",
+                    "-o",
+                    "/dev/null",
+                    "--max-time",
+                    "5",
+                    "http://127.0.0.1:30000/",
+                ]
+            ).returncode
+            != 0
+        ):
             assert time.monotonic() < deadline, "busybox httpd did not start in the server namespace"
             time.sleep(0.3)
         yield lab

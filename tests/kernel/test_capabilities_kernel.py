@@ -20,6 +20,7 @@ once a line naming that capability; without NET_RAW or DAC_READ_SEARCH on a lega
 IPVS is read but the port label is empty, and one warning names the capability.
 The last test runs packaging/systemd/ingress_ipvs_exporter.service itself under systemd.
 """
+
 from __future__ import annotations
 
 import os
@@ -63,8 +64,16 @@ PERMISSION = "not permitted to read IPVS"
 def setpriv_prefix(caps) -> list[str]:
     """setpriv (util-linux) as nobody with exactly `caps`, ambient so that exec'd children keep them."""
     spec = ",".join(["-all", *(f"+{c}" for c in caps)])
-    return ["setpriv", f"--reuid={NOBODY}", f"--regid={NOBODY}", "--clear-groups", "--nnp",
-            f"--inh-caps={spec}", f"--ambient-caps={spec}", f"--bounding-set={spec}"]
+    return [
+        "setpriv",
+        f"--reuid={NOBODY}",
+        f"--regid={NOBODY}",
+        "--clear-groups",
+        "--nnp",
+        f"--inh-caps={spec}",
+        f"--ambient-caps={spec}",
+        f"--bounding-set={spec}",
+    ]
 
 
 def _mask(caps) -> int:
@@ -103,8 +112,24 @@ def ipvs_namespace(backend: str):
     try:
         sh("ip", "link", "set", "lo", "up", ns=name)
         for port, mark in SWARM_PORTS.items():
-            sh(f"iptables-{backend}", "-t", "mangle", "-A", "PREROUTING", "-p", "tcp", "-m", "tcp",
-               "--dport", str(port), "-j", "MARK", "--set-xmark", f"{mark:#x}/0xffffffff", ns=name)
+            sh(
+                f"iptables-{backend}",
+                "-t",
+                "mangle",
+                "-A",
+                "PREROUTING",
+                "-p",
+                "tcp",
+                "-m",
+                "tcp",
+                "--dport",
+                str(port),
+                "-j",
+                "MARK",
+                "--set-xmark",
+                f"{mark:#x}/0xffffffff",
+                ns=name,
+            )
         for mark in (*SWARM_PORTS.values(), UNMARKED_FWMARK):
             sh("ipvsadm", "-A", "-f", str(mark), "-s", "rr", ns=name)
             sh("ipvsadm", "-a", "-f", str(mark), "-r", "198.18.20.2:0", "-m", ns=name)
@@ -143,8 +168,11 @@ def _up(scraped, ns) -> float | None:
 
 def _ports_seen(scraped, ns) -> dict[str, str]:
     """fwmark -> port label of ipvs_connections_total."""
-    return {dict(labels)["fwmark"]: dict(labels)["port"]
-            for labels in samples(scraped, "ipvs_connections_total") if dict(labels)["namespace"] == ns}
+    return {
+        dict(labels)["fwmark"]: dict(labels)["port"]
+        for labels in samples(scraped, "ipvs_connections_total")
+        if dict(labels)["namespace"] == ns
+    }
 
 
 def _lines(log_path: Path, needle: str) -> list[str]:
@@ -154,8 +182,11 @@ def _lines(log_path: Path, needle: str) -> list[str]:
 # ---- what works ------------------------------------------------------------------------
 
 
-@pytest.mark.parametrize("backend, caps", [("nft", UNIT_CAPS), ("legacy", UNIT_CAPS), ("nft", NFT_CAPS)],
-                         ids=["nft-unit-caps", "legacy-unit-caps", "nft-minimum"])
+@pytest.mark.parametrize(
+    "backend, caps",
+    [("nft", UNIT_CAPS), ("legacy", UNIT_CAPS), ("nft", NFT_CAPS)],
+    ids=["nft-unit-caps", "legacy-unit-caps", "nft-minimum"],
+)
 def test_unprivileged_with_these_caps_reads_everything(request, backend, caps):
     """nobody + the unit's capabilities: ipvs_up 1 and every seed sample, port labels included,
     equal to ipvsadm's - the port labels prove nsenter and iptables-*-save inherited the caps."""
@@ -167,8 +198,11 @@ def test_unprivileged_with_these_caps_reads_everything(request, backend, caps):
     assert _up(scraped, path) == 1, log_path.read_text()
     assert_seed_samples_match(scraped, ipvsadm(path), path, EXPECTED_PORTS)
     assert samples(scraped, "ipvs_service_published_port_info")
-    noise = [line for line in log_path.read_text().splitlines()
-             if re.search(r"level=(warning|error|critical)", line)]
+    noise = [
+        line
+        for line in log_path.read_text().splitlines()
+        if re.search(r"level=(warning|error|critical)", line)
+    ]
     assert not noise, noise
 
 
@@ -186,8 +220,9 @@ def test_without_a_needed_cap_serves_up_0_and_says_so_once(request, missing):
         for _ in range(3):
             scraped = scrape(url)
     assert _up(scraped, path) == 0
-    assert scraped[("ipvs_scrape_errors_total",
-                    frozenset({("namespace", path), ("reason", "permission")}))] >= 3
+    assert (
+        scraped[("ipvs_scrape_errors_total", frozenset({("namespace", path), ("reason", "permission")}))] >= 3
+    )
     assert not samples(scraped, "ipvs_connections_total")
     said = _lines(log_path, PERMISSION)
     assert len(said) == 1, f"want one '{PERMISSION}' line, got:\n{log_path.read_text()}"
@@ -197,8 +232,11 @@ def test_without_a_needed_cap_serves_up_0_and_says_so_once(request, missing):
     assert path in said[0] and named == [missing], said[0]
 
 
-@pytest.mark.parametrize("missing, path_kind", [("net_raw", "docker"), ("dac_read_search", "run-netns")],
-                         ids=["no-net_raw", "no-dac_read_search"])
+@pytest.mark.parametrize(
+    "missing, path_kind",
+    [("net_raw", "docker"), ("dac_read_search", "run-netns")],
+    ids=["no-net_raw", "no-dac_read_search"],
+)
 def test_legacy_host_without_a_port_cap_reads_ipvs_without_ports(request, missing, path_kind):
     """Swarm's marks in legacy iptables. Without NET_RAW iptables-legacy-save cannot open its raw
     socket; without DAC_READ_SEARCH /proc/net/ip_tables_names (0440) is unreadable, so the legacy
@@ -228,8 +266,9 @@ LEGACY_PORT, LEGACY_FWMARK = 30005, 300
 
 def _in_systemd(pid1: int, *argv: str, check: bool = True) -> str:
     """Run a command in the private systemd's namespaces (systemctl reaches it there)."""
-    res = subprocess.run(["nsenter", "-t", str(pid1), "-a", *argv], capture_output=True, text=True,
-                         timeout=180, check=False)
+    res = subprocess.run(
+        ["nsenter", "-t", str(pid1), "-a", *argv], capture_output=True, text=True, timeout=180, check=False
+    )
     if check and res.returncode != 0:
         raise AssertionError(f"{' '.join(argv)} failed ({res.returncode}): {res.stderr.strip()}")
     return res.stdout
@@ -260,17 +299,39 @@ def private_systemd():
     # so it goes when this systemd does, unless it was there before.
     marker = Path("/run/systemd/system")
     had_marker = marker.exists()
-    proc = subprocess.Popen(["unshare", "--pid", "--fork", "--kill-child", "--mount-proc", "--propagation", "shared",
-                             "/lib/systemd/systemd", "--system", "--unit=ingress_ipvs_exporter.service",
-                             "--log-target=kmsg"],
-                            stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    proc = subprocess.Popen(
+        [
+            "unshare",
+            "--pid",
+            "--fork",
+            "--kill-child",
+            "--mount-proc",
+            "--propagation",
+            "shared",
+            "/lib/systemd/systemd",
+            "--system",
+            "--unit=ingress_ipvs_exporter.service",
+            "--log-target=kmsg",
+        ],
+        stdin=subprocess.DEVNULL,
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+    )
     try:
         deadline = time.monotonic() + 120
         while True:
-            kids = subprocess.run(["pgrep", "-P", str(proc.pid), "-x", "systemd"], capture_output=True,
-                                  text=True, check=False).stdout.split()
-            if kids and subprocess.run(["nsenter", "-t", kids[0], "-a", "systemctl", "show", "-p", "Version"],
-                                       capture_output=True, check=False).returncode == 0:
+            kids = subprocess.run(
+                ["pgrep", "-P", str(proc.pid), "-x", "systemd"], capture_output=True, text=True, check=False
+            ).stdout.split()
+            if (
+                kids
+                and subprocess.run(
+                    ["nsenter", "-t", kids[0], "-a", "systemctl", "show", "-p", "Version"],
+                    capture_output=True,
+                    check=False,
+                ).returncode
+                == 0
+            ):
                 break
             assert proc.poll() is None, "systemd exited"
             assert time.monotonic() < deadline, "systemd did not answer systemctl within 120s"
@@ -302,9 +363,11 @@ def _install_exporter(link: Path) -> None:
         sh(system_python, "-m", "venv", "--without-pip", str(venv))
     site = sysconfig.get_paths()["purelib"]
     (venv / f"lib/python3.{sys.version_info.minor}/site-packages/captest.pth").write_text(
-        f"import site; site.addsitedir({site!r})\n")
-    link.write_text(f"#!{venv}/bin/python3\nimport sys\nfrom ingress_ipvs_exporter.cli import main\n"
-                    "sys.exit(main())\n")
+        f"import site; site.addsitedir({site!r})\n"
+    )
+    link.write_text(
+        f"#!{venv}/bin/python3\nimport sys\nfrom ingress_ipvs_exporter.cli import main\nsys.exit(main())\n"
+    )
     link.chmod(0o755)
 
 
@@ -323,8 +386,10 @@ def test_shipped_unit_under_systemd_serves_docker_namespace_created_after_start(
     Path("/etc/systemd/system/ingress_ipvs_exporter.service").write_text(UNIT.read_text())
     dropin = Path("/etc/systemd/system/ingress_ipvs_exporter.service.d")
     dropin.mkdir(parents=True, exist_ok=True)
-    (dropin / "test.conf").write_text("[Unit]\nDefaultDependencies=no\n[Service]\n"
-                                      f"StandardOutput=append:{log}\nStandardError=append:{log}\n")
+    (dropin / "test.conf").write_text(
+        "[Unit]\nDefaultDependencies=no\n[Service]\n"
+        f"StandardOutput=append:{log}\nStandardError=append:{log}\n"
+    )
     Path("/etc/default").mkdir(exist_ok=True)
     Path("/etc/default/ingress_ipvs_exporter").write_text(f'ARGS="--listen-address 127.0.0.1:{port}"\n')
     _install_exporter(Path("/usr/local/bin/ingress_ipvs_exporter"))
@@ -339,11 +404,43 @@ def test_shipped_unit_under_systemd_serves_docker_namespace_created_after_start(
     try:
         sh("ip", "link", "set", "lo", "up", ns=name)
         for p, mark in SWARM_PORTS.items():
-            sh("iptables-nft", "-t", "mangle", "-A", "PREROUTING", "-p", "tcp", "-m", "tcp", "--dport", str(p),
-               "-j", "MARK", "--set-xmark", f"{mark:#x}/0xffffffff", ns=name)
+            sh(
+                "iptables-nft",
+                "-t",
+                "mangle",
+                "-A",
+                "PREROUTING",
+                "-p",
+                "tcp",
+                "-m",
+                "tcp",
+                "--dport",
+                str(p),
+                "-j",
+                "MARK",
+                "--set-xmark",
+                f"{mark:#x}/0xffffffff",
+                ns=name,
+            )
         # one more mark in legacy iptables: iptables-legacy-save must work inside the sandbox too
-        sh("iptables-legacy", "-t", "mangle", "-A", "PREROUTING", "-p", "udp", "-m", "udp", "--dport",
-           str(LEGACY_PORT), "-j", "MARK", "--set-xmark", f"{LEGACY_FWMARK:#x}/0xffffffff", ns=name)
+        sh(
+            "iptables-legacy",
+            "-t",
+            "mangle",
+            "-A",
+            "PREROUTING",
+            "-p",
+            "udp",
+            "-m",
+            "udp",
+            "--dport",
+            str(LEGACY_PORT),
+            "-j",
+            "MARK",
+            "--set-xmark",
+            f"{LEGACY_FWMARK:#x}/0xffffffff",
+            ns=name,
+        )
         for mark in (*SWARM_PORTS.values(), UNMARKED_FWMARK, LEGACY_FWMARK):
             sh("ipvsadm", "-A", "-f", str(mark), "-s", "rr", ns=name)
             sh("ipvsadm", "-a", "-f", str(mark), "-r", "198.18.20.2:0", "-m", ns=name)
@@ -354,19 +451,31 @@ def test_shipped_unit_under_systemd_serves_docker_namespace_created_after_start(
         os.chmod(DOCKER_NETNS.parent, 0o700)  # as dockerd makes its exec root
         os.chmod(DOCKER_NETNS, 0o755)
         with private_systemd() as pid1:
+
             def explain() -> str:
-                status = _in_systemd(pid1, "systemctl", "show", "-p",
-                                     "ActiveState,SubState,NRestarts,ExecMainStatus,Result",
-                                     "ingress_ipvs_exporter.service", check=False)
+                status = _in_systemd(
+                    pid1,
+                    "systemctl",
+                    "show",
+                    "-p",
+                    "ActiveState,SubState,NRestarts,ExecMainStatus,Result",
+                    "ingress_ipvs_exporter.service",
+                    check=False,
+                )
                 return f"\n{status}\n--- {log}:\n{log.read_text() if log.exists() else '(none)'}"
+
             try:
                 scraped = _wait_metrics(url, lambda s: s.get(up) == 0, "the unit serving ipvs_up 0")
             except AssertionError as exc:
                 raise AssertionError(f"{exc}{explain()}") from None
-            main_pid = _in_systemd(pid1, "systemctl", "show", "-p", "MainPID", "--value",
-                                   "ingress_ipvs_exporter.service").strip()
-            status = dict(line.split(":\t", 1) for line in
-                          _in_systemd(pid1, "cat", f"/proc/{main_pid}/status").splitlines() if ":\t" in line)
+            main_pid = _in_systemd(
+                pid1, "systemctl", "show", "-p", "MainPID", "--value", "ingress_ipvs_exporter.service"
+            ).strip()
+            status = dict(
+                line.split(":\t", 1)
+                for line in _in_systemd(pid1, "cat", f"/proc/{main_pid}/status").splitlines()
+                if ":\t" in line
+            )
             assert status["Uid"].split()[0] != "0", status["Uid"]  # DynamicUser
             for field in ("CapEff", "CapAmb", "CapBnd"):
                 assert int(status[field], 16) == _mask(UNIT_CAPS), f"{field} {status[field]}"
@@ -376,14 +485,26 @@ def test_shipped_unit_under_systemd_serves_docker_namespace_created_after_start(
             created.append(Path(ns_path))
             _in_systemd(pid1, "mount", "--bind", f"/run/netns/{name}", ns_path)
             try:
-                scraped = _wait_metrics(url, lambda s: s.get(up) == 1, "ipvs_up 1 after ingress_sbox appeared")
+                scraped = _wait_metrics(
+                    url, lambda s: s.get(up) == 1, "ipvs_up 1 after ingress_sbox appeared"
+                )
             except AssertionError as exc:
                 raise AssertionError(f"{exc}{explain()}") from None
-            props = _in_systemd(pid1, "systemctl", "show", "-p", "MainPID,NRestarts,ActiveState",
-                                "ingress_ipvs_exporter.service")
+            props = _in_systemd(
+                pid1,
+                "systemctl",
+                "show",
+                "-p",
+                "MainPID,NRestarts,ActiveState",
+                "ingress_ipvs_exporter.service",
+            )
             assert "ActiveState=active" in props and "NRestarts=0" in props, props
-        assert_seed_samples_match(scraped, ipvsadm(f"/run/netns/{name}"), ns_path,
-                                  {**EXPECTED_PORTS, LEGACY_FWMARK: str(LEGACY_PORT)})
+        assert_seed_samples_match(
+            scraped,
+            ipvsadm(f"/run/netns/{name}"),
+            ns_path,
+            {**EXPECTED_PORTS, LEGACY_FWMARK: str(LEGACY_PORT)},
+        )
         text = log.read_text()
         assert "ipvs_up 0 until IPVS is readable" in text and ns_path in text, text
         assert not re.search(r"level=error", text), text

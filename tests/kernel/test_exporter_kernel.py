@@ -1,14 +1,22 @@
 """The exporter against the real kernel's IPVS, run as a user runs it, checked against ipvsadm."""
+
 from __future__ import annotations
 
 import socket
 
 import pytest
+from ipvs_testlib import (
+    assert_seed_samples_match,
+    ipvsadm,
+    running_exporter,
+    samples,
+    scrape,
+    scrape_while_stable,
+    sh,
+)
+from lab import SWARM_PORTS, UNMARKED_FWMARK, swarm_like_lab
 
 from ingress_ipvs_exporter.ipvs import Handle, NamespaceNotFound, NotANamespace
-from ipvs_testlib import (assert_seed_samples_match, ipvsadm, running_exporter, samples, scrape,
-                          scrape_while_stable, sh)
-from lab import SWARM_PORTS, UNMARKED_FWMARK, swarm_like_lab
 
 pytestmark = pytest.mark.kernel
 
@@ -23,8 +31,15 @@ def test_scrape_equals_ipvsadm_in_a_swarm_like_namespace(backend):
             scraped, before = scrape_while_stable(url, lab.ns_path)
         # the traffic really went through IPVS: 10 connections on the service of port 30000
         assert before["FWM 256"].conns == 10
-        assert scraped[("ipvs_connections_total", frozenset(
-            {("namespace", lab.ns_path), ("fwmark", "256"), ("port", "30000")}))] == 10
+        assert (
+            scraped[
+                (
+                    "ipvs_connections_total",
+                    frozenset({("namespace", lab.ns_path), ("fwmark", "256"), ("port", "30000")}),
+                )
+            ]
+            == 10
+        )
         assert before["FWM 256"].inbytes > 0 and before["FWM 256"].outbytes > 0
         assert_seed_samples_match(scraped, before, lab.ns_path, expected_ports)
         assert scraped[("ipvs_up", frozenset({("namespace", lab.ns_path)}))] == 1
@@ -69,8 +84,14 @@ def test_snapshot_covers_tcp_udp_ipv6_and_persistence(netns):
     v6 = _service(snap, af=socket.AF_INET6, fwmark=0)
     assert (v6.address, v6.port, v6.scheduler) == ("2001:db8::1", 443, "sh")
     (d,) = v6.destinations
-    assert (d.af, d.address, d.port, d.weight, d.u_threshold, d.l_threshold) == \
-        (socket.AF_INET6, "2001:db8::10", 8443, 7, 100, 10)
+    assert (d.af, d.address, d.port, d.weight, d.u_threshold, d.l_threshold) == (
+        socket.AF_INET6,
+        "2001:db8::10",
+        8443,
+        7,
+        100,
+        10,
+    )
 
     fw6 = _service(snap, fwmark=4242)
     assert fw6.af == socket.AF_INET6
@@ -126,21 +147,33 @@ def test_exporter_serves_up_0_without_namespace_then_recovers(netns):
 
 
 def _full_labels(ns: str, family: str, fwmark: int, port: str, protocol: str, vip: str) -> set:
-    return {("namespace", ns), ("family", family), ("fwmark", str(fwmark)), ("port", port),
-            ("protocol", protocol), ("vip", vip)}
+    return {
+        ("namespace", ns),
+        ("family", family),
+        ("fwmark", str(fwmark)),
+        ("port", port),
+        ("protocol", protocol),
+        ("vip", vip),
+    }
 
 
 def test_full_families_match_ipvsadm_for_every_kind_of_service(netns):
     name, path = netns
     for cmd in (
-        "-A -t 10.1.2.3:80 -s wlc", "-a -t 10.1.2.3:80 -r 10.1.2.10:8080 -m -w 3",
+        "-A -t 10.1.2.3:80 -s wlc",
+        "-a -t 10.1.2.3:80 -r 10.1.2.10:8080 -m -w 3",
         "-a -t 10.1.2.3:80 -r 10.1.2.10:8081 -m -w 0",  # same IP, another port: distinct series
-        "-A -u 10.1.2.3:80 -s rr", "-a -u 10.1.2.3:80 -r 10.1.2.20:80 -m",  # same VIP:port, udp
-        "-A --sctp-service 10.1.2.3:80 -s rr", "-a --sctp-service 10.1.2.3:80 -r 10.1.2.30:80 -m",
-        "-A -t [2001:db8::1]:80 -s rr", "-a -t [2001:db8::1]:80 -r 10.1.2.40 -i",  # IPv4 server, IPv6 VIP
+        "-A -u 10.1.2.3:80 -s rr",
+        "-a -u 10.1.2.3:80 -r 10.1.2.20:80 -m",  # same VIP:port, udp
+        "-A --sctp-service 10.1.2.3:80 -s rr",
+        "-a --sctp-service 10.1.2.3:80 -r 10.1.2.30:80 -m",
+        "-A -t [2001:db8::1]:80 -s rr",
+        "-a -t [2001:db8::1]:80 -r 10.1.2.40 -i",  # IPv4 server, IPv6 VIP
         "-a -t [2001:db8::1]:80 -r [2001:db8::40]:80 -m -w 5",
-        "-A -f 256 -s rr", "-a -f 256 -r 10.1.2.50:0 -m",
-        "-A -f 256 -6 -s rr", "-a -f 256 -6 -r [2001:db8::50]:0 -m",  # same mark, IPv6
+        "-A -f 256 -s rr",
+        "-a -f 256 -r 10.1.2.50:0 -m",
+        "-A -f 256 -6 -s rr",
+        "-a -f 256 -6 -r [2001:db8::50]:0 -m",  # same mark, IPv6
     ):
         sh("ipvsadm", *cmd.split(), ns=name)
     adm = ipvsadm(path)
@@ -153,9 +186,15 @@ def test_full_families_match_ipvsadm_for_every_kind_of_service(netns):
             labels = _full_labels(path, family, s.fwmark, "", "", "")
         else:
             vip, port = s.key.rsplit(":", 1)
-            labels = _full_labels(path, "ipv6" if vip.startswith("[") else "ipv4", 0, port, kinds[s.kind], vip.strip("[]"))
-        for metric, want in (("ipvs_service_connections_total", s.conns), ("ipvs_service_packets_in_total", s.inpkts),
-                             ("ipvs_service_bytes_out_total", s.outbytes), ("ipvs_service_destinations", len(s.dests))):
+            labels = _full_labels(
+                path, "ipv6" if vip.startswith("[") else "ipv4", 0, port, kinds[s.kind], vip.strip("[]")
+            )
+        for metric, want in (
+            ("ipvs_service_connections_total", s.conns),
+            ("ipvs_service_packets_in_total", s.inpkts),
+            ("ipvs_service_bytes_out_total", s.outbytes),
+            ("ipvs_service_destinations", len(s.dests)),
+        ):
             assert scraped[(metric, frozenset(labels))] == want, (key, metric)
         sched = [l for (n, l) in scraped if n == "ipvs_service_info" and labels <= set(l)]
         assert len(sched) == 1 and ("scheduler", s.scheduler) in sched[0], key
@@ -177,7 +216,8 @@ def test_namespace_recreated_is_reopened_never_stale(netns):
     sh("ipvsadm", "-A", "-f", "256", "-s", "rr", ns=name)
     with running_exporter("--namespace-path", path) as (url, _):
         assert samples(scrape(url), "ipvs_destination_total").keys() == {
-            frozenset({("fwmark", "256"), ("namespace", path), ("port", "")})}
+            frozenset({("fwmark", "256"), ("namespace", path), ("port", "")})
+        }
         # what a docker restart does to ingress_sbox: the same path, a new namespace
         sh("ip", "netns", "del", name)
         sh("ip", "netns", "add", name)
@@ -185,13 +225,17 @@ def test_namespace_recreated_is_reopened_never_stale(netns):
         after = scrape(url)
     assert after[("ipvs_up", frozenset({("namespace", path)}))] == 1
     assert samples(after, "ipvs_destination_total").keys() == {
-        frozenset({("fwmark", "300"), ("namespace", path), ("port", "")})}
+        frozenset({("fwmark", "300"), ("namespace", path), ("port", "")})
+    }
 
 
 def test_concurrent_scrapes_all_succeed_and_are_consistent(netns):
     import concurrent.futures
+
     name, path = netns
-    rules = "".join(f"-A -f {m} -s rr\n-a -f {m} -r 10.3.{m // 250}.{m % 250 + 1}:0 -m\n" for m in range(1, 101))
+    rules = "".join(
+        f"-A -f {m} -s rr\n-a -f {m} -r 10.3.{m // 250}.{m % 250 + 1}:0 -m\n" for m in range(1, 101)
+    )
     sh("ipvsadm", "-R", ns=name, input=rules)
     with running_exporter("--namespace-path", path) as (url, _):
         with concurrent.futures.ThreadPoolExecutor(20) as pool:
@@ -205,6 +249,7 @@ def test_concurrent_scrapes_all_succeed_and_are_consistent(netns):
 def test_services_churning_between_dumps_never_fail_a_scrape(netns):
     import threading
     import time as _time
+
     name, path = netns
     stop = threading.Event()
 
@@ -212,7 +257,9 @@ def test_services_churning_between_dumps_never_fail_a_scrape(netns):
         i = 0
         while not stop.is_set() and i < 2000:  # bounded
             m = 1000 + i % 20
-            subprocess_input = f"-A -f {m} -s rr\n-a -f {m} -r 10.4.0.{i % 200 + 1}:0 -m\n-D -f {1000 + (i + 10) % 20}\n"
+            subprocess_input = (
+                f"-A -f {m} -s rr\n-a -f {m} -r 10.4.0.{i % 200 + 1}:0 -m\n-D -f {1000 + (i + 10) % 20}\n"
+            )
             sh("ipvsadm", "-R", ns=name, input=subprocess_input, check=False)
             i += 1
 
@@ -239,6 +286,7 @@ def test_ipvs_missing_from_the_kernel_reports_up_0_with_reason(netns):
     does for ipvsadm), so loading is blocked with an install rule while the test runs."""
     import pathlib
     import time as _time
+
     name, path = netns
     block = pathlib.Path("/etc/modprobe.d/zz-test-block-ip_vs.conf")  # the VM's throw-away overlay
     block.write_text("install ip_vs /bin/false\n")
@@ -246,7 +294,9 @@ def test_ipvs_missing_from_the_kernel_reports_up_0_with_reason(netns):
 
     def loaded() -> list[str]:
         with open("/proc/modules") as f:
-            return sorted((line.split()[0] for line in f if line.startswith("ip_vs")), key=lambda m: m == "ip_vs")
+            return sorted(
+                (line.split()[0] for line in f if line.startswith("ip_vs")), key=lambda m: m == "ip_vs"
+            )
 
     for _ in range(20):  # namespaces deleted by earlier tests release IPVS asynchronously
         mods = loaded()
@@ -259,7 +309,10 @@ def test_ipvs_missing_from_the_kernel_reports_up_0_with_reason(netns):
         with running_exporter("--namespace-path", path) as (url, _):
             r = scrape(url)
         assert r[("ipvs_up", frozenset({("namespace", path)}))] == 0
-        assert r[("ipvs_scrape_errors_total", frozenset({("namespace", path), ("reason", "ipvs_unavailable")}))] >= 1
+        assert (
+            r[("ipvs_scrape_errors_total", frozenset({("namespace", path), ("reason", "ipvs_unavailable")}))]
+            >= 1
+        )
     finally:
         block.unlink()
         sh("modprobe", "-a", "ip_vs", "ip_vs_rr", "ip_vs_wrr", "ip_vs_sh", "ip_vs_wlc", check=False)
@@ -272,8 +325,11 @@ def test_the_dump_releases_the_gil(netns):
     import time as _time
 
     from ingress_ipvs_exporter.ipvs import lib
+
     name, path = netns
-    rules = "".join(f"-A -f {m} -s rr\n-a -f {m} -r 10.5.{m // 250}.{m % 250 + 1}:0 -m\n" for m in range(1, 3001))
+    rules = "".join(
+        f"-A -f {m} -s rr\n-a -f {m} -r 10.5.{m // 250}.{m % 250 + 1}:0 -m\n" for m in range(1, 3001)
+    )
     sh("ipvsadm", "-R", ns=name, input=rules)
     h = Handle(path)
     h.snapshot()  # open and warm up

@@ -7,6 +7,7 @@ uninitialised memory, any definitely lost block fails the test, and so does a fi
 descriptor left open. The same loop through the Python binding (Handle.snapshot) must not
 grow the process's descriptors or memory.
 """
+
 from __future__ import annotations
 
 import os
@@ -16,7 +17,6 @@ import subprocess
 import sys
 
 import pytest
-
 from ipvs_testlib import sh
 
 pytestmark = pytest.mark.kernel
@@ -39,8 +39,12 @@ def _rules() -> tuple[str, int, int]:
     for m in range(8):  # swarm-like fwmark services
         svc(f"-f {256 + m}", "rr", [f"10.255.{m}.{i}" for i in range(2, 2 + m % 4 + 1)])
     for p in range(4):
-        svc(f"-t 192.0.2.10:{80 + p}", "wlc", [f"198.51.100.{i}:8080" for i in range(1, 4)],
-            extra="-p 60" if p % 2 else "")
+        svc(
+            f"-t 192.0.2.10:{80 + p}",
+            "wlc",
+            [f"198.51.100.{i}:8080" for i in range(1, 4)],
+            extra="-p 60" if p % 2 else "",
+        )
         svc(f"-u 192.0.2.10:{53 + p}", "wrr", [f"198.51.100.{i}:53" for i in range(1, 3)], dest_opts="-g")
     svc("--sctp-service 192.0.2.11:5060", "rr", ["198.51.100.20:5060"])
     svc("-t [2001:db8::1]:443", "rr", ["[2001:db8:1::1]:443", "[2001:db8:1::2]:443"])
@@ -62,11 +66,27 @@ def table(netns):
 @pytest.fixture(scope="module")
 def dumploop(tmp_path_factory):
     exe = str(tmp_path_factory.mktemp("dumploop") / "dumploop")
-    flags = subprocess.run(["pkg-config", "--cflags", "--libs", "libnl-genl-3.0"], check=True,
-                           capture_output=True, text=True).stdout.split()
-    subprocess.run(["gcc", "-g", "-O1", "-Wall", "-I", os.path.join(REPO, "csrc"),
-                    os.path.join(REPO, "fuzz", "dumploop.c"), os.path.join(REPO, "csrc", "ipvs.c"),
-                    *flags, "-o", exe], check=True, capture_output=True, text=True)
+    flags = subprocess.run(
+        ["pkg-config", "--cflags", "--libs", "libnl-genl-3.0"], check=True, capture_output=True, text=True
+    ).stdout.split()
+    subprocess.run(
+        [
+            "gcc",
+            "-g",
+            "-O1",
+            "-Wall",
+            "-I",
+            os.path.join(REPO, "csrc"),
+            os.path.join(REPO, "fuzz", "dumploop.c"),
+            os.path.join(REPO, "csrc", "ipvs.c"),
+            *flags,
+            "-o",
+            exe,
+        ],
+        check=True,
+        capture_output=True,
+        text=True,
+    )
     return exe
 
 
@@ -75,10 +95,24 @@ def test_dumps_under_valgrind_leak_nothing(table, dumploop):
     valgrind = shutil.which("valgrind")
     assert valgrind, "valgrind is not installed (scripts/install-deps test)"
     env = {k: v for k, v in os.environ.items() if k not in ("LD_PRELOAD", "ASAN_OPTIONS", "UBSAN_OPTIONS")}
-    res = subprocess.run([valgrind, "--leak-check=full", "--show-leak-kinds=definite,possible",
-                          "--errors-for-leak-kinds=definite", "--error-exitcode=1", "--track-fds=yes",
-                          dumploop, path, str(DUMPS), str(REOPENS)],
-                         capture_output=True, text=True, timeout=1800, env=env)
+    res = subprocess.run(
+        [
+            valgrind,
+            "--leak-check=full",
+            "--show-leak-kinds=definite,possible",
+            "--errors-for-leak-kinds=definite",
+            "--error-exitcode=1",
+            "--track-fds=yes",
+            dumploop,
+            path,
+            str(DUMPS),
+            str(REOPENS),
+        ],
+        capture_output=True,
+        text=True,
+        timeout=1800,
+        env=env,
+    )
     log = res.stderr
     os.makedirs(os.path.join(REPO, "build", "vm"), exist_ok=True)
     try:  # the VM's only writable place in the repo: keep the summary for docs/reliability.md
@@ -86,7 +120,9 @@ def test_dumps_under_valgrind_leak_nothing(table, dumploop):
             f.write(res.stdout + log)
     except OSError:
         pass
-    assert res.returncode == 0, f"valgrind or dumploop failed ({res.returncode}):\n{res.stdout}\n{log[-6000:]}"
+    assert res.returncode == 0, (
+        f"valgrind or dumploop failed ({res.returncode}):\n{res.stdout}\n{log[-6000:]}"
+    )
     assert f"dumps={DUMPS} reopens={REOPENS} services={n_svc} destinations={n_dst}" in res.stdout
     assert re.search(r"ERROR SUMMARY: 0 errors", log), log[-4000:]
     m = re.search(r"definitely lost: ([\d,]+) bytes", log)
@@ -122,8 +158,12 @@ print(want[0], want[1], len(os.listdir("/proc/self/fd")) - fds0, rss1 - rss0)
 
 def test_python_snapshots_keep_fds_and_memory_flat(table):
     path, n_svc, n_dst = table
-    res = subprocess.run([sys.executable, "-c", SNAPSHOT_LOOP, path, str(DUMPS), str(REOPENS)],
-                         capture_output=True, text=True, timeout=1200)
+    res = subprocess.run(
+        [sys.executable, "-c", SNAPSHOT_LOOP, path, str(DUMPS), str(REOPENS)],
+        capture_output=True,
+        text=True,
+        timeout=1200,
+    )
     assert res.returncode == 0, res.stderr[-4000:]
     svc, dst, fd_growth, rss_growth_kib = map(int, res.stdout.split())
     assert (svc, dst) == (n_svc, n_dst)

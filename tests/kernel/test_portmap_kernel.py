@@ -1,5 +1,7 @@
 """portmap against real iptables (nf_tables and legacy backends) in throw-away namespaces."""
+
 import pytest
+from ipvs_testlib import sh
 
 from ingress_ipvs_exporter.portmap import (
     PortMap,
@@ -9,15 +11,18 @@ from ingress_ipvs_exporter.portmap import (
     read_mangle_rules,
 )
 
-from ipvs_testlib import sh
-
 pytestmark = pytest.mark.kernel
 
 BACKENDS = ("nft", "legacy")
 
 # (protocol, port, mark) as swarm programs them: marks and ports not in the same order.
-SWARM = [("tcp", 30002, 0x100), ("tcp", 30000, 0x101), ("udp", 30000, 0x101),
-         ("tcp", 30001, 0x102), ("tcp", 8080, 0x102)]
+SWARM = [
+    ("tcp", 30002, 0x100),
+    ("tcp", 30000, 0x101),
+    ("udp", 30000, 0x101),
+    ("tcp", 30001, 0x102),
+    ("tcp", 8080, 0x102),
+]
 SWARM_PORTS = {
     0x100: [PublishedPort("tcp", 30002)],
     0x101: [PublishedPort("tcp", 30000), PublishedPort("udp", 30000)],
@@ -28,14 +33,42 @@ SWARM_PORTS = {
 def add_rules(ns, backend, rules, chain="PREROUTING", family="iptables"):
     """Append swarm-style MARK rules with one backend's iptables, explicitly."""
     for proto, port, mark in rules:
-        sh(f"{family}-{backend}", "-t", "mangle", "-A", chain, "-p", proto, "-m", proto,
-           "--dport", str(port), "-j", "MARK", "--set-xmark", f"{mark:#x}/0xffffffff", ns=ns)
+        sh(
+            f"{family}-{backend}",
+            "-t",
+            "mangle",
+            "-A",
+            chain,
+            "-p",
+            proto,
+            "-m",
+            proto,
+            "--dport",
+            str(port),
+            "-j",
+            "MARK",
+            "--set-xmark",
+            f"{mark:#x}/0xffffffff",
+            ns=ns,
+        )
 
 
 def add_vip_rule(ns, backend, vip, mark):
     """Swarm's per-VIP rule: a mark without a port, which must not show up as a port."""
-    sh(f"iptables-{backend}", "-t", "mangle", "-A", "INPUT", "-d", f"{vip}/32",
-       "-j", "MARK", "--set-xmark", f"{mark:#x}/0xffffffff", ns=ns)
+    sh(
+        f"iptables-{backend}",
+        "-t",
+        "mangle",
+        "-A",
+        "INPUT",
+        "-d",
+        f"{vip}/32",
+        "-j",
+        "MARK",
+        "--set-xmark",
+        f"{mark:#x}/0xffffffff",
+        ns=ns,
+    )
 
 
 @pytest.mark.parametrize("backend", BACKENDS)
@@ -45,7 +78,7 @@ def test_one_backend(netns, backend):
     add_vip_rule(name, backend, "10.0.0.5", 0x100)
     assert parse_mangle_rules(read_mangle_rules(path)) == SWARM_PORTS
     pm = PortMap(path)
-    assert pm.lookup([0x102, 0x100, 0x101, 0x1ff]) == SWARM_PORTS
+    assert pm.lookup([0x102, 0x100, 0x101, 0x1FF]) == SWARM_PORTS
     assert pm.last_error is None
     # The other backend really does not see them: a one-backend reader would find nothing.
     other = "legacy" if backend == "nft" else "nft"
@@ -82,8 +115,13 @@ def test_reading_creates_no_legacy_table(netns):
     name, path = netns
     add_rules(name, "nft", SWARM)
     assert PortMap(path).lookup([0x100, 0x101, 0x102]) == SWARM_PORTS
-    tables = sh("sh", "-c", "cat /proc/net/ip_tables_names /proc/net/ip6_tables_names 2>/dev/null",
-                ns=name, check=False)
+    tables = sh(
+        "sh",
+        "-c",
+        "cat /proc/net/ip_tables_names /proc/net/ip6_tables_names 2>/dev/null",
+        ns=name,
+        check=False,
+    )
     assert "mangle" not in tables.split()
     assert "legacy tables present" not in sh("sh", "-c", "iptables-nft-save -t mangle 2>&1", ns=name)
 
@@ -100,9 +138,10 @@ def test_current_namespace(backend):
     ipt = f"iptables-{backend}"
     sh(ipt, "-t", "mangle", "-N", chain)
     try:
-        add_rules(None, backend, [("tcp", 31000, 0x1f0), ("sctp", 31001, 0x1f0)], chain=chain)
-        assert PortMap("").lookup([0x1f0]) == {
-            0x1f0: [PublishedPort("sctp", 31001), PublishedPort("tcp", 31000)]}
+        add_rules(None, backend, [("tcp", 31000, 0x1F0), ("sctp", 31001, 0x1F0)], chain=chain)
+        assert PortMap("").lookup([0x1F0]) == {
+            0x1F0: [PublishedPort("sctp", 31001), PublishedPort("tcp", 31000)]
+        }
     finally:
         sh(ipt, "-t", "mangle", "-F", chain, check=False)
         sh(ipt, "-t", "mangle", "-X", chain, check=False)

@@ -1,5 +1,6 @@
 """A real Prometheus server scrapes the exporter in the VM; the Grafana dashboard's queries
 run against it; promtool lints the exposition."""
+
 from __future__ import annotations
 
 import json
@@ -12,15 +13,18 @@ import urllib.parse
 import urllib.request
 
 import pytest
-
 from ipvs_testlib import free_port, running_exporter, scrape
 from lab import swarm_like_lab
 
 pytestmark = pytest.mark.kernel
 ROOT = pathlib.Path(__file__).parents[2]
 # The original exporter named these gauges *_total; they keep their names for compatibility.
-SEED_GAUGES_NAMED_TOTAL = {"ipvs_services_total", "ipvs_destination_total",
-                           "ipvs_destination_active_connections_total", "ipvs_destination_inactive_connections_total"}
+SEED_GAUGES_NAMED_TOTAL = {
+    "ipvs_services_total",
+    "ipvs_destination_total",
+    "ipvs_destination_active_connections_total",
+    "ipvs_destination_inactive_connections_total",
+}
 
 
 def api(base: str, path: str, **params) -> dict:
@@ -55,19 +59,35 @@ def prometheus_and_exporter(tmp_path_factory):
             target = url.split("//")[1].split("/")[0]
             (tmp / "prometheus.yml").write_text(
                 "global: {scrape_interval: 2s, evaluation_interval: 2s}\n"
-                f"scrape_configs:\n  - job_name: ipvs\n    static_configs: [{{targets: ['{target}']}}]\n")
+                f"scrape_configs:\n  - job_name: ipvs\n    static_configs: [{{targets: ['{target}']}}]\n"
+            )
             log = open(tmp / "prometheus.log", "w")
-            prom = subprocess.Popen(["prometheus", f"--config.file={tmp / 'prometheus.yml'}",
-                                     f"--storage.tsdb.path={tmp / 'data'}", f"--web.listen-address=127.0.0.1:{port}"],
-                                    stdout=log, stderr=subprocess.STDOUT)
+            prom = subprocess.Popen(
+                [
+                    "prometheus",
+                    f"--config.file={tmp / 'prometheus.yml'}",
+                    f"--storage.tsdb.path={tmp / 'data'}",
+                    f"--web.listen-address=127.0.0.1:{port}",
+                ],
+                stdout=log,
+                stderr=subprocess.STDOUT,
+            )
             base = f"http://127.0.0.1:{port}"
             try:
-                wait_for("prometheus ready", lambda: urllib.request.urlopen(base + "/-/ready", timeout=5).status == 200)
+                wait_for(
+                    "prometheus ready",
+                    lambda: urllib.request.urlopen(base + "/-/ready", timeout=5).status == 200,
+                )
                 # two scrapes, some traffic in between so that rate() has something to say
                 wait_for("a first scrape", lambda: api(base, "query", query="ipvs_up")["result"])
                 lab.requests(30000, 5)
-                wait_for("two scrapes", lambda: float(api(base, "query", query="count_over_time(ipvs_up[5m])")
-                                                      ["result"][0]["value"][1]) >= 2)
+                wait_for(
+                    "two scrapes",
+                    lambda: float(
+                        api(base, "query", query="count_over_time(ipvs_up[5m])")["result"][0]["value"][1]
+                    )
+                    >= 2,
+                )
                 time.sleep(3)  # the kernel's counters lag ~2 s; one more scrape sees the new traffic
                 yield base, url, lab
             finally:
@@ -104,7 +124,11 @@ def test_every_dashboard_query_parses_and_returns_data(prometheus_and_exporter):
     exprs += [v["query"] for v in dash["templating"]["list"] if v.get("type") == "query"]
     assert len(exprs) >= 10
     for expr in exprs:
-        q = expr.replace("$__rate_interval", "1m").replace('"$namespace"', '".*"').replace('"$instance"', '".*"')
+        q = (
+            expr.replace("$__rate_interval", "1m")
+            .replace('"$namespace"', '".*"')
+            .replace('"$instance"', '".*"')
+        )
         m = re.fullmatch(r"label_values\((\w+), (\w+)\)", q)
         if m:  # a Grafana variable query: ask for the label's values
             values = api(base, f"label/{m.group(2)}/values", **{"match[]": m.group(1)})

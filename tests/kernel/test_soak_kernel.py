@@ -18,6 +18,7 @@ default, part of `make test`: 400 scrapes, one recreate), with the exporter's lo
 - open descriptors, idle, after warm-up and at the end: equal.
 - p50/p99 scrape time (recorded only; TCG is slow and the machine shared).
 """
+
 from __future__ import annotations
 
 import http.client
@@ -31,7 +32,6 @@ import time
 from urllib.parse import urlsplit
 
 import pytest
-
 from ipvs_testlib import ipvsadm, running_exporter, sh
 
 pytestmark = pytest.mark.kernel
@@ -85,11 +85,30 @@ class Churner(threading.Thread):
         """Base services with their mangle rules, as in a fresh ingress_sbox."""
         sh("ip", "link", "set", "lo", "up", ns=self.ns)
         for mark, port in BASE.items():
-            sh("iptables-nft", "-t", "mangle", "-A", "PREROUTING", "-p", "tcp", "--dport", str(port),
-               "-j", "MARK", "--set-mark", str(mark), ns=self.ns)
+            sh(
+                "iptables-nft",
+                "-t",
+                "mangle",
+                "-A",
+                "PREROUTING",
+                "-p",
+                "tcp",
+                "--dport",
+                str(port),
+                "-j",
+                "MARK",
+                "--set-mark",
+                str(mark),
+                ns=self.ns,
+            )
         self.services = {spec: [f"10.0.{int(spec[3:]) % 256}.2:0"] for spec in sorted(BASE_SPECS)}
-        self.proc = subprocess.Popen(["ip", "netns", "exec", self.ns, "ipvsadm", "-R"], stdin=subprocess.PIPE,
-                                     stderr=subprocess.PIPE, text=True, bufsize=1)
+        self.proc = subprocess.Popen(
+            ["ip", "netns", "exec", self.ns, "ipvsadm", "-R"],
+            stdin=subprocess.PIPE,
+            stderr=subprocess.PIPE,
+            text=True,
+            bufsize=1,
+        )
         threading.Thread(target=lambda p=self.proc: self.complaints.extend(p.stderr), daemon=True).start()
         for spec, dests in self.services.items():
             self.ipvsadm(f"-A {spec} -s rr", *(f"-a {spec} -r {d} -m" for d in dests))
@@ -111,8 +130,10 @@ class Churner(threading.Thread):
     def _add_service(self, spec: str) -> None:
         rng = self.rng
         dests = [self._new_dest(spec) for _ in range(rng.randint(0, 3))]
-        self.ipvsadm(f"-A {spec} -s {rng.choice(['rr', 'wrr', 'lc', 'sh'])}",
-                     *(f"-a {spec} -r {d} -m -w {rng.randint(0, 5)}" for d in dests))
+        self.ipvsadm(
+            f"-A {spec} -s {rng.choice(['rr', 'wrr', 'lc', 'sh'])}",
+            *(f"-a {spec} -r {d} -m -w {rng.randint(0, 5)}" for d in dests),
+        )
         self.services[spec] = dests
 
     def step(self) -> None:
@@ -208,7 +229,10 @@ def check_exposition(body: str) -> tuple[float | None, str]:
             series[mark] = series.get(mark, 0) + 1
     for mark, n in totals.items():
         if series.get(mark, 0) != n:
-            return up, f"fwmark {mark}: ipvs_destination_total {n:g}, {series.get(mark, 0)} destination series"
+            return (
+                up,
+                f"fwmark {mark}: ipvs_destination_total {n:g}, {series.get(mark, 0)} destination series",
+            )
     return up, ""
 
 
@@ -243,8 +267,13 @@ def test_scrapes_survive_churn_and_namespace_recreation(netns):
             try:
                 status, body = fetch(url)
                 up, torn = check_exposition(body) if status == 200 else (None, "")
-                why = (f"HTTP {status}" if status != 200 else "no ipvs_up" if up is None
-                       else torn or ("ipvs_up 0" if up == 0 else ""))
+                why = (
+                    f"HTTP {status}"
+                    if status != 200
+                    else "no ipvs_up"
+                    if up is None
+                    else torn or ("ipvs_up 0" if up == 0 else "")
+                )
             except OSError as e:
                 why = f"{type(e).__name__}: {e}"
             t1 = time.monotonic()
@@ -299,26 +328,47 @@ def test_scrapes_survive_churn_and_namespace_recreation(netns):
         f.write(log)
     # ipvs_up 0 is right only while the namespace is away: the scrape overlaps a window
     in_window = [(i, t0, t1) for i, t0, t1 in up0 if any(w0 <= t1 and t0 <= w1 for w0, w1 in churner.windows)]
-    failures += [(i, "ipvs_up 0 outside a recreate window") for i, t0, t1 in up0 if (i, t0, t1) not in in_window]
+    failures += [
+        (i, "ipvs_up 0 outside a recreate window") for i, t0, t1 in up0 if (i, t0, t1) not in in_window
+    ]
     failures.sort()
     # the churner's model is what the kernel has: every change was applied
     kernel = {key: {f"{a}:{p}" for a, p in svc.dests} for key, svc in ipvsadm(path).items()}
-    model = {("FWM " if spec.startswith("-f") else "TCP ") + spec[3:]: set(dests)
-             for spec, dests in churner.services.items()}
+    model = {
+        ("FWM " if spec.startswith("-f") else "TCP ") + spec[3:]: set(dests)
+        for spec, dests in churner.services.items()
+    }
     figures = {
-        "scrapes": SCRAPES, "clients": CLIENTS, "recreates": len(churner.windows), "warmup_scrapes": WARMUP,
-        "elapsed_s": round(elapsed, 1), "scrapes_per_s": round(SCRAPES / elapsed, 1),
-        "failed_scrapes": len(failures), "first_failures": failures[:10],
+        "scrapes": SCRAPES,
+        "clients": CLIENTS,
+        "recreates": len(churner.windows),
+        "warmup_scrapes": WARMUP,
+        "elapsed_s": round(elapsed, 1),
+        "scrapes_per_s": round(SCRAPES / elapsed, 1),
+        "failed_scrapes": len(failures),
+        "first_failures": failures[:10],
         "up0_scrapes_in_recreate_windows": len(in_window),
         "recreate_windows_s": [round(w1 - w0, 2) for w0, w1 in churner.windows],
-        "churn_steps": churner.steps, "ipvsadm_commands": churner.ops, "fwmark_set_changes": churner.fwmark_changes,
-        "max_services": churner.max_services, "max_destinations": churner.max_dests,
-        "scrape_ms": {"p50": round(percentile(times, 50) * 1000, 1), "p99": round(percentile(times, 99) * 1000, 1),
-                      "max": round(max(times) * 1000, 1)},
-        "rss_kib": {"warm": rss["warm"], "end": rss["end"], "growth": rss["end"] - rss["warm"],
-                    "max": max(rss.values())},
+        "churn_steps": churner.steps,
+        "ipvsadm_commands": churner.ops,
+        "fwmark_set_changes": churner.fwmark_changes,
+        "max_services": churner.max_services,
+        "max_destinations": churner.max_dests,
+        "scrape_ms": {
+            "p50": round(percentile(times, 50) * 1000, 1),
+            "p99": round(percentile(times, 99) * 1000, 1),
+            "max": round(max(times) * 1000, 1),
+        },
+        "rss_kib": {
+            "warm": rss["warm"],
+            "end": rss["end"],
+            "growth": rss["end"] - rss["warm"],
+            "max": max(rss.values()),
+        },
         "fds": {"warm": fds["warm"], "end": fds["end"], "min": min(fds.values()), "max": max(fds.values())},
-        "log_lines": {lvl: len(re.findall(rf"level={lvl}\b", log)) for lvl in ("info", "warning", "error", "critical")},
+        "log_lines": {
+            lvl: len(re.findall(rf"level={lvl}\b", log)) for lvl in ("info", "warning", "error", "critical")
+        },
     }
     with open(out + ".json", "w") as f:
         json.dump(figures, f, indent=1)

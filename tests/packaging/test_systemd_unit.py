@@ -5,6 +5,7 @@ what the capability tests (tests/kernel/test_capabilities_kernel.py) proved it n
 that ExecStart's program exists, so it runs against a throw-away root holding the system's
 unit directory and a stub /usr/local/bin/ingress_ipvs_exporter, with the unit unchanged.
 """
+
 from __future__ import annotations
 
 import configparser
@@ -20,7 +21,6 @@ UNIT = REPO / "packaging" / "systemd" / "ingress_ipvs_exporter.service"
 NAME = UNIT.name
 SYSTEM_UNITS = Path("/usr/lib/systemd/system")
 CAPS = {"CAP_SYS_ADMIN", "CAP_NET_ADMIN", "CAP_DAC_READ_SEARCH", "CAP_NET_RAW"}
-
 
 
 @pytest.fixture
@@ -45,8 +45,13 @@ def _root(tmp_path: Path, unit_text: str, with_exporter: bool = True) -> Path:
 
 
 def _analyze(root: Path, *args: str) -> subprocess.CompletedProcess:
-    return subprocess.run(["systemd-analyze", *args, f"--root={root}", NAME],
-                          capture_output=True, text=True, timeout=120, check=False)
+    return subprocess.run(
+        ["systemd-analyze", *args, f"--root={root}", NAME],
+        capture_output=True,
+        text=True,
+        timeout=120,
+        check=False,
+    )
 
 
 def _service() -> dict[str, list[str]]:
@@ -96,13 +101,24 @@ def test_unit_runs_unprivileged_with_exactly_the_proven_capabilities():
     assert svc["DynamicUser"] == ["yes"] and "User" not in svc
     assert set(" ".join(svc["AmbientCapabilities"]).split()) == CAPS
     assert set(" ".join(svc["CapabilityBoundingSet"]).split()) == CAPS
-    for key, value in {"NoNewPrivileges": "yes", "ProtectSystem": "strict", "ProtectHome": "yes",
-                       "PrivateTmp": "yes", "MemoryDenyWriteExecute": "yes", "LockPersonality": "yes",
-                       "RestrictRealtime": "yes", "RestrictNamespaces": "net",
-                       "ProtectKernelModules": "yes"}.items():
+    for key, value in {
+        "NoNewPrivileges": "yes",
+        "ProtectSystem": "strict",
+        "ProtectHome": "yes",
+        "PrivateTmp": "yes",
+        "MemoryDenyWriteExecute": "yes",
+        "LockPersonality": "yes",
+        "RestrictRealtime": "yes",
+        "RestrictNamespaces": "net",
+        "ProtectKernelModules": "yes",
+    }.items():
         assert svc.get(key) == [value], f"{key}={svc.get(key)}"
-    assert set(" ".join(svc["RestrictAddressFamilies"]).split()) == {"AF_NETLINK", "AF_UNIX", "AF_INET",
-                                                                     "AF_INET6"}
+    assert set(" ".join(svc["RestrictAddressFamilies"]).split()) == {
+        "AF_NETLINK",
+        "AF_UNIX",
+        "AF_INET",
+        "AF_INET6",
+    }
     # things that would break it: hiding /proc/net, its own network, caps only in a user namespace
     for key in ("ProcSubset", "PrivateNetwork", "PrivateUsers"):
         assert key not in svc, f"{key} breaks the exporter (see packaging/systemd/README.md)"
@@ -112,8 +128,9 @@ def _syscalls(group: str, seen: set[str] | None = None) -> set[str]:
     """Every system call in a filter group, its nested @groups expanded."""
     seen = set() if seen is None else seen
     seen.add(group)
-    res = subprocess.run(["systemd-analyze", "syscall-filter", group], capture_output=True, text=True,
-                         timeout=60, check=False)
+    res = subprocess.run(
+        ["systemd-analyze", "syscall-filter", group], capture_output=True, text=True, timeout=60, check=False
+    )
     assert res.returncode == 0, res.stderr
     names = set()
     for line in res.stdout.splitlines()[1:]:

@@ -5,6 +5,7 @@ source), installs it into a fresh venv and shows that the extension's libnl reso
 copy inside that venv, and that the console script runs. Needs the build packages
 (scripts/install-deps build) and PyPI for the build and the runtime dependencies.
 """
+
 from __future__ import annotations
 
 import ast
@@ -20,16 +21,24 @@ import pytest
 REPO = Path(__file__).resolve().parents[2]
 BUILD_WHEEL = REPO / "scripts" / "build-wheel"
 # What the wheel is built from: a newer one of these makes dist/'s wheel stale.
-SOURCES = ["pyproject.toml", "setup.py", "build_ipvs.py", "csrc/*", "src/ingress_ipvs_exporter/*.py", "LICENSE",
-           "LICENSES/*"]
+SOURCES = [
+    "pyproject.toml",
+    "setup.py",
+    "build_ipvs.py",
+    "csrc/*",
+    "src/ingress_ipvs_exporter/*.py",
+    "LICENSE",
+    "LICENSES/*",
+]
 TIMEOUT = 600
 
 
 def _env(**extra: str) -> dict[str, str]:
     """The environment without this venv's traces, so the new venv stands alone."""
     env = {k: v for k, v in os.environ.items() if k not in ("PYTHONPATH", "VIRTUAL_ENV", "PYTHONHOME")}
-    env["PATH"] = os.pathsep.join(p for p in env.get("PATH", "").split(os.pathsep)
-                                  if not p.startswith(str(REPO / ".venv")))
+    env["PATH"] = os.pathsep.join(
+        p for p in env.get("PATH", "").split(os.pathsep) if not p.startswith(str(REPO / ".venv"))
+    )
     env["COLUMNS"] = "1000"  # pip renders build errors with rich: no wrapping of long lines
     env.update(extra)
     return env
@@ -37,8 +46,9 @@ def _env(**extra: str) -> dict[str, str]:
 
 def _run(argv, **kw) -> subprocess.CompletedProcess:
     kw.setdefault("env", _env())
-    return subprocess.run([str(a) for a in argv], capture_output=True, text=True, timeout=TIMEOUT,
-                          check=False, **kw)
+    return subprocess.run(
+        [str(a) for a in argv], capture_output=True, text=True, timeout=TIMEOUT, check=False, **kw
+    )
 
 
 def _project_version() -> str:
@@ -48,8 +58,10 @@ def _project_version() -> str:
 
 def _fresh_wheel() -> Path | None:
     """dist/'s manylinux wheel of this version when it is newer than every source, else None."""
-    wheels = sorted((REPO / "dist").glob(f"ingress_ipvs_exporter-{_project_version()}-*manylinux*.whl"),
-                    key=lambda p: p.stat().st_mtime)
+    wheels = sorted(
+        (REPO / "dist").glob(f"ingress_ipvs_exporter-{_project_version()}-*manylinux*.whl"),
+        key=lambda p: p.stat().st_mtime,
+    )
     if not wheels:
         return None
     newest_source = max(p.stat().st_mtime for pattern in SOURCES for p in REPO.glob(pattern))
@@ -87,6 +99,7 @@ def _site_packages(venv: Path) -> Path:
 def test_wheel_is_manylinux_with_libnl_inside(wheel: Path):
     assert re.search(r"-manylinux_\d+_\d+_x86_64\.whl$", wheel.name), wheel.name
     import zipfile
+
     names = zipfile.ZipFile(wheel).namelist()
     libs = [n for n in names if n.startswith("ingress_ipvs_exporter.libs/")]
     assert any(re.search(r"/libnl-3-[0-9a-f]+\.so", n) for n in libs), libs
@@ -98,6 +111,7 @@ def test_wheel_carries_the_libnl_licence(wheel: Path):
     """libnl is LGPL-2.1: the wheel that bundles it carries its notice (what, licence, where the
     source is) and the licence text, in .dist-info/licenses/ (pyproject's license-files)."""
     import zipfile
+
     with zipfile.ZipFile(wheel) as z:
         names = z.namelist()
         notice = [n for n in names if re.search(r"\.dist-info/licenses/LICENSES/libnl-NOTICE\.txt$", n)]
@@ -106,7 +120,9 @@ def test_wheel_carries_the_libnl_licence(wheel: Path):
         text = z.read(notice[0]).decode()
         assert "GNU LESSER GENERAL PUBLIC LICENSE" in z.read(lgpl[0]).decode()
         metadata = z.read(next(n for n in names if n.endswith(".dist-info/METADATA"))).decode()
-    assert "LGPL-2.1" in text and "https://github.com/thom311/libnl" in text and "apt-get source libnl3" in text
+    assert (
+        "LGPL-2.1" in text and "https://github.com/thom311/libnl" in text and "apt-get source libnl3" in text
+    )
     for lib in ("libnl-3", "libnl-genl-3"):
         assert f"ingress_ipvs_exporter.libs/{lib}-" in text
     assert "License-File: LICENSES/libnl-NOTICE.txt" in metadata
@@ -127,16 +143,19 @@ def test_installed_extension_links_the_bundled_libnl(venv: Path):
     assert any(n.startswith("libnl-3-") for n in libnl), f"no libnl-3 in:\n{res.stdout}"
     assert any(n.startswith("libnl-genl-3-") for n in libnl), f"no libnl-genl-3 in:\n{res.stdout}"
     for name, path in libnl.items():
-        assert path.is_relative_to(site / "ingress_ipvs_exporter.libs"), \
+        assert path.is_relative_to(site / "ingress_ipvs_exporter.libs"), (
             f"{name} resolves to {path}, not to the wheel's copy under {site}"
+        )
         assert not str(path).startswith(("/usr/lib", "/lib")), f"{name} resolves to the system's {path}"
 
 
 def test_loaded_process_maps_only_the_bundled_libnl(venv: Path):
     """What ldd predicts is what the dynamic loader does: no system libnl gets mapped."""
     site = _site_packages(venv)
-    code = ("import ingress_ipvs_exporter._ipvs_cffi\n"
-            "print('\\n'.join(sorted({l.split()[-1] for l in open('/proc/self/maps') if 'libnl' in l})))")
+    code = (
+        "import ingress_ipvs_exporter._ipvs_cffi\n"
+        "print('\\n'.join(sorted({l.split()[-1] for l in open('/proc/self/maps') if 'libnl' in l})))"
+    )
     res = _run([venv / "bin" / "python", "-c", code], cwd=venv)
     assert res.returncode == 0, res.stderr
     mapped = [Path(p).resolve() for p in res.stdout.split()]
@@ -158,8 +177,10 @@ def test_console_script_runs(venv: Path, wheel: Path):
 
 def test_build_info_metric_carries_the_version(venv: Path):
     """pyproject.toml's version is the one source: the installed wheel's build-info metric says it too."""
-    code = ("from ingress_ipvs_exporter.collector import build_info\n"
-            "s = build_info().samples[0]\nprint(s.name, s.labels['version'], s.labels['libnl_version'])")
+    code = (
+        "from ingress_ipvs_exporter.collector import build_info\n"
+        "s = build_info().samples[0]\nprint(s.name, s.labels['version'], s.labels['libnl_version'])"
+    )
     res = _run([venv / "bin" / "python", "-c", code], cwd=venv)
     assert res.returncode == 0, res.stderr
     name, version, libnl = res.stdout.split()
@@ -171,7 +192,9 @@ def _missing_line(why: str) -> str:
     """build_ipvs.py's one-line message, read from its source (importing it would run the build)."""
     tree = ast.parse((REPO / "build_ipvs.py").read_text())
     for node in tree.body:
-        if isinstance(node, ast.Assign) and [t.id for t in node.targets if isinstance(t, ast.Name)] == ["MISSING"]:
+        if isinstance(node, ast.Assign) and [t.id for t in node.targets if isinstance(t, ast.Name)] == [
+            "MISSING"
+        ]:
             return ast.literal_eval(node.value).format(why=why)
     raise AssertionError("build_ipvs.py has no MISSING message")
 
@@ -184,8 +207,11 @@ def _source_copy(tmp_path: Path) -> Path:
         shutil.copy2(REPO / name, src / name)
     for name in ("csrc", "LICENSES"):
         shutil.copytree(REPO / name, src / name)
-    shutil.copytree(REPO / "src", src / "src",
-                    ignore=shutil.ignore_patterns("*.so", "_ipvs_cffi.c", "__pycache__", "*.egg-info"))
+    shutil.copytree(
+        REPO / "src",
+        src / "src",
+        ignore=shutil.ignore_patterns("*.so", "_ipvs_cffi.c", "__pycache__", "*.egg-info"),
+    )
     return src
 
 
@@ -198,8 +224,11 @@ def test_pip_install_from_source_links_the_system_libnl(tmp_path: Path):
     assert res.returncode == 0, f"pip install . failed:\n{res.stdout}\n{res.stderr}"
     (ext,) = (_site_packages(root) / "ingress_ipvs_exporter").glob("_ipvs_cffi*.so")
     ldd = _run(["ldd", ext])
-    libnl = [line.split(" => ")[1].split(" (")[0] for line in ldd.stdout.splitlines()
-             if line.strip().startswith("libnl") and " => " in line]
+    libnl = [
+        line.split(" => ")[1].split(" (")[0]
+        for line in ldd.stdout.splitlines()
+        if line.strip().startswith("libnl") and " => " in line
+    ]
     assert len(libnl) == 2, ldd.stdout
     for path in libnl:
         assert not Path(path).resolve().is_relative_to(root), path
@@ -215,16 +244,21 @@ def test_source_build_without_libnl_says_what_to_install(tmp_path: Path, missing
     stops with one actionable line."""
     src = _source_copy(tmp_path)
     if missing == "libnl":
-        env, why = _env(PKG_CONFIG_PATH="/nonexistent", PKG_CONFIG_LIBDIR="/nonexistent"), \
-            "pkg-config has no libnl-genl-3.0"
+        env, why = (
+            _env(PKG_CONFIG_PATH="/nonexistent", PKG_CONFIG_LIBDIR="/nonexistent"),
+            "pkg-config has no libnl-genl-3.0",
+        )
     else:  # a PATH without pkg-config (pip and the build backend run by absolute path)
         (tmp_path / "empty-bin").mkdir()
         env, why = _env(PATH=str(tmp_path / "empty-bin")), "pkg-config is not installed"
-    res = _run([sys.executable, "-m", "pip", "wheel", ".", "--no-deps", "-w", tmp_path / "out"], cwd=src, env=env)
+    res = _run(
+        [sys.executable, "-m", "pip", "wheel", ".", "--no-deps", "-w", tmp_path / "out"], cwd=src, env=env
+    )
     output = res.stdout + res.stderr
     assert res.returncode != 0, f"the build succeeded without {missing}:\n{output}"
     want = _missing_line(why)
     assert "apt-get install pkg-config libnl-genl-3-dev" in want and "libnl3-devel" in want
-    assert want in [line.strip() for line in output.splitlines()], \
+    assert want in [line.strip() for line in output.splitlines()], (
         f"pip's output lacks the line\n  {want}\n---\n{output}"
+    )
     assert not list(tmp_path.glob("out/*.whl"))

@@ -1,11 +1,11 @@
 """The real-swarm fixture: one swarm per iptables backend, shared by a module's tests."""
+
 from __future__ import annotations
 
 import shutil
 import subprocess
 
 import pytest
-
 from swarmlib import LAB, LAB_SOURCE, STATE, Lab, _lab_cmd
 
 
@@ -28,5 +28,3 @@ def lab(request):
         yield Lab(env)
     finally:
         _lab_cmd("down", "--state", STATE, timeout=600)
-
-

@@ -1,4 +1,5 @@
 """The real-swarm lab for pytest: swarm-lab up/down around a module, and helpers."""
+
 from __future__ import annotations
 
 import os
@@ -20,7 +21,8 @@ WAIT = 240.0  # a swarm change to show up in the API
 def _docker_binary() -> str:
     """The docker CLI swarm-lab uses (the 20.10 client when installed)."""
     return os.environ.get("SWARM_LAB_DOCKER") or (
-        "/usr/bin/docker" if os.access("/usr/bin/docker", os.X_OK) else shutil.which("docker") or "docker")
+        "/usr/bin/docker" if os.access("/usr/bin/docker", os.X_OK) else shutil.which("docker") or "docker"
+    )
 
 
 class Lab:
@@ -31,20 +33,30 @@ class Lab:
         self.ingress_ns = env["INGRESS_NS"]
         self.backend = env.get("BACKEND", "")
         self.state = env.get("STATE", STATE)
-        self.cli_env = dict(os.environ, DOCKER_HOST=self.docker_host,
-                            DOCKER_CONFIG=os.path.join(self.state, "cli"), SWARM_LAB_STATE=self.state)
+        self.cli_env = dict(
+            os.environ,
+            DOCKER_HOST=self.docker_host,
+            DOCKER_CONFIG=os.path.join(self.state, "cli"),
+            SWARM_LAB_STATE=self.state,
+        )
 
     def docker(self, *args: str) -> str:
         """stdout of a docker CLI call against the lab; fails the test on error."""
-        res = subprocess.run([_docker_binary(), *args], env=self.cli_env, capture_output=True,
-                             text=True, timeout=180)
+        res = subprocess.run(
+            [_docker_binary(), *args], env=self.cli_env, capture_output=True, text=True, timeout=180
+        )
         assert res.returncode == 0, f"docker {' '.join(args)}: {res.stderr.strip()}"
         return res.stdout
 
     def ports(self) -> dict[str, int]:
         """service name -> published (ingress, tcp) port, as `swarm-lab ports` reports it."""
-        res = subprocess.run(["bash", str(LAB), "ports", "--state", self.state], env=self.cli_env,
-                             capture_output=True, text=True, timeout=300)
+        res = subprocess.run(
+            ["bash", str(LAB), "ports", "--state", self.state],
+            env=self.cli_env,
+            capture_output=True,
+            text=True,
+            timeout=300,
+        )
         assert res.returncode == 0, f"swarm-lab ports: {res.stderr.strip()}"
         found = {}
         for line in res.stdout.splitlines():
@@ -59,8 +71,13 @@ class Lab:
         return dict(line.split() for line in out.splitlines() if line.strip())
 
     def requests(self, port: int, n: int) -> None:
-        res = subprocess.run(["bash", str(LAB), "requests", "--state", self.state, str(port), str(n)],
-                             env=self.cli_env, capture_output=True, text=True, timeout=600)
+        res = subprocess.run(
+            ["bash", str(LAB), "requests", "--state", self.state, str(port), str(n)],
+            env=self.cli_env,
+            capture_output=True,
+            text=True,
+            timeout=600,
+        )
         assert res.returncode == 0, f"swarm-lab requests {port} {n}: {res.stderr.strip()}"
 
     def wait_ports(self, ready, what: str) -> dict[str, int]:
@@ -76,12 +93,22 @@ class Lab:
 
 def _lab_cmd(*args: str, timeout: float) -> subprocess.CompletedProcess:
     """Run swarm-lab; its progress (stderr) goes to pytest's captured output."""
-    return subprocess.run(["bash", str(LAB), *args], stdout=subprocess.PIPE, text=True, timeout=timeout,
-                          env=dict(os.environ, SWARM_LAB_STATE=STATE))
+    return subprocess.run(
+        ["bash", str(LAB), *args],
+        stdout=subprocess.PIPE,
+        text=True,
+        timeout=timeout,
+        env=dict(os.environ, SWARM_LAB_STATE=STATE),
+    )
 
 
 def diag() -> str:
     """swarm-lab's failure diagnostics: dockerd log tail, service ps, ipvsadm, mangle rules."""
-    res = subprocess.run(["bash", str(LAB), "diag", "--state", STATE], capture_output=True, text=True,
-                         timeout=300, env=dict(os.environ, SWARM_LAB_STATE=STATE))
+    res = subprocess.run(
+        ["bash", str(LAB), "diag", "--state", STATE],
+        capture_output=True,
+        text=True,
+        timeout=300,
+        env=dict(os.environ, SWARM_LAB_STATE=STATE),
+    )
     return res.stdout + res.stderr

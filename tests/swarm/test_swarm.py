@@ -6,6 +6,7 @@ services, ten requests, every seed sample equal to ipvsadm, ports as docker repo
 swarm service names through the exporter and through docker.py, churn, a frozen dockerd, and
 dockerd stopped last, since it ends the swarm.
 """
+
 from __future__ import annotations
 
 import contextlib
@@ -17,10 +18,10 @@ import time
 from pathlib import Path
 
 import pytest
-
-from ingress_ipvs_exporter.docker import DockerError, fetch_services
 from ipvs_testlib import assert_seed_samples_match, running_exporter, samples, scrape, scrape_while_stable
 from swarmlib import API_TIMEOUT, IMAGE, WAIT, diag
+
+from ingress_ipvs_exporter.docker import DockerError, fetch_services
 
 pytestmark = pytest.mark.swarm
 
@@ -37,9 +38,16 @@ def diagnosed():
 
 def marks_by_port(lab) -> dict[int, int]:
     """published port -> fwmark, from the backend's own mangle rules in ingress_sbox."""
-    out = subprocess.run(["nsenter", f"--net={lab.ingress_ns}", f"iptables-{lab.backend}-save", "-t", "mangle"],
-                         capture_output=True, text=True, check=True, timeout=120).stdout
-    return {int(p): int(m, 16) for p, m in re.findall(r"--dport (\d+) -j MARK --set-xmark (0x[0-9a-f]+)/", out)}
+    out = subprocess.run(
+        ["nsenter", f"--net={lab.ingress_ns}", f"iptables-{lab.backend}-save", "-t", "mangle"],
+        capture_output=True,
+        text=True,
+        check=True,
+        timeout=120,
+    ).stdout
+    return {
+        int(p): int(m, 16) for p, m in re.findall(r"--dport (\d+) -j MARK --set-xmark (0x[0-9a-f]+)/", out)
+    }
 
 
 def _names(mapping) -> dict[tuple[str, int], str]:
@@ -49,10 +57,14 @@ def _names(mapping) -> dict[tuple[str, int], str]:
 def save_example(url: str, mark: int, backend: str) -> None:
     """The README example's lines as this run saw them, in build/vm/ (writable from the VM)."""
     import urllib.request
+
     text = urllib.request.urlopen(url, timeout=60).read().decode()
-    seed = re.compile(r'^ipvs_(bytes_(in|out)|connections|destination_[a-z_]+|services)_total\{')
-    lines = [line for line in text.splitlines()
-             if seed.match(line) and (f'fwmark="{mark}"' in line or line.startswith("ipvs_services_total"))]
+    seed = re.compile(r"^ipvs_(bytes_(in|out)|connections|destination_[a-z_]+|services)_total\{")
+    lines = [
+        line
+        for line in text.splitlines()
+        if seed.match(line) and (f'fwmark="{mark}"' in line or line.startswith("ipvs_services_total"))
+    ]
     out = Path(__file__).parents[2] / "build" / "vm"
     if out.is_dir():
         (out / f"readme-example-{backend}.txt").write_text("\n".join(sorted(lines)) + "\n")
@@ -76,8 +88,9 @@ def test_readme_example_seed_metrics_equal_ipvsadm(lab):
         for name, port in ports.items():  # each service's port label is its published port
             series = samples(scraped, "ipvs_connections_total")
             assert frozenset(ns | {("fwmark", str(marks[port])), ("port", str(port))}) in series, (name, port)
-        conns = scraped[("ipvs_connections_total",
-                         frozenset(ns | {("fwmark", str(marks[first])), ("port", str(first))}))]
+        conns = scraped[
+            ("ipvs_connections_total", frozenset(ns | {("fwmark", str(marks[first])), ("port", str(first))}))
+        ]
         assert conns == 10
         assert_seed_samples_match(scraped, before, lab.ingress_ns, {m: str(p) for p, m in marks.items()})
 
@@ -92,7 +105,10 @@ def test_fetch_services_names_each_published_port(lab):
 
 
 def test_service_names_through_the_exporter_follow_churn(lab):
-    with diagnosed(), running_exporter("--namespace-path", lab.ingress_ns, "--docker-host", lab.docker_host) as (url, _):
+    with (
+        diagnosed(),
+        running_exporter("--namespace-path", lab.ingress_ns, "--docker-host", lab.docker_host) as (url, _),
+    ):
         ns = ("namespace", lab.ingress_ns)
 
         def names() -> dict[int, str]:
@@ -113,8 +129,23 @@ def test_service_names_through_the_exporter_follow_churn(lab):
         wait_names({port: name for name, port in lab.ports().items()})
         assert scrape(url)[("ipvs_docker_up", frozenset({ns}))] == 1
         # churn between scrapes: a service created, another removed
-        lab.docker("service", "create", "--no-resolve-image", "--detach=true", "--name", "service_4",
-                   "--publish", "80", IMAGE, "/bin/httpd", "-f", "-p", "80", "-h", "/www")
+        lab.docker(
+            "service",
+            "create",
+            "--no-resolve-image",
+            "--detach=true",
+            "--name",
+            "service_4",
+            "--publish",
+            "80",
+            IMAGE,
+            "/bin/httpd",
+            "-f",
+            "-p",
+            "80",
+            "-h",
+            "/www",
+        )
         lab.wait_ports(lambda p: "service_4" in p, "service_4 published")
         lab.docker("service", "rm", "service_3")
         after = lab.wait_ports(lambda p: "service_3" not in p, "service_3 removed")
@@ -142,9 +173,16 @@ def test_docker_api_hanging_leaves_ipvs_metrics_alone(lab):
                 time.sleep(2)
                 after = scrape(url)
             assert after[("ipvs_up", ns)] == 1
-            for name in ("ipvs_connections_total", "ipvs_destination_total", "ipvs_destination_connections_total"):
+            for name in (
+                "ipvs_connections_total",
+                "ipvs_destination_total",
+                "ipvs_destination_connections_total",
+            ):
                 assert samples(after, name).keys() == samples(before, name).keys(), name
-            assert samples(after, "ipvs_swarm_service_info").keys() == samples(before, "ipvs_swarm_service_info").keys()
+            assert (
+                samples(after, "ipvs_swarm_service_info").keys()
+                == samples(before, "ipvs_swarm_service_info").keys()
+            )
         finally:
             os.kill(pid, signal.SIGCONT)
 

@@ -1,4 +1,5 @@
 """CLI parsing and usage (no kernel): the seed's flags, defaults and one-line errors."""
+
 from __future__ import annotations
 
 import subprocess
@@ -10,8 +11,9 @@ from ingress_ipvs_exporter.cli import parse_listen_address
 
 
 def run(*args):
-    return subprocess.run([sys.executable, "-m", "ingress_ipvs_exporter.cli", *args],
-                          capture_output=True, text=True, timeout=60)
+    return subprocess.run(
+        [sys.executable, "-m", "ingress_ipvs_exporter.cli", *args], capture_output=True, text=True, timeout=60
+    )
 
 
 def test_help_shows_the_seed_usage():
@@ -20,29 +22,44 @@ def test_help_shows_the_seed_usage():
         assert res.returncode == 0
         out = res.stdout
         assert out.startswith("Usage: ingress_ipvs_exporter")
-        for line in ("[--listen-address LISTEN-ADDRESS]", "[--telemetry-path TELEMETRY-PATH]",
-                     "[--namespace-path NAMESPACE-PATH]", "address to set the http server to listen to",
-                     "[default: :9100]", "endpoint to receive scrape requests from prometheus",
-                     "[default: /metrics]", "absolute path to the network namespace where ipv is configured",
-                     "[default: /var/run/docker/netns/ingress_sbox]", "--help, -h             display this help and exit"):
+        for line in (
+            "[--listen-address LISTEN-ADDRESS]",
+            "[--telemetry-path TELEMETRY-PATH]",
+            "[--namespace-path NAMESPACE-PATH]",
+            "address to set the http server to listen to",
+            "[default: :9100]",
+            "endpoint to receive scrape requests from prometheus",
+            "[default: /metrics]",
+            "absolute path to the network namespace where ipv is configured",
+            "[default: /var/run/docker/netns/ingress_sbox]",
+            "--help, -h             display this help and exit",
+        ):
             assert line in out, line
 
 
-@pytest.mark.parametrize("value,expected", [
-    (":9100", ("", 9100)), ("127.0.0.1:9100", ("127.0.0.1", 9100)), ("[::1]:80", ("::1", 80)),
-    ("localhost:0", ("localhost", 0)),
-])
+@pytest.mark.parametrize(
+    "value,expected",
+    [
+        (":9100", ("", 9100)),
+        ("127.0.0.1:9100", ("127.0.0.1", 9100)),
+        ("[::1]:80", ("::1", 80)),
+        ("localhost:0", ("localhost", 0)),
+    ],
+)
 def test_listen_address_forms(value, expected):
     assert parse_listen_address(value) == expected
 
 
-@pytest.mark.parametrize("args,needle", [
-    (["--listen-address", "9100"], "--listen-address"),
-    (["--listen-address", ":99999"], "--listen-address"),
-    (["--listen-address", "::1:80"], "brackets"),
-    (["--telemetry-path", "metrics"], "--telemetry-path"),
-    (["--no-such-flag"], "--no-such-flag"),
-])
+@pytest.mark.parametrize(
+    "args,needle",
+    [
+        (["--listen-address", "9100"], "--listen-address"),
+        (["--listen-address", ":99999"], "--listen-address"),
+        (["--listen-address", "::1:80"], "brackets"),
+        (["--telemetry-path", "metrics"], "--telemetry-path"),
+        (["--no-such-flag"], "--no-such-flag"),
+    ],
+)
 def test_usage_errors_are_one_line_and_exit_2(args, needle):
     res = run(*args)
     assert res.returncode == 2
@@ -52,6 +69,7 @@ def test_usage_errors_are_one_line_and_exit_2(args, needle):
 
 def test_port_in_use_is_one_line_and_exit_1():
     import socket
+
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
         s.listen()
@@ -73,6 +91,7 @@ def test_serves_only_the_telemetry_path_over_http():
     import urllib.request
 
     from ipvs_testlib import running_exporter, scrape
+
     with running_exporter("--namespace-path", "/nonexistent/ns", "--telemetry-path", "/ipvs") as (url, proc):
         base = url.rsplit("/", 1)[0]
         scraped = scrape(base + "/ipvs")
@@ -81,7 +100,9 @@ def test_serves_only_the_telemetry_path_over_http():
         with pytest.raises(urllib.error.HTTPError) as e:
             urllib.request.urlopen(base + "/metrics")
         assert e.value.code == 404
-        req = urllib.request.Request(base + "/ipvs", headers={"Accept": "application/openmetrics-text; version=1.0.0"})
+        req = urllib.request.Request(
+            base + "/ipvs", headers={"Accept": "application/openmetrics-text; version=1.0.0"}
+        )
         with urllib.request.urlopen(req) as r:
             assert r.headers["Content-Type"].startswith("application/openmetrics-text")
             assert r.read().decode().rstrip().endswith("# EOF")
@@ -90,6 +111,7 @@ def test_serves_only_the_telemetry_path_over_http():
 
 def test_readme_usage_is_the_real_help():
     import pathlib
+
     readme = (pathlib.Path(__file__).parents[2] / "README.md").read_text()
     shown = "\n".join(line.rstrip() for line in run("--help").stdout.splitlines())
     assert shown in readme, "README's usage block differs from --help: regenerate it"
@@ -109,6 +131,7 @@ def test_an_empty_file_is_a_namespace_not_there_yet(tmp_path):
     An exporter started in between keeps serving ipvs_up 0 (reason namespace_missing) and retries,
     instead of taking the path for a wrong one (exit 2)."""
     from ipvs_testlib import exporter_log, running_exporter, scrape
+
     placeholder = tmp_path / "ingress_sbox"
     placeholder.write_text("")
     path = str(placeholder)
@@ -117,7 +140,12 @@ def test_an_empty_file_is_a_namespace_not_there_yet(tmp_path):
             scraped = scrape(url)
         assert proc.poll() is None
     assert scraped[("ipvs_up", frozenset({("namespace", path)}))] == 0
-    assert scraped[("ipvs_scrape_errors_total", frozenset({("namespace", path), ("reason", "namespace_missing")}))] == 3
+    assert (
+        scraped[
+            ("ipvs_scrape_errors_total", frozenset({("namespace", path), ("reason", "namespace_missing")}))
+        ]
+        == 3
+    )
     said = [line for line in open(exporter_log(url)) if "not yet a network namespace" in line]
     assert len(said) == 1 and "level=warning" in said[0] and path in said[0], said
 
@@ -128,6 +156,7 @@ def test_json_logs_and_the_missing_namespace_is_logged_once():
     import urllib.request
 
     from ipvs_testlib import exporter_log, running_exporter
+
     with running_exporter("--namespace-path", "/nonexistent/ns", "--log-format", "json") as (url, proc):
         for _ in range(3):
             urllib.request.urlopen(url).read()

@@ -1,15 +1,16 @@
 """Collector logic on injected snapshots (no kernel): names, help, types, labels, values."""
+
 from __future__ import annotations
 
 import socket
 
+from ipvs_testlib import make_snapshot
 from prometheus_client import CollectorRegistry, generate_latest
 from prometheus_client.parser import text_string_to_metric_families
 
 from ingress_ipvs_exporter.collector import METRICS, IPVSCollector, Options
 from ingress_ipvs_exporter.ipvs import Destination, NamespaceNotFound, Service, Stats
 from ingress_ipvs_exporter.portmap import PublishedPort
-from ipvs_testlib import make_snapshot
 
 NS = "/var/run/docker/netns/ingress_sbox"
 
@@ -37,7 +38,9 @@ def dest(addr, conns=0, inb=0, outb=0, active=0, inactive=0, af=socket.AF_INET):
 
 
 def fwm(mark, *dests, conns=0, inb=0, outb=0):
-    return Service(socket.AF_INET, 0, "", 0, mark, "rr", 2, 0, 0xFFFFFFFF, stats(conns, inb, outb), tuple(dests))
+    return Service(
+        socket.AF_INET, 0, "", 0, mark, "rr", 2, 0, 0xFFFFFFFF, stats(conns, inb, outb), tuple(dests)
+    )
 
 
 SEED_EXAMPLE = [
@@ -50,8 +53,14 @@ PORTS = {260: [PublishedPort("tcp", 30000)], 261: [PublishedPort("tcp", 30002), 
 
 def render(services, ports=PORTS, ns=NS, options=Options(backends=True)) -> str:
     reg = CollectorRegistry()
-    reg.register(IPVSCollector(ns, lambda: make_snapshot(services), lambda marks: {m: ports[m] for m in marks if m in ports},
-                               options))
+    reg.register(
+        IPVSCollector(
+            ns,
+            lambda: make_snapshot(services),
+            lambda marks: {m: ports[m] for m in marks if m in ports},
+            options,
+        )
+    )
     return generate_latest(reg).decode()
 
 
@@ -59,13 +68,17 @@ def test_seed_names_help_and_types():
     fams = {f.name: f for f in text_string_to_metric_families(render(SEED_EXAMPLE))}
     kinds = {d.name: d.kind for d in METRICS}
     assert set(SEED_HELP) <= set(kinds)
-    assert [d.name for d in METRICS if d.level.startswith("seed") or d.level == "namespace"] == sorted(SEED_HELP)
+    assert [d.name for d in METRICS if d.level.startswith("seed") or d.level == "namespace"] == sorted(
+        SEED_HELP
+    )
     for name, help_text in SEED_HELP.items():
         # the parser names a counter family without its _total suffix
-        fam = fams[name[:-len("_total")]] if kinds[name] == "counter" else fams[name]
+        fam = fams[name[: -len("_total")]] if kinds[name] == "counter" else fams[name]
         assert (fam.type, fam.documentation) == (kinds[name], help_text)
-    assert "# HELP ipvs_connections_total The total number of connections made to a virtual server" \
+    assert (
+        "# HELP ipvs_connections_total The total number of connections made to a virtual server"
         in render(SEED_EXAMPLE).splitlines()
+    )
 
 
 def test_seed_example_lines_appear_verbatim():
@@ -84,40 +97,57 @@ def test_seed_example_lines_appear_verbatim():
 
 def test_port_is_lowest_published_port_and_empty_without_rule():
     text = render(SEED_EXAMPLE)
-    assert 'ipvs_destination_total{fwmark="261",namespace="%s",port="30001"} 2.0' % NS in text
-    assert 'ipvs_destination_total{fwmark="262",namespace="%s",port=""} 0.0' % NS in text
+    assert f'ipvs_destination_total{{fwmark="261",namespace="{NS}",port="30001"}} 2.0' in text
+    assert f'ipvs_destination_total{{fwmark="262",namespace="{NS}",port=""}} 0.0' in text
 
 
 def test_large_counters_are_not_truncated_to_32_bits():
-    big = 2 ** 40 + 3
+    big = 2**40 + 3
     text = render([fwm(300, dest("10.0.0.1", big, big, big), conns=big, inb=big, outb=big)])
     fams = {f.name: f for f in text_string_to_metric_families(text)}
     assert fams["ipvs_bytes_in"].samples[0].value == big
 
 
 def test_address_port_services_are_in_the_full_families_only():
-    svc = Service(socket.AF_INET6, socket.IPPROTO_TCP, "2001:db8::1", 443, 0, "rr", 0, 0, 128, stats(5),
-                  (dest("2001:db8::10", 5, af=socket.AF_INET6),))
+    svc = Service(
+        socket.AF_INET6,
+        socket.IPPROTO_TCP,
+        "2001:db8::1",
+        443,
+        0,
+        "rr",
+        0,
+        0,
+        128,
+        stats(5),
+        (dest("2001:db8::10", 5, af=socket.AF_INET6),),
+    )
     text = render([svc] + SEED_EXAMPLE[:1])
-    full = 'family="ipv6",fwmark="0",namespace="%s",port="443",protocol="tcp",vip="2001:db8::1"' % NS
-    assert 'ipvs_service_connections_total{%s} 5.0' % full in text
-    assert 'ipvs_backend_connections_total{address="2001:db8::10",destination_port="0",%s} 5.0' % full in text
+    full = f'family="ipv6",fwmark="0",namespace="{NS}",port="443",protocol="tcp",vip="2001:db8::1"'
+    assert f"ipvs_service_connections_total{{{full}}} 5.0" in text
+    assert f'ipvs_backend_connections_total{{address="2001:db8::10",destination_port="0",{full}}} 5.0' in text
     # the seed families stay as the original exporter had them: fwmark services only
     assert 'ipvs_connections_total{fwmark="0"' not in text
-    assert 'ipvs_services_total{namespace="%s"} 2.0' % NS in text
-    fwm_full = 'family="ipv4",fwmark="260",namespace="%s",port="30000",protocol="",vip=""' % NS
-    assert 'ipvs_service_connections_total{%s} 10.0' % fwm_full in text
+    assert f'ipvs_services_total{{namespace="{NS}"}} 2.0' in text
+    fwm_full = f'family="ipv4",fwmark="260",namespace="{NS}",port="30000",protocol="",vip=""'
+    assert f"ipvs_service_connections_total{{{fwm_full}}} 10.0" in text
 
 
 def test_every_published_port_is_exported_and_info_metrics():
     text = render(SEED_EXAMPLE)
     for port, proto in (("30002", "tcp"), ("30001", "udp")):
-        assert 'ipvs_service_published_port_info{fwmark="261",namespace="%s",port="%s",protocol="%s"} 1.0' % (
-            NS, port, proto) in text
-    assert ('ipvs_service_info{family="ipv4",fwmark="260",hashed="true",namespace="%s",one_packet="false",'
-            'persistent="false",port="30000",protocol="",scheduler="rr",vip=""} 1.0' % NS) in text
-    assert ('ipvs_backend_info{address="10.255.0.12",destination_port="0",family="ipv4",forwarding="masq",'
-            'fwmark="260",namespace="%s",port="30000",protocol="",vip=""} 1.0' % NS) in text
+        assert (
+            f'ipvs_service_published_port_info{{fwmark="261",namespace="{NS}",port="{port}",protocol="{proto}"}} 1.0'
+            in text
+        )
+    assert (
+        f'ipvs_service_info{{family="ipv4",fwmark="260",hashed="true",namespace="{NS}",one_packet="false",'
+        'persistent="false",port="30000",protocol="",scheduler="rr",vip=""} 1.0'
+    ) in text
+    assert (
+        'ipvs_backend_info{address="10.255.0.12",destination_port="0",family="ipv4",forwarding="masq",'
+        f'fwmark="260",namespace="{NS}",port="30000",protocol="",vip=""}} 1.0'
+    ) in text
 
 
 def test_negative_weight_and_rates():
@@ -125,7 +155,9 @@ def test_negative_weight_and_rates():
     text = render([fwm(300, d)])
     assert 'ipvs_backend_weight{address="10.0.0.1",destination_port="80",' in text
     assert [l for l in text.splitlines() if l.startswith("ipvs_backend_weight{")][0].endswith(" -1.0")
-    assert [l for l in text.splitlines() if l.startswith("ipvs_backend_bytes_out_per_second{")][0].endswith(" 7.0")
+    assert [l for l in text.splitlines() if l.startswith("ipvs_backend_bytes_out_per_second{")][0].endswith(
+        " 7.0"
+    )
 
 
 def test_backend_families_only_with_the_flag():
@@ -138,23 +170,39 @@ def test_backend_families_only_with_the_flag():
 def test_cardinality_options_sum_merged_series_or_drop_them():
     svc = fwm(270, dest("10.0.0.1", 3, 100, 200), dest("10.0.0.2", 4, 10, 20))
     reg = CollectorRegistry()
-    reg.register(IPVSCollector(NS, lambda: make_snapshot([svc]), lambda m: {},
-                               Options(destination_labels=("destination_port",), backends=True)))
+    reg.register(
+        IPVSCollector(
+            NS,
+            lambda: make_snapshot([svc]),
+            lambda m: {},
+            Options(destination_labels=("destination_port",), backends=True),
+        )
+    )
     text = generate_latest(reg).decode()
-    assert 'ipvs_destination_connections_total{fwmark="270",namespace="%s",port=""} 7.0' % NS in text
-    assert 'ipvs_backend_bytes_in_total{destination_port="0",family="ipv4",fwmark="270",namespace="%s",port="",protocol="",vip=""} 110.0' % NS in text
+    assert f'ipvs_destination_connections_total{{fwmark="270",namespace="{NS}",port=""}} 7.0' in text
+    assert (
+        f'ipvs_backend_bytes_in_total{{destination_port="0",family="ipv4",fwmark="270",namespace="{NS}",port="",protocol="",vip=""}} 110.0'
+        in text
+    )
     assert "address=" not in text
     reg = CollectorRegistry()
-    reg.register(IPVSCollector(NS, lambda: make_snapshot([svc]), lambda m: {},
-                               Options(destination_labels=(), per_destination=False)))
+    reg.register(
+        IPVSCollector(
+            NS,
+            lambda: make_snapshot([svc]),
+            lambda m: {},
+            Options(destination_labels=(), per_destination=False),
+        )
+    )
     text = generate_latest(reg).decode()
     assert "ipvs_destination_connections_total{" not in text and "ipvs_backend_" not in text.replace("# ", "")
-    assert 'ipvs_destination_total{fwmark="270",namespace="%s",port=""} 2.0' % NS in text
+    assert f'ipvs_destination_total{{fwmark="270",namespace="{NS}",port=""}} 2.0' in text
 
 
 def test_failed_read_gives_up_0_and_no_ipvs_series(caplog):
     def broken():
         raise NamespaceNotFound(2, "network namespace /x does not exist (yet)")
+
     reg = CollectorRegistry()
     reg.register(IPVSCollector("/x", broken, lambda m: {}))
     for _ in range(3):
@@ -180,17 +228,28 @@ def test_swarm_service_names_join_on_fwmark():
 
         def lookup(self, ports):
             asked = {(p.protocol, p.port) for p in ports}
-            known = {("tcp", 30000): SwarmService("id1", "web"), ("tcp", 30002): SwarmService("id2", "api"),
-                     ("udp", 30001): SwarmService("id2", "api")}
+            known = {
+                ("tcp", 30000): SwarmService("id1", "web"),
+                ("tcp", 30002): SwarmService("id2", "api"),
+                ("udp", 30001): SwarmService("id2", "api"),
+            }
             return {k: v for k, v in known.items() if k in asked}
 
     reg = CollectorRegistry()
-    reg.register(IPVSCollector(NS, lambda: make_snapshot(SEED_EXAMPLE),
-                               lambda marks: {m: PORTS[m] for m in marks if m in PORTS}, swarm=FakeSwarm()))
+    reg.register(
+        IPVSCollector(
+            NS,
+            lambda: make_snapshot(SEED_EXAMPLE),
+            lambda marks: {m: PORTS[m] for m in marks if m in PORTS},
+            swarm=FakeSwarm(),
+        )
+    )
     text = generate_latest(reg).decode()
-    assert ('ipvs_swarm_service_info{fwmark="260",namespace="%s",port="30000",service_id="id1",service_name="web"} 1.0'
-            % NS) in text
+    assert (
+        f'ipvs_swarm_service_info{{fwmark="260",namespace="{NS}",port="30000",service_id="id1",service_name="web"}} 1.0'
+    ) in text
     # one series per fwmark even when it has several ports, labelled like its other series
     assert [l for l in text.splitlines() if l.startswith('ipvs_swarm_service_info{fwmark="261"')] == [
-        'ipvs_swarm_service_info{fwmark="261",namespace="%s",port="30001",service_id="id2",service_name="api"} 1.0' % NS]
-    assert 'ipvs_docker_up{namespace="%s"} 1.0' % NS in text
+        f'ipvs_swarm_service_info{{fwmark="261",namespace="{NS}",port="30001",service_id="id2",service_name="api"}} 1.0'
+    ]
+    assert f'ipvs_docker_up{{namespace="{NS}"}} 1.0' in text

@@ -1,4 +1,5 @@
 """Unit tests for docker: parsing --docker-host, GET /services against a fake Docker API, the cache."""
+
 import http.server
 import json
 import logging
@@ -68,7 +69,7 @@ class _Handler(http.server.BaseHTTPRequestHandler):
 
     protocol_version = "HTTP/1.1"
 
-    def do_GET(self):  # noqa: N802 (http.server's naming)
+    def do_GET(self):
         self.server.requests.append((self.path, self.headers.get("Host")))
         status, body = self.server.answer
         data = body if isinstance(body, bytes) else json.dumps(body).encode()
@@ -124,25 +125,43 @@ def fake_docker(tmp_path):
 
 
 # ---------------------------------------------------------------------------- parse_docker_host
-@pytest.mark.parametrize("value, expected", [
-    ("unix:///var/run/docker.sock", ("unix", "/var/run/docker.sock")),
-    (" unix:///run/user/1000/docker.sock ", ("unix", "/run/user/1000/docker.sock")),
-    ("tcp://127.0.0.1:2375", ("tcp", "127.0.0.1:2375")),
-    ("tcp://docker.example:2376/", ("tcp", "docker.example:2376")),
-    ("http://manager-1:2375", ("tcp", "manager-1:2375")),
-    ("TCP://[::1]:2375", ("tcp", "[::1]:2375")),
-    ("tcp://manager-1", ("tcp", "manager-1:2375")),
-    ("http://manager-1", ("tcp", "manager-1:80")),
-])
+@pytest.mark.parametrize(
+    "value, expected",
+    [
+        ("unix:///var/run/docker.sock", ("unix", "/var/run/docker.sock")),
+        (" unix:///run/user/1000/docker.sock ", ("unix", "/run/user/1000/docker.sock")),
+        ("tcp://127.0.0.1:2375", ("tcp", "127.0.0.1:2375")),
+        ("tcp://docker.example:2376/", ("tcp", "docker.example:2376")),
+        ("http://manager-1:2375", ("tcp", "manager-1:2375")),
+        ("TCP://[::1]:2375", ("tcp", "[::1]:2375")),
+        ("tcp://manager-1", ("tcp", "manager-1:2375")),
+        ("http://manager-1", ("tcp", "manager-1:80")),
+    ],
+)
 def test_parse_docker_host(value, expected):
     assert parse_docker_host(value) == expected
 
 
-@pytest.mark.parametrize("value", [
-    "", "/var/run/docker.sock", "docker.sock", "unix://", "unix://var/run/docker.sock",
-    "https://h:2376", "ssh://user@h", "npipe:////./pipe/docker_engine", "tcp://", "tcp://:2375",
-    "tcp://h:notaport", "tcp://h:70000", "tcp://h:0", "tcp://h:2375/v1.41", "tcp://u:p@h:2375",
-])
+@pytest.mark.parametrize(
+    "value",
+    [
+        "",
+        "/var/run/docker.sock",
+        "docker.sock",
+        "unix://",
+        "unix://var/run/docker.sock",
+        "https://h:2376",
+        "ssh://user@h",
+        "npipe:////./pipe/docker_engine",
+        "tcp://",
+        "tcp://:2375",
+        "tcp://h:notaport",
+        "tcp://h:70000",
+        "tcp://h:0",
+        "tcp://h:2375/v1.41",
+        "tcp://u:p@h:2375",
+    ],
+)
 def test_parse_docker_host_rejects(value):
     with pytest.raises(ValueError) as info:
         parse_docker_host(value)
@@ -173,11 +192,17 @@ def test_fetch_services_tolerates_odd_items(fake_docker):
         "not a dict",
         {"ID": "x"},  # no Spec, no Endpoint
         {"ID": "y", "Spec": {"Name": "y"}, "Endpoint": {"Ports": None}},
-        {"ID": "z", "Spec": {"Name": "z"}, "Endpoint": {"Ports": [
-            {"Protocol": "tcp", "TargetPort": 80},  # not published yet
-            {"Protocol": "TCP", "PublishedPort": 30005},  # no PublishMode: ingress is the default
-            {"Protocol": "tcp", "PublishedPort": "30006", "PublishMode": "ingress"},
-        ]}},
+        {
+            "ID": "z",
+            "Spec": {"Name": "z"},
+            "Endpoint": {
+                "Ports": [
+                    {"Protocol": "tcp", "TargetPort": 80},  # not published yet
+                    {"Protocol": "TCP", "PublishedPort": 30005},  # no PublishMode: ingress is the default
+                    {"Protocol": "tcp", "PublishedPort": "30006", "PublishMode": "ingress"},
+                ]
+            },
+        },
     ]
     host = fake_docker(body=odd)
     assert fetch_services(host) == {("tcp", 30005): SwarmService("z", "z")}
@@ -208,9 +233,11 @@ def test_fetch_services_connection_refused(tmp_path):
 
 
 def test_fetch_services_not_a_manager(fake_docker):
-    body = {"message": "This node is not a swarm manager. Worker nodes can't be used to view or "
-                       "modify cluster state. Please run this command on a manager node or promote "
-                       "the current node to a manager."}
+    body = {
+        "message": "This node is not a swarm manager. Worker nodes can't be used to view or "
+        "modify cluster state. Please run this command on a manager node or promote "
+        "the current node to a manager."
+    }
     host = fake_docker(503, body)
     with pytest.raises(DockerError) as info:
         fetch_services(host)
@@ -435,7 +462,8 @@ def test_cache_keeps_last_good_map_on_error_and_up_flips(caplog):
         cache.lookup([A, B])
         assert cache.wait_idle(5)
     assert [r.getMessage() for r in caplog.records].count(
-        "swarm service names unavailable: docker at unix:///fake.sock: HTTP 503: not a swarm manager") == 1
+        "swarm service names unavailable: docker at unix:///fake.sock: HTTP 503: not a swarm manager"
+    ) == 1
     assert cache.last_error.endswith("not a swarm manager") and not cache.up
 
     fetch.result = {A: SVC_A}  # Docker is back

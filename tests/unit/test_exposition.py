@@ -1,9 +1,11 @@
 """The fast renderer is byte-identical to prometheus_client's rendering of the same snapshot."""
+
 from __future__ import annotations
 
 import socket
 
 import pytest
+from ipvs_testlib import make_snapshot
 from prometheus_client import CollectorRegistry, generate_latest
 from prometheus_client.openmetrics.exposition import generate_latest as generate_openmetrics
 
@@ -11,7 +13,6 @@ from ingress_ipvs_exporter.collector import Options, ipvs_families
 from ingress_ipvs_exporter.exposition import FastRenderer, fmt
 from ingress_ipvs_exporter.ipvs import Destination, Service, Stats
 from ingress_ipvs_exporter.portmap import PublishedPort
-from ipvs_testlib import make_snapshot
 
 V4, V6 = socket.AF_INET, socket.AF_INET6
 TCP, UDP, SCTP = socket.IPPROTO_TCP, socket.IPPROTO_UDP, 132
@@ -28,13 +29,39 @@ def d(af, addr, port=0, fwd=0, weight=1, base=1, active=0, inactive=0):
 EVERY_KIND = [
     Service(V4, 0, "", 0, 256, "rr", 2, 0, 0xFFFFFFFF, st(10), (d(V4, "10.0.0.2", base=10, inactive=10),)),
     Service(V4, 0, "", 0, 257, "wlc", 3, 300, 0xFFFFFFFF, st(0), ()),  # persistent, no destinations
-    Service(V4, 0, "", 0, 999, "rr", 2, 0, 0xFFFFFFFF, st(2), (d(V4, "10.0.0.3"), d(V4, "10.0.0.4", weight=-1))),
-    Service(V4, TCP, "10.1.2.3", 80, 0, "wlc", 2, 0, 0xFFFFFFFF, st(3),
-            (d(V4, "10.1.2.10", 8080, weight=3, active=2), d(V4, "10.1.2.10", 8081, fwd=3, weight=0))),
+    Service(
+        V4, 0, "", 0, 999, "rr", 2, 0, 0xFFFFFFFF, st(2), (d(V4, "10.0.0.3"), d(V4, "10.0.0.4", weight=-1))
+    ),
+    Service(
+        V4,
+        TCP,
+        "10.1.2.3",
+        80,
+        0,
+        "wlc",
+        2,
+        0,
+        0xFFFFFFFF,
+        st(3),
+        (d(V4, "10.1.2.10", 8080, weight=3, active=2), d(V4, "10.1.2.10", 8081, fwd=3, weight=0)),
+    ),
     Service(V4, UDP, "10.1.2.3", 80, 0, "rr", 6, 0, 0xFFFFFFFF, st(4), (d(V4, "10.1.2.20", 80, fwd=2),)),
-    Service(V4, SCTP, "10.1.2.3", 80, 0, "sh", 2, 0, 0xFFFFFFFF, st(2 ** 40), (d(V4, "10.1.2.30", 80, base=2 ** 40),)),
-    Service(V6, TCP, "2001:db8::1", 443, 0, "rr", 2, 0, 128, st(123456789),
-            (d(V4, "10.1.2.40", 443, fwd=2), d(V6, "2001:db8::40", 443, base=123456789))),
+    Service(
+        V4, SCTP, "10.1.2.3", 80, 0, "sh", 2, 0, 0xFFFFFFFF, st(2**40), (d(V4, "10.1.2.30", 80, base=2**40),)
+    ),
+    Service(
+        V6,
+        TCP,
+        "2001:db8::1",
+        443,
+        0,
+        "rr",
+        2,
+        0,
+        128,
+        st(123456789),
+        (d(V4, "10.1.2.40", 443, fwd=2), d(V6, "2001:db8::40", 443, base=123456789)),
+    ),
     Service(V6, 0, "", 0, 256, "rr", 2, 0, 128, st(1), (d(V6, "2001:db8::50"),)),
 ]
 PORTS = {256: [PublishedPort("tcp", 30000), PublishedPort("udp", 30000)], 257: [PublishedPort("tcp", 30002)]}
@@ -57,8 +84,11 @@ def reference(snap, ns, ports, options, openmetrics):
 
 @pytest.mark.parametrize("openmetrics", [False, True], ids=["text-0.0.4", "openmetrics"])
 @pytest.mark.parametrize("ns", ["/var/run/docker/netns/ingress_sbox", "", 'odd "ns"\\path\nx'])
-@pytest.mark.parametrize("options", [Options(), Options(destination_labels=(), per_destination=False), Options(backends=True)],
-                         ids=["default", "no-destinations", "backends"])
+@pytest.mark.parametrize(
+    "options",
+    [Options(), Options(destination_labels=(), per_destination=False), Options(backends=True)],
+    ids=["default", "no-destinations", "backends"],
+)
 def test_fast_rendering_is_byte_identical(openmetrics, ns, options):
     snap = make_snapshot(EVERY_KIND)
     r = FastRenderer()
@@ -76,7 +106,9 @@ def test_cache_follows_changes_in_shape_and_values():
     snap = make_snapshot(changed)
     assert r.render(snap, "/ns", PORTS, Options()) == reference(snap, "/ns", PORTS, Options(), False) != first
     other_ports = {256: [PublishedPort("tcp", 31000)]}
-    assert r.render(snap, "/ns", other_ports, Options()) == reference(snap, "/ns", other_ports, Options(), False)
+    assert r.render(snap, "/ns", other_ports, Options()) == reference(
+        snap, "/ns", other_ports, Options(), False
+    )
 
 
 def test_empty_snapshot():
@@ -84,9 +116,10 @@ def test_empty_snapshot():
     assert FastRenderer().render(snap, "/ns", {}, Options()) == reference(snap, "/ns", {}, Options(), False)
 
 
-@pytest.mark.parametrize("v", [0, 1, -1, 999999, 1000000, 4510000, 12345678, 2 ** 53 + 1, 2 ** 64 - 1, -2 ** 31])
+@pytest.mark.parametrize("v", [0, 1, -1, 999999, 1000000, 4510000, 12345678, 2**53 + 1, 2**64 - 1, -(2**31)])
 def test_value_format_matches_prometheus_client(v):
     from prometheus_client.utils import floatToGoString
+
     assert fmt(v) == floatToGoString(v)
 
 
@@ -120,8 +153,12 @@ def test_chunks_hold_at_most_chunk_series_lines(monkeypatch):
 
 def _wsgi_get(app, accept="", encoding="gzip"):
     got = {}
-    body = b"".join(app({"HTTP_ACCEPT": accept, "HTTP_ACCEPT_ENCODING": encoding, "REQUEST_METHOD": "GET"},
-                        lambda status, headers: got.update(headers)))
+    body = b"".join(
+        app(
+            {"HTTP_ACCEPT": accept, "HTTP_ACCEPT_ENCODING": encoding, "REQUEST_METHOD": "GET"},
+            lambda status, headers: got.update(headers),
+        )
+    )
     return got, body
 
 
@@ -204,8 +241,10 @@ def test_malloc_tuning_takes_on_glibc():
     memory.release()
 
 
-@pytest.mark.parametrize("raw, expected", [("", 8 << 20), ("0", 0), ("32", 32 << 20), (" 2 ", 2 << 20),
-                                           ("lots", 8 << 20), ("-1", 8 << 20)])
+@pytest.mark.parametrize(
+    "raw, expected",
+    [("", 8 << 20), ("0", 0), ("32", 32 << 20), (" 2 ", 2 << 20), ("lots", 8 << 20), ("-1", 8 << 20)],
+)
 def test_cache_budget_from_the_environment(monkeypatch, caplog, raw, expected):
     from ingress_ipvs_exporter import exposition
 

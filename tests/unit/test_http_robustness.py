@@ -6,6 +6,7 @@ No kernel needed: on a host without IPVS (or with a namespace that does not exis
 exporter serves ipvs_up 0, which is all an HTTP client sees of it here. Every socket has a
 timeout and every loop a bound.
 """
+
 from __future__ import annotations
 
 import re
@@ -17,7 +18,6 @@ from contextlib import ExitStack
 from urllib.parse import urlsplit
 
 import pytest
-
 from ipvs_testlib import running_exporter, scrape
 from test_webconfig import cert, write_config  # noqa: F401 - cert is a fixture
 
@@ -60,7 +60,10 @@ MALFORMED = {
     "unknown HTTP version": (b"GET /metrics HTTP/9.9\r\n\r\n", 505),
     "malformed version": (b"GET /metrics HTTP/1.x\r\n\r\n", 400),
     "four words": (b"GET /metrics HTTP/1.0 extra\r\n\r\n", 400),
-    "101 headers": (b"GET /metrics HTTP/1.0\r\n" + b"".join(b"X-%d: y\r\n" % i for i in range(101)) + b"\r\n", 431),
+    "101 headers": (
+        b"GET /metrics HTTP/1.0\r\n" + b"".join(b"X-%d: y\r\n" % i for i in range(101)) + b"\r\n",
+        431,
+    ),
     "70 KB header line": (b"GET /metrics HTTP/1.0\r\nX: " + b"a" * 70_000 + b"\r\n\r\n", 431),
     "70 KB URL": (b"GET /" + b"a" * 70_000 + b" HTTP/1.0\r\n\r\n", 414),
     "1 MiB URL": (b"GET /metrics?" + b"a" * (1 << 20) + b" HTTP/1.0\r\n\r\n", 414),
@@ -71,7 +74,10 @@ MALFORMED = {
     "header without colon": (b"GET /metrics HTTP/1.0\r\nno colon here\r\n\r\n", 200),
     "non-ASCII header bytes": (b"GET /metrics HTTP/1.0\r\nX: \xff\xfe\x00\r\n\r\n", 200),
     "negative Content-Length": (b"GET /metrics HTTP/1.1\r\nHost: x\r\nContent-Length: -5\r\n\r\n", 200),
-    "body shorter than its Content-Length": (b"POST /metrics HTTP/1.1\r\nContent-Length: 100000000\r\n\r\nabc", 200),
+    "body shorter than its Content-Length": (
+        b"POST /metrics HTTP/1.1\r\nContent-Length: 100000000\r\n\r\nabc",
+        200,
+    ),
 }
 
 
@@ -142,6 +148,7 @@ def test_stalled_trickling_and_non_reading_clients_do_not_block_scrapes(exporter
 
 def test_a_stalled_tls_handshake_does_not_block_tls_scrapes(cert):  # noqa: F811 - the fixture
     import ssl
+
     config = write_config(cert, tls=True)
     ctx = ssl.create_default_context(cafile=str(cert / "cert.pem"))
     with running_exporter("--namespace-path", NS, "--web.config.file", config, probe=False) as (url, proc):

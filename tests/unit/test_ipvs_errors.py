@@ -6,6 +6,7 @@ tests/kernel/test_capabilities_kernel.py (the exporter as nobody, one capability
   no CAP_SYS_ADMIN        setns()                       -> EPERM while entering
   no CAP_NET_ADMIN        IPVS genetlink commands       -> EPERM on the request
 """
+
 import errno
 
 import pytest
@@ -22,15 +23,20 @@ from ingress_ipvs_exporter.ipvs import (
 CAPS = ("CAP_SYS_ADMIN", "CAP_NET_ADMIN", "CAP_DAC_READ_SEARCH")
 
 
-@pytest.mark.parametrize("err, entering, cap", [
-    (errno.EACCES, True, "CAP_DAC_READ_SEARCH"),
-    (errno.EPERM, True, "CAP_SYS_ADMIN"),
-    (errno.EPERM, False, "CAP_NET_ADMIN"),
-])
+@pytest.mark.parametrize(
+    "err, entering, cap",
+    [
+        (errno.EACCES, True, "CAP_DAC_READ_SEARCH"),
+        (errno.EPERM, True, "CAP_SYS_ADMIN"),
+        (errno.EPERM, False, "CAP_NET_ADMIN"),
+    ],
+)
 def test_permission_errors_name_the_one_missing_capability(err, entering, cap):
     e = error_for(err, "/var/run/docker/netns/ingress_sbox", entering=entering)
     assert isinstance(e, NotPermitted) and e.reason == "permission" and e.errno == err
-    assert e.strerror.startswith("not permitted to read IPVS in network namespace /var/run/docker/netns/ingress_sbox")
+    assert e.strerror.startswith(
+        "not permitted to read IPVS in network namespace /var/run/docker/netns/ingress_sbox"
+    )
     assert [c for c in CAPS if c in e.strerror] == [cap], e.strerror
     assert "run it as root" in e.strerror and "\n" not in e.strerror
 
@@ -51,10 +57,13 @@ def test_empty_file_is_a_namespace_not_mounted_yet(tmp_path):
     assert str(placeholder) in e.strerror and "not yet a network namespace" in e.strerror
 
 
-@pytest.mark.parametrize("make", [
-    lambda p: p.write_text("not a namespace\n"),  # a file with content
-    lambda p: p.mkdir(),  # a directory
-])
+@pytest.mark.parametrize(
+    "make",
+    [
+        lambda p: p.write_text("not a namespace\n"),  # a file with content
+        lambda p: p.mkdir(),  # a directory
+    ],
+)
 def test_anything_else_that_is_not_a_namespace_is_a_usage_error(tmp_path, make):
     path = tmp_path / "wrong"
     make(path)

@@ -1,4 +1,5 @@
 """Unit tests for portmap: parsing iptables-save text, choosing readers, and the PortMap cache."""
+
 import logging
 import socket
 import stat
@@ -87,32 +88,38 @@ COMMIT
     assert parse_mangle_rules(text) == {6: [TCP(80)]}
 
 
-@pytest.mark.parametrize("rule, expected", [
-    ("-p tcp -m tcp --dport 30000 -j MARK --set-xmark 0x100/0xffffffff", {256: [TCP(30000)]}),
-    ("-p tcp -m tcp --dport 30000 -j MARK --set-xmark 256/4294967295", {256: [TCP(30000)]}),
-    ("-p tcp --dport 30000 -j MARK --set-mark 256", {256: [TCP(30000)]}),
-    ("-p tcp --dport 30000 -j MARK --set-mark 0x100/0xfff", {256: [TCP(30000)]}),
-    ("-p tcp --dport 30000 -j MARK --set-xmark 0x1ff/0xff", {0xff: [TCP(30000)]}),
-    ("-p tcp --dport 30000 -j MARK --set-xmark 0x7", {7: [TCP(30000)]}),
-    ("-p udp -m multiport --dports 53,5353 -j MARK --set-xmark 0x9/0xffffffff", {9: [UDP(53), UDP(5353)]}),
-    ("-p tcp -m multiport --dports 1000:2000,3000 -j MARK --set-mark 9", {9: [TCP(3000)]}),
-    ("-p sctp -m sctp --dport 3868 -j MARK --set-mark 3", {3: [PublishedPort("sctp", 3868)]}),
-    ("-p 17 --dport 53 -j MARK --set-mark 3", {3: [UDP(53)]}),
-    ("-p tcp -m comment --comment \"x \\\"--dport\\\" y\" --dport 80 -j MARK --set-mark 4", {4: [TCP(80)]}),
-    ("-p tcp -m tcp --dport 1000:2000 -j MARK --set-mark 9", {}),  # range: skipped
-    ("-p tcp -m tcp ! --dport 99 -j MARK --set-mark 9", {}),  # negated port
-    ("! -p tcp -m tcp --dport 99 -j MARK --set-mark 9", {}),  # negated protocol
-    ("-p icmp -j MARK --set-mark 9", {}),  # no port
-    ("-d 10.0.0.5/32 -j MARK --set-xmark 0x100/0xffffffff", {}),  # VIP rule
-    ("-p tcp -m tcp --dport 98 -j CONNMARK --set-xmark 0x9/0xffffffff", {}),  # not MARK
-    ("-p tcp -m mark --mark 0x9 -m tcp --dport 98 -j ACCEPT", {}),
-    ("-p tcp -m tcp --dport 98 -j MARK --or-mark 0x9", {}),
-    ("-p tcp -m tcp --dport 98 -j MARK --set-mark 0", {}),  # mark 0 is no fwmark
-    ("-p tcp -m tcp --dport 98 -j MARK --set-mark zz", {}),
-    ("-p tcp -m tcp --dport 70000 -j MARK --set-mark 9", {}),
-    ("-p tcp -m tcp --dport ²3 -j MARK --set-mark 9", {}),
-    ("-p tcp -m tcp --dport", {}),
-])
+@pytest.mark.parametrize(
+    "rule, expected",
+    [
+        ("-p tcp -m tcp --dport 30000 -j MARK --set-xmark 0x100/0xffffffff", {256: [TCP(30000)]}),
+        ("-p tcp -m tcp --dport 30000 -j MARK --set-xmark 256/4294967295", {256: [TCP(30000)]}),
+        ("-p tcp --dport 30000 -j MARK --set-mark 256", {256: [TCP(30000)]}),
+        ("-p tcp --dport 30000 -j MARK --set-mark 0x100/0xfff", {256: [TCP(30000)]}),
+        ("-p tcp --dport 30000 -j MARK --set-xmark 0x1ff/0xff", {0xFF: [TCP(30000)]}),
+        ("-p tcp --dport 30000 -j MARK --set-xmark 0x7", {7: [TCP(30000)]}),
+        (
+            "-p udp -m multiport --dports 53,5353 -j MARK --set-xmark 0x9/0xffffffff",
+            {9: [UDP(53), UDP(5353)]},
+        ),
+        ("-p tcp -m multiport --dports 1000:2000,3000 -j MARK --set-mark 9", {9: [TCP(3000)]}),
+        ("-p sctp -m sctp --dport 3868 -j MARK --set-mark 3", {3: [PublishedPort("sctp", 3868)]}),
+        ("-p 17 --dport 53 -j MARK --set-mark 3", {3: [UDP(53)]}),
+        ('-p tcp -m comment --comment "x \\"--dport\\" y" --dport 80 -j MARK --set-mark 4', {4: [TCP(80)]}),
+        ("-p tcp -m tcp --dport 1000:2000 -j MARK --set-mark 9", {}),  # range: skipped
+        ("-p tcp -m tcp ! --dport 99 -j MARK --set-mark 9", {}),  # negated port
+        ("! -p tcp -m tcp --dport 99 -j MARK --set-mark 9", {}),  # negated protocol
+        ("-p icmp -j MARK --set-mark 9", {}),  # no port
+        ("-d 10.0.0.5/32 -j MARK --set-xmark 0x100/0xffffffff", {}),  # VIP rule
+        ("-p tcp -m tcp --dport 98 -j CONNMARK --set-xmark 0x9/0xffffffff", {}),  # not MARK
+        ("-p tcp -m mark --mark 0x9 -m tcp --dport 98 -j ACCEPT", {}),
+        ("-p tcp -m tcp --dport 98 -j MARK --or-mark 0x9", {}),
+        ("-p tcp -m tcp --dport 98 -j MARK --set-mark 0", {}),  # mark 0 is no fwmark
+        ("-p tcp -m tcp --dport 98 -j MARK --set-mark zz", {}),
+        ("-p tcp -m tcp --dport 70000 -j MARK --set-mark 9", {}),
+        ("-p tcp -m tcp --dport ²3 -j MARK --set-mark 9", {}),
+        ("-p tcp -m tcp --dport", {}),
+    ],
+)
 def test_rule_forms(rule, expected):
     assert parse_mangle_rules(f"*mangle\n-A PREROUTING {rule}\nCOMMIT\n") == expected
 
@@ -123,19 +130,21 @@ def test_any_chain_counts():
 
 
 def test_junk_is_tolerated():
-    text = "\n".join([
-        "iptables-save v1.8.9 (legacy): Cannot initialize: Table does not exist",
-        "*mangle",
-        "garbage -A",
-        "-A",
-        "-A PREROUTING -m comment --comment \"unbalanced",
-        "-A PREROUTING -p tcp --dport 81 -m comment --comment \"open -j MARK --set-mark 5",
-        "\x00\xff binary",
-        "   -A PREROUTING -p tcp --dport 82 -j MARK --set-mark 5   ",
-        "COMMIT",
-        "COMMIT",
-        "*",
-    ])
+    text = "\n".join(
+        [
+            "iptables-save v1.8.9 (legacy): Cannot initialize: Table does not exist",
+            "*mangle",
+            "garbage -A",
+            "-A",
+            '-A PREROUTING -m comment --comment "unbalanced',
+            '-A PREROUTING -p tcp --dport 81 -m comment --comment "open -j MARK --set-mark 5',
+            "\x00\xff binary",
+            "   -A PREROUTING -p tcp --dport 82 -j MARK --set-mark 5   ",
+            "COMMIT",
+            "COMMIT",
+            "*",
+        ]
+    )
     assert parse_mangle_rules(text) == {5: [TCP(82)]}
     assert parse_mangle_rules("") == {}
 
@@ -145,6 +154,7 @@ def test_published_port_orders_by_protocol_then_port():
 
 
 # --- read_mangle_rules with fake iptables commands on PATH ---------------------------
+
 
 def _fake(bindir, name, body):
     """Write an executable shell script named `name` into bindir."""
@@ -164,7 +174,9 @@ def fresh_warnings(monkeypatch):
 
 
 def _warnings(caplog):
-    return [r.getMessage() for r in caplog.records if r.name == portmap.log.name and r.levelno >= logging.WARNING]
+    return [
+        r.getMessage() for r in caplog.records if r.name == portmap.log.name and r.levelno >= logging.WARNING
+    ]
 
 
 @pytest.fixture
@@ -203,9 +215,12 @@ def test_falls_back_to_plain_iptables_save(bindir):
 
 
 def test_missing_table_is_not_an_error(bindir):
-    _fake(bindir, "iptables-legacy-save",
-          'echo "iptables-save v1.8.9 (legacy): Cannot initialize: Table does not exist '
-          '(do you need to insmod?)" >&2; exit 1')
+    _fake(
+        bindir,
+        "iptables-legacy-save",
+        'echo "iptables-save v1.8.9 (legacy): Cannot initialize: Table does not exist '
+        '(do you need to insmod?)" >&2; exit 1',
+    )
     assert read_mangle_rules("") == ""
 
 
@@ -220,8 +235,12 @@ def test_a_backend_denied_its_capability_is_warned_once(bindir, caplog):
     """Legacy rules, no CAP_NET_RAW: iptables-nft-save answers, iptables-legacy-save is refused, so
     the ports published in legacy iptables lose their label: one warning that names the fix."""
     _fake(bindir, "iptables-nft-save", _print(NFT_SWARM))
-    _fake(bindir, "iptables-legacy-save", "echo 'iptables-legacy-save v1.8.9 (legacy): Cannot initialize: "
-                                          "Permission denied (you must be root)' >&2; exit 1")
+    _fake(
+        bindir,
+        "iptables-legacy-save",
+        "echo 'iptables-legacy-save v1.8.9 (legacy): Cannot initialize: "
+        "Permission denied (you must be root)' >&2; exit 1",
+    )
     for _ in range(3):
         assert parse_mangle_rules(read_mangle_rules("")) == parse_mangle_rules(NFT_SWARM)
     (said,) = _warnings(caplog)
@@ -247,15 +266,27 @@ def test_an_unreadable_legacy_table_list_is_warned_once(bindir, legacy_lists, ca
     assert str(legacy_lists["ip6tables"]) not in said  # that one was readable
 
 
-@pytest.mark.parametrize("reason, names, caps", [
-    ("exit 1: nsenter: reassociate to namespace 'ns/net' failed: Operation not permitted",
-     ["iptables-nft-save", "iptables-legacy-save"], ["CAP_SYS_ADMIN"]),
-    ("exit 4: Could not fetch rule set generation id: Permission denied (you must be root)",
-     ["iptables-nft-save"], ["CAP_NET_ADMIN"]),
-    ("exit 1: Cannot initialize: Permission denied (you must be root)",
-     ["iptables-legacy-save"], ["CAP_NET_RAW", "CAP_NET_ADMIN"]),
-    ("exit 1: Failed to initialize nft: Protocol not supported", ["iptables-nft-save"], []),
-])
+@pytest.mark.parametrize(
+    "reason, names, caps",
+    [
+        (
+            "exit 1: nsenter: reassociate to namespace 'ns/net' failed: Operation not permitted",
+            ["iptables-nft-save", "iptables-legacy-save"],
+            ["CAP_SYS_ADMIN"],
+        ),
+        (
+            "exit 4: Could not fetch rule set generation id: Permission denied (you must be root)",
+            ["iptables-nft-save"],
+            ["CAP_NET_ADMIN"],
+        ),
+        (
+            "exit 1: Cannot initialize: Permission denied (you must be root)",
+            ["iptables-legacy-save"],
+            ["CAP_NET_RAW", "CAP_NET_ADMIN"],
+        ),
+        ("exit 1: Failed to initialize nft: Protocol not supported", ["iptables-nft-save"], []),
+    ],
+)
 def test_hint_names_the_capability_each_failure_lacks(reason, names, caps):
     hint = portmap._hint({reason: names})
     for cap in ("CAP_SYS_ADMIN", "CAP_NET_ADMIN", "CAP_NET_RAW", "CAP_DAC_READ_SEARCH"):
@@ -286,8 +317,11 @@ def test_legacy_read_anyway_when_its_tables_are_unknown(bindir, legacy_lists, mo
 
 
 def test_all_failing_raises_one_line_naming_each(bindir):
-    _fake(bindir, "iptables-nft-save",
-          "echo 'warming up' >&2; echo 'Permission denied (you must be root)' >&2; exit 4")
+    _fake(
+        bindir,
+        "iptables-nft-save",
+        "echo 'warming up' >&2; echo 'Permission denied (you must be root)' >&2; exit 4",
+    )
     _fake(bindir, "iptables-legacy-save", "exit 3")
     with pytest.raises(PortMapError) as err:
         read_mangle_rules("")
@@ -324,6 +358,7 @@ def test_missing_nsenter_says_install_util_linux(bindir, tmp_path):
 
 
 # --- PortMap cache ------------------------------------------------------------------
+
 
 class FakeReader:
     """Returns queued texts (or raises queued exceptions) and records the namespaces asked."""
@@ -405,7 +440,9 @@ def test_failure_keeps_last_good_map_and_records_error():
         clock.now += 5
         assert pm.lookup([0x100]) == good
         spawned.pop()()
-        assert pm.lookup([0x100]) == good and pm.last_error == error and not spawned  # no retry before max_age
+        assert (
+            pm.lookup([0x100]) == good and pm.last_error == error and not spawned
+        )  # no retry before max_age
     assert len(reader.calls) == 4
 
 
@@ -464,4 +501,3 @@ def test_concurrent_lookups_read_once():
     for t in threads:
         t.join(5)
     assert calls == ["/ns"] and results == [{0x100: [TCP(30002)]}] * 4
-

@@ -1,4 +1,5 @@
 """--web.config.file: TLS and basic auth over real loopback HTTP(S), as exporters do it."""
+
 from __future__ import annotations
 
 import base64
@@ -11,17 +12,35 @@ import urllib.request
 
 import bcrypt
 import pytest
-
 from ipvs_testlib import running_exporter
 
 
 @pytest.fixture(scope="module")
 def cert(tmp_path_factory):
     d = tmp_path_factory.mktemp("tls")
-    subprocess.run(["openssl", "req", "-x509", "-newkey", "rsa:2048", "-nodes", "-days", "2",
-                    "-subj", "/CN=localhost", "-addext", "subjectAltName=IP:127.0.0.1,DNS:localhost",
-                    "-keyout", str(d / "key.pem"), "-out", str(d / "cert.pem")],
-                   check=True, capture_output=True, timeout=60)
+    subprocess.run(
+        [
+            "openssl",
+            "req",
+            "-x509",
+            "-newkey",
+            "rsa:2048",
+            "-nodes",
+            "-days",
+            "2",
+            "-subj",
+            "/CN=localhost",
+            "-addext",
+            "subjectAltName=IP:127.0.0.1,DNS:localhost",
+            "-keyout",
+            str(d / "key.pem"),
+            "-out",
+            str(d / "cert.pem"),
+        ],
+        check=True,
+        capture_output=True,
+        timeout=60,
+    )
     return d
 
 
@@ -48,8 +67,9 @@ def get(url, user=None, password=None, cafile=None):
 
 def test_tls_and_basic_auth(cert):
     config = write_config(cert, tls=True, users={"prometheus": "s3cret"})
-    with running_exporter("--namespace-path", "/nonexistent/ns", "--web.config.file", config,
-                          probe=False) as (url, proc):
+    with running_exporter(
+        "--namespace-path", "/nonexistent/ns", "--web.config.file", config, probe=False
+    ) as (url, proc):
         https = url.replace("http://", "https://")
         ca = str(cert / "cert.pem")
         status, body = get(https, "prometheus", "s3cret", ca)
@@ -73,8 +93,16 @@ def test_tls_and_basic_auth(cert):
 
 def test_basic_auth_without_tls_and_the_node_exporter_flag_spellings(cert):
     config = write_config(cert, tls=False, users={"u": "p"})
-    with running_exporter("--namespace-path", "/nonexistent/ns", "--web.config.file", config,
-                          "--web.telemetry-path", "/ipvs", listen_flag="--web.listen-address", probe=False) as (url, _):
+    with running_exporter(
+        "--namespace-path",
+        "/nonexistent/ns",
+        "--web.config.file",
+        config,
+        "--web.telemetry-path",
+        "/ipvs",
+        listen_flag="--web.listen-address",
+        probe=False,
+    ) as (url, _):
         base = url.rsplit("/", 1)[0]
         assert get(base + "/ipvs", "u", "p")[0] == 200
         with pytest.raises(urllib.error.HTTPError) as e:
@@ -82,17 +110,24 @@ def test_basic_auth_without_tls_and_the_node_exporter_flag_spellings(cert):
         assert e.value.code == 401
 
 
-@pytest.mark.parametrize("content,needle", [
-    ("tls_server_config:\n  cert_file: nope.pem\n  key_file: nope.pem\n", "cannot load cert_file"),
-    ("basic_auth_users:\n  u: plaintext\n", "not a bcrypt hash"),
-    ("tls_server_config: [\n", "not valid YAML"),
-    ("colour: blue\n", "unknown key 'colour'"),
-])
+@pytest.mark.parametrize(
+    "content,needle",
+    [
+        ("tls_server_config:\n  cert_file: nope.pem\n  key_file: nope.pem\n", "cannot load cert_file"),
+        ("basic_auth_users:\n  u: plaintext\n", "not a bcrypt hash"),
+        ("tls_server_config: [\n", "not valid YAML"),
+        ("colour: blue\n", "unknown key 'colour'"),
+    ],
+)
 def test_bad_web_config_is_one_line_and_exit_2(tmp_path, content, needle):
     path = tmp_path / "web.yml"
     path.write_text(content)
-    res = subprocess.run([sys.executable, "-m", "ingress_ipvs_exporter.cli", "--web.config.file", str(path)],
-                         capture_output=True, text=True, timeout=60)
+    res = subprocess.run(
+        [sys.executable, "-m", "ingress_ipvs_exporter.cli", "--web.config.file", str(path)],
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
     assert res.returncode == 2
     lines = res.stderr.strip().splitlines()
     assert len(lines) == 1 and needle in lines[0] and "--web.config.file" in lines[0], res.stderr
