@@ -14,7 +14,6 @@ The figures in docs/performance.md ("Optimisations") came from this script.
 from __future__ import annotations
 
 import argparse
-import array
 import gc
 import socket
 import subprocess
@@ -26,12 +25,13 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent / "tests"))
 
-from ipvs_testlib import make_snapshot
+from reference import render as reference_render
 
 from ingress_ipvs_exporter import cli, memory
-from ingress_ipvs_exporter.collector import IPVSCollector, Options, ipvs_families
-from ingress_ipvs_exporter.exposition import FastRenderer, MetricsApp
+from ingress_ipvs_exporter.collector import IPVSCollector
+from ingress_ipvs_exporter.exposition import MetricsApp, Renderer
 from ingress_ipvs_exporter.ipvs import Destination, Service, Snapshot, Stats
+from ingress_ipvs_exporter.metrics import Options
 from ingress_ipvs_exporter.portmap import PublishedPort
 
 DESTS = 10
@@ -79,22 +79,7 @@ def synthetic(n: int) -> tuple[Snapshot, dict]:
                 dests,
             )
         )
-    s = make_snapshot(services)
-
-    def mv(values, code):
-        return memoryview(array.array(code, values).tobytes()).cast(code)
-
-    snap = Snapshot(
-        s.n_svc,
-        s.n_dst,
-        mv(s.svc_u32, "I"),
-        mv(s.svc_stats, "Q"),
-        s.svc_addr,
-        s.svc_sched,
-        mv(s.dst_u32, "I"),
-        mv(s.dst_stats, "Q"),
-        s.dst_addr,
-    )
+    snap = Snapshot.build(services)
     return snap, {256 + i: [PublishedPort("tcp", 30000 + i)] for i in range(n)}
 
 
@@ -113,18 +98,10 @@ def main() -> int:
     gc.collect()
     print(f"snapshot built ({snap.n_svc} services, {snap.n_dst} destinations): {rss_mb():.1f} MB")
     if args.render:
-        from prometheus_client import CollectorRegistry, generate_latest
-
-        class Fixed:
-            def collect(self):
-                return ipvs_families(snap, "ns", ports, Options())
-
-        reg = CollectorRegistry(auto_describe=False)
-        reg.register(Fixed())
         t = time.perf_counter()
-        ref = generate_latest(reg)
+        ref = reference_render(snap, "ns", ports, Options()).encode()
         t_ref = time.perf_counter() - t
-        r = FastRenderer()
+        r = Renderer()
         t = time.perf_counter()
         first = b"".join(r.chunks(snap, "ns", ports, Options()))
         t_first = time.perf_counter() - t
@@ -136,7 +113,7 @@ def main() -> int:
             f"{t_ref:.3f} s, fast {t_first:.3f} s (new shape), {t_steady:.3f} s (same shape); "
             f"identical: {first == ref}"
         )
-        del ref, first, r, reg
+        del ref, first, r
 
     collector = IPVSCollector("ingress_sbox", lambda: snap, lambda marks: ports, Options())
     server = cli.serve("127.0.0.1", 0, cli.make_app(MetricsApp(collector), "/metrics"))

@@ -27,8 +27,9 @@ def main() -> int:
     ap.add_argument("--out", default="build/vm/bench")
     args = ap.parse_args()
     from ingress_ipvs_exporter import exposition, memory
-    from ingress_ipvs_exporter.collector import IPVSCollector, Options
+    from ingress_ipvs_exporter.collector import IPVSCollector
     from ingress_ipvs_exporter.ipvs import Handle
+    from ingress_ipvs_exporter.metrics import Options
     from ingress_ipvs_exporter.portmap import PortMap
 
     memory.tune()
@@ -69,11 +70,11 @@ def main() -> int:
         timed("collector.read (dump + cached ports + health)", collector.read)
         timed("body, first scrape (new shape)", lambda: app.body("")[0], repeat=1)
         timed("body, plain", lambda: app.body("")[0])
-        timed("body, gzip", lambda: b"".join(exposition._gzip(app.stream("")[0])))
+        timed("body, gzip", lambda: b"".join(app.stream("", gzip=True)[0]))
         prof = cProfile.Profile()
         prof.enable()
         for _ in range(2):
-            b"".join(exposition._gzip(app.stream("")[0]))
+            b"".join(app.stream("", gzip=True)[0])
         prof.disable()
         s = io.StringIO()
         pstats.Stats(prof, stream=s).sort_stats("tottime").print_stats(15)

@@ -20,13 +20,13 @@ from typing import Optional
 from wsgiref.simple_server import WSGIRequestHandler, WSGIServer, make_server
 
 import typer
-from prometheus_client import ProcessCollector
 
 from . import __version__, memory, webconfig
-from .collector import DEST_LABEL_CHOICES, IPVSCollector, Options
+from .collector import IPVSCollector, exporter_registry
 from .docker import DockerServices, parse_docker_host
 from .exposition import MetricsApp
 from .ipvs import Handle, IPVSError, NamespaceNotFound, NotANamespace
+from .metrics import DEST_LABEL_CHOICES, Options
 from .portmap import PortMap
 
 PROG = "ingress_ipvs_exporter"
@@ -155,7 +155,11 @@ def make_app(metrics, telemetry_path: str):
     def app(environ, start_response):
         path = environ.get("PATH_INFO") or "/"
         if path == telemetry_path:
-            return metrics(environ, start_response)
+            gzip = "gzip" in environ.get("HTTP_ACCEPT_ENCODING", "")
+            chunks, content_type = metrics.stream(environ.get("HTTP_ACCEPT", ""), gzip)
+            headers = [("Content-Type", content_type)] + ([("Content-Encoding", "gzip")] if gzip else [])
+            start_response("200 OK", headers)
+            return chunks if environ.get("REQUEST_METHOD") != "HEAD" else iter(())
         if path == "/":
             start_response("200 OK", [("Content-Type", "text/html; charset=utf-8")])
             return [landing]
@@ -306,7 +310,7 @@ def run(
     collector = IPVSCollector(
         namespace_path, handle.snapshot, ports.lookup, options, info=handle.info, swarm=swarm
     )
-    metrics = MetricsApp(collector, others=[ProcessCollector(registry=None)])
+    metrics = MetricsApp(collector, exporter_registry(collector))
     try:
         collector.check()
         startup_error = None

@@ -1,8 +1,10 @@
-"""Thin binding over the C shim: a handle on one network namespace and its snapshots.
+"""The binding over the C shim, and the only module that knows its row layout: a handle on one
+network namespace, and snapshots of its IPVS as named, typed columns.
 
-The shim fills flat arrays; a snapshot copies them out as Python lists in one call per
-column block (no per-message parsing here). Failures raise IPVSError subclasses whose
-message names the namespace and what to do about it.
+The shim fills flat row-major arrays; a snapshot copies each block out in one call (no
+per-message parsing here) and exposes it column by column (`snap.services.fwmark`,
+`snap.dests.weight`, ...). Failures raise IPVSError subclasses whose message names the
+namespace and what to do about it.
 """
 
 from __future__ import annotations
@@ -14,17 +16,19 @@ import os
 import socket
 import stat
 import threading
-from typing import NamedTuple
+from array import array
+from collections.abc import Sequence
+from typing import Any, NamedTuple
 
 from ._ipvs_cffi import ffi, lib
 
 log = logging.getLogger(__name__)
 
-SVC_NCOLS = lib.IPVS_SVC_NCOLS
-DST_NCOLS = lib.IPVS_DST_NCOLS
-NSTATS = lib.IPVS_NSTATS
-ADDR_LEN = lib.IPVS_ADDR_LEN
-NAME_LEN = lib.IPVS_NAME_LEN
+_SVC_NCOLS: int = lib.IPVS_SVC_NCOLS
+_DST_NCOLS: int = lib.IPVS_DST_NCOLS
+_NSTATS: int = lib.IPVS_NSTATS
+_ADDR_LEN: int = lib.IPVS_ADDR_LEN
+_NAME_LEN: int = lib.IPVS_NAME_LEN
 
 
 class Stats(NamedTuple):
@@ -161,18 +165,9 @@ def error_for(err: int, path: str, entering: bool = False) -> IPVSError:
     return DumpFailed(err, f"reading IPVS in {where} failed: {os.strerror(err)}")
 
 
-def _u32(ptr, n: int) -> memoryview:
-    """A private copy of a uint32 column block, as a flat sequence of ints (4 bytes each,
-    where a list would cost ~36: this is what keeps a 10,000-service scrape small)."""
-    return memoryview(ffi.buffer(ptr, n * 4)[:]).cast("I") if n else memoryview(b"").cast("I")
-
-
-def _u64(ptr, n: int) -> memoryview:
-    return memoryview(ffi.buffer(ptr, n * 8)[:]).cast("Q") if n else memoryview(b"").cast("Q")
-
-
-def _bytes(ptr, n: int) -> bytes:
-    return ffi.buffer(ptr, n)[:] if n else b""
+def _copy(ptr: Any, n: int, width: int) -> bytes:
+    """A private copy of n items of `width` bytes from a shim array."""
+    return bytes(ffi.buffer(ptr, n * width)) if n else b""
 
 
 def format_addr(af: int, raw: bytes) -> str:
@@ -184,106 +179,255 @@ def format_addr(af: int, raw: bytes) -> str:
     return ""
 
 
+Column = Sequence[int]  # one value per row: a strided memoryview over a snapshot's block
+
+
+def _u32_column(index: int, signed: bool = False) -> property:
+    def get(self: _Rows) -> Column:
+        return self._u32s[index :: self._ncols] if signed else self._u32[index :: self._ncols]
+
+    return property(get, doc=f"uint32 column {index} of each row" + (" (signed)" if signed else ""))
+
+
+def _stat_column(index: int) -> property:
+    def get(self: _Rows) -> Column:
+        return self._stats[index::_NSTATS]
+
+    return property(get, doc=f"stats column {index} of each row")
+
+
+class _Rows:
+    """One block of rows (services or destinations): uint32 columns, 64-bit stats, addresses."""
+
+    __slots__ = ("_addr", "_ncols", "_stats", "_u32", "_u32s", "count")
+
+    def __init__(self, count: int, ncols: int, u32: bytes, stats: bytes, addr: bytes) -> None:
+        self.count = count
+        self._ncols = ncols
+        self._u32 = memoryview(u32).cast("I")
+        self._u32s = memoryview(u32).cast("i")
+        self._stats = memoryview(stats).cast("Q")
+        self._addr = addr
+
+    # Kernel counters (totals since the entry was created) and rate estimates (per second).
+    conns = _stat_column(lib.IPVS_ST_CONNS)
+    inpkts = _stat_column(lib.IPVS_ST_INPKTS)
+    outpkts = _stat_column(lib.IPVS_ST_OUTPKTS)
+    inbytes = _stat_column(lib.IPVS_ST_INBYTES)
+    outbytes = _stat_column(lib.IPVS_ST_OUTBYTES)
+    cps = _stat_column(lib.IPVS_ST_CPS)
+    inpps = _stat_column(lib.IPVS_ST_INPPS)
+    outpps = _stat_column(lib.IPVS_ST_OUTPPS)
+    inbps = _stat_column(lib.IPVS_ST_INBPS)
+    outbps = _stat_column(lib.IPVS_ST_OUTBPS)
+
+    def packed(self, *names: str) -> bytes:
+        """The named columns as one bytes value: cheap to keep and compare across scrapes
+        (it holds no reference to the snapshot)."""
+        return b"".join(getattr(self, name).tobytes() for name in names)
+
+    def addresses(self) -> list[str]:
+        """Each row's address as text ("" where the row has none)."""
+        afs, raw = self.af, self._addr  # type: ignore[attr-defined]
+        return [format_addr(af, raw[i * _ADDR_LEN : (i + 1) * _ADDR_LEN]) for i, af in enumerate(afs)]
+
+    def stats(self, i: int) -> Stats:
+        return Stats(*self._stats[i * _NSTATS : (i + 1) * _NSTATS])
+
+
+class ServiceRows(_Rows):
+    """The virtual services of a dump, column by column. A service's destinations are the
+    destination rows dest_first .. dest_first + dest_count - 1."""
+
+    __slots__ = ("_sched",)
+
+    af = _u32_column(lib.IPVS_SVC_AF)
+    protocol = _u32_column(lib.IPVS_SVC_PROTOCOL)
+    port = _u32_column(lib.IPVS_SVC_PORT)
+    fwmark = _u32_column(lib.IPVS_SVC_FWMARK)
+    flags = _u32_column(lib.IPVS_SVC_FLAGS)
+    timeout = _u32_column(lib.IPVS_SVC_TIMEOUT)
+    netmask = _u32_column(lib.IPVS_SVC_NETMASK)
+    dest_first = _u32_column(lib.IPVS_SVC_DEST_FIRST)
+    dest_count = _u32_column(lib.IPVS_SVC_DEST_COUNT)
+
+    def __init__(self, count: int, u32: bytes, stats: bytes, addr: bytes, sched: bytes) -> None:
+        super().__init__(count, _SVC_NCOLS, u32, stats, addr)
+        self._sched = sched
+
+    def schedulers(self) -> list[str]:
+        raw = self._sched
+        return [
+            raw[i * _NAME_LEN : (i + 1) * _NAME_LEN].split(b"\0", 1)[0].decode("ascii", "replace")
+            for i in range(self.count)
+        ]
+
+    def ids(self) -> list[ServiceId]:
+        """What tells each service apart: a fwmark service by (af, fwmark), any other by
+        (af, protocol, address, port); the address is "" for fwmark services."""
+        addrs = self.addresses()
+        return [
+            ServiceId(af, fw, proto, "" if fw else addr, port)
+            for af, fw, proto, addr, port in zip(self.af, self.fwmark, self.protocol, addrs, self.port)
+        ]
+
+    def shape(self) -> bytes:
+        """Everything about the services that series labels depend on, packed."""
+        return (
+            self.packed("af", "protocol", "port", "fwmark", "flags", "dest_count") + self._addr + self._sched
+        )
+
+
+class DestinationRows(_Rows):
+    """The real servers of a dump, column by column; `service` is the owning service's row."""
+
+    __slots__ = ()
+
+    service = _u32_column(lib.IPVS_DST_SVC)
+    af = _u32_column(lib.IPVS_DST_AF)
+    port = _u32_column(lib.IPVS_DST_PORT)
+    fwd = _u32_column(lib.IPVS_DST_FWD)
+    weight = _u32_column(lib.IPVS_DST_WEIGHT, signed=True)  # a signed int in the kernel
+    u_threshold = _u32_column(lib.IPVS_DST_U_THRESH)
+    l_threshold = _u32_column(lib.IPVS_DST_L_THRESH)
+    active = _u32_column(lib.IPVS_DST_ACTIVE)
+    inactive = _u32_column(lib.IPVS_DST_INACTIVE)
+    persist = _u32_column(lib.IPVS_DST_PERSIST)
+
+    def __init__(self, count: int, u32: bytes, stats: bytes, addr: bytes) -> None:
+        super().__init__(count, _DST_NCOLS, u32, stats, addr)
+
+    def shape(self) -> bytes:
+        """Everything about the destinations that series labels depend on, packed."""
+        return self.packed("service", "af", "port", "fwd") + self._addr
+
+
+class ServiceId(NamedTuple):
+    """A virtual service's identity in the kernel: a fwmark, or protocol, address and port."""
+
+    af: int
+    fwmark: int
+    protocol: int
+    address: str
+    port: int
+
+
 class Snapshot:
-    """One dump of IPVS as flat columns (row-major, like the shim's arrays).
+    """One dump of IPVS: `services` and `dests` as named columns (see ServiceRows and
+    DestinationRows). Built from a live handle, or from Python values with build()."""
 
-    svc_u32 / dst_u32 rows follow the IPVS_SVC_* / IPVS_DST_* column constants;
-    *_stats rows follow Stats. The columns are int sequences (memoryviews over a copy of
-    the shim's arrays, or lists in tests); services() builds the tuple view on demand.
-    """
+    __slots__ = ("dests", "services", "stats64")
 
-    __slots__ = (
-        "n_svc",
-        "n_dst",
-        "svc_u32",
-        "svc_stats",
-        "svc_addr",
-        "svc_sched",
-        "dst_u32",
-        "dst_stats",
-        "dst_addr",
-        "stats64",
-    )
-
-    def __init__(
-        self,
-        n_svc,
-        n_dst,
-        svc_u32,
-        svc_stats,
-        svc_addr,
-        svc_sched,
-        dst_u32,
-        dst_stats,
-        dst_addr,
-        stats64=True,
-    ):
-        self.n_svc, self.n_dst = n_svc, n_dst
-        self.svc_u32, self.svc_stats, self.svc_addr, self.svc_sched = svc_u32, svc_stats, svc_addr, svc_sched
-        self.dst_u32, self.dst_stats, self.dst_addr = dst_u32, dst_stats, dst_addr
-        self.stats64 = stats64
+    def __init__(self, services: ServiceRows, dests: DestinationRows, stats64: bool = True) -> None:
+        self.services, self.dests, self.stats64 = services, dests, stats64
 
     @classmethod
-    def from_handle(cls, h) -> Snapshot:
+    def from_handle(cls, h: Any) -> Snapshot:
         ns, nd = h.n_svc, h.n_dst
         return cls(
-            ns,
-            nd,
-            _u32(h.svc_u32, ns * SVC_NCOLS),
-            _u64(h.svc_stats, ns * NSTATS),
-            _bytes(h.svc_addr, ns * ADDR_LEN),
-            _bytes(h.svc_sched, ns * NAME_LEN),
-            _u32(h.dst_u32, nd * DST_NCOLS),
-            _u64(h.dst_stats, nd * NSTATS),
-            _bytes(h.dst_addr, nd * ADDR_LEN),
+            ServiceRows(
+                ns,
+                _copy(h.svc_u32, ns * _SVC_NCOLS, 4),
+                _copy(h.svc_stats, ns * _NSTATS, 8),
+                _copy(h.svc_addr, ns, _ADDR_LEN),
+                _copy(h.svc_sched, ns, _NAME_LEN),
+            ),
+            DestinationRows(
+                nd,
+                _copy(h.dst_u32, nd * _DST_NCOLS, 4),
+                _copy(h.dst_stats, nd * _NSTATS, 8),
+                _copy(h.dst_addr, nd, _ADDR_LEN),
+            ),
             bool(h.stats64),
         )
 
-    def fwmarks(self) -> set[int]:
-        c = lib.IPVS_SVC_FWMARK
-        return {f for f in self.svc_u32[c::SVC_NCOLS] if f}
+    @classmethod
+    def build(cls, services: Sequence[Service]) -> Snapshot:
+        """The snapshot the shim would produce for these services (for tests and tools)."""
+        svc_u32, dst_u32 = array("I"), array("I")
+        svc_stats, dst_stats = array("Q"), array("Q")
+        svc_addr, dst_addr, sched = bytearray(), bytearray(), bytearray()
+        for i, s in enumerate(services):
+            row = [0] * _SVC_NCOLS
+            row[lib.IPVS_SVC_AF], row[lib.IPVS_SVC_PROTOCOL] = s.af, s.protocol
+            row[lib.IPVS_SVC_PORT], row[lib.IPVS_SVC_FWMARK] = s.port, s.fwmark
+            row[lib.IPVS_SVC_FLAGS], row[lib.IPVS_SVC_TIMEOUT] = s.flags, s.timeout
+            row[lib.IPVS_SVC_NETMASK] = s.netmask
+            row[lib.IPVS_SVC_DEST_FIRST] = len(dst_u32) // _DST_NCOLS
+            row[lib.IPVS_SVC_DEST_COUNT] = len(s.destinations)
+            svc_u32.extend(row)
+            svc_stats.extend(s.stats)
+            svc_addr += _pack_addr(s.af, s.address)
+            sched += s.scheduler.encode()[: _NAME_LEN - 1].ljust(_NAME_LEN, b"\0")
+            for d in s.destinations:
+                r = [0] * _DST_NCOLS
+                r[lib.IPVS_DST_SVC], r[lib.IPVS_DST_AF], r[lib.IPVS_DST_PORT] = i, d.af, d.port
+                r[lib.IPVS_DST_FWD], r[lib.IPVS_DST_WEIGHT] = d.fwd_method, d.weight & 0xFFFFFFFF
+                r[lib.IPVS_DST_U_THRESH], r[lib.IPVS_DST_L_THRESH] = d.u_threshold, d.l_threshold
+                r[lib.IPVS_DST_ACTIVE], r[lib.IPVS_DST_INACTIVE] = d.active_conns, d.inactive_conns
+                r[lib.IPVS_DST_PERSIST] = d.persist_conns
+                dst_u32.extend(r)
+                dst_stats.extend(d.stats)
+                dst_addr += _pack_addr(d.af, d.address)
+        return cls(
+            ServiceRows(len(services), svc_u32.tobytes(), svc_stats.tobytes(), bytes(svc_addr), bytes(sched)),
+            DestinationRows(
+                len(dst_u32) // _DST_NCOLS, dst_u32.tobytes(), dst_stats.tobytes(), bytes(dst_addr)
+            ),
+        )
 
-    def destination(self, i: int) -> Destination:
-        r = self.dst_u32[i * DST_NCOLS : (i + 1) * DST_NCOLS]
-        af = r[lib.IPVS_DST_AF]
-        weight = r[lib.IPVS_DST_WEIGHT]
+    @property
+    def n_svc(self) -> int:
+        return self.services.count
+
+    @property
+    def n_dst(self) -> int:
+        return self.dests.count
+
+    def fwmarks(self) -> set[int]:
+        return {f for f in self.services.fwmark if f}
+
+    def destination(self, j: int) -> Destination:
+        d = self.dests
         return Destination(
-            af=af,
-            address=format_addr(af, self.dst_addr[i * ADDR_LEN : (i + 1) * ADDR_LEN]),
-            port=r[lib.IPVS_DST_PORT],
-            fwd_method=r[lib.IPVS_DST_FWD],
-            weight=weight - (1 << 32) if weight >= 1 << 31 else weight,
-            u_threshold=r[lib.IPVS_DST_U_THRESH],
-            l_threshold=r[lib.IPVS_DST_L_THRESH],
-            active_conns=r[lib.IPVS_DST_ACTIVE],
-            inactive_conns=r[lib.IPVS_DST_INACTIVE],
-            persist_conns=r[lib.IPVS_DST_PERSIST],
-            stats=Stats(*self.dst_stats[i * NSTATS : (i + 1) * NSTATS]),
+            af=d.af[j],
+            address=format_addr(d.af[j], d._addr[j * _ADDR_LEN : (j + 1) * _ADDR_LEN]),
+            port=d.port[j],
+            fwd_method=d.fwd[j],
+            weight=d.weight[j],
+            u_threshold=d.u_threshold[j],
+            l_threshold=d.l_threshold[j],
+            active_conns=d.active[j],
+            inactive_conns=d.inactive[j],
+            persist_conns=d.persist[j],
+            stats=d.stats(j),
         )
 
     def service(self, i: int) -> Service:
-        r = self.svc_u32[i * SVC_NCOLS : (i + 1) * SVC_NCOLS]
-        af = r[lib.IPVS_SVC_AF]
-        first, count = r[lib.IPVS_SVC_DEST_FIRST], r[lib.IPVS_SVC_DEST_COUNT]
-        sched = self.svc_sched[i * NAME_LEN : (i + 1) * NAME_LEN].split(b"\0", 1)[0]
+        """Service i with its destinations as Python values (for tests and debugging)."""
+        s = self.services
+        sid = s.ids()[i]
+        first = s.dest_first[i]
         return Service(
-            af=af,
-            protocol=r[lib.IPVS_SVC_PROTOCOL],
-            address=format_addr(af, self.svc_addr[i * ADDR_LEN : (i + 1) * ADDR_LEN])
-            if not r[lib.IPVS_SVC_FWMARK]
-            else "",
-            port=r[lib.IPVS_SVC_PORT],
-            fwmark=r[lib.IPVS_SVC_FWMARK],
-            scheduler=sched.decode("ascii", "replace"),
-            flags=r[lib.IPVS_SVC_FLAGS],
-            timeout=r[lib.IPVS_SVC_TIMEOUT],
-            netmask=r[lib.IPVS_SVC_NETMASK],
-            stats=Stats(*self.svc_stats[i * NSTATS : (i + 1) * NSTATS]),
-            destinations=tuple(self.destination(j) for j in range(first, first + count)),
+            af=sid.af,
+            protocol=sid.protocol,
+            address=sid.address,
+            port=sid.port,
+            fwmark=sid.fwmark,
+            scheduler=s.schedulers()[i],
+            flags=s.flags[i],
+            timeout=s.timeout[i],
+            netmask=s.netmask[i],
+            stats=s.stats(i),
+            destinations=tuple(self.destination(j) for j in range(first, first + s.dest_count[i])),
         )
 
-    def services(self) -> list[Service]:
-        return [self.service(i) for i in range(self.n_svc)]
+    def as_services(self) -> list[Service]:
+        return [self.service(i) for i in range(self.services.count)]
+
+
+def _pack_addr(af: int, address: str) -> bytes:
+    return socket.inet_pton(af, address).ljust(_ADDR_LEN, b"\0") if address else bytes(_ADDR_LEN)
 
 
 def _namespace_id(path: str) -> tuple[int, int] | None:

@@ -77,20 +77,19 @@ def messages(data: bytes) -> list[tuple[int, bytes]]:
 def check_invariants(snap: Snapshot) -> None:
     """What a caller relies on, whatever the input (fuzz_parse.c checks the same)."""
     counted = 0
+    s, d = snap.services, snap.dests
     for i in range(snap.n_svc):
-        row = snap.svc_u32[i * lib.IPVS_SVC_NCOLS : (i + 1) * lib.IPVS_SVC_NCOLS]
-        first, count = row[lib.IPVS_SVC_DEST_FIRST], row[lib.IPVS_SVC_DEST_COUNT]
+        first, count = s.dest_first[i], s.dest_count[i]
         assert first + count <= snap.n_dst
-        assert row[lib.IPVS_SVC_PORT] <= 0xFFFF
-        assert b"\0" in snap.svc_sched[i * 16 : (i + 1) * 16]
+        assert s.port[i] <= 0xFFFF
+        assert b"\0" in s._sched[i * 16 : (i + 1) * 16]  # the raw slot: NUL-terminated
         for j in range(first, first + count):
-            assert snap.dst_u32[j * lib.IPVS_DST_NCOLS + lib.IPVS_DST_SVC] == i
+            assert d.service[j] == i
         counted += count
     assert counted <= snap.n_dst
     for j in range(snap.n_dst):
-        row = snap.dst_u32[j * lib.IPVS_DST_NCOLS : (j + 1) * lib.IPVS_DST_NCOLS]
-        assert row[lib.IPVS_DST_PORT] <= 0xFFFF and row[lib.IPVS_DST_FWD] <= 7
-        assert snap.n_svc == 0 or row[lib.IPVS_DST_SVC] < snap.n_svc
+        assert d.port[j] <= 0xFFFF and d.fwd[j] <= 7
+        assert snap.n_svc == 0 or d.service[j] < snap.n_svc
 
 
 def feed(path: str) -> tuple[list[int], Snapshot]:
@@ -140,7 +139,7 @@ def test_hand_made_edge_cases():
     rcs, snap = run("edge-sched-long-terminated.bin")
     assert rcs == [0] and snap.service(0).scheduler == "y" * 15  # cut to the 16-byte slot
     rcs, snap = run("edge-oversized-address.bin")
-    assert rcs == [0] and snap.svc_addr == b"\xaa" * 16  # 40 bytes sent, 16 kept
+    assert rcs == [0] and snap.services._addr == b"\xaa" * 16  # 40 bytes sent, 16 kept
     rcs, snap = run("edge-zero-and-odd-lengths.bin")
     assert rcs == [-errno.ERANGE] and snap.n_svc == 0  # u16 protocol of length 0
     rcs, snap = run("edge-stats-odd-widths.bin")
@@ -161,7 +160,7 @@ def test_hand_made_edge_cases():
     assert len(snap.service(0).destinations) == 1
     rcs, snap = run("edge-tiny-growth-x70.bin")
     assert set(rcs) == {0} and (snap.n_svc, snap.n_dst) == (70, 280)
-    assert all(len(s.destinations) == 4 for s in snap.services())
+    assert all(len(s.destinations) == 4 for s in snap.as_services())
     assert run("edge-type-flag-bits.bin")[0] == [0]
 
 
@@ -236,7 +235,7 @@ def test_whole_dump_outgrows_the_first_capacities():
     _, snap = feed(os.path.join(CORPUS, name))
     assert (snap.n_svc, snap.n_dst) == (want["passes"] * want["n_svc"], want["passes"] * want["n_dst"])
     assert snap.n_svc > 64 and snap.n_dst > 256  # the shim's first array capacities
-    services = snap.services()
+    services = snap.as_services()
     assert sum(len(s.destinations) for s in services) == snap.n_dst
     # every pass gives the same rows again
     per = want["n_svc"]
@@ -361,13 +360,13 @@ def _columns(snap: Snapshot) -> tuple:
     return (
         snap.n_svc,
         snap.n_dst,
-        bytes(snap.svc_u32),
-        tuple(snap.svc_stats),
-        snap.svc_addr,
-        snap.svc_sched,
-        bytes(snap.dst_u32),
-        tuple(snap.dst_stats),
-        snap.dst_addr,
+        bytes(snap.services._u32),
+        bytes(snap.services._stats),
+        snap.services._addr,
+        snap.services._sched,
+        bytes(snap.dests._u32),
+        bytes(snap.dests._stats),
+        snap.dests._addr,
     )
 
 

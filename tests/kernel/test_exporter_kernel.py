@@ -46,7 +46,7 @@ def test_scrape_equals_ipvsadm_in_a_swarm_like_namespace(backend):
 
 
 def _service(snap, **match):
-    found = [s for s in snap.services() if all(getattr(s, k) == v for k, v in match.items())]
+    found = [s for s in snap.as_services() if all(getattr(s, k) == v for k, v in match.items())]
     assert len(found) == 1, f"{match}: {found}"
     return found[0]
 
@@ -109,7 +109,7 @@ def test_empty_ipvs_and_current_namespace(netns):
     sh("ipvsadm", "-A", "-t", "10.9.9.9:9", "-s", "rr")
     try:
         with Handle("") as h:
-            assert any(s.address == "10.9.9.9" for s in h.snapshot().services())
+            assert any(s.address == "10.9.9.9" for s in h.snapshot().as_services())
     finally:
         sh("ipvsadm", "-D", "-t", "10.9.9.9:9")
 

@@ -140,13 +140,13 @@ path, dumps, reopens = sys.argv[1], int(sys.argv[2]), int(sys.argv[3])
 fds0 = len(os.listdir("/proc/self/fd"))
 h = Handle(path)
 first = h.snapshot()
-want = (first.n_svc, first.n_dst, len(first.services()))
+want = (first.n_svc, first.n_dst, len(first.as_services()))
 for _ in range(50):   # warm up allocator pools before measuring
-    h.snapshot().services()
+    h.snapshot().as_services()
 rss0 = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
 for i in range(dumps):
     s = h.snapshot()
-    assert (s.n_svc, s.n_dst, len(s.services())) == want, i
+    assert (s.n_svc, s.n_dst, len(s.as_services())) == want, i
 h.close()
 for i in range(reopens):
     with Handle(path) as h2:

@@ -4,12 +4,13 @@ from __future__ import annotations
 
 import socket
 
-from ipvs_testlib import make_snapshot
-from prometheus_client import CollectorRegistry, generate_latest
+from prometheus_client import CollectorRegistry
 from prometheus_client.parser import text_string_to_metric_families
 
-from ingress_ipvs_exporter.collector import METRICS, IPVSCollector, Options
-from ingress_ipvs_exporter.ipvs import Destination, NamespaceNotFound, Service, Stats
+from ingress_ipvs_exporter.collector import IPVSCollector
+from ingress_ipvs_exporter.exposition import MetricsApp
+from ingress_ipvs_exporter.ipvs import Destination, NamespaceNotFound, Service, Snapshot, Stats
+from ingress_ipvs_exporter.metrics import METRICS, Kind, Level, Options
 from ingress_ipvs_exporter.portmap import PublishedPort
 
 NS = "/var/run/docker/netns/ingress_sbox"
@@ -51,30 +52,32 @@ SEED_EXAMPLE = [
 PORTS = {260: [PublishedPort("tcp", 30000)], 261: [PublishedPort("tcp", 30002), PublishedPort("udp", 30001)]}
 
 
+def scrape(collector: IPVSCollector) -> str:
+    """What the exporter serves for this collector (no gzip)."""
+    return MetricsApp(collector).body("")[0].decode()
+
+
 def render(services, ports=PORTS, ns=NS, options=Options(backends=True)) -> str:
-    reg = CollectorRegistry()
-    reg.register(
+    return scrape(
         IPVSCollector(
             ns,
-            lambda: make_snapshot(services),
+            lambda: Snapshot.build(services),
             lambda marks: {m: ports[m] for m in marks if m in ports},
             options,
         )
     )
-    return generate_latest(reg).decode()
 
 
 def test_seed_names_help_and_types():
     fams = {f.name: f for f in text_string_to_metric_families(render(SEED_EXAMPLE))}
     kinds = {d.name: d.kind for d in METRICS}
     assert set(SEED_HELP) <= set(kinds)
-    assert [d.name for d in METRICS if d.level.startswith("seed") or d.level == "namespace"] == sorted(
-        SEED_HELP
-    )
+    original = (Level.ORIGINAL_SERVICE, Level.ORIGINAL_DESTINATION, Level.NAMESPACE)
+    assert [d.name for d in METRICS if d.level in original] == sorted(SEED_HELP)
     for name, help_text in SEED_HELP.items():
         # the parser names a counter family without its _total suffix
-        fam = fams[name[: -len("_total")]] if kinds[name] == "counter" else fams[name]
-        assert (fam.type, fam.documentation) == (kinds[name], help_text)
+        fam = fams[name[: -len("_total")]] if kinds[name] is Kind.COUNTER else fams[name]
+        assert (fam.type, fam.documentation) == (kinds[name].value, help_text)
     assert (
         "# HELP ipvs_connections_total The total number of connections made to a virtual server"
         in render(SEED_EXAMPLE).splitlines()
@@ -169,32 +172,28 @@ def test_backend_families_only_with_the_flag():
 
 def test_cardinality_options_sum_merged_series_or_drop_them():
     svc = fwm(270, dest("10.0.0.1", 3, 100, 200), dest("10.0.0.2", 4, 10, 20))
-    reg = CollectorRegistry()
-    reg.register(
+    text = scrape(
         IPVSCollector(
             NS,
-            lambda: make_snapshot([svc]),
+            lambda: Snapshot.build([svc]),
             lambda m: {},
             Options(destination_labels=("destination_port",), backends=True),
         )
     )
-    text = generate_latest(reg).decode()
     assert f'ipvs_destination_connections_total{{fwmark="270",namespace="{NS}",port=""}} 7.0' in text
     assert (
         f'ipvs_backend_bytes_in_total{{destination_port="0",family="ipv4",fwmark="270",namespace="{NS}",port="",protocol="",vip=""}} 110.0'
         in text
     )
     assert "address=" not in text
-    reg = CollectorRegistry()
-    reg.register(
+    text = scrape(
         IPVSCollector(
             NS,
-            lambda: make_snapshot([svc]),
+            lambda: Snapshot.build([svc]),
             lambda m: {},
             Options(destination_labels=(), per_destination=False),
         )
     )
-    text = generate_latest(reg).decode()
     assert "ipvs_destination_connections_total{" not in text and "ipvs_backend_" not in text.replace("# ", "")
     assert f'ipvs_destination_total{{fwmark="270",namespace="{NS}",port=""}} 2.0' in text
 
@@ -203,10 +202,9 @@ def test_failed_read_gives_up_0_and_no_ipvs_series(caplog):
     def broken():
         raise NamespaceNotFound(2, "network namespace /x does not exist (yet)")
 
-    reg = CollectorRegistry()
-    reg.register(IPVSCollector("/x", broken, lambda m: {}))
+    app = MetricsApp(IPVSCollector("/x", broken, lambda m: {}))
     for _ in range(3):
-        text = generate_latest(reg).decode()
+        text = app.body("")[0].decode()
     assert 'ipvs_up{namespace="/x"} 0.0' in text
     assert 'ipvs_scrape_errors_total{namespace="/x",reason="namespace_missing"} 3.0' in text
     assert "ipvs_services_total{" not in text
@@ -235,16 +233,14 @@ def test_swarm_service_names_join_on_fwmark():
             }
             return {k: v for k, v in known.items() if k in asked}
 
-    reg = CollectorRegistry()
-    reg.register(
+    text = scrape(
         IPVSCollector(
             NS,
-            lambda: make_snapshot(SEED_EXAMPLE),
+            lambda: Snapshot.build(SEED_EXAMPLE),
             lambda marks: {m: PORTS[m] for m in marks if m in PORTS},
             swarm=FakeSwarm(),
         )
     )
-    text = generate_latest(reg).decode()
     assert (
         f'ipvs_swarm_service_info{{fwmark="260",namespace="{NS}",port="30000",service_id="id1",service_name="web"}} 1.0'
     ) in text

@@ -5,13 +5,14 @@ from __future__ import annotations
 import socket
 
 import pytest
-from ipvs_testlib import make_snapshot
-from prometheus_client import CollectorRegistry, generate_latest
-from prometheus_client.openmetrics.exposition import generate_latest as generate_openmetrics
+from prometheus_client import CollectorRegistry
+from reference import Fixed, ipvs_families
+from reference import render as reference
 
-from ingress_ipvs_exporter.collector import Options, ipvs_families
-from ingress_ipvs_exporter.exposition import FastRenderer, fmt
-from ingress_ipvs_exporter.ipvs import Destination, Service, Stats
+from ingress_ipvs_exporter import gzipstream
+from ingress_ipvs_exporter.exposition import Renderer, fmt
+from ingress_ipvs_exporter.ipvs import Destination, Service, Snapshot, Stats
+from ingress_ipvs_exporter.metrics import Options
 from ingress_ipvs_exporter.portmap import PublishedPort
 
 V4, V6 = socket.AF_INET, socket.AF_INET6
@@ -67,43 +68,34 @@ EVERY_KIND = [
 PORTS = {256: [PublishedPort("tcp", 30000), PublishedPort("udp", 30000)], 257: [PublishedPort("tcp", 30002)]}
 
 
-class _Fixed:
-    def __init__(self, fams):
-        self.fams = fams
-
-    def collect(self):
-        return self.fams
-
-
-def reference(snap, ns, ports, options, openmetrics):
-    reg = CollectorRegistry(auto_describe=False)
-    reg.register(_Fixed(ipvs_families(snap, ns, ports, options)))
-    text = (generate_openmetrics if openmetrics else generate_latest)(reg).decode()
-    return text[: -len("# EOF\n")] if openmetrics else text
-
-
 @pytest.mark.parametrize("openmetrics", [False, True], ids=["text-0.0.4", "openmetrics"])
 @pytest.mark.parametrize("ns", ["/var/run/docker/netns/ingress_sbox", "", 'odd "ns"\\path\nx'])
 @pytest.mark.parametrize(
     "options",
-    [Options(), Options(destination_labels=(), per_destination=False), Options(backends=True)],
-    ids=["default", "no-destinations", "backends"],
+    [
+        Options(),
+        Options(destination_labels=(), per_destination=False),
+        Options(backends=True),
+        Options(destination_labels=("address",), backends=True),
+        Options(destination_labels=("destination_port",), backends=True),
+    ],
+    ids=["default", "no-destinations", "backends", "merged-ports", "merged-addresses"],
 )
 def test_fast_rendering_is_byte_identical(openmetrics, ns, options):
-    snap = make_snapshot(EVERY_KIND)
-    r = FastRenderer()
+    snap = Snapshot.build(EVERY_KIND)
+    r = Renderer()
     fast = r.render(snap, ns, PORTS, options, openmetrics)
     assert fast == reference(snap, ns, PORTS, options, openmetrics)
     assert r.render(snap, ns, PORTS, options, openmetrics) == fast  # from the cache
 
 
 def test_cache_follows_changes_in_shape_and_values():
-    r = FastRenderer()
-    first = r.render(make_snapshot(EVERY_KIND), "/ns", PORTS, Options())
+    r = Renderer()
+    first = r.render(Snapshot.build(EVERY_KIND), "/ns", PORTS, Options())
     changed = list(EVERY_KIND)
     changed[0] = changed[0]._replace(stats=st(11))  # values only
     changed.pop(4)  # and a service gone
-    snap = make_snapshot(changed)
+    snap = Snapshot.build(changed)
     assert r.render(snap, "/ns", PORTS, Options()) == reference(snap, "/ns", PORTS, Options(), False) != first
     other_ports = {256: [PublishedPort("tcp", 31000)]}
     assert r.render(snap, "/ns", other_ports, Options()) == reference(
@@ -112,8 +104,8 @@ def test_cache_follows_changes_in_shape_and_values():
 
 
 def test_empty_snapshot():
-    snap = make_snapshot([])
-    assert FastRenderer().render(snap, "/ns", {}, Options()) == reference(snap, "/ns", {}, Options(), False)
+    snap = Snapshot.build([])
+    assert Renderer().render(snap, "/ns", {}, Options()) == reference(snap, "/ns", {}, Options(), False)
 
 
 @pytest.mark.parametrize("v", [0, 1, -1, 999999, 1000000, 4510000, 12345678, 2**53 + 1, 2**64 - 1, -(2**31)])
@@ -130,13 +122,13 @@ def test_whole_app_body_equals_the_registry_rendering(accept):
     from ingress_ipvs_exporter.collector import IPVSCollector
     from ingress_ipvs_exporter.exposition import MetricsApp
 
-    snap = make_snapshot(EVERY_KIND)
+    snap = Snapshot.build(EVERY_KIND)
     collector = IPVSCollector("/ns", lambda: snap, lambda marks: PORTS, info=lambda: (0x010201, 4096))
-    collector._health = lambda up, seconds: []  # scrape durations differ between two scrapes
     body, content_type = MetricsApp(collector).body(accept)
     encoder, expected_type = choose_encoder(accept)
     reg = CollectorRegistry(auto_describe=False)
-    reg.register(collector)
+    reg.register(Fixed(ipvs_families(snap, "/ns", PORTS, Options())))
+    reg.register(collector)  # its families describe the scrape above
     assert content_type == expected_type
     assert body == encoder(reg)
 
@@ -145,21 +137,15 @@ def test_chunks_hold_at_most_chunk_series_lines(monkeypatch):
     from ingress_ipvs_exporter import exposition
 
     monkeypatch.setattr(exposition, "CHUNK_SERIES", 2)
-    snap, options = make_snapshot(EVERY_KIND), Options(backends=True)
-    chunks = list(FastRenderer().chunks(snap, "/ns", PORTS, options))
+    snap, options = Snapshot.build(EVERY_KIND), Options(backends=True)
+    chunks = list(Renderer().chunks(snap, "/ns", PORTS, options))
     assert b"".join(chunks).decode() == reference(snap, "/ns", PORTS, options, False)
     assert max(c.count(b"\n") for c in chunks) == 2  # a header (HELP, TYPE) or two series
 
 
-def _wsgi_get(app, accept="", encoding="gzip"):
-    got = {}
-    body = b"".join(
-        app(
-            {"HTTP_ACCEPT": accept, "HTTP_ACCEPT_ENCODING": encoding, "REQUEST_METHOD": "GET"},
-            lambda status, headers: got.update(headers),
-        )
-    )
-    return got, body
+def _body(app, accept="", gzip=True):
+    chunks, _ = app.stream(accept, gzip)
+    return b"".join(chunks)
 
 
 @pytest.mark.parametrize("accept", ["", "application/openmetrics-text; version=1.0.0; charset=utf-8"])
@@ -175,35 +161,34 @@ def test_gzip_body_is_one_valid_member_equal_to_the_plain_body(monkeypatch, acce
     from ingress_ipvs_exporter.exposition import MetricsApp
 
     monkeypatch.setattr(exposition, "CHUNK_SERIES", 2)
-    monkeypatch.setattr(exposition, "CACHE_BUDGET", budget)
+    monkeypatch.setattr(gzipstream, "CACHE_BUDGET", budget)
     services = list(EVERY_KIND)
-    snaps = [make_snapshot(services), make_snapshot(services)]
+    snaps = [Snapshot.build(services), Snapshot.build(services)]
     services[2] = services[2]._replace(stats=st(3))  # one family's values change, the others not
-    snaps.append(make_snapshot(services))
+    snaps.append(Snapshot.build(services))
     current = iter(snaps)
     collector = IPVSCollector("/ns", lambda: next(current), lambda marks: PORTS, Options(backends=True))
-    collector._health = lambda up, seconds: []  # scrape durations differ between two scrapes
+    collector._health = lambda state: []  # scrape durations differ between two scrapes
     app = MetricsApp(collector)
     for snap in snaps:
-        headers, body = _wsgi_get(app, accept)
-        assert headers["Content-Encoding"] == "gzip"
+        body = _body(app, accept)
         one_member = zlib.decompressobj(31)
         text = one_member.decompress(body)
         assert one_member.eof and one_member.unused_data == b""
         assert gzip.decompress(body) == text
         assert text.decode().startswith(reference(snap, "/ns", PORTS, Options(backends=True), bool(accept)))
         shape = app.renderer._shape
-        assert shape._cached <= budget
-        assert bool(shape._last) == (budget > 0)
+        assert shape.cache.size <= budget
+        assert bool(len(shape.cache)) == (budget > 0)
     plain_collector = IPVSCollector("/ns", lambda: snaps[-1], lambda marks: PORTS, Options(backends=True))
-    plain_collector._health = lambda up, seconds: []
-    assert _wsgi_get(MetricsApp(plain_collector), accept, encoding="")[1] == text
+    plain_collector._health = lambda state: []
+    assert _body(MetricsApp(plain_collector), accept, gzip=False) == text
 
 
 def test_unchanged_families_are_neither_rendered_nor_compressed_again(monkeypatch):
     from ingress_ipvs_exporter import exposition
 
-    r, snap, options = FastRenderer(), make_snapshot(EVERY_KIND), Options()
+    r, snap, options = Renderer(), Snapshot.build(EVERY_KIND), Options()
     first = list(r.segments(snap, "/ns", PORTS, options))
     calls = []
     monkeypatch.setattr(exposition, "deflate", lambda chunks: calls.append(1))
@@ -219,7 +204,7 @@ def test_every_scrape_hands_memory_back_even_when_the_client_leaves_early(monkey
 
     calls = []
     monkeypatch.setattr(memory, "release", lambda: calls.append(1))
-    snap = make_snapshot(EVERY_KIND)
+    snap = Snapshot.build(EVERY_KIND)
     app = MetricsApp(IPVSCollector("/ns", lambda: snap, lambda marks: PORTS))
     chunks, _ = app.stream("")
     assert b"ipvs_up" in b"".join(chunks)
@@ -246,10 +231,8 @@ def test_malloc_tuning_takes_on_glibc():
     [("", 8 << 20), ("0", 0), ("32", 32 << 20), (" 2 ", 2 << 20), ("lots", 8 << 20), ("-1", 8 << 20)],
 )
 def test_cache_budget_from_the_environment(monkeypatch, caplog, raw, expected):
-    from ingress_ipvs_exporter import exposition
-
-    monkeypatch.setenv(exposition.CACHE_ENV, raw)
-    assert exposition._cache_budget() == expected
+    monkeypatch.setenv(gzipstream.CACHE_ENV, raw)
+    assert gzipstream._cache_budget() == expected
     assert ("not a whole number" in caplog.text) == (raw.strip() not in ("", "0", "32", "2"))
 
 
@@ -257,7 +240,7 @@ def test_crc_join_equals_zlib_over_the_joined_text():
     import os
     import zlib
 
-    from ingress_ipvs_exporter.exposition import crc_join
+    from ingress_ipvs_exporter.gzipstream import crc_join
 
     for a_len, b_len in [(0, 0), (0, 5), (5, 0), (1, 1), (100, 3), (4096, 65537), (7, 1 << 20)]:
         a, b = os.urandom(a_len), os.urandom(b_len)

@@ -1,0 +1,325 @@
+"""Every IPVS metric family, defined once in data, and the label values each series carries.
+
+"Original" families are the ten of the Go exporter this one replaces: same names, help
+texts and labels (they cover fwmark services, which is what swarm programs). The other
+families cover every kind of service and real server. The renderer (exposition.py) and the
+tests' prometheus_client reference both read these definitions; nothing here formats text.
+"""
+
+from __future__ import annotations
+
+import socket
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass
+from enum import Enum
+from typing import NamedTuple, Protocol
+
+from .ipvs import Snapshot
+
+
+class Kind(str, Enum):
+    COUNTER = "counter"
+    GAUGE = "gauge"
+
+
+class Level(Enum):
+    """Which rows a family has a series for, and so which labels it carries."""
+
+    NAMESPACE = "namespace"  # one series
+    ORIGINAL_SERVICE = "original_service"  # fwmark services
+    ORIGINAL_DESTINATION = "original_destination"  # real servers of fwmark services
+    SERVICE = "service"  # every virtual service
+    DESTINATION = "destination"  # every real server
+
+    @property
+    def of_services(self) -> bool:
+        return self in (Level.NAMESPACE, Level.ORIGINAL_SERVICE, Level.SERVICE)
+
+
+SERVICE_LABELS = ("family", "fwmark", "namespace", "port", "protocol", "vip")
+LABELS: Mapping[Level, tuple[str, ...]] = {
+    Level.NAMESPACE: ("namespace",),
+    Level.ORIGINAL_SERVICE: ("fwmark", "namespace", "port"),
+    Level.ORIGINAL_DESTINATION: ("address", "fwmark", "namespace", "port"),
+    Level.SERVICE: SERVICE_LABELS,
+    Level.DESTINATION: ("address", "destination_port", *SERVICE_LABELS),
+}
+DEST_LABEL_CHOICES = ("address", "destination_port")  # what --destination-labels may keep
+
+
+@dataclass(frozen=True)
+class MetricDef:
+    """One family: its value in each series is column `column` of the level's rows in a
+    snapshot (ipvs.ServiceRows or DestinationRows; "count" = the number of services)."""
+
+    name: str
+    kind: Kind
+    help: str
+    level: Level
+    column: str
+
+
+C, G = Kind.COUNTER, Kind.GAUGE
+_OS, _OD, _S, _D = Level.ORIGINAL_SERVICE, Level.ORIGINAL_DESTINATION, Level.SERVICE, Level.DESTINATION
+_RATE = "The kernel's estimate of {} per second"
+
+METRICS: Sequence[MetricDef] = (
+    # -- the original exporter's ten, verbatim --
+    MetricDef(
+        "ipvs_bytes_in_total", C, "The total number of incoming bytes a virtual server", _OS, "inbytes"
+    ),
+    MetricDef(
+        "ipvs_bytes_out_total", C, "The total number of outgoing bytes from a virtual server", _OS, "outbytes"
+    ),
+    MetricDef(
+        "ipvs_connections_total", C, "The total number of connections made to a virtual server", _OS, "conns"
+    ),
+    MetricDef(
+        "ipvs_destination_active_connections_total",
+        G,
+        "The total number of connections established to a destination server",
+        _OD,
+        "active",
+    ),
+    MetricDef(
+        "ipvs_destination_bytes_in_total",
+        C,
+        "The total number of incoming bytes to a real server",
+        _OD,
+        "inbytes",
+    ),
+    MetricDef(
+        "ipvs_destination_bytes_out_total",
+        C,
+        "The total number of outgoing bytes to a real server",
+        _OD,
+        "outbytes",
+    ),
+    MetricDef(
+        "ipvs_destination_connections_total",
+        C,
+        "The total number connections ever established to a destination",
+        _OD,
+        "conns",
+    ),
+    MetricDef(
+        "ipvs_destination_inactive_connections_total",
+        G,
+        "The total number of connections inactive but established to a destination server",
+        _OD,
+        "inactive",
+    ),
+    MetricDef(
+        "ipvs_destination_total",
+        G,
+        "The total number of real servers that are destinations to the service",
+        _OS,
+        "dest_count",
+    ),
+    MetricDef(
+        "ipvs_services_total", G, "The total number of services registered in ipvs", Level.NAMESPACE, "count"
+    ),
+    # -- every virtual service, of every kind --
+    MetricDef(
+        "ipvs_service_connections_total", C, "Connections scheduled by the virtual service", _S, "conns"
+    ),
+    MetricDef("ipvs_service_packets_in_total", C, "Incoming packets of the virtual service", _S, "inpkts"),
+    MetricDef("ipvs_service_packets_out_total", C, "Outgoing packets of the virtual service", _S, "outpkts"),
+    MetricDef("ipvs_service_bytes_in_total", C, "Incoming bytes of the virtual service", _S, "inbytes"),
+    MetricDef("ipvs_service_bytes_out_total", C, "Outgoing bytes of the virtual service", _S, "outbytes"),
+    MetricDef("ipvs_service_connections_per_second", G, _RATE.format("new connections"), _S, "cps"),
+    MetricDef("ipvs_service_packets_in_per_second", G, _RATE.format("incoming packets"), _S, "inpps"),
+    MetricDef("ipvs_service_packets_out_per_second", G, _RATE.format("outgoing packets"), _S, "outpps"),
+    MetricDef("ipvs_service_bytes_in_per_second", G, _RATE.format("incoming bytes"), _S, "inbps"),
+    MetricDef("ipvs_service_bytes_out_per_second", G, _RATE.format("outgoing bytes"), _S, "outbps"),
+    MetricDef("ipvs_service_destinations", G, "Real servers of the virtual service", _S, "dest_count"),
+    MetricDef(
+        "ipvs_service_persistence_timeout_seconds",
+        G,
+        "Persistence timeout of the virtual service (0 when not persistent)",
+        _S,
+        "timeout",
+    ),
+    # -- every real server --
+    MetricDef("ipvs_backend_connections_total", C, "Connections scheduled to the real server", _D, "conns"),
+    MetricDef("ipvs_backend_packets_in_total", C, "Incoming packets of the real server", _D, "inpkts"),
+    MetricDef("ipvs_backend_packets_out_total", C, "Outgoing packets of the real server", _D, "outpkts"),
+    MetricDef("ipvs_backend_bytes_in_total", C, "Incoming bytes of the real server", _D, "inbytes"),
+    MetricDef("ipvs_backend_bytes_out_total", C, "Outgoing bytes of the real server", _D, "outbytes"),
+    MetricDef("ipvs_backend_connections_per_second", G, _RATE.format("new connections"), _D, "cps"),
+    MetricDef("ipvs_backend_packets_in_per_second", G, _RATE.format("incoming packets"), _D, "inpps"),
+    MetricDef("ipvs_backend_packets_out_per_second", G, _RATE.format("outgoing packets"), _D, "outpps"),
+    MetricDef("ipvs_backend_bytes_in_per_second", G, _RATE.format("incoming bytes"), _D, "inbps"),
+    MetricDef("ipvs_backend_bytes_out_per_second", G, _RATE.format("outgoing bytes"), _D, "outbps"),
+    MetricDef(
+        "ipvs_backend_active_connections", G, "Established connections to the real server", _D, "active"
+    ),
+    MetricDef(
+        "ipvs_backend_inactive_connections",
+        G,
+        "Connections to the real server not established (or closing)",
+        _D,
+        "inactive",
+    ),
+    MetricDef(
+        "ipvs_backend_persistent_connections",
+        G,
+        "Persistence templates pointing at the real server",
+        _D,
+        "persist",
+    ),
+    MetricDef("ipvs_backend_weight", G, "Scheduling weight of the real server (0 = quiesced)", _D, "weight"),
+    MetricDef(
+        "ipvs_backend_upper_threshold",
+        G,
+        "Connection upper threshold of the real server (0 = none)",
+        _D,
+        "u_threshold",
+    ),
+    MetricDef(
+        "ipvs_backend_lower_threshold",
+        G,
+        "Connection lower threshold of the real server (0 = none)",
+        _D,
+        "l_threshold",
+    ),
+)
+
+PROTOCOLS = {socket.IPPROTO_TCP: "tcp", socket.IPPROTO_UDP: "udp", 132: "sctp"}
+FAMILIES = {socket.AF_INET: "ipv4", socket.AF_INET6: "ipv6"}
+FORWARDING = {0: "masq", 1: "local", 2: "tunnel", 3: "route", 4: "bypass"}
+SVC_FLAGS = (("persistent", 0x1), ("hashed", 0x2), ("one_packet", 0x4))
+
+
+@dataclass(frozen=True)
+class Options:
+    """What to export. destination_labels: labels kept on per-destination series (the
+    rest are summed away); per_destination False drops those series; backends adds the
+    ipvs_backend_* families (every detail of every real server: ~17 series each)."""
+
+    destination_labels: tuple[str, ...] = DEST_LABEL_CHOICES
+    per_destination: bool = True
+    backends: bool = False
+
+    def exports(self, level: Level) -> bool:
+        """Whether families of this level are exported."""
+        if level is Level.DESTINATION:
+            return self.per_destination and self.backends
+        return self.per_destination or level is not Level.ORIGINAL_DESTINATION
+
+    def label_names(self, level: Level) -> tuple[str, ...]:
+        """The level's label names, less the destination labels not kept."""
+        drop = set(DEST_LABEL_CHOICES) - set(self.destination_labels)
+        if level.of_services or not drop:
+            return LABELS[level]
+        return tuple(n for n in LABELS[level] if n not in drop)
+
+
+DEFAULT_OPTIONS = Options()
+
+
+class PublishedPortLike(Protocol):
+    @property
+    def protocol(self) -> str: ...
+    @property
+    def port(self) -> int: ...
+
+
+Ports = Mapping[int, Sequence[PublishedPortLike]]  # fwmark -> the ports the mangle rules mark with it
+
+
+class ServiceLabels(NamedTuple):
+    """A virtual service's label values (a fwmark service is labelled with its lowest
+    published port; protocol and vip are empty for it)."""
+
+    family: str
+    fwmark: str
+    port: str
+    protocol: str
+    vip: str
+
+
+def service_labels(snap: Snapshot, ports: Ports) -> list[ServiceLabels]:
+    out = []
+    for sid in snap.services.ids():
+        family = FAMILIES.get(sid.af, str(sid.af))
+        if sid.fwmark:
+            found = ports.get(sid.fwmark)
+            port = str(min(p.port for p in found)) if found else ""
+            out.append(ServiceLabels(family, str(sid.fwmark), port, "", ""))
+        else:
+            proto = PROTOCOLS.get(sid.protocol, str(sid.protocol))
+            out.append(ServiceLabels(family, "0", str(sid.port), proto, sid.address))
+    return out
+
+
+LabelValues = tuple[str, ...]
+
+
+def series_labels(
+    level: Level, snap: Snapshot, namespace: str, svc: Sequence[ServiceLabels], options: Options
+) -> list[LabelValues | None]:
+    """Each row's label values at this level, in options.label_names(level) order; None
+    for a row the level leaves out. Rows with equal values form one series (summed)."""
+    if level is Level.NAMESPACE:
+        return [(namespace,)]
+    if level is Level.SERVICE:
+        return [(s.family, s.fwmark, namespace, s.port, s.protocol, s.vip) for s in svc]
+    if level is Level.ORIGINAL_SERVICE:
+        return [(s.fwmark, namespace, s.port) if s.fwmark != "0" else None for s in svc]
+    d = snap.dests
+    addresses, dports = d.addresses(), [str(p) for p in d.port]
+    keep = options.destination_labels
+    out: list[LabelValues | None] = []
+    for owner, addr, dport in zip(d.service, addresses, dports):
+        s = svc[owner]
+        kept = (addr,) if "address" in keep else ()
+        if level is Level.ORIGINAL_DESTINATION:
+            out.append((*kept, s.fwmark, namespace, s.port) if s.fwmark != "0" else None)
+        else:
+            kept += (dport,) if "destination_port" in keep else ()
+            out.append((*kept, s.family, s.fwmark, namespace, s.port, s.protocol, s.vip))
+    return out
+
+
+@dataclass(frozen=True)
+class InfoDef:
+    """An info family (value always 1): name, help, label names."""
+
+    name: str
+    help: str
+    labels: tuple[str, ...]
+
+
+SERVICE_INFO = InfoDef(
+    "ipvs_service_info",
+    "Scheduler and flags of the virtual service (always 1)",
+    (*SERVICE_LABELS, "scheduler", *(n for n, _ in SVC_FLAGS)),
+)
+PUBLISHED_INFO = InfoDef(
+    "ipvs_service_published_port_info",
+    "Every port and protocol the namespace's mangle rules mark with the fwmark (always 1)",
+    ("fwmark", "namespace", "port", "protocol"),
+)
+BACKEND_INFO = InfoDef(
+    "ipvs_backend_info", "Forwarding method of the real server (always 1)", (*LABELS[_D], "forwarding")
+)
+
+
+def info_rows(
+    snap: Snapshot, namespace: str, svc: Sequence[ServiceLabels], ports: Ports, options: Options
+) -> list[tuple[InfoDef, tuple[str, ...], list[LabelValues]]]:
+    """(InfoDef, label names, [label values, ...]) for each info family of a snapshot."""
+    s = snap.services
+    svc_rows = [
+        (*sl[:2], namespace, *sl[2:], sched, *("true" if flags & bit else "false" for _, bit in SVC_FLAGS))
+        for sl, sched, flags in zip(svc, s.schedulers(), s.flags)
+    ]
+    pub_rows = [(str(m), namespace, str(p.port), p.protocol) for m in sorted(ports) for p in sorted(ports[m])]
+    out = [(SERVICE_INFO, SERVICE_INFO.labels, svc_rows), (PUBLISHED_INFO, PUBLISHED_INFO.labels, pub_rows)]
+    if options.exports(Level.DESTINATION):
+        labels = series_labels(Level.DESTINATION, snap, namespace, svc, options)
+        methods = [FORWARDING.get(f, "unknown") for f in snap.dests.fwd]
+        rows = dict.fromkeys((*key, m) for key, m in zip(labels, methods) if key is not None)
+        out.append((BACKEND_INFO, (*options.label_names(_D), "forwarding"), list(rows)))
+    return out
