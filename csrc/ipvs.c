@@ -191,6 +191,27 @@ static void read_addr(struct nlattr *a, uint8_t *out)
     }
 }
 
+/* A row's counters: the 64-bit block when the kernel sent one (returns 1), else the
+ * 32-bit block, else zeros (returns 0). */
+static int read_row_stats(struct nlattr *stats64, struct nlattr *stats32, uint64_t *out)
+{
+    if (read_stats(stats64, out))
+        return 1;
+    if (!read_stats(stats32, out))
+        memset(out, 0, IPVS_NSTATS * sizeof(uint64_t));
+    return 0;
+}
+
+/* A NUL-terminated name into a fixed slot, cut to fit. */
+static void read_name(struct nlattr *a, char *out)
+{
+    memset(out, 0, IPVS_NAME_LEN);
+    if (a) {
+        int n = nla_len(a);
+        memcpy(out, nla_data(a), n >= IPVS_NAME_LEN ? IPVS_NAME_LEN - 1 : n);
+    }
+}
+
 static uint32_t u32_or0(struct nlattr *a)
 {
     return a ? nla_get_u32(a) : 0;
@@ -226,23 +247,10 @@ static int parse_service(struct ipvs_handle *h, struct nlattr *nest)
     row[IPVS_SVC_NETMASK] = u32_or0(s[IPVS_SVC_ATTR_NETMASK]);
     row[IPVS_SVC_DEST_FIRST] = h->n_dst;
     read_addr(s[IPVS_SVC_ATTR_ADDR], h->svc_addr + (size_t)i * IPVS_ADDR_LEN);
-    {
-        char *name = h->svc_sched + (size_t)i * IPVS_NAME_LEN;
-        memset(name, 0, IPVS_NAME_LEN);
-        if (s[IPVS_SVC_ATTR_SCHED_NAME]) {
-            int n = nla_len(s[IPVS_SVC_ATTR_SCHED_NAME]);
-            memcpy(name, nla_data(s[IPVS_SVC_ATTR_SCHED_NAME]),
-                   n >= IPVS_NAME_LEN ? IPVS_NAME_LEN - 1 : n);
-            name[IPVS_NAME_LEN - 1] = 0;
-        }
-    }
-    {
-        uint64_t *st = h->svc_stats + (size_t)i * IPVS_NSTATS;
-        if (read_stats(s[IPVS_SVC_ATTR_STATS64], st))
-            h->stats64 = 1;
-        else if (!read_stats(s[IPVS_SVC_ATTR_STATS], st))
-            memset(st, 0, IPVS_NSTATS * sizeof(uint64_t));
-    }
+    read_name(s[IPVS_SVC_ATTR_SCHED_NAME], h->svc_sched + (size_t)i * IPVS_NAME_LEN);
+    if (read_row_stats(s[IPVS_SVC_ATTR_STATS64], s[IPVS_SVC_ATTR_STATS],
+                       h->svc_stats + (size_t)i * IPVS_NSTATS))
+        h->stats64 = 1;
     h->n_svc = i + 1;
     return 0;
 }
@@ -270,62 +278,59 @@ static int parse_dest(struct ipvs_handle *h, struct nlattr *nest, uint32_t svc, 
     row[IPVS_DST_INACTIVE] = u32_or0(d[IPVS_DEST_ATTR_INACT_CONNS]);
     row[IPVS_DST_PERSIST] = u32_or0(d[IPVS_DEST_ATTR_PERSIST_CONNS]);
     read_addr(d[IPVS_DEST_ATTR_ADDR], h->dst_addr + (size_t)i * IPVS_ADDR_LEN);
-    {
-        uint64_t *st = h->dst_stats + (size_t)i * IPVS_NSTATS;
-        if (!read_stats(d[IPVS_DEST_ATTR_STATS64], st) && !read_stats(d[IPVS_DEST_ATTR_STATS], st))
-            memset(st, 0, IPVS_NSTATS * sizeof(uint64_t));
-    }
+    read_row_stats(d[IPVS_DEST_ATTR_STATS64], d[IPVS_DEST_ATTR_STATS],
+                   h->dst_stats + (size_t)i * IPVS_NSTATS);
     h->n_dst = i + 1;
     if (svc < h->n_svc)
         h->svc_u32[(size_t)svc * IPVS_SVC_NCOLS + IPVS_SVC_DEST_COUNT]++;
     return 0;
 }
 
-/* One genetlink message of a GET_SERVICE (kind 0) or GET_DEST (kind 1) reply. */
-static int parse_nlmsg(struct ipvs_handle *h, int kind, struct nlmsghdr *nlh)
+/* The address family of service row `svc` (0 when there is no such row). */
+static uint16_t service_af(const struct ipvs_handle *h, uint32_t svc)
+{
+    return svc < h->n_svc ? (uint16_t)h->svc_u32[(size_t)svc * IPVS_SVC_NCOLS + IPVS_SVC_AF] : 0;
+}
+
+/* One genetlink message of a GET_SERVICE or GET_DEST reply. */
+static int parse_nlmsg(struct ipvs_handle *h, enum ipvs_msg_kind kind, struct nlmsghdr *nlh)
 {
     struct nlattr *attrs[IPVS_CMD_ATTR_MAX + 1];
+    struct priv *pv = h->priv;
     int err = genlmsg_parse(nlh, 0, attrs, IPVS_CMD_ATTR_MAX, cmd_policy);
     if (err < 0)
         return nle_to_errno(err);
-    if (kind == 0) {
+    if (kind == IPVS_MSG_SERVICE) {
         if (!attrs[IPVS_CMD_ATTR_SERVICE])
             return -EPROTO;
         return parse_service(h, attrs[IPVS_CMD_ATTR_SERVICE]);
     }
     if (!attrs[IPVS_CMD_ATTR_DEST])
         return -EPROTO;
-    {
-        struct priv *pv = h->priv;
-        uint32_t svc = pv->cur_svc;
-        uint16_t af =
-            svc < h->n_svc ? (uint16_t)h->svc_u32[(size_t)svc * IPVS_SVC_NCOLS + IPVS_SVC_AF] : 0;
-        return parse_dest(h, attrs[IPVS_CMD_ATTR_DEST], svc, af);
-    }
+    return parse_dest(h, attrs[IPVS_CMD_ATTR_DEST], pv->cur_svc, service_af(h, pv->cur_svc));
 }
 
 /* ---- callbacks ---------------------------------------------------------- */
 
 /* A parse failure is remembered and the rest of the dump is still consumed (NL_SKIP),
  * so that no stale reply is left in the socket for the next request. */
-static int on_valid_svc(struct nl_msg *msg, void *arg)
+static int on_valid_row(struct ipvs_handle *h, enum ipvs_msg_kind kind, struct nl_msg *msg)
 {
-    struct ipvs_handle *h = arg;
     struct priv *pv = h->priv;
-    int err = parse_nlmsg(h, 0, nlmsg_hdr(msg));
+    int err = parse_nlmsg(h, kind, nlmsg_hdr(msg));
     if (err && !pv->cb_err)
         pv->cb_err = err;
     return NL_SKIP;
 }
 
+static int on_valid_svc(struct nl_msg *msg, void *arg)
+{
+    return on_valid_row(arg, IPVS_MSG_SERVICE, msg);
+}
+
 static int on_valid_dst(struct nl_msg *msg, void *arg)
 {
-    struct ipvs_handle *h = arg;
-    struct priv *pv = h->priv;
-    int err = parse_nlmsg(h, 1, nlmsg_hdr(msg));
-    if (err && !pv->cb_err)
-        pv->cb_err = err;
-    return NL_SKIP;
+    return on_valid_row(arg, IPVS_MSG_DEST, msg);
 }
 
 static int on_valid_info(struct nl_msg *msg, void *arg)
@@ -694,14 +699,14 @@ int ipvs_handle_new_offline(struct ipvs_handle **out)
     return handle_alloc(out);
 }
 
-int ipvs_parse_message(struct ipvs_handle *h, int kind, const void *msg, size_t len)
+int ipvs_parse_message(struct ipvs_handle *h, enum ipvs_msg_kind kind, const void *msg, size_t len)
 {
     struct nlmsghdr *nlh = (struct nlmsghdr *)msg;
-    if (!h || !msg || (kind != 0 && kind != 1))
+    if (!h || !msg || (kind != IPVS_MSG_SERVICE && kind != IPVS_MSG_DEST))
         return -EINVAL;
     if (len < NLMSG_HDRLEN || nlh->nlmsg_len < NLMSG_HDRLEN || nlh->nlmsg_len > len)
         return -EMSGSIZE;
-    if (kind == 1)
+    if (kind == IPVS_MSG_DEST)
         ((struct priv *)h->priv)->cur_svc = h->n_svc ? h->n_svc - 1 : 0;
     return parse_nlmsg(h, kind, nlh);
 }

@@ -86,8 +86,9 @@ int ipvs_get_info(struct ipvs_handle *h, uint32_t *version, uint32_t *conn_tab_s
 
 /* Parse one raw netlink message (as the kernel sends for GET_SERVICE / GET_DEST) into
  * the handle's arrays, appending a row. For the fuzzer and unit tests; no socket use.
- * kind: 0 = service, 1 = destination (attached to the last service row). */
-int ipvs_parse_message(struct ipvs_handle *h, int kind, const void *msg, size_t len);
+ * A destination is attached to the last service row. */
+enum ipvs_msg_kind { IPVS_MSG_SERVICE = 0, IPVS_MSG_DEST = 1 };
+int ipvs_parse_message(struct ipvs_handle *h, enum ipvs_msg_kind kind, const void *msg, size_t len);
 int ipvs_handle_new_offline(struct ipvs_handle **out);
 
 /* Drop service rows that repeat an earlier row's service (same af and fwmark, or same af,

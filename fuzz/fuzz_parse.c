@@ -157,7 +157,7 @@ static void feed(struct ipvs_handle *heap_h, struct ipvs_handle *guard_h, int ki
         abort();
     if (len)
         memcpy(copy, msg, len);
-    rc1 = ipvs_parse_message(heap_h, kind, copy, len);
+    rc1 = ipvs_parse_message(heap_h, (enum ipvs_msg_kind)kind, copy, len);
     free(copy);
 
     if (len > GUARD_AREA)
@@ -166,7 +166,7 @@ static void feed(struct ipvs_handle *heap_h, struct ipvs_handle *guard_h, int ki
     memset(g + len, 0xa5, (size_t)(guard_end - (g + len))); /* slack: never read */
     if (len)
         memcpy(g, msg, len);
-    rc2 = ipvs_parse_message(guard_h, kind, g, len);
+    rc2 = ipvs_parse_message(guard_h, (enum ipvs_msg_kind)kind, g, len);
 
     check_rc(rc1);
     if (rc1 != rc2)
