@@ -56,7 +56,7 @@ def escape(value: str) -> str:
 
 def fmt(v: int) -> str:
     """floatToGoString for an integer, without the float detour for small ones."""
-    return f"{v}.0" if -1000000 < v < 1000000 else floatToGoString(v)
+    return f"{v}.0" if -1000000 < v < 1000000 else str(floatToGoString(v))
 
 
 @functools.cache

@@ -106,7 +106,7 @@ class GzipStream:
     HEADER = b"\x1f\x8b\x08\x00\x00\x00\x00\x00\x00\xff"  # deflate, no name, no mtime, unknown OS
     END = b"\x03\x00"  # an empty final fixed-Huffman block
 
-    def __init__(self):
+    def __init__(self) -> None:
         self.crc = 0
         self.length = 0
 

@@ -18,7 +18,7 @@ import stat
 import threading
 from array import array
 from collections.abc import Sequence
-from typing import Any, NamedTuple
+from typing import Any, Callable, NamedTuple
 
 from ._ipvs_cffi import ffi, lib
 
@@ -77,6 +77,8 @@ class Service(NamedTuple):
 class IPVSError(OSError):
     """Reading IPVS in a namespace failed; str() is one line that says what to do."""
 
+    reason = "error"  # the label of the scrape error counter
+
 
 class NamespaceNotFound(IPVSError, FileNotFoundError):
     reason = "namespace_missing"
@@ -96,9 +98,6 @@ class IPVSUnavailable(IPVSError):
 
 class DumpFailed(IPVSError):
     reason = "netlink"
-
-
-IPVSError.reason = "error"
 
 
 def describe_namespace(path: str) -> str:
@@ -484,7 +483,7 @@ class Handle:
         if self._h is None:
             self._open()
 
-    def _call(self, fn, *args) -> None:
+    def _call(self, fn: Callable[..., int], *args: Any) -> None:
         self._ensure_open()
         rc = fn(self._h, *args)
         if rc:
@@ -508,13 +507,13 @@ class Handle:
     def __enter__(self) -> Handle:
         return self
 
-    def __exit__(self, *exc) -> None:
+    def __exit__(self, *exc: object) -> None:
         self.close()
 
-    def __del__(self):
+    def __del__(self) -> None:
         with contextlib.suppress(Exception):
             self._close()
 
 
 def libnl_version() -> str:
-    return ffi.string(lib.ipvs_libnl_version()).decode()
+    return str(ffi.string(lib.ipvs_libnl_version()).decode())

@@ -19,7 +19,7 @@ ARENAS = 2
 MMAP_THRESHOLD = 128 * 1024  # glibc's initial value, kept fixed
 
 
-def _glibc():
+def _glibc() -> ctypes.CDLL | None:
     try:
         if not os.confstr("CS_GNU_LIBC_VERSION"):
             return None

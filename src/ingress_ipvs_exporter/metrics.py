@@ -185,9 +185,9 @@ METRICS: Sequence[MetricDef] = (
     ),
 )
 
-PROTOCOLS = {socket.IPPROTO_TCP: "tcp", socket.IPPROTO_UDP: "udp", 132: "sctp"}
-FAMILIES = {socket.AF_INET: "ipv4", socket.AF_INET6: "ipv6"}
-FORWARDING = {0: "masq", 1: "local", 2: "tunnel", 3: "route", 4: "bypass"}
+PROTOCOLS: Mapping[int, str] = {socket.IPPROTO_TCP: "tcp", socket.IPPROTO_UDP: "udp", 132: "sctp"}
+FAMILIES: Mapping[int, str] = {socket.AF_INET: "ipv4", socket.AF_INET6: "ipv6"}
+FORWARDING: Mapping[int, str] = {0: "masq", 1: "local", 2: "tunnel", 3: "route", 4: "bypass"}
 SVC_FLAGS = (("persistent", 0x1), ("hashed", 0x2), ("one_packet", 0x4))
 
 
@@ -273,7 +273,7 @@ def series_labels(
     out: list[LabelValues | None] = []
     for owner, addr, dport in zip(d.service, addresses, dports):
         s = svc[owner]
-        kept = (addr,) if "address" in keep else ()
+        kept: tuple[str, ...] = (addr,) if "address" in keep else ()
         if level is Level.ORIGINAL_DESTINATION:
             out.append((*kept, s.fwmark, namespace, s.port) if s.fwmark != "0" else None)
         else:
@@ -306,17 +306,28 @@ BACKEND_INFO = InfoDef(
 )
 
 
+def _port_order(p: PublishedPortLike) -> tuple[str, int]:
+    return p.protocol, p.port
+
+
 def info_rows(
     snap: Snapshot, namespace: str, svc: Sequence[ServiceLabels], ports: Ports, options: Options
 ) -> list[tuple[InfoDef, tuple[str, ...], list[LabelValues]]]:
     """(InfoDef, label names, [label values, ...]) for each info family of a snapshot."""
     s = snap.services
-    svc_rows = [
+    svc_rows: list[LabelValues] = [
         (*sl[:2], namespace, *sl[2:], sched, *("true" if flags & bit else "false" for _, bit in SVC_FLAGS))
         for sl, sched, flags in zip(svc, s.schedulers(), s.flags)
     ]
-    pub_rows = [(str(m), namespace, str(p.port), p.protocol) for m in sorted(ports) for p in sorted(ports[m])]
-    out = [(SERVICE_INFO, SERVICE_INFO.labels, svc_rows), (PUBLISHED_INFO, PUBLISHED_INFO.labels, pub_rows)]
+    pub_rows: list[LabelValues] = [
+        (str(m), namespace, str(p.port), p.protocol)
+        for m in sorted(ports)
+        for p in sorted(ports[m], key=_port_order)
+    ]
+    out: list[tuple[InfoDef, tuple[str, ...], list[LabelValues]]] = [
+        (SERVICE_INFO, SERVICE_INFO.labels, svc_rows),
+        (PUBLISHED_INFO, PUBLISHED_INFO.labels, pub_rows),
+    ]
     if options.exports(Level.DESTINATION):
         labels = series_labels(Level.DESTINATION, snap, namespace, svc, options)
         methods = [FORWARDING.get(f, "unknown") for f in snap.dests.fwd]
