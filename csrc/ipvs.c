@@ -84,37 +84,49 @@ static int grow(void **p, uint32_t cap, size_t row)
     return 0;
 }
 
-static int reserve_svc(struct ipvs_handle *h, uint32_t need)
+/* A block's capacity for at least `need` rows, doubling from `initial`: every array of
+ * the block grows together. */
+struct block_array {
+    void **p;
+    size_t row;
+};
+
+static int reserve_rows(uint32_t *cap_io, uint32_t initial, uint32_t need,
+                        const struct block_array *arrays, int n)
 {
-    struct priv *pv = h->priv;
-    uint32_t cap = pv->cap_svc ? pv->cap_svc : 64;
-    if (need <= pv->cap_svc)
+    uint32_t cap = *cap_io ? *cap_io : initial;
+    if (need <= *cap_io)
         return 0;
     while (cap < need)
         cap *= 2;
-    if (grow((void **)&h->svc_u32, cap, IPVS_SVC_NCOLS * sizeof(uint32_t)) ||
-        grow((void **)&h->svc_stats, cap, IPVS_NSTATS * sizeof(uint64_t)) ||
-        grow((void **)&h->svc_addr, cap, IPVS_ADDR_LEN) ||
-        grow((void **)&h->svc_sched, cap, IPVS_NAME_LEN))
-        return -ENOMEM;
-    pv->cap_svc = cap;
+    for (int k = 0; k < n; k++)
+        if (grow(arrays[k].p, cap, arrays[k].row))
+            return -ENOMEM;
+    *cap_io = cap;
     return 0;
+}
+
+static int reserve_svc(struct ipvs_handle *h, uint32_t need)
+{
+    struct priv *pv = h->priv;
+    const struct block_array arrays[] = {
+        {(void **)&h->svc_u32, IPVS_SVC_NCOLS * sizeof(uint32_t)},
+        {(void **)&h->svc_stats, IPVS_NSTATS * sizeof(uint64_t)},
+        {(void **)&h->svc_addr, IPVS_ADDR_LEN},
+        {(void **)&h->svc_sched, IPVS_NAME_LEN},
+    };
+    return reserve_rows(&pv->cap_svc, 64, need, arrays, 4);
 }
 
 static int reserve_dst(struct ipvs_handle *h, uint32_t need)
 {
     struct priv *pv = h->priv;
-    uint32_t cap = pv->cap_dst ? pv->cap_dst : 256;
-    if (need <= pv->cap_dst)
-        return 0;
-    while (cap < need)
-        cap *= 2;
-    if (grow((void **)&h->dst_u32, cap, IPVS_DST_NCOLS * sizeof(uint32_t)) ||
-        grow((void **)&h->dst_stats, cap, IPVS_NSTATS * sizeof(uint64_t)) ||
-        grow((void **)&h->dst_addr, cap, IPVS_ADDR_LEN))
-        return -ENOMEM;
-    pv->cap_dst = cap;
-    return 0;
+    const struct block_array arrays[] = {
+        {(void **)&h->dst_u32, IPVS_DST_NCOLS * sizeof(uint32_t)},
+        {(void **)&h->dst_stats, IPVS_NSTATS * sizeof(uint64_t)},
+        {(void **)&h->dst_addr, IPVS_ADDR_LEN},
+    };
+    return reserve_rows(&pv->cap_dst, 256, need, arrays, 3);
 }
 
 /* ---- attribute parsing -------------------------------------------------- */

@@ -61,7 +61,24 @@ class MetricDef:
 
 C, G = Kind.COUNTER, Kind.GAUGE
 _OS, _OD, _S, _D = Level.ORIGINAL_SERVICE, Level.ORIGINAL_DESTINATION, Level.SERVICE, Level.DESTINATION
-_RATE = "The kernel's estimate of {} per second"
+
+
+def _traffic(prefix: str, level: Level, scheduled: str, of: str) -> tuple[MetricDef, ...]:
+    """The kernel's counters and rate estimates of a service or real server, as families."""
+    rate = "The kernel's estimate of {} per second"
+    return (
+        MetricDef(f"{prefix}_connections_total", C, f"Connections scheduled {scheduled}", level, "conns"),
+        MetricDef(f"{prefix}_packets_in_total", C, f"Incoming packets {of}", level, "inpkts"),
+        MetricDef(f"{prefix}_packets_out_total", C, f"Outgoing packets {of}", level, "outpkts"),
+        MetricDef(f"{prefix}_bytes_in_total", C, f"Incoming bytes {of}", level, "inbytes"),
+        MetricDef(f"{prefix}_bytes_out_total", C, f"Outgoing bytes {of}", level, "outbytes"),
+        MetricDef(f"{prefix}_connections_per_second", G, rate.format("new connections"), level, "cps"),
+        MetricDef(f"{prefix}_packets_in_per_second", G, rate.format("incoming packets"), level, "inpps"),
+        MetricDef(f"{prefix}_packets_out_per_second", G, rate.format("outgoing packets"), level, "outpps"),
+        MetricDef(f"{prefix}_bytes_in_per_second", G, rate.format("incoming bytes"), level, "inbps"),
+        MetricDef(f"{prefix}_bytes_out_per_second", G, rate.format("outgoing bytes"), level, "outbps"),
+    )
+
 
 METRICS: Sequence[MetricDef] = (
     # -- the original exporter's ten, verbatim --
@@ -120,18 +137,7 @@ METRICS: Sequence[MetricDef] = (
         "ipvs_services_total", G, "The total number of services registered in ipvs", Level.NAMESPACE, "count"
     ),
     # -- every virtual service, of every kind --
-    MetricDef(
-        "ipvs_service_connections_total", C, "Connections scheduled by the virtual service", _S, "conns"
-    ),
-    MetricDef("ipvs_service_packets_in_total", C, "Incoming packets of the virtual service", _S, "inpkts"),
-    MetricDef("ipvs_service_packets_out_total", C, "Outgoing packets of the virtual service", _S, "outpkts"),
-    MetricDef("ipvs_service_bytes_in_total", C, "Incoming bytes of the virtual service", _S, "inbytes"),
-    MetricDef("ipvs_service_bytes_out_total", C, "Outgoing bytes of the virtual service", _S, "outbytes"),
-    MetricDef("ipvs_service_connections_per_second", G, _RATE.format("new connections"), _S, "cps"),
-    MetricDef("ipvs_service_packets_in_per_second", G, _RATE.format("incoming packets"), _S, "inpps"),
-    MetricDef("ipvs_service_packets_out_per_second", G, _RATE.format("outgoing packets"), _S, "outpps"),
-    MetricDef("ipvs_service_bytes_in_per_second", G, _RATE.format("incoming bytes"), _S, "inbps"),
-    MetricDef("ipvs_service_bytes_out_per_second", G, _RATE.format("outgoing bytes"), _S, "outbps"),
+    *_traffic("ipvs_service", _S, "by the virtual service", "of the virtual service"),
     MetricDef("ipvs_service_destinations", G, "Real servers of the virtual service", _S, "dest_count"),
     MetricDef(
         "ipvs_service_persistence_timeout_seconds",
@@ -141,16 +147,7 @@ METRICS: Sequence[MetricDef] = (
         "timeout",
     ),
     # -- every real server --
-    MetricDef("ipvs_backend_connections_total", C, "Connections scheduled to the real server", _D, "conns"),
-    MetricDef("ipvs_backend_packets_in_total", C, "Incoming packets of the real server", _D, "inpkts"),
-    MetricDef("ipvs_backend_packets_out_total", C, "Outgoing packets of the real server", _D, "outpkts"),
-    MetricDef("ipvs_backend_bytes_in_total", C, "Incoming bytes of the real server", _D, "inbytes"),
-    MetricDef("ipvs_backend_bytes_out_total", C, "Outgoing bytes of the real server", _D, "outbytes"),
-    MetricDef("ipvs_backend_connections_per_second", G, _RATE.format("new connections"), _D, "cps"),
-    MetricDef("ipvs_backend_packets_in_per_second", G, _RATE.format("incoming packets"), _D, "inpps"),
-    MetricDef("ipvs_backend_packets_out_per_second", G, _RATE.format("outgoing packets"), _D, "outpps"),
-    MetricDef("ipvs_backend_bytes_in_per_second", G, _RATE.format("incoming bytes"), _D, "inbps"),
-    MetricDef("ipvs_backend_bytes_out_per_second", G, _RATE.format("outgoing bytes"), _D, "outbps"),
+    *_traffic("ipvs_backend", _D, "to the real server", "of the real server"),
     MetricDef(
         "ipvs_backend_active_connections", G, "Established connections to the real server", _D, "active"
     ),

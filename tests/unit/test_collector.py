@@ -249,3 +249,31 @@ def test_swarm_service_names_join_on_fwmark():
         f'ipvs_swarm_service_info{{fwmark="261",namespace="{NS}",port="30001",service_id="id2",service_name="api"}} 1.0'
     ]
     assert f'ipvs_docker_up{{namespace="{NS}"}} 1.0' in text
+
+
+def test_same_fwmark_in_both_families_is_one_original_series_not_two():
+    """The original families' labels cannot tell an IPv4 from an IPv6 fwmark service with the
+    same mark: their values are summed into one series (a repeated series is invalid in the
+    exposition format, and Prometheus drops all but one of its samples)."""
+    v6 = Service(
+        socket.AF_INET6,
+        0,
+        "",
+        0,
+        260,
+        "rr",
+        2,
+        0,
+        128,
+        stats(5, 50, 70),
+        (dest("2001:db8::9", af=socket.AF_INET6),),
+    )
+    text = render([*SEED_EXAMPLE, v6])
+    lines = [line for line in text.splitlines() if not line.startswith("#")]
+    assert len(lines) == len(set(lines)) and len({line.rsplit(" ", 1)[0] for line in lines}) == len(lines)
+    assert f'ipvs_connections_total{{fwmark="260",namespace="{NS}",port="30000"}} 15.0' in lines
+    assert f'ipvs_destination_total{{fwmark="260",namespace="{NS}",port="30000"}} 2.0' in lines
+    assert (
+        f'ipvs_service_connections_total{{family="ipv6",fwmark="260",namespace="{NS}",port="30000",protocol="",vip=""}} 5.0'
+        in lines
+    )
