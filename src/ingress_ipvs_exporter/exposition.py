@@ -1,7 +1,7 @@
 """The renderer: an IPVS snapshot as Prometheus text (0.0.4 or OpenMetrics), plain or gzip.
 
-prometheus_client builds a Sample per series and formats it field by field (~12 us a
-sample). This renderer keeps, per IPVS shape (services, destinations, labels: what does
+prometheus_client builds a Sample per series and formats it field by field, which is too
+slow at swarm sizes (docs/performance.md has the figures). This renderer keeps, per IPVS shape (services, destinations, labels: what does
 not change between scrapes of the same configuration), the text of every series up to
 its value ("name{labels} ") and the info families' lines; a scrape then only formats
 values, taken column-wise from the snapshot. Series that --destination-labels merges are
@@ -87,6 +87,11 @@ def _sample_name(d: MetricDef) -> str:
     return d.name if d.kind is not Kind.COUNTER or d.name.endswith("_total") else d.name + "_total"
 
 
+def _unsigned(values: Sequence[int]) -> bool:
+    """True for a kernel column of unsigned ints (no need to look for negative values)."""
+    return isinstance(values, memoryview) and values.format in ("I", "Q")
+
+
 class _Series:
     """One level's series for a shape: their label text, and how rows become series.
 
@@ -154,7 +159,7 @@ class Shape:
         built by C-level iterators, no Python loop."""
         labels = self.series[d.level].labels
         name = _sample_name(d)
-        small = bool(values) and min(values) > -1000000 and max(values) < 1000000
+        small = bool(values) and max(values) < 1000000 and (_unsigned(values) or min(values) > -1000000)
         chunks = []
         for i in range(0, len(values), CHUNK_SERIES):
             ls, vs = labels[i : i + CHUNK_SERIES], values[i : i + CHUNK_SERIES]

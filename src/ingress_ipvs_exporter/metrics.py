@@ -192,7 +192,7 @@ SVC_FLAGS = (("persistent", 0x1), ("hashed", 0x2), ("one_packet", 0x4))
 class Options:
     """What to export. destination_labels: labels kept on per-destination series (the
     rest are summed away); per_destination False drops those series; backends adds the
-    ipvs_backend_* families (every detail of every real server: ~17 series each)."""
+    ipvs_backend_* families (every detail of every real server)."""
 
     destination_labels: tuple[str, ...] = DEST_LABEL_CHOICES
     per_destination: bool = True
