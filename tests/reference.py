@@ -23,7 +23,7 @@ def ipvs_families(snap, namespace, ports, options) -> list[Metric]:
     svc = service_labels(snap, ports)
     out = []
     for d in METRICS:
-        if not options.exports(d.level):
+        if not options.exports_family(d):
             continue
         family = CounterMetricFamily if d.kind is Kind.COUNTER else GaugeMetricFamily
         fam = family(d.name, d.help, labels=options.label_names(d.level))

@@ -116,7 +116,7 @@ class IPVSCollector:
     def collect(self) -> Iterator[Metric]:
         state = self._state
         if state.up:
-            if state.info is not None:
+            if state.info is not None and not self.options.original_only:
                 yield from self._ipvs_info(*state.info)
             if self._swarm is not None:
                 yield from self._swarm_families(state.ports)

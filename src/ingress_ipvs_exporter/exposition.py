@@ -227,7 +227,7 @@ class Renderer:
         shape = self.shape(snap, namespace, ports, options)
         form = Format.OPENMETRICS if openmetrics else Format.TEXT
         for d in METRICS:
-            if options.exports(d.level):
+            if options.exports_family(d):
                 yield header(d.name, d.kind, d.help, form)
                 yield from shape.samples(d, shape.values(d, snap))
         for info, chunks in shape.info:
@@ -242,7 +242,7 @@ class Renderer:
         shape = self.shape(snap, namespace, ports, options)
         form = Format.OPENMETRICS if openmetrics else Format.TEXT
         for d in METRICS:
-            if options.exports(d.level):
+            if options.exports_family(d):
                 yield shape.segment(d, shape.values(d, snap), form)
         yield from shape.info_segments(form)
 

@@ -58,7 +58,13 @@ class MetricDef:
     level: Level
     column: str
 
+    @property
+    def is_rate(self) -> bool:
+        """One of the kernel's rate estimates (a gauge Prometheus' rate() makes redundant)."""
+        return self.column in RATE_COLUMNS
 
+
+RATE_COLUMNS = frozenset(("cps", "inpps", "outpps", "inbps", "outbps"))
 C, G = Kind.COUNTER, Kind.GAUGE
 _OS, _OD, _S, _D = Level.ORIGINAL_SERVICE, Level.ORIGINAL_DESTINATION, Level.SERVICE, Level.DESTINATION
 
@@ -192,17 +198,26 @@ SVC_FLAGS = (("persistent", 0x1), ("hashed", 0x2), ("one_packet", 0x4))
 class Options:
     """What to export. destination_labels: labels kept on per-destination series (the
     rest are summed away); per_destination False drops those series; backends adds the
-    ipvs_backend_* families (every detail of every real server)."""
+    ipvs_backend_* families (every detail of every real server); original_only keeps
+    only the original exporter's ten families (and the health ones); rates False drops
+    the kernel's *_per_second estimates."""
 
     destination_labels: tuple[str, ...] = DEST_LABEL_CHOICES
     per_destination: bool = True
     backends: bool = False
+    original_only: bool = False
+    rates: bool = True
 
     def exports(self, level: Level) -> bool:
         """Whether families of this level are exported."""
         if level is Level.DESTINATION:
-            return self.per_destination and self.backends
+            return self.per_destination and self.backends and not self.original_only
+        if level is Level.SERVICE:
+            return not self.original_only
         return self.per_destination or level is not Level.ORIGINAL_DESTINATION
+
+    def exports_family(self, d: MetricDef) -> bool:
+        return self.exports(d.level) and (self.rates or not d.is_rate)
 
     def label_names(self, level: Level) -> tuple[str, ...]:
         """The level's label names, less the destination labels not kept."""
@@ -311,6 +326,8 @@ def info_rows(
     snap: Snapshot, namespace: str, svc: Sequence[ServiceLabels], ports: Ports, options: Options
 ) -> list[tuple[InfoDef, tuple[str, ...], list[LabelValues]]]:
     """(InfoDef, label names, [label values, ...]) for each info family of a snapshot."""
+    if options.original_only:
+        return []
     s = snap.services
     svc_rows: list[LabelValues] = [
         (*sl[:2], namespace, *sl[2:], sched, *("true" if flags & bit else "false" for _, bit in SVC_FLAGS))

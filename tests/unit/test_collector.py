@@ -277,3 +277,29 @@ def test_same_fwmark_in_both_families_is_one_original_series_not_two():
         f'ipvs_service_connections_total{{family="ipv6",fwmark="260",namespace="{NS}",port="30000",protocol="",vip=""}} 5.0'
         in lines
     )
+
+
+def _series_count(n_services: int, n_dests: int, options: Options) -> int:
+    services = [fwm(256 + i, *(dest(f"10.0.{i}.{j + 1}") for j in range(n_dests))) for i in range(n_services)]
+    ports = {256 + i: [PublishedPort("tcp", 30000 + i)] for i in range(n_services)}
+    text = render(services, ports=ports, options=options)
+    return sum(1 for line in text.splitlines() if line and not line.startswith("#"))
+
+
+# Series per virtual service and per real server under each setting: the README's table.
+SERIES_PER = {
+    "default": (Options(), 18, 5),
+    "--backend-metrics": (Options(backends=True), 18, 22),
+    "--original-metrics-only": (Options(original_only=True), 4, 5),
+    "--no-rate-metrics": (Options(rates=False), 13, 5),
+    "--no-rate-metrics --backend-metrics": (Options(rates=False, backends=True), 13, 17),
+    "--destination-labels none": (Options(destination_labels=(), per_destination=False), 18, 0),
+}
+
+
+def test_series_per_service_and_per_real_server_as_documented():
+    for setting, (options, per_service, per_dest) in SERIES_PER.items():
+        fixed = _series_count(0, 0, options)
+        assert _series_count(1, 0, options) - fixed == per_service, setting
+        assert _series_count(1, 1, options) - _series_count(1, 0, options) == per_dest, setting
+        assert _series_count(5, 3, options) == fixed + 5 * per_service + 15 * per_dest, setting

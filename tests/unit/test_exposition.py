@@ -78,8 +78,18 @@ PORTS = {256: [PublishedPort("tcp", 30000), PublishedPort("udp", 30000)], 257: [
         Options(backends=True),
         Options(destination_labels=("address",), backends=True),
         Options(destination_labels=("destination_port",), backends=True),
+        Options(backends=True, original_only=True),
+        Options(backends=True, rates=False),
     ],
-    ids=["default", "no-destinations", "backends", "merged-ports", "merged-addresses"],
+    ids=[
+        "default",
+        "no-destinations",
+        "backends",
+        "merged-ports",
+        "merged-addresses",
+        "original-only",
+        "no-rates",
+    ],
 )
 def test_fast_rendering_is_byte_identical(openmetrics, ns, options):
     snap = Snapshot.build(EVERY_KIND)
