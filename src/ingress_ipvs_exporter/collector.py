@@ -223,9 +223,13 @@ def build_info() -> Metric:
     return next(BuildInfoCollector().collect())
 
 
-def exporter_registry(collector: IPVSCollector) -> CollectorRegistry:
-    """The families served after the IPVS ones: the collector's, build info, process."""
+def exporter_registry(collector: IPVSCollector, exporter_metrics: bool = True) -> CollectorRegistry:
+    """The families served after the IPVS ones: the collector's, then (unless
+    exporter_metrics is off, as node_exporter's --web.disable-exporter-metrics does for its
+    own) the exporter's build info and process metrics."""
     registry = CollectorRegistry(auto_describe=False)
-    for c in (collector, BuildInfoCollector(), ProcessCollector(registry=None)):
-        registry.register(c)
+    registry.register(collector)
+    if exporter_metrics:
+        registry.register(BuildInfoCollector())
+        registry.register(ProcessCollector(registry=None))
     return registry

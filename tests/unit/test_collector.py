@@ -303,3 +303,14 @@ def test_series_per_service_and_per_real_server_as_documented():
         assert _series_count(1, 0, options) - fixed == per_service, setting
         assert _series_count(1, 1, options) - _series_count(1, 0, options) == per_dest, setting
         assert _series_count(5, 3, options) == fixed + 5 * per_service + 15 * per_dest, setting
+
+
+def test_exporter_metrics_can_be_left_out():
+    from ingress_ipvs_exporter.collector import exporter_registry
+
+    collector = IPVSCollector(NS, lambda: Snapshot.build(SEED_EXAMPLE), lambda m: {})
+    full = MetricsApp(collector, exporter_registry(collector)).body("")[0].decode()
+    assert "\nipvs_exporter_build_info{" in full and "\nprocess_cpu_seconds_total " in full
+    bare = MetricsApp(collector, exporter_registry(collector, exporter_metrics=False)).body("")[0].decode()
+    assert "ipvs_exporter_build_info" not in bare and "process_" not in bare
+    assert f'\nipvs_up{{namespace="{NS}"}} 1.0' in bare
