@@ -7,7 +7,7 @@ import sys
 
 import pytest
 
-from ingress_ipvs_exporter.cli import parse_listen_address
+from ingress_ipvs_exporter.flags import listen_address
 
 
 def run(*args):
@@ -47,7 +47,8 @@ def test_help_shows_the_seed_usage():
     ],
 )
 def test_listen_address_forms(value, expected):
-    assert parse_listen_address(value) == expected
+    parsed = listen_address(value)
+    assert (parsed.host, parsed.port) == expected
 
 
 @pytest.mark.parametrize(
