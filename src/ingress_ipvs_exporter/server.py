@@ -296,8 +296,17 @@ class _ServerHandler(ServerHandler):
         super().finish_content()
 
 
+def _client_timeout() -> float:
+    """Seconds a client may stall mid-request before its connection is dropped: 60, or
+    INGRESS_IPVS_EXPORTER_HTTP_TIMEOUT (tests set it short to see the drop happen)."""
+    try:
+        return max(0.1, float(os.environ.get("INGRESS_IPVS_EXPORTER_HTTP_TIMEOUT", "60")))
+    except ValueError:
+        return 60.0
+
+
 class _RequestHandler(WSGIRequestHandler):
-    timeout = 60  # seconds a client may stall mid-request before its connection is dropped
+    timeout = _client_timeout()
 
     def setup(self) -> None:
         super().setup()
