@@ -20,7 +20,7 @@ import ssl
 import sys
 import threading
 from socketserver import ThreadingMixIn
-from typing import TYPE_CHECKING, Any, Iterable, Iterator, Optional, Protocol
+from typing import IO, TYPE_CHECKING, Any, Iterable, Iterator, Optional, Protocol, cast
 from wsgiref.simple_server import ServerHandler, WSGIRequestHandler, WSGIServer
 
 import bcrypt
@@ -268,6 +268,9 @@ def _describe(exc: BaseException) -> str:
 class _ServerHandler(ServerHandler):
     """wsgiref's handler, minus the traceback on stderr, and with HEAD sending no body."""
 
+    environ: dict[str, Any]
+    headers_sent: bool
+
     def log_exception(self, exc_info: ExcInfo) -> None:  # type: ignore[override]
         exc = exc_info[1]
         level = logging.DEBUG if isinstance(exc, OSError) else logging.ERROR
@@ -280,7 +283,7 @@ class _ServerHandler(ServerHandler):
         )
 
     def _head(self) -> bool:
-        return self.environ.get("REQUEST_METHOD") == "HEAD"
+        return bool(self.environ.get("REQUEST_METHOD") == "HEAD")
 
     def write(self, data: bytes) -> None:
         if not self._head():
@@ -327,9 +330,8 @@ class _RequestHandler(WSGIRequestHandler):
             return
         if not self.parse_request():
             return
-        handler = _ServerHandler(
-            self.rfile, self.wfile, self.get_stderr(), self.get_environ(), multithread=True
-        )
+        wfile = cast(IO[bytes], self.wfile)
+        handler = _ServerHandler(self.rfile, wfile, self.get_stderr(), self.get_environ(), multithread=True)
         handler.request_handler = self  # type: ignore[attr-defined]  # wsgiref's back-reference
         app = self.server.get_app()  # type: ignore[attr-defined]
         handler.run(app)

@@ -18,7 +18,7 @@ class OriginalUsageCommand(typer.core.TyperCommand):
     """Prints the original exporter's usage layout: a bracketed synopsis, then one block per flag."""
 
     def format_help(self, ctx: Any, formatter: Any) -> None:
-        opts = [p for p in self.get_params(ctx) if p.param_type_name == "option"]
+        opts: list[Any] = [p for p in self.get_params(ctx) if p.param_type_name == "option"]
         lines = [f"Usage: {PROG} "]
         for p in opts:
             if p.name in ("help", "version"):

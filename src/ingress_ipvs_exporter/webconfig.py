@@ -25,7 +25,7 @@ import re
 import ssl
 import threading
 from dataclasses import dataclass, field
-from typing import Any, Callable, Optional
+from typing import Any, Callable, Optional, cast
 
 import yaml
 
@@ -115,7 +115,7 @@ class _UniqueKeyLoader(yaml.SafeLoader):
     def construct_mapping(self, node: yaml.MappingNode, deep: bool = False) -> dict[Any, Any]:
         seen: set[Any] = set()
         for key_node, _ in node.value:
-            key = self.construct_object(key_node, deep=deep)  # type: ignore[no-untyped-call]
+            key = self.construct_object(key_node, deep=deep)
             try:
                 duplicate = key in seen
             except TypeError:  # an unhashable key: construct_mapping says so itself
@@ -147,7 +147,8 @@ class _Checker:
         if not isinstance(value, kind) or (kind is not bool and isinstance(value, bool)):
             raise self.fail(f"{prefix}{key} must be {_TYPE_NAMES[kind]}, not {_describe(value)}")
         if kind is list:
-            for i, item in enumerate(value):
+            items = cast(list[Any], value)
+            for i, item in enumerate(items):
                 if not isinstance(item, str):
                     raise self.fail(f"{prefix}{key}[{i}] must be a string, not {_describe(item)}")
         return value
@@ -320,9 +321,11 @@ def _ssl_ctx(ctx: ssl.SSLContext) -> tuple[ctypes.CDLL, int]:
     setting a verify mode through Python and reading it back through libssl."""
     lib = _libssl()
     ptr = ctypes.c_void_p.from_address(id(ctx) + object.__basicsize__).value
+    if not ptr:
+        raise ValueError("this Python's ssl module does not expose OpenSSL's context")
     for mode, bits in ((ssl.CERT_OPTIONAL, 1), (ssl.CERT_REQUIRED, 3), (ssl.CERT_NONE, 0)):
         ctx.verify_mode = mode
-        if not ptr or lib.SSL_CTX_get_verify_mode(ptr) != bits:
+        if lib.SSL_CTX_get_verify_mode(ptr) != bits:
             raise ValueError("this Python's ssl module does not expose OpenSSL's context")
     return lib, ptr
 
@@ -401,7 +404,7 @@ class RotatingTLS:
         allowed = self.settings.client_allowed_sans
         if not allowed:
             return True
-        cert = sock.getpeercert() or {}
+        cert: dict[str, Any] = dict(sock.getpeercert() or {})
         for _kind, value in cert.get("subjectAltName", ()):
             value = str(value).strip()
             if value in allowed or _same_ip(value, allowed):
