@@ -1,4 +1,4 @@
-"""CLI parsing and usage (no kernel): the seed's flags, defaults and one-line errors."""
+"""CLI parsing and usage (no kernel): the original Go exporter's flags, defaults and one-line errors."""
 
 from __future__ import annotations
 
@@ -16,7 +16,7 @@ def run(*args):
     )
 
 
-def test_help_shows_the_seed_usage():
+def test_help_shows_the_original_usage():
     for flag in ("--help", "-h"):
         res = run(flag)
         assert res.returncode == 0
