@@ -189,7 +189,11 @@ def load(path: str) -> WebConfig:
     cfg = WebConfig()
     tls = check.get(data, "", "tls_server_config", dict, {})
     if tls:
-        cfg.tls = RotatingTLS(_tls_settings(check, tls))
+        settings = _tls_settings(check, tls)
+        try:
+            cfg.tls = RotatingTLS(settings)
+        except (OSError, ssl.SSLError, ValueError) as e:
+            raise check.fail(str(e)) from None
     http = check.get(data, "", "http_server_config", dict, {})
     check.known(http, "http_server_config.", ("headers", "http2"))
     check.get(http, "http_server_config.", "http2", bool)  # HTTP/1.1 is served either way
@@ -288,10 +292,6 @@ def _tls_settings(check: _Checker, tls: dict[str, Any]) -> TLSSettings:
         prefer_server_cipher_suites=check.get(tls, p, "prefer_server_cipher_suites", bool, True),
         curves=tuple(curves),
     )
-    try:
-        build_context(settings)
-    except (OSError, ssl.SSLError, ValueError) as e:
-        raise check.fail(str(e)) from None
     return settings
 
 
