@@ -36,7 +36,7 @@ def _version(value: bool) -> None:
         raise typer.Exit()
 
 
-H = {
+H = {  # help texts, out of the signature so that each option fits on a line or three
     "listen": "address to set the http server to listen to",
     "path": "endpoint to receive scrape requests from prometheus",
     "ns": "absolute path to the network namespace where ipv is configured",
@@ -49,8 +49,8 @@ H = {
     "format": "log line format: logfmt or json",
 }
 NETNS = "/var/run/docker/netns/ingress_sbox"
-OPTIONS = {"help_option_names": ["--help", "-h"]}
-app = typer.Typer(add_completion=False, pretty_exceptions_enable=False, context_settings=OPTIONS)
+CONTEXT = {"help_option_names": ["--help", "-h"]}
+app = typer.Typer(add_completion=False, pretty_exceptions_enable=False, context_settings=CONTEXT)
 
 
 # B008: typer reads its options from these defaults
