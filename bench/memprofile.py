@@ -27,7 +27,8 @@ sys.path.insert(0, str(Path(__file__).resolve().parent.parent / "tests"))
 
 from reference import render as reference_render
 
-from ingress_ipvs_exporter import cli, memory
+from ingress_ipvs_exporter import memory
+from ingress_ipvs_exporter import server as http
 from ingress_ipvs_exporter.collector import IPVSCollector
 from ingress_ipvs_exporter.exposition import MetricsApp, Renderer
 from ingress_ipvs_exporter.ipvs import Destination, Service, Snapshot, Stats
@@ -116,7 +117,7 @@ def main() -> int:
         del ref, first, r
 
     collector = IPVSCollector("ingress_sbox", lambda: snap, lambda marks: ports, Options())
-    server = cli.serve("127.0.0.1", 0, cli.make_app(MetricsApp(collector), "/metrics"))
+    server = http.serve("127.0.0.1", 0, http.build_app(MetricsApp(collector), "/metrics", {}, [], 0))
     threading.Thread(target=server.serve_forever, daemon=True).start()
     url = f"http://127.0.0.1:{server.server_address[1]}/metrics"
     if args.trace:

@@ -1,20 +1,35 @@
-"""--web.config.file: TLS and basic auth in the format Prometheus exporters share
-(exporter-toolkit): tls_server_config.{cert_file,key_file,client_ca_file,client_auth_type,
-min_version} and basic_auth_users {user: bcrypt hash}.
+"""--web.config.file: reading and checking the exporter-toolkit web config (TLS, basic auth
+users, response headers), and the TLS context that follows the certificate files.
+
+The file fails closed: an unknown, misspelt, duplicated, unsupported or mistyped key stops
+start-up with one line naming it, so a typo never silently weakens what the file asks for.
+Keys (as exporter-toolkit documents them):
+
+- tls_server_config: cert_file, key_file, client_ca_file, client_auth_type,
+  client_allowed_sans, min_version, max_version, cipher_suites (Go names; TLS 1.3 suites are
+  accepted and, as in Go, not configurable), prefer_server_cipher_suites, curve_preferences.
+  The inline cert, key and client_ca are rejected (use the *_file keys).
+- http_server_config: headers (the five the toolkit allows), http2 (accepted; this server
+  speaks HTTP/1.1 only).
+- basic_auth_users: {user: bcrypt hash}.
+- rate_limit is rejected (not implemented here; --web.max-requests bounds concurrency).
 """
 
 from __future__ import annotations
 
-import base64
-import binascii
-import hashlib
+import ctypes
+import ipaddress
+import logging
 import os
+import re
 import ssl
 import threading
 from dataclasses import dataclass, field
+from typing import Any, Callable, Optional, cast
 
-import bcrypt
 import yaml
+
+log = logging.getLogger("ingress_ipvs_exporter")
 
 _TLS_VERSIONS = {
     "TLS10": ssl.TLSVersion.TLSv1,
@@ -22,137 +37,390 @@ _TLS_VERSIONS = {
     "TLS12": ssl.TLSVersion.TLSv1_2,
     "TLS13": ssl.TLSVersion.TLSv1_3,
 }
-_CLIENT_AUTH = {
-    "NoClientCert": ssl.CERT_NONE,
-    "RequestClientCert": ssl.CERT_OPTIONAL,
-    "RequireAnyClientCert": ssl.CERT_REQUIRED,
-    "VerifyClientCertIfGiven": ssl.CERT_OPTIONAL,
-    "RequireAndVerifyClientCert": ssl.CERT_REQUIRED,
+_CLIENT_AUTH = (
+    "NoClientCert",
+    "RequestClientCert",
+    "RequireAnyClientCert",
+    "RequireClientCert",  # the toolkit's older spelling of RequireAnyClientCert
+    "VerifyClientCertIfGiven",
+    "RequireAndVerifyClientCert",
+)
+# Go's tls.CipherSuites() names -> OpenSSL names (TLS 1.2 and below)
+_CIPHERS = {
+    "TLS_RSA_WITH_AES_128_CBC_SHA": "AES128-SHA",
+    "TLS_RSA_WITH_AES_256_CBC_SHA": "AES256-SHA",
+    "TLS_RSA_WITH_AES_128_GCM_SHA256": "AES128-GCM-SHA256",
+    "TLS_RSA_WITH_AES_256_GCM_SHA384": "AES256-GCM-SHA384",
+    "TLS_ECDHE_ECDSA_WITH_AES_128_CBC_SHA": "ECDHE-ECDSA-AES128-SHA",
+    "TLS_ECDHE_ECDSA_WITH_AES_256_CBC_SHA": "ECDHE-ECDSA-AES256-SHA",
+    "TLS_ECDHE_RSA_WITH_AES_128_CBC_SHA": "ECDHE-RSA-AES128-SHA",
+    "TLS_ECDHE_RSA_WITH_AES_256_CBC_SHA": "ECDHE-RSA-AES256-SHA",
+    "TLS_ECDHE_ECDSA_WITH_AES_128_GCM_SHA256": "ECDHE-ECDSA-AES128-GCM-SHA256",
+    "TLS_ECDHE_ECDSA_WITH_AES_256_GCM_SHA384": "ECDHE-ECDSA-AES256-GCM-SHA384",
+    "TLS_ECDHE_RSA_WITH_AES_128_GCM_SHA256": "ECDHE-RSA-AES128-GCM-SHA256",
+    "TLS_ECDHE_RSA_WITH_AES_256_GCM_SHA384": "ECDHE-RSA-AES256-GCM-SHA384",
+    "TLS_ECDHE_RSA_WITH_CHACHA20_POLY1305_SHA256": "ECDHE-RSA-CHACHA20-POLY1305",
+    "TLS_ECDHE_ECDSA_WITH_CHACHA20_POLY1305_SHA256": "ECDHE-ECDSA-CHACHA20-POLY1305",
 }
+# TLS 1.3 suites: Go lists them but ignores them in its config, and so does OpenSSL's cipher list
+_TLS13_CIPHERS = ("TLS_AES_128_GCM_SHA256", "TLS_AES_256_GCM_SHA384", "TLS_CHACHA20_POLY1305_SHA256")
+_CURVES = {"CurveP256": "P-256", "CurveP384": "P-384", "CurveP521": "P-521", "X25519": "X25519"}
+# the only response headers the toolkit lets a config set; a tuple lists the allowed values
+_HEADERS: dict[str, tuple[str, ...]] = {
+    "Strict-Transport-Security": (),
+    "X-Content-Type-Options": ("nosniff",),
+    "X-Frame-Options": ("deny", "sameorigin"),
+    "X-XSS-Protection": (),
+    "Content-Security-Policy": (),
+}
+_BCRYPT = re.compile(rb"\$2[aby]\$(\d\d)\$[./A-Za-z0-9]{53}")
 
 
 class WebConfigError(ValueError):
     """The web config file is unusable; the message names the file, the key and the fix."""
 
 
+@dataclass(frozen=True)
+class TLSSettings:
+    """tls_server_config, checked, with paths made absolute (relative to the file)."""
+
+    cert_file: str
+    key_file: str
+    client_ca_file: str = ""
+    client_auth_type: str = "NoClientCert"
+    client_allowed_sans: tuple[str, ...] = ()
+    min_version: ssl.TLSVersion = ssl.TLSVersion.TLSv1_2
+    max_version: ssl.TLSVersion = ssl.TLSVersion.TLSv1_3
+    ciphers: tuple[str, ...] = ()
+    prefer_server_cipher_suites: bool = True
+    curves: tuple[str, ...] = ()
+
+    def files(self) -> tuple[str, ...]:
+        return tuple(f for f in (self.cert_file, self.key_file, self.client_ca_file) if f)
+
+
 @dataclass
 class WebConfig:
-    tls: ssl.SSLContext | None = None
+    tls: Optional[RotatingTLS] = None
     users: dict[str, bytes] = field(default_factory=dict)
+    headers: list[tuple[str, str]] = field(default_factory=list)
+
+
+# ---- reading the file ----------------------------------------------------------------
+
+
+class _UniqueKeyLoader(yaml.SafeLoader):
+    """SafeLoader that refuses a key twice in one mapping (YAML would keep the last silently)."""
+
+    def construct_mapping(self, node: yaml.MappingNode, deep: bool = False) -> dict[Any, Any]:
+        seen: set[Any] = set()
+        for key_node, _ in node.value:
+            key = self.construct_object(key_node, deep=deep)
+            try:
+                duplicate = key in seen
+            except TypeError:  # an unhashable key: construct_mapping says so itself
+                break
+            if duplicate:
+                raise yaml.constructor.ConstructorError(
+                    None, None, f"duplicate key '{key}'", key_node.start_mark
+                )
+            seen.add(key)
+        return super().construct_mapping(node, deep=deep)
+
+
+_TYPE_NAMES = {str: "a string", bool: "true or false", list: "a list", dict: "a mapping"}
+
+
+class _Checker:
+    """Type and key checks that name the offending key in the error."""
+
+    def __init__(self, path: str):
+        self.path = path
+
+    def fail(self, message: str) -> WebConfigError:
+        return WebConfigError(f"--web.config.file {self.path}: {message}")
+
+    def get(self, section: dict[str, Any], prefix: str, key: str, kind: type, default: Any = None) -> Any:
+        value = section.get(key)
+        if value is None:
+            return default
+        if not isinstance(value, kind) or (kind is not bool and isinstance(value, bool)):
+            raise self.fail(f"{prefix}{key} must be {_TYPE_NAMES[kind]}, not {_describe(value)}")
+        if kind is list:
+            items = cast(list[Any], value)
+            for i, item in enumerate(items):
+                if not isinstance(item, str):
+                    raise self.fail(f"{prefix}{key}[{i}] must be a string, not {_describe(item)}")
+        return value
+
+    def known(self, section: dict[str, Any], prefix: str, known: tuple[str, ...]) -> None:
+        for key in section:
+            if key not in known:
+                raise self.fail(f"unknown key '{prefix}{key}' (known: {', '.join(known)})")
+
+    def choice(self, name: str, value: str, choices: Any) -> None:
+        if value not in choices:
+            raise self.fail(f"{name} '{value}' must be one of {', '.join(choices)}")
+
+
+def _describe(value: Any) -> str:
+    return f"{type(value).__name__} {value!r}"[:80]
 
 
 def load(path: str) -> WebConfig:
     """Parse and check the file now, so that a mistake stops start-up with one line."""
+    check = _Checker(path)
     try:
-        with open(path) as f:
-            data = yaml.safe_load(f) or {}
+        with open(path, "rb") as f:
+            text = f.read().decode("utf-8")
     except OSError as e:
         raise WebConfigError(f"cannot read --web.config.file {path}: {e.strerror}") from None
+    except UnicodeDecodeError as e:
+        raise check.fail(f"not UTF-8 text (byte {e.start})") from None
+    try:
+        data = yaml.load(text, Loader=_UniqueKeyLoader) or {}
     except yaml.YAMLError as e:
-        raise WebConfigError(
-            f"--web.config.file {path} is not valid YAML: {' '.join(str(e).split())}"
-        ) from None
+        raise check.fail(f"not valid YAML: {' '.join(str(e).split())}") from None
     if not isinstance(data, dict):
-        raise WebConfigError(f"--web.config.file {path}: expected a mapping at the top level")
-    unknown = set(data) - {"tls_server_config", "basic_auth_users", "http_server_config"}
-    if unknown:
-        raise WebConfigError(
-            f"--web.config.file {path}: unknown key '{sorted(unknown)[0]}' "
-            "(known: tls_server_config, basic_auth_users)"
-        )
+        raise check.fail(f"expected a mapping at the top level, not {_describe(data)}")
+    if "rate_limit" in data:
+        raise check.fail("rate_limit is not supported by this exporter (see --web.max-requests)")
+    check.known(data, "", ("tls_server_config", "http_server_config", "basic_auth_users"))
     cfg = WebConfig()
-    tls = data.get("tls_server_config")
+    tls = check.get(data, "", "tls_server_config", dict, {})
     if tls:
-        cfg.tls = _tls_context(path, tls)
-    for user, hashed in (data.get("basic_auth_users") or {}).items():
-        h = str(hashed).encode()
-        if not h.startswith((b"$2a$", b"$2b$", b"$2y$")):
-            raise WebConfigError(
-                f"--web.config.file {path}: basic_auth_users.{user} is not a bcrypt hash "
-                "(make one with: htpasswd -nBC 10 USER)"
+        settings = _tls_settings(check, tls)
+        try:
+            cfg.tls = RotatingTLS(settings)
+        except (OSError, ssl.SSLError, ValueError) as e:
+            raise check.fail(str(e)) from None
+    http = check.get(data, "", "http_server_config", dict, {})
+    check.known(http, "http_server_config.", ("headers", "http2"))
+    check.get(http, "http_server_config.", "http2", bool)  # HTTP/1.1 is served either way
+    for name, value in check.get(http, "http_server_config.", "headers", dict, {}).items():
+        key = f"http_server_config.headers.{name}"
+        if name not in _HEADERS:
+            raise check.fail(f"{key} cannot be set (allowed: {', '.join(_HEADERS)})")
+        if not isinstance(value, str) or "\r" in value or "\n" in value:
+            raise check.fail(f"{key} must be a one-line string, not {_describe(value)}")
+        if _HEADERS[name] and value not in _HEADERS[name]:
+            raise check.fail(f"{key} '{value}' must be one of {', '.join(_HEADERS[name])}")
+        if value:  # blank means unset, as in the toolkit
+            cfg.headers.append((name, value))
+    for user, hashed in check.get(data, "", "basic_auth_users", dict, {}).items():
+        if not isinstance(user, str) or not isinstance(hashed, str):
+            raise check.fail(f"basic_auth_users.{user} must map a user name to a bcrypt hash string")
+        h = hashed.encode()
+        m = _BCRYPT.fullmatch(h)
+        if not m or not 4 <= int(m.group(1)) <= 31:
+            raise check.fail(
+                f"basic_auth_users.{user} is not a bcrypt hash (make one with: htpasswd -nBC 10 USER)"
             )
-        cfg.users[str(user)] = h
+        cfg.users[user] = h
     return cfg
 
 
-def _tls_context(path: str, tls: dict) -> ssl.SSLContext:
-    base = os.path.dirname(os.path.abspath(path))
+def _tls_settings(check: _Checker, tls: dict[str, Any]) -> TLSSettings:
+    p = "tls_server_config."
+    for inline in ("cert", "key", "client_ca"):
+        if inline in tls:
+            raise check.fail(f"{p}{inline} (inline PEM) is not supported; use {inline}_file")
+    check.known(
+        tls,
+        p,
+        (
+            "cert_file",
+            "key_file",
+            "client_ca_file",
+            "client_auth_type",
+            "client_allowed_sans",
+            "min_version",
+            "max_version",
+            "cipher_suites",
+            "prefer_server_cipher_suites",
+            "curve_preferences",
+        ),
+    )
+    base = os.path.dirname(os.path.abspath(check.path))
 
-    def rel(p: str) -> str:  # paths in the file are relative to the file, as in exporter-toolkit
-        return p if os.path.isabs(p) else os.path.join(base, p)
+    def path(key: str) -> str:  # paths in the file are relative to the file, as in exporter-toolkit
+        value: str = check.get(tls, p, key, str, "")
+        return os.path.join(base, value) if value else ""
 
-    cert, key = tls.get("cert_file"), tls.get("key_file")
+    cert, key = path("cert_file"), path("key_file")
     if not cert or not key:
-        raise WebConfigError(f"--web.config.file {path}: tls_server_config needs cert_file and key_file")
-    ctx = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
-    ctx.minimum_version = ssl.TLSVersion.TLSv1_2
-    if tls.get("min_version"):
-        if tls["min_version"] not in _TLS_VERSIONS:
-            raise WebConfigError(
-                f"--web.config.file {path}: min_version must be one of {', '.join(_TLS_VERSIONS)}"
-            )
-        ctx.minimum_version = _TLS_VERSIONS[tls["min_version"]]
-    try:
-        ctx.load_cert_chain(rel(cert), rel(key))
-    except (OSError, ssl.SSLError) as e:
-        raise WebConfigError(
-            f"--web.config.file {path}: cannot load cert_file/key_file: {getattr(e, 'strerror', None) or e}"
-        ) from None
-    auth = tls.get("client_auth_type", "NoClientCert")
-    if auth not in _CLIENT_AUTH:
-        raise WebConfigError(
-            f"--web.config.file {path}: client_auth_type must be one of {', '.join(_CLIENT_AUTH)}"
+        raise check.fail("tls_server_config needs cert_file and key_file")
+    auth = check.get(tls, p, "client_auth_type", str, "NoClientCert")
+    check.choice(f"{p}client_auth_type", auth, _CLIENT_AUTH)
+    auth = "RequireAnyClientCert" if auth == "RequireClientCert" else auth
+    ca = path("client_ca_file")
+    if ca and auth == "NoClientCert":
+        raise check.fail(f"{p}client_ca_file is set but client_auth_type is NoClientCert")
+    if not ca and auth in ("RequireAndVerifyClientCert", "VerifyClientCertIfGiven"):
+        raise check.fail(f"{p}client_auth_type {auth} needs client_ca_file")
+    sans = tuple(check.get(tls, p, "client_allowed_sans", list, []))
+    if sans and auth not in ("RequireAnyClientCert", "RequireAndVerifyClientCert"):
+        raise check.fail(
+            f"{p}client_allowed_sans needs client_auth_type RequireAnyClientCert or RequireAndVerify..."
         )
-    ctx.verify_mode = _CLIENT_AUTH[auth]
-    if tls.get("client_ca_file"):
+    versions = []
+    for name, default in (("min_version", "TLS12"), ("max_version", "TLS13")):
+        value = check.get(tls, p, name, str, default)
+        check.choice(p + name, value, _TLS_VERSIONS)
+        versions.append(_TLS_VERSIONS[value])
+    if versions[0] > versions[1]:
+        raise check.fail(f"{p}min_version is above max_version")
+    ciphers = []
+    for name in check.get(tls, p, "cipher_suites", list, []):
+        if name not in _CIPHERS and name not in _TLS13_CIPHERS:
+            raise check.fail(f"{p}cipher_suites: unknown cipher '{name}' (Go's tls.CipherSuites() names)")
+        if name in _CIPHERS:
+            ciphers.append(_CIPHERS[name])
+    curves = []
+    for name in check.get(tls, p, "curve_preferences", list, []):
+        check.choice(f"{p}curve_preferences entry", name, _CURVES)
+        curves.append(_CURVES[name])
+    settings = TLSSettings(
+        cert_file=cert,
+        key_file=key,
+        client_ca_file=ca,
+        client_auth_type=auth,
+        client_allowed_sans=sans,
+        min_version=versions[0],
+        max_version=versions[1],
+        ciphers=tuple(ciphers),
+        prefer_server_cipher_suites=check.get(tls, p, "prefer_server_cipher_suites", bool, True),
+        curves=tuple(curves),
+    )
+    return settings
+
+
+# ---- the TLS context ------------------------------------------------------------------
+
+# Python's ssl has no verify callback and no groups list; OpenSSL has both. They are set on
+# the context's SSL_CTX through the libssl that _ssl itself links against.
+_VerifyCallback = ctypes.CFUNCTYPE(ctypes.c_int, ctypes.c_int, ctypes.c_void_p)
+_accept_any: Callable[[int, Optional[int]], int] = _VerifyCallback(lambda ok, store: 1)
+_SSL_VERIFY_PEER, _SSL_VERIFY_FAIL_IF_NO_PEER_CERT = 1, 2
+_SSL_CTRL_SET_GROUPS_LIST = 92
+
+
+def _libssl() -> ctypes.CDLL:
+    lib = ctypes.CDLL(ssl._ssl.__file__)  # type: ignore[attr-defined]  # dlsym searches its libssl too
+    lib.SSL_CTX_set_verify.argtypes = (ctypes.c_void_p, ctypes.c_int, _VerifyCallback)
+    lib.SSL_CTX_set_verify.restype = None
+    lib.SSL_CTX_get_verify_mode.argtypes = (ctypes.c_void_p,)
+    lib.SSL_CTX_get_verify_mode.restype = ctypes.c_int
+    lib.SSL_CTX_ctrl.argtypes = (ctypes.c_void_p, ctypes.c_int, ctypes.c_long, ctypes.c_char_p)
+    lib.SSL_CTX_ctrl.restype = ctypes.c_long
+    return lib
+
+
+def _ssl_ctx(ctx: ssl.SSLContext) -> tuple[ctypes.CDLL, int]:
+    """libssl and the SSL_CTX* of ctx (the field after the object header), checked by
+    setting a verify mode through Python and reading it back through libssl."""
+    lib = _libssl()
+    ptr = ctypes.c_void_p.from_address(id(ctx) + object.__basicsize__).value
+    if not ptr:
+        raise ValueError("this Python's ssl module does not expose OpenSSL's context")
+    for mode, bits in ((ssl.CERT_OPTIONAL, 1), (ssl.CERT_REQUIRED, 3), (ssl.CERT_NONE, 0)):
+        ctx.verify_mode = mode
+        if lib.SSL_CTX_get_verify_mode(ptr) != bits:
+            raise ValueError("this Python's ssl module does not expose OpenSSL's context")
+    return lib, ptr
+
+
+def build_context(s: TLSSettings) -> ssl.SSLContext:
+    """An SSLContext for these settings; OSError/ssl.SSLError/ValueError name what failed."""
+    ctx = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
+    lib, ptr = _ssl_ctx(ctx)
+    ctx.minimum_version, ctx.maximum_version = s.min_version, s.max_version
+    try:
+        ctx.load_cert_chain(s.cert_file, s.key_file)
+    except (OSError, ssl.SSLError) as e:
+        raise ValueError(f"cannot load cert_file/key_file: {getattr(e, 'strerror', None) or e}") from None
+    if s.client_ca_file:
         try:
-            ctx.load_verify_locations(rel(tls["client_ca_file"]))
+            ctx.load_verify_locations(s.client_ca_file)
         except (OSError, ssl.SSLError) as e:
-            raise WebConfigError(f"--web.config.file {path}: cannot load client_ca_file: {e}") from None
-    elif auth in ("RequireAndVerifyClientCert", "VerifyClientCertIfGiven"):
-        raise WebConfigError(f"--web.config.file {path}: client_auth_type {auth} needs client_ca_file")
+            raise ValueError(f"cannot load client_ca_file: {getattr(e, 'strerror', None) or e}") from None
+    if s.ciphers:
+        ctx.set_ciphers(":".join(s.ciphers))
+    if s.prefer_server_cipher_suites:
+        ctx.options |= ssl.OP_CIPHER_SERVER_PREFERENCE
+    else:
+        ctx.options &= ~ssl.OP_CIPHER_SERVER_PREFERENCE
+    if s.curves and lib.SSL_CTX_ctrl(ptr, _SSL_CTRL_SET_GROUPS_LIST, 0, ":".join(s.curves).encode()) != 1:
+        raise ValueError(f"OpenSSL refused curve_preferences {', '.join(s.curves)}")
+    if s.client_auth_type in ("RequestClientCert", "RequireAnyClientCert"):
+        # ask for a certificate (and for RequireAny, insist on one) but do not verify it
+        mode = _SSL_VERIFY_PEER
+        if s.client_auth_type == "RequireAnyClientCert":
+            mode |= _SSL_VERIFY_FAIL_IF_NO_PEER_CERT
+        lib.SSL_CTX_set_verify(ptr, mode, _accept_any)
+    elif s.client_auth_type == "VerifyClientCertIfGiven":
+        ctx.verify_mode = ssl.CERT_OPTIONAL
+    elif s.client_auth_type == "RequireAndVerifyClientCert":
+        ctx.verify_mode = ssl.CERT_REQUIRED
     return ctx
 
 
-class BasicAuth:
-    """WSGI middleware: 401 unless the request carries a user and password from the file.
-    bcrypt is slow by design; a verified pair is remembered (as a salted digest)."""
-
-    def __init__(self, app, users: dict[str, bytes]):
-        self.app = app
-        self.users = users
-        self._ok: set[bytes] = set()
-        self._salt = os.urandom(16)
-        self._lock = threading.Lock()
-
-    def _allowed(self, header: str) -> bool:
-        if not header.startswith("Basic "):
-            return False
+def _signature(files: tuple[str, ...]) -> tuple[tuple[int, int, int, int], ...]:
+    out = []
+    for f in files:
         try:
-            user, _, password = base64.b64decode(header[6:], validate=True).decode().partition(":")
-        except (binascii.Error, UnicodeDecodeError):
-            return False
-        hashed = self.users.get(user)
-        if hashed is None:
-            return False
-        token = hashlib.sha256(self._salt + user.encode() + b"\0" + password.encode() + hashed).digest()
+            st = os.stat(f)
+            out.append((st.st_dev, st.st_ino, st.st_size, st.st_mtime_ns))
+        except OSError:
+            out.append((0, 0, -1, 0))
+    return tuple(out)
+
+
+class RotatingTLS:
+    """The server's SSLContext, rebuilt when the cert, key or client CA file changes (checked
+    with a stat per new connection, as the toolkit reads them per handshake). A new pair that
+    does not load keeps the old context serving and is logged once."""
+
+    def __init__(self, settings: TLSSettings):
+        self.settings = settings
+        self._lock = threading.Lock()
+        self._seen = _signature(settings.files())
+        self._ctx = build_context(settings)
+
+    def context(self) -> ssl.SSLContext:
+        now = _signature(self.settings.files())
         with self._lock:
-            if token in self._ok:
-                return True
-        if bcrypt.checkpw(password.encode(), hashed):
-            with self._lock:
-                self._ok.add(token)
+            if now != self._seen:
+                self._seen = now
+                try:
+                    self._ctx = build_context(self.settings)
+                    log.info("TLS certificate files changed: reloaded %s", self.settings.cert_file)
+                except (OSError, ssl.SSLError, ValueError) as e:
+                    log.warning("TLS certificate files changed but do not load (%s): keeping the old ones", e)
+            return self._ctx
+
+    def peer_allowed(self, sock: ssl.SSLSocket) -> bool:
+        """client_allowed_sans: the client certificate has one of the listed SANs."""
+        allowed = self.settings.client_allowed_sans
+        if not allowed:
             return True
+        cert: dict[str, Any] = dict(sock.getpeercert() or {})
+        for _kind, value in cert.get("subjectAltName", ()):
+            value = str(value).strip()
+            if value in allowed or _same_ip(value, allowed):
+                return True
         return False
 
-    def __call__(self, environ, start_response):
-        if self._allowed(environ.get("HTTP_AUTHORIZATION", "")):
-            return self.app(environ, start_response)
-        start_response(
-            "401 Unauthorized",
-            [
-                ("Content-Type", "text/plain; charset=utf-8"),
-                ("WWW-Authenticate", 'Basic realm="ingress_ipvs_exporter"'),
-            ],
-        )
-        return [b"401 Unauthorized\n"]
+
+def _same_ip(value: str, allowed: tuple[str, ...]) -> bool:
+    try:
+        ip = ipaddress.ip_address(value)
+    except ValueError:
+        return False
+    for a in allowed:
+        try:
+            if ipaddress.ip_address(a) == ip:
+                return True
+        except ValueError:
+            continue
+    return False

@@ -1,4 +1,4 @@
-"""CLI parsing and usage (no kernel): the seed's flags, defaults and one-line errors."""
+"""CLI parsing and usage (no kernel): the original Go exporter's flags, defaults and one-line errors."""
 
 from __future__ import annotations
 
@@ -7,7 +7,7 @@ import sys
 
 import pytest
 
-from ingress_ipvs_exporter.cli import parse_listen_address
+from ingress_ipvs_exporter.flags import listen_address
 
 
 def run(*args):
@@ -16,7 +16,7 @@ def run(*args):
     )
 
 
-def test_help_shows_the_seed_usage():
+def test_help_shows_the_original_usage():
     for flag in ("--help", "-h"):
         res = run(flag)
         assert res.returncode == 0
@@ -47,7 +47,8 @@ def test_help_shows_the_seed_usage():
     ],
 )
 def test_listen_address_forms(value, expected):
-    assert parse_listen_address(value) == expected
+    parsed = listen_address(value)
+    assert (parsed.host, parsed.port) == expected
 
 
 @pytest.mark.parametrize(

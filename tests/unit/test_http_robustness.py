@@ -74,9 +74,14 @@ MALFORMED = {
     "header without colon": (b"GET /metrics HTTP/1.0\r\nno colon here\r\n\r\n", 200),
     "non-ASCII header bytes": (b"GET /metrics HTTP/1.0\r\nX: \xff\xfe\x00\r\n\r\n", 200),
     "negative Content-Length": (b"GET /metrics HTTP/1.1\r\nHost: x\r\nContent-Length: -5\r\n\r\n", 200),
-    "body shorter than its Content-Length": (
-        b"POST /metrics HTTP/1.1\r\nContent-Length: 100000000\r\n\r\nabc",
+    "GET, body shorter than its Content-Length": (
+        b"GET /metrics HTTP/1.1\r\nContent-Length: 100000000\r\n\r\nabc",
         200,
+    ),
+    # only GET and HEAD are served (issue #13); the body is never read either way
+    "POST, body shorter than its Content-Length": (
+        b"POST /metrics HTTP/1.1\r\nContent-Length: 100000000\r\n\r\nabc",
+        405,
     ),
 }
 

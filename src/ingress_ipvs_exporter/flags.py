@@ -1,0 +1,71 @@
+"""Flag values: the parsers and checks typer runs on --listen-address, --telemetry-path,
+--destination-labels, --docker-host and --web.config.file (a bad value is a usage error).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import re
+from typing import Optional
+
+import typer
+
+from .docker import parse_docker_host
+from .metrics import DEST_LABEL_CHOICES, Options
+from .webconfig import WebConfig, WebConfigError, load
+
+LABELS = ",".join(DEST_LABEL_CHOICES)  # --destination-labels' default
+
+
+@dataclasses.dataclass(frozen=True)
+class ListenAddress:
+    host: str  # '' = every interface
+    port: int
+
+    def show(self, port: Optional[int] = None) -> str:
+        host = f"[{self.host}]" if ":" in self.host else self.host
+        return f"{host}:{self.port if port is None else port}"
+
+
+def listen_address(value: str) -> ListenAddress:
+    """':9100' -> ('', 9100) (all interfaces); 'host:port'; '[v6]:port'. ASCII digits only."""
+    host, sep, port = value.rpartition(":")
+    if not sep or not re.fullmatch(r"[0-9]{1,5}", port) or int(port) > 65535:
+        raise typer.BadParameter(f"'{value}' is not HOST:PORT (e.g. ':9100', '127.0.0.1:9100', '[::1]:9100')")
+    if host.startswith("[") and host.endswith("]"):
+        host = host[1:-1]
+    elif ":" in host:
+        raise typer.BadParameter(f"'{value}': put an IPv6 host in brackets, e.g. '[::1]:9100'")
+    return ListenAddress(host, int(port))
+
+
+def destination_labels(value: str) -> Options:
+    """'address,destination_port' (default), one of them, or 'none' (no per-destination series)."""
+    names = tuple(n.strip() for n in value.split(",") if n.strip())
+    if names in ((), ("none",)):
+        return Options(destination_labels=(), per_destination=False)
+    bad = [n for n in names if n not in DEST_LABEL_CHOICES]
+    if bad:
+        choices = ", ".join(DEST_LABEL_CHOICES)
+        raise typer.BadParameter(f"unknown label '{bad[0]}': use a comma list of {choices}, or 'none'")
+    return Options(destination_labels=names)
+
+
+def telemetry_path(value: str) -> str:
+    if not value.startswith("/"):
+        raise typer.BadParameter(f"'{value}' must start with '/', e.g. /metrics")
+    return value
+
+
+def docker_host(value: str) -> str:
+    try:
+        return value and parse_docker_host(value) and value
+    except ValueError as e:
+        raise typer.BadParameter(str(e)) from None
+
+
+def web_config(value: str) -> WebConfig:
+    try:
+        return load(value) if value else WebConfig()
+    except WebConfigError as e:
+        raise typer.BadParameter(str(e)) from None

@@ -1,0 +1,397 @@
+"""HTTP serving: the WSGI apps in front of the telemetry (router, methods, HEAD, gzip
+negotiation, basic auth, response headers, the in-flight request bound) and the threaded
+server under them (listen backlog, TLS per connection, client trouble logged at debug).
+
+A misbehaving client (a reset, a stall, a failed handshake, plain HTTP to the TLS port) costs
+at most one DEBUG line in the configured log format, never a traceback on stderr.
+"""
+
+from __future__ import annotations
+
+import base64
+import binascii
+import errno
+import hashlib
+import logging
+import os
+import re
+import socket
+import ssl
+import sys
+import threading
+from socketserver import ThreadingMixIn
+from typing import IO, TYPE_CHECKING, Any, Iterable, Iterator, Optional, Protocol, cast
+from wsgiref.simple_server import ServerHandler, WSGIRequestHandler, WSGIServer
+
+import bcrypt
+
+from .logs import PROG
+from .webconfig import RotatingTLS
+
+if TYPE_CHECKING:
+    from types import TracebackType
+    from wsgiref.types import StartResponse, WSGIApplication, WSGIEnvironment
+
+    ExcInfo = tuple[type[BaseException], BaseException, TracebackType]
+
+log = logging.getLogger(PROG)
+
+TEXT = "text/plain; charset=utf-8"
+ALLOWED_METHODS = ("GET", "HEAD")
+
+
+class Telemetry(Protocol):
+    def stream(self, accept: str, gzip: bool) -> tuple[Iterator[bytes], str]: ...
+
+
+def _reply(start_response: StartResponse, status: str, body: str, *headers: tuple[str, str]) -> list[bytes]:
+    start_response(status, [("Content-Type", TEXT), *headers])
+    return [body.encode()]
+
+
+# ---- content negotiation ---------------------------------------------------------------
+
+_QVALUE = re.compile(r"(?:0(?:\.[0-9]{0,3})?|1(?:\.0{0,3})?)")
+
+
+def gzip_acceptable(header: str) -> bool:
+    """Accept-Encoding (RFC 9110 12.5.3): a comma list of codings, case-insensitive, each
+    with an optional q; q=0 refuses. An explicit gzip (or x-gzip) wins over '*'."""
+    explicit: Optional[float] = None
+    wildcard: Optional[float] = None
+    for item in header.split(","):
+        coding, *params = (part.strip() for part in item.split(";"))
+        q = 1.0
+        for param in params:
+            name, _, value = param.partition("=")
+            if name.strip().lower() == "q":
+                value = value.strip()
+                q = float(value) if _QVALUE.fullmatch(value) else 0.0  # a malformed q refuses
+        coding = coding.lower()
+        if coding in ("gzip", "x-gzip"):
+            explicit = q if explicit is None else max(explicit, q)
+        elif coding == "*":
+            wildcard = q
+    chosen = explicit if explicit is not None else wildcard
+    return chosen is not None and chosen > 0
+
+
+# ---- the apps --------------------------------------------------------------------------
+
+
+def make_router(metrics: Telemetry, telemetry_path: str) -> WSGIApplication:
+    """The telemetry at telemetry_path, a small landing page at /, 404 elsewhere; GET and HEAD
+    only (405 with Allow otherwise). HEAD answers GET's status and headers without running
+    the scrape (so no Content-Length: the GET body is streamed without one)."""
+    landing = (
+        f"<html><head><title>{PROG}</title></head><body><h1>{PROG}</h1>"
+        f'<p><a href="{telemetry_path}">Metrics</a></p></body></html>'
+    ).encode()
+
+    def app(environ: WSGIEnvironment, start_response: StartResponse) -> Iterable[bytes]:
+        method = environ.get("REQUEST_METHOD", "GET")
+        if method not in ALLOWED_METHODS:
+            allow = ("Allow", ", ".join(ALLOWED_METHODS))
+            return _reply(start_response, "405 Method Not Allowed", "405: use GET or HEAD\n", allow)
+        path = environ.get("PATH_INFO") or "/"
+        if path == telemetry_path:
+            gzip = gzip_acceptable(environ.get("HTTP_ACCEPT_ENCODING", ""))
+            chunks, content_type = metrics.stream(environ.get("HTTP_ACCEPT", ""), gzip)
+            headers = [("Content-Type", content_type)]
+            if gzip:
+                headers.append(("Content-Encoding", "gzip"))
+            start_response("200 OK", headers)
+            if method == "HEAD":
+                getattr(chunks, "close", lambda: None)()  # not started: nothing was read
+                return []
+            return chunks
+        if path == "/":
+            start_response("200 OK", [("Content-Type", "text/html; charset=utf-8")])
+            return [landing]
+        return _reply(start_response, "404 Not Found", f"404: try {telemetry_path}\n")
+
+    return app
+
+
+class _Closing:
+    """A response body that runs `release` when the server closes it (after the last byte
+    or on a failure); it keeps the body's length visible so wsgiref still sets Content-Length."""
+
+    def __init__(self, body: Iterable[bytes], release: Any):
+        self.body, self.release = body, release
+
+    def __iter__(self) -> Iterator[bytes]:
+        return iter(self.body)
+
+    def __len__(self) -> int:
+        return len(self.body)  # type: ignore[arg-type]  # TypeError for a stream: wsgiref expects it
+
+    def close(self) -> None:
+        try:
+            getattr(self.body, "close", lambda: None)()
+        finally:
+            self.release()
+
+
+def limit_requests(app: WSGIApplication, max_requests: int) -> WSGIApplication:
+    """At most max_requests responses in progress (node_exporter's --web.max-requests);
+    beyond that 503 at once rather than a queue that grows with every retry."""
+    if max_requests <= 0:
+        return app
+    slots = threading.BoundedSemaphore(max_requests)
+
+    def limited(environ: WSGIEnvironment, start_response: StartResponse) -> Iterable[bytes]:
+        if not slots.acquire(blocking=False):
+            return _reply(start_response, "503 Service Unavailable", "503: too many concurrent requests\n")
+        try:
+            return _Closing(app(environ, start_response), slots.release)
+        except BaseException:
+            slots.release()
+            raise
+
+    return limited
+
+
+def add_headers(app: WSGIApplication, headers: list[tuple[str, str]]) -> WSGIApplication:
+    """http_server_config.headers on every response the apps make."""
+    if not headers:
+        return app
+
+    def with_headers(environ: WSGIEnvironment, start_response: StartResponse) -> Iterable[bytes]:
+        def start(status: str, response_headers: list[tuple[str, str]], exc_info: Any = None) -> Any:
+            return start_response(status, response_headers + headers, exc_info)
+
+        return app(environ, start)
+
+    return with_headers
+
+
+class BasicAuth:
+    """WSGI middleware: 401 unless the request carries a user and password from the file.
+
+    bcrypt is slow by design. A verified pair is remembered (as a salted digest) and checked
+    without bcrypt, so a scraper with good credentials never waits behind the bcrypt queue;
+    at most BCRYPT_PARALLEL checks run at once, so a wrong-password flood cannot take every
+    CPU. An unknown user is checked against a dummy hash of the same cost, so the answer
+    takes as long as for a known one (no user enumeration by timing)."""
+
+    BCRYPT_PARALLEL = 1
+    QUEUE_TIMEOUT = 30.0  # seconds a check may wait for bcrypt before the answer is 503
+
+    def __init__(self, app: WSGIApplication, users: dict[str, bytes]):
+        self.app = app
+        self.users = users
+        self._ok: set[bytes] = set()
+        self._salt = os.urandom(16)
+        self._lock = threading.Lock()
+        self._bcrypt = threading.BoundedSemaphore(self.BCRYPT_PARALLEL)
+        cost = max(int(h[4:6]) for h in users.values())
+        # a salt of that cost and a hash part nothing can match: checkpw costs the same
+        self._dummy = bcrypt.gensalt(rounds=cost) + b"." * 31
+
+    def _credentials(self, header: str) -> Optional[tuple[str, bytes]]:
+        if not header.startswith("Basic "):
+            return None
+        try:
+            user, sep, password = base64.b64decode(header[6:], validate=True).decode().partition(":")
+        except (binascii.Error, UnicodeDecodeError):
+            return None
+        return (user, password.encode()) if sep else None
+
+    def _allowed(self, user: str, password: bytes) -> Optional[bool]:
+        """True/False, or None when bcrypt stayed busy past QUEUE_TIMEOUT."""
+        hashed = self.users.get(user)
+        token = hashlib.sha256(
+            self._salt + user.encode() + b"\0" + password + b"\0" + (hashed or b"")
+        ).digest()
+        if hashed is not None:
+            with self._lock:
+                if token in self._ok:
+                    return True
+        if not self._bcrypt.acquire(timeout=self.QUEUE_TIMEOUT):
+            return None
+        try:
+            # bcrypt reads at most 72 bytes and refuses more: such a password cannot match
+            ok = bcrypt.checkpw(password[:72], hashed or self._dummy)
+        except ValueError:
+            ok = False
+        finally:
+            self._bcrypt.release()
+        if not ok or hashed is None or len(password) > 72:
+            return False
+        with self._lock:
+            self._ok.add(token)
+        return True
+
+    def __call__(self, environ: WSGIEnvironment, start_response: StartResponse) -> Iterable[bytes]:
+        creds = self._credentials(environ.get("HTTP_AUTHORIZATION", ""))
+        allowed = self._allowed(*creds) if creds else False
+        if allowed:
+            return self.app(environ, start_response)
+        if allowed is None:
+            return _reply(start_response, "503 Service Unavailable", "503: busy checking passwords\n")
+        challenge = ("WWW-Authenticate", f'Basic realm="{PROG}"')
+        return _reply(start_response, "401 Unauthorized", "401 Unauthorized\n", challenge)
+
+
+def build_app(
+    metrics: Telemetry,
+    telemetry_path: str,
+    users: dict[str, bytes],
+    headers: list[tuple[str, str]],
+    max_requests: int,
+) -> WSGIApplication:
+    """headers( auth( limit( router ))): unauthenticated requests take no request slot."""
+    app = limit_requests(make_router(metrics, telemetry_path), max_requests)
+    if users:
+        app = BasicAuth(app, users)
+    return add_headers(app, headers)
+
+
+# ---- the server ----------------------------------------------------------------------------
+
+
+def somaxconn() -> int:
+    """The kernel's cap on a listen backlog (socketserver's default of 5 drops SYNs of a
+    burst of scrapes, which then wait for a retransmit)."""
+    try:
+        with open("/proc/sys/net/core/somaxconn") as f:
+            return max(128, int(f.read().strip()))
+    except (OSError, ValueError):
+        return 4096
+
+
+def _describe(exc: BaseException) -> str:
+    return f"{type(exc).__name__}: {' '.join(str(exc).split())}"[:300]
+
+
+class _ServerHandler(ServerHandler):
+    """wsgiref's handler, minus the traceback on stderr, and with HEAD sending no body."""
+
+    environ: dict[str, Any]
+    headers_sent: bool
+
+    def log_exception(self, exc_info: ExcInfo) -> None:  # type: ignore[override]
+        exc = exc_info[1]
+        level = logging.DEBUG if isinstance(exc, OSError) else logging.ERROR
+        log.log(
+            level,
+            "%s %s failed: %s",
+            self.environ.get("REQUEST_METHOD"),
+            self.environ.get("PATH_INFO"),
+            _describe(exc),
+        )
+
+    def _head(self) -> bool:
+        return bool(self.environ.get("REQUEST_METHOD") == "HEAD")
+
+    def write(self, data: bytes) -> None:
+        if not self._head():
+            return super().write(data)
+        if not self.headers_sent:
+            self.bytes_sent = len(data)  # as wsgiref does: Content-Length of a one-chunk body
+            self.send_headers()
+
+    def finish_content(self) -> None:
+        if self._head() and not self.headers_sent:
+            self.send_headers()  # no "Content-Length: 0": GET's length is unknown here
+            return
+        super().finish_content()
+
+
+def _client_timeout() -> float:
+    """Seconds a client may stall mid-request before its connection is dropped: 60, or
+    INGRESS_IPVS_EXPORTER_HTTP_TIMEOUT (tests set it short to see the drop happen)."""
+    try:
+        return max(0.1, float(os.environ.get("INGRESS_IPVS_EXPORTER_HTTP_TIMEOUT", "60")))
+    except ValueError:
+        return 60.0
+
+
+class _RequestHandler(WSGIRequestHandler):
+    timeout = _client_timeout()
+
+    def setup(self) -> None:
+        super().setup()
+        if isinstance(self.request, ssl.SSLSocket):
+            self.request.do_handshake()  # here, in the connection's thread, under its timeout
+            tls: Optional[RotatingTLS] = getattr(self.server, "tls", None)
+            if tls is not None and not tls.peer_allowed(self.request):
+                raise ssl.SSLError("client certificate has none of client_allowed_sans")
+
+    def handle(self) -> None:
+        # wsgiref's handle(), with the quiet _ServerHandler
+        self.raw_requestline = self.rfile.readline(65537)
+        if len(self.raw_requestline) > 65536:
+            self.requestline = ""
+            self.request_version = ""
+            self.command = ""
+            self.send_error(414)
+            return
+        if not self.parse_request():
+            return
+        wfile = cast(IO[bytes], self.wfile)
+        handler = _ServerHandler(self.rfile, wfile, self.get_stderr(), self.get_environ(), multithread=True)
+        handler.request_handler = self  # type: ignore[attr-defined]  # wsgiref's back-reference
+        app = self.server.get_app()  # type: ignore[attr-defined]
+        handler.run(app)
+
+    def log_message(self, format: str, *args: Any) -> None:
+        log.debug("%s %s", self.address_string(), format % args)
+
+
+class Server(ThreadingMixIn, WSGIServer):
+    """One thread per connection; TLS wrapped per connection from the current context."""
+
+    daemon_threads = True
+    allow_reuse_address = True
+    request_queue_size = somaxconn()
+    tls: Optional[RotatingTLS] = None
+
+    def server_bind(self) -> None:
+        if self.address_family == socket.AF_INET6:
+            self.socket.setsockopt(socket.IPPROTO_IPV6, socket.IPV6_V6ONLY, 0)
+        super().server_bind()
+
+    def get_request(self) -> tuple[socket.socket, Any]:
+        conn, addr = super().get_request()
+        if self.tls is not None:
+            # the handshake happens in the connection's own thread (_RequestHandler.setup), so
+            # a slow or plain-HTTP client cannot hold up the accept loop
+            conn = self.tls.context().wrap_socket(conn, server_side=True, do_handshake_on_connect=False)
+        return conn, addr
+
+    def handle_error(self, request: Any, client_address: Any) -> None:
+        exc = sys.exc_info()[1]
+        level = logging.DEBUG if exc is None or isinstance(exc, OSError) else logging.ERROR
+        log.log(level, "connection from %s ended: %s", client_address[0], _describe(exc or Exception()))
+
+
+def _family(host: str) -> socket.AddressFamily:
+    if host == "":
+        return socket.AF_INET6 if socket.has_ipv6 else socket.AF_INET
+    try:
+        return socket.getaddrinfo(host, None, type=socket.SOCK_STREAM)[0][0]
+    except socket.gaierror as e:
+        raise OSError(f"cannot resolve listen host '{host}': {e.strerror}") from None
+
+
+def serve(host: str, port: int, app: WSGIApplication, tls: Optional[RotatingTLS] = None) -> Server:
+    """A bound, listening server; '' serves IPv4 and IPv6 on one socket, IPv4 alone only
+    when this host has no IPv6. Errors are OSError."""
+
+    def make(bind_host: str, family: socket.AddressFamily) -> Server:
+        cls = type("Server", (Server,), {"address_family": family, "tls": tls})
+        server: Server = cls((bind_host, port), _RequestHandler)
+        server.set_app(app)
+        return server
+
+    family = _family(host)
+    if host != "" or family != socket.AF_INET6:
+        return make(host or "0.0.0.0", family)
+    try:
+        return make("::", family)
+    except OSError as e:
+        if e.errno not in (errno.EAFNOSUPPORT, errno.EADDRNOTAVAIL):
+            raise
+    return make("0.0.0.0", socket.AF_INET)
