@@ -1,14 +1,15 @@
 """The renderer: an IPVS snapshot as Prometheus text (0.0.4 or OpenMetrics), plain or gzip.
 
 prometheus_client builds a Sample per series and formats it field by field, which is too
-slow at swarm sizes (docs/performance.md has the figures). This renderer keeps, per IPVS shape (services, destinations, labels: what does
-not change between scrapes of the same configuration), the text of every series up to
-its value ("name{labels} ") and the info families' lines; a scrape then only formats
-values, taken column-wise from the snapshot. Series that --destination-labels merges are
-summed here too. The output is byte-identical to prometheus_client's rendering of the
-same families (tests/reference.py is that oracle). The exporter's own families (health,
-IPVS info, swarm, build, process) are ordinary Collectors in a CollectorRegistry, encoded
-by prometheus_client after the IPVS families, in the same stream.
+slow at swarm sizes (docs/performance.md has the figures). This renderer keeps, per IPVS
+shape (services, destinations, labels: what does not change between scrapes of the same
+configuration), the text of every series up to its value ("name{labels} ") and the info
+families' lines; a scrape then only formats values, taken column-wise from the snapshot.
+Series that --destination-labels merges are summed here too. The output is byte-identical
+to prometheus_client's rendering of the same families (tests/reference.py is that oracle).
+The exporter's own families (health, IPVS info, swarm, build, process) are ordinary
+Collectors in a CollectorRegistry, encoded by prometheus_client after the IPVS families,
+in the same stream.
 """
 
 from __future__ import annotations
