@@ -28,6 +28,17 @@ CONTENDERS = [
 ]
 LABELS = dict(CONTENDERS)
 PRIMARY = "exporter_gzip"  # what Prometheus does: Accept-Encoding: gzip
+# The live rows (counters moving between scrapes): key live{percent}_{contender}.
+LIVE_CONTENDERS = [
+    ("exporter_gzip", "exporter (gzip)"),
+    ("shim_dump", "bare dump"),
+    ("ipvsadm", "ipvsadm"),
+    ("node_exporter_gzip", "node_exporter (gzip)"),
+]
+
+
+def live_shares(doc: dict) -> list[int]:
+    return list(doc.get("config", {}).get("live_shares_percent") or [])
 
 
 def _ok(c: dict | None) -> bool:
@@ -41,16 +52,23 @@ def _get(doc: dict, n: int, key: str) -> dict | None:
     return None
 
 
+def _ratio(c: dict | None, base: dict | None) -> float | None:
+    return c["median_s"] / base["median_s"] if _ok(c) and _ok(base) and base["median_s"] > 0 else None
+
+
 def add_ratios(doc: dict) -> None:
-    """ratio_to_ipvsadm (median / ipvsadm's median) on every contender with a time."""
+    """ratio_to_ipvsadm (median / ipvsadm's median) on every contender with a time, and on
+    the live rows ratio_to_dump too; a live row is compared with the same share's rows."""
     for r in doc.get("results", []):
         cs = r.get("contenders", {})
-        base = cs.get("ipvsadm")
-        for c in cs.values():
-            if _ok(c) and _ok(base) and base["median_s"] > 0:
-                c["ratio_to_ipvsadm"] = c["median_s"] / base["median_s"]
-            else:
-                c.pop("ratio_to_ipvsadm", None)
+        for key, c in cs.items():
+            prefix = key.split("_", 1)[0] + "_" if key.startswith("live") else ""
+            for name, base in (("ratio_to_ipvsadm", "ipvsadm"), ("ratio_to_dump", "shim_dump")):
+                ratio = _ratio(c, cs.get(prefix + base)) if prefix or name == "ratio_to_ipvsadm" else None
+                if ratio is None:
+                    c.pop(name, None)
+                else:
+                    c[name] = ratio
 
 
 def checks(doc: dict) -> list[dict]:
@@ -59,6 +77,36 @@ def checks(doc: dict) -> list[dict]:
     out = _checks(doc, PRIMARY)
     if any(_get(doc, n, NOCACHE) for n in (1000, 10000)):
         out += [c for c in _checks(doc, NOCACHE, "cache off: ") if "RSS" not in c["name"]]
+    return out + _live_checks(doc)
+
+
+def _live_checks(doc: dict) -> list[dict]:
+    """The targets with counters moving (the realistic case)."""
+    out = []
+    for n, percent, base, limit in (
+        (10000, 10, "shim_dump", 1.5),
+        (10000, 100, "shim_dump", 2.0),
+        (1000, 100, "ipvsadm", 1.0),
+    ):
+        what = "bare dump" if base == "shim_dump" else "ipvsadm"
+        name = f"live {n}x10, {percent}% moving: exporter scrape <= {limit:g}x {what}"
+        e, b = _get(doc, n, f"live{percent}_exporter_gzip"), _get(doc, n, f"live{percent}_{base}")
+        r = _ratio(e, b)
+        if r is None:
+            out.append({"name": name, "result": "SKIP", "detail": f"no live data at {n}, {percent}%"})
+        else:
+            detail = f"{_fmt_t(e['median_s'])} vs {_fmt_t(b['median_s'])} = {r:.2f}x"
+            out.append({"name": name, "result": "PASS" if r <= limit else "FAIL", "detail": detail})
+    e = _get(doc, 10000, f"live{max(live_shares(doc) or [100])}_exporter_gzip")
+    if e and e.get("rss_mb") is not None:
+        ok = e["rss_mb"] <= 100
+        out.append(
+            {
+                "name": "live 10000x10: exporter RSS <= 100 MB",
+                "result": "PASS" if ok else "FAIL",
+                "detail": f"{e['rss_mb']:.1f} MB after the live scrapes",
+            }
+        )
     return out
 
 
@@ -170,6 +218,40 @@ def machine_line(doc: dict) -> str:
     return "; ".join(p for p in parts if p) + ". Tools: " + ", ".join(tools) + "."
 
 
+def live_table(doc: dict) -> list[str]:
+    """The live rows: per size and share of moving services, each contender's median and
+    the ratio to the bare dump (the headline) and to ipvsadm."""
+    rows = []
+    for r in doc.get("results", []):
+        n, cs = r["n_services"], r.get("contenders", {})
+        for percent in live_shares(doc):
+            for key, label in LIVE_CONTENDERS:
+                c = cs.get(f"live{percent}_{key}")
+                if c is None:
+                    continue
+                if not _ok(c):
+                    rows.append(f"| {n} | {percent}% | {label} | {c.get('status')} | | | |")
+                    continue
+                to_dump, to_adm = c.get("ratio_to_dump"), c.get("ratio_to_ipvsadm")
+                rows.append(
+                    f"| {n} | {percent}% | {label} | {_fmt_t(c['median_s'])} | {c['runs']} | "
+                    f"{'' if to_dump is None else f'{to_dump:.2f}x'} | {'' if to_adm is None else f'{to_adm:.2f}x'} |"
+                )
+    if not rows:
+        return []
+    return [
+        "Live: counters moving between every two scrapes (a round of traffic through IPVS to the "
+        "share of services, untimed, before each run).",
+        "",
+        "| N services x 10 dests | moving | contender | median | runs | x bare dump | x ipvsadm |",
+        "|---:|---:|---|---:|---:|---:|---:|",
+        *rows,
+        "",
+        "Idle (no traffic; the exporter's cache of compressed families serves unchanged families):",
+        "",
+    ]
+
+
 def markdown(doc: dict) -> str:
     rows = [
         "| N services x 10 dests | contender | median | min | runs | x ipvsadm | samples | RSS |",
@@ -202,7 +284,7 @@ def markdown(doc: dict) -> str:
             )
             if c.get("runs_note"):
                 notes.append(f"- N={n}, {label}: {c['runs_note']}")
-    lines = [f"Machine: {machine_line(doc)}", "", *rows, ""]
+    lines = [f"Machine: {machine_line(doc)}", "", *live_table(doc), *rows, ""]
     lines.append(
         "Times are per scrape or dump, wall-clock, median and min of `runs` after one warm-up. "
         "RSS is VmRSS after the timed scrapes; on the exporter's gzip row `-> X` is after "
@@ -285,6 +367,21 @@ def plot(doc: dict, path: Path) -> bool:
             capsize=3,
             label=label,
         )
+    for j, percent in enumerate(live_shares(doc)):
+        key = f"live{percent}_exporter_gzip"
+        pts = [
+            (r["n_services"], r["contenders"][key]["median_s"])
+            for r in doc.get("results", [])
+            if _ok(r.get("contenders", {}).get(key))
+        ]
+        if pts:
+            ax.plot(
+                *zip(*pts),
+                marker="x",
+                linestyle=":",
+                label=f"exporter (gzip), {percent}% moving",
+                color=f"C{7 + j}",
+            )
     ax.set_xscale("log")
     ax.set_yscale("log")
     ax.set_xlabel("IPVS services (x 10 destinations each)")

@@ -18,6 +18,13 @@ boot (1 warm-up, then --runs timed runs each):
                                  running inside the namespace, scraped there with gzip
   pyroute2                       pyroute2's IPVS API: one service dump, one dest dump per service
 
+and then, live (contender group `live`, --live-shares): before every run of each contender,
+one TCP SYN from a client namespace through IPVS to each of a fixed, random share of the
+services (1%, 10%, 100%), and a wait for the kernel's estimator, so that those services'
+and their real servers' counters differ between any two scrapes, as on a node carrying
+traffic. The live rows time the exporter (gzip, its default cache on), the bare dump,
+ipvsadm and node_exporter; the targets are ratios to the live bare dump.
+
 What must happen inside the namespace (ipvsadm, the HTTP client of node_exporter, pyroute2's
 socket) is done by this process after setns(2) into it - what `ip netns exec` does - so no
 interpreter start-up ends up in a figure. Writes bench.json and bench.md into --out
@@ -116,17 +123,26 @@ class InNetns:
 
 
 def measure(
-    fn, runs: int, reduced_runs: int, budget_s: float, warmup: int = 1, prior_warm: list[float] | None = None
+    fn,
+    runs: int,
+    reduced_runs: int,
+    budget_s: float,
+    warmup: int = 1,
+    prior_warm: list[float] | None = None,
+    before=None,
 ) -> dict:
     """Warm up, then time fn() `runs` times; fewer when they would not fit in budget_s:
     `reduced_runs` when warm-up x runs exceeds it, 1 when even warm-up x reduced_runs does.
 
     fn's last return value is kept under "last" (bodies, snapshots: for counting).
     prior_warm: warm-up times the caller already spent (its own probing run).
+    before: called, untimed, before every run (the live rows' traffic).
     """
     warm = list(prior_warm or [])
     last = None
     for _ in range(warmup):
+        if before is not None:
+            before()
         t0 = time.perf_counter()
         last = fn()
         warm.append(time.perf_counter() - t0)
@@ -142,6 +158,8 @@ def measure(
             )
     times = []
     for _ in range(n):
+        if before is not None:
+            before()
         t0 = time.perf_counter()
         last = fn()
         times.append(time.perf_counter() - t0)
@@ -476,13 +494,13 @@ def bench_exporter(
         procs.stop(p)
 
 
-def bench_shim(ns: str, n: int, args) -> dict:
+def bench_shim(ns: str, n: int, args, before=None) -> dict:
     try:
         from ingress_ipvs_exporter.ipvs import Handle
 
         h = Handle(f"/run/netns/{ns}")
         try:
-            m = measure(h.snapshot, args.runs, args.reduced_runs, args.budget_s)
+            m = measure(h.snapshot, args.runs, args.reduced_runs, args.budget_s, before=before)
         finally:
             h.close()
         snap = m.pop("last")
@@ -493,10 +511,11 @@ def bench_shim(ns: str, n: int, args) -> dict:
         return {"status": f"failed: {type(e).__name__}: {e}"}
 
 
-def bench_ipvsadm(ns: str, n: int, args, prev) -> dict:
+def bench_ipvsadm(ns: str, n: int, args, prev, before=None) -> dict:
     kw = plan("ipvsadm", n, args, prev)
     if "skip" in kw:
         return {"status": kw["skip"]}
+    kw["before"] = before
     cmd = ["ipvsadm", "-Ln", "--stats", "--exact"]
 
     def once():
@@ -519,7 +538,7 @@ def bench_ipvsadm(ns: str, n: int, args, prev) -> dict:
         return {"status": f"failed: {type(e).__name__}: {e}"}
 
 
-def bench_node_exporter(ns: str, n: int, args, procs: Procs, outdir: Path, prev) -> dict:
+def bench_node_exporter(ns: str, n: int, args, procs: Procs, outdir: Path, prev, before=None) -> dict:
     """Debian's node_exporter, only the ipvs collector, inside the namespace (it reads
     /proc/net/ip_vs*, which follow the reader's namespace); scraped with gzip like Prometheus."""
     exe = shutil.which("prometheus-node-exporter")
@@ -528,6 +547,7 @@ def bench_node_exporter(ns: str, n: int, args, procs: Procs, outdir: Path, prev)
     kw = plan("node_exporter", n, args, prev)
     if "skip" in kw:
         return {"status": kw["skip"]}
+    kw["before"] = before
     host, port = "127.0.0.1", NODE_EXPORTER_PORT
     t_start = time.monotonic()
     # `ip netns exec` execs the command in place: the pid is node_exporter's own.
@@ -703,6 +723,102 @@ def machine_info(args) -> dict:
     }
 
 
+# ---- live traffic -----------------------------------------------------------------------
+
+BALANCER_ADDR, CLIENT_ADDR = "198.51.100.1", "198.51.100.2"  # TEST-NET-2, inside the VM only
+ESTIMATOR_WAIT_S = 2.5  # the kernel refreshes the totals that netlink reports every 2 s
+
+
+def add_client(ns: str) -> str:
+    """A client namespace joined to the bench namespace by a veth pair: its SYNs to
+    BALANCER_ADDR:30000+i are marked by the swarm-style mangle rules and scheduled by IPVS
+    (to real servers that do not exist: the counters move, nothing leaves the namespace)."""
+    client = f"{ns}c"
+    run(["ip", "netns", "add", client])
+    run(["ip", "-n", ns, "link", "add", "lb0", "type", "veth", "peer", "name", "cl0", "netns", client])
+    run(["ip", "-n", ns, "addr", "add", f"{BALANCER_ADDR}/24", "dev", "lb0"])
+    run(["ip", "-n", ns, "link", "set", "lb0", "up"])
+    run(["ip", "-n", client, "addr", "add", f"{CLIENT_ADDR}/24", "dev", "cl0"])
+    run(["ip", "-n", client, "link", "set", "cl0", "up"])
+    run(["ip", "-n", client, "link", "set", "lo", "up"])
+    return client
+
+
+class Traffic:
+    """One TCP SYN to each of a fixed random share of the services (seeded: the same services
+    in every run), then a wait for the estimator; called untimed before every run."""
+
+    def __init__(self, client: str, n: int, percent: int):
+        import random
+
+        k = max(1, round(n * percent / 100))
+        self.client = client
+        self.services = sorted(random.Random(percent).sample(range(n), k))
+
+    def __call__(self) -> None:
+        with InNetns(self.client):
+            for i in self.services:  # bounded: one connection attempt per moving service
+                with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as s:
+                    s.setblocking(False)
+                    s.connect_ex((BALANCER_ADDR, PORT_BASE + i))  # the SYN leaves now
+        time.sleep(ESTIMATOR_WAIT_S)
+
+
+def check_moving(ns: str, traffic: Traffic) -> int:
+    """How many services' connection counters one round of traffic moved (it must be all the
+    chosen ones, else the live rows would time an idle IPVS)."""
+    from ingress_ipvs_exporter.ipvs import Handle
+
+    with Handle(f"/run/netns/{ns}") as h:
+        before = list(h.snapshot().services.conns)
+        traffic()
+        after = list(h.snapshot().services.conns)
+    moved = sum(1 for a, b in zip(before, after) if a != b)
+    if moved < len(traffic.services):
+        raise RuntimeError(f"{len(traffic.services)} services sent traffic, but only {moved} counters moved")
+    return moved
+
+
+def bench_live(ns: str, client: str, n: int, percent: int, args, procs, outdir, started, prev) -> dict:
+    """The live rows for one share: the exporter (gzip, default cache), the bare dump, ipvsadm
+    and node_exporter, each run preceded by a round of traffic."""
+    traffic = Traffic(client, n, percent)
+    tag = f"live{percent}_"
+    try:
+        moved = check_moving(ns, traffic)
+    except Exception as e:
+        status = f"failed: {type(e).__name__}: {e}"
+        return {
+            tag + k: {"status": status}
+            for k in ("exporter_gzip", "shim_dump", "ipvsadm", "node_exporter_gzip")
+        }
+    log(f"N={n}: live {percent}%: {moved} services' counters move between scrapes")
+    out = {}
+    try:
+        started.wait()
+        m = measure(
+            lambda: scrape("127.0.0.1", started.port, True),
+            args.runs,
+            args.reduced_runs,
+            args.budget_s,
+            before=traffic,
+        )
+        scrape_stats(m)
+        m["rss_mb"] = rss_mb(started.p.pid)
+        out[tag + "exporter_gzip"] = m
+    except Exception as e:
+        out[tag + "exporter_gzip"] = {"status": f"failed: {type(e).__name__}: {e}"}
+    out[tag + "shim_dump"] = bench_shim(ns, n, args, before=traffic)
+    out[tag + "ipvsadm"] = bench_ipvsadm(ns, n, args, prev.get(tag + "ipvsadm"), before=traffic)
+    out[tag + "node_exporter_gzip"] = bench_node_exporter(
+        ns, n, args, procs, outdir, prev.get(tag + "node_exporter_gzip"), before=traffic
+    )
+    for r in out.values():
+        r["moving_services"] = moved
+        r["moving_percent"] = percent
+    return out
+
+
 # ---- main -----------------------------------------------------------------------------
 
 
@@ -723,6 +839,7 @@ def bench_size(n: int, args, procs: Procs, outdir: Path, prev: dict) -> dict:
             if "exporter_nocache" in args.contenders
             else None
         )
+        live = start_exporter(ns, n, procs, outdir, "_live") if "live" in args.contenders else None
         log(f"N={n}: loading {n} services x {DESTS_PER_SERVICE} destinations and {n} mangle rules into {ns}")
         entry["setup"] = fill_namespace(ns, n)
         log(
@@ -765,10 +882,25 @@ def bench_size(n: int, args, procs: Procs, outdir: Path, prev: dict) -> dict:
                     else r.get("status")
                 )
                 log(f"N={n}: {name}: {figure} ({walls[group]:.0f} s)")
+        if live is not None:
+            client = add_client(ns)
+            for percent in args.live_shares:
+                t1 = time.perf_counter()
+                got = bench_live(ns, client, n, percent, args, procs, outdir, live, prev)
+                c.update(got)
+                walls[f"live{percent}"] = round(time.perf_counter() - t1, 1)
+                for name, r in got.items():
+                    figure = (
+                        f"median {r['median_s']:.3f} s, {r['runs']} runs"
+                        if r.get("status") == "ok"
+                        else r.get("status")
+                    )
+                    log(f"N={n}: {name}: {figure}")
         entry["contenders"] = c
     finally:
         procs.stop_all()
         delete_namespace(ns)
+        delete_namespace(f"{ns}c")
         entry["wall_s"] = time.perf_counter() - t0
     return entry
 
@@ -783,8 +915,13 @@ def main(argv=None) -> int:
     )
     ap.add_argument(
         "--contenders",
-        default="exporter,exporter_nocache,shim,ipvsadm,node_exporter,pyroute2",
+        default="exporter,exporter_nocache,shim,ipvsadm,node_exporter,pyroute2,live",
         help="comma list of the contenders to run",
+    )
+    ap.add_argument(
+        "--live-shares",
+        default="1,10,100",
+        help="comma list: percent of services whose counters move between scrapes (the live rows)",
     )
     ap.add_argument("--runs", type=int, default=5, help="timed runs per contender and size, after 1 warm-up")
     ap.add_argument(
@@ -821,6 +958,7 @@ def main(argv=None) -> int:
         return 2
     args.contenders = {c.strip() for c in args.contenders.split(",") if c.strip()}
     sizes = [int(s) for s in args.sizes.split(",") if s.strip()]
+    args.live_shares = [int(s) for s in args.live_shares.split(",") if s.strip()]
     outdir = Path(args.out)
     outdir.mkdir(parents=True, exist_ok=True)
     global LOG_FILE
@@ -845,6 +983,7 @@ def main(argv=None) -> int:
             "warmup_runs": 1,
             "extra_scrapes": args.extra_scrapes,
             "contenders": sorted(args.contenders),
+            "live_shares_percent": args.live_shares,
             "runs_policy": "1 warm-up + runs; fewer runs when warm-up x runs exceeds budget_s, "
             "or when the previous size's median scaled linearly says so "
             "(then 1 run without warm-up, or skipped); see runs_note",
