@@ -24,6 +24,7 @@ from .ipvs import Handle, IPVSError, NamespaceNotFound, NotANamespace
 from .logs import PROG, LogFormat, LogLevel, setup_logging
 from .metrics import Options
 from .portmap import PortMap
+from .usage import HELP as H
 from .usage import OriginalUsageCommand
 from .webconfig import WebConfig
 
@@ -36,18 +37,6 @@ def _version(value: bool) -> None:
         raise typer.Exit()
 
 
-H = {  # help texts, out of the signature so that each option fits on a line or three
-    "listen": "address to set the http server to listen to",
-    "path": "endpoint to receive scrape requests from prometheus",
-    "ns": "absolute path to the network namespace where ipv is configured",
-    "labels": "labels kept on per-destination series, summing series that merge; 'none' drops them",
-    "docker": "Docker Engine API to name swarm services, e.g. unix:///var/run/docker.sock (off when empty)",
-    "backend": "also export ipvs_backend_* (every detail of every real server of every kind of service)",
-    "web": "TLS and basic auth config in the Prometheus exporter-toolkit format (off when empty)",
-    "max": "most requests served at once, more get 503 at once (0: no limit)",
-    "level": "log messages at this level and above: debug, info, warning, error",
-    "format": "log line format: logfmt or json",
-}
 NETNS = "/var/run/docker/netns/ingress_sbox"
 CONTEXT = {"help_option_names": ["--help", "-h"]}
 app = typer.Typer(add_completion=False, pretty_exceptions_enable=False, context_settings=CONTEXT)
@@ -68,10 +57,13 @@ def run(
     ),
     docker_host: str = typer.Option("", "--docker-host", callback=flags.docker_host, help=H["docker"]),
     backend_metrics: bool = typer.Option(False, "--backend-metrics", help=H["backend"]),
+    original_only: bool = typer.Option(False, "--original-metrics-only", help=H["original"]),
+    no_rates: bool = typer.Option(False, "--no-rate-metrics", help=H["rates"]),
     web_config_file: WebConfig = typer.Option(  # noqa: B008
         "", "--web.config.file", parser=flags.web_config, help=H["web"]
     ),
     web_max_requests: int = typer.Option(40, "--web.max-requests", min=0, help=H["max"]),
+    no_self: bool = typer.Option(False, "--web.disable-exporter-metrics", help=H["self"]),
     log_level: LogLevel = typer.Option(LogLevel.info, "--log-level", help=H["level"]),  # noqa: B008
     log_format: LogFormat = typer.Option(LogFormat.logfmt, "--log-format", help=H["format"]),  # noqa: B008
     version: Optional[bool] = typer.Option(
@@ -80,7 +72,9 @@ def run(
 ) -> None:
     setup_logging(log_level, log_format)
     memory.tune()
-    options = dataclasses.replace(destination_labels, backends=backend_metrics)
+    options = dataclasses.replace(
+        destination_labels, backends=backend_metrics, original_only=original_only, rates=not no_rates
+    )
     swarm = DockerServices(docker_host, timeout=10.0) if docker_host else None
 
     handle = Handle(namespace_path)
@@ -88,7 +82,7 @@ def run(
     collector = IPVSCollector(
         namespace_path, handle.snapshot, ports.lookup, options, info=handle.info, swarm=swarm
     )
-    metrics = MetricsApp(collector, exporter_registry(collector))
+    metrics = MetricsApp(collector, exporter_registry(collector, exporter_metrics=not no_self))
     try:
         collector.check()
         startup_error = None

@@ -9,6 +9,22 @@ import typer.core
 
 from .logs import PROG
 
+HELP = {  # each flag's help text (cli.py declares the flags)
+    "listen": "address to set the http server to listen to",
+    "path": "endpoint to receive scrape requests from prometheus",
+    "ns": "absolute path to the network namespace where ipv is configured",
+    "labels": "labels kept on per-destination series, summing series that merge; 'none' drops them",
+    "docker": "Docker Engine API to name swarm services, e.g. unix:///var/run/docker.sock (off when empty)",
+    "backend": "also export ipvs_backend_* (every detail of every real server of every kind of service)",
+    "original": "export only the original exporter's ten families (and the health ones)",
+    "rates": "leave out the kernel's *_per_second rate estimates (rate() over the counters gives them)",
+    "self": "leave out the exporter's own metrics (process_*, ipvs_exporter_build_info)",
+    "web": "TLS and basic auth config in the Prometheus exporter-toolkit format (off when empty)",
+    "max": "most requests served at once, more get 503 at once (0: no limit)",
+    "level": "log messages at this level and above: debug, info, warning, error",
+    "format": "log line format: logfmt or json",
+}
+
 
 def _default(value: Any) -> Any:
     return value.value if isinstance(value, enum.Enum) else value
@@ -30,7 +46,10 @@ class OriginalUsageCommand(typer.core.TyperCommand):
             if p.is_flag or p.name == "help":
                 names = ", ".join(sorted(p.opts + p.secondary_opts, key=len, reverse=True))
                 text = "display this help and exit" if p.name == "help" else p.help
-                lines.append(f"  {names:<22} {text}")
+                if len(names) < 23:
+                    lines.append(f"  {names:<22} {text}")
+                else:  # a long flag gets its text on the next line, as options with values do
+                    lines += [f"  {names}", f"{'':25}{text}"]
             else:
                 lines.append(f"  {p.opts[0]} {p.name.upper().replace('_', '-')}")
                 lines.append(f"                         {p.help} ")
