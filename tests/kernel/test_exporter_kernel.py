@@ -354,3 +354,43 @@ def test_the_dump_releases_the_gil(netns):
     longest = max(b - a for a, b in zip(inside, inside[1:]))
     assert end - start > 0.05, "the dump was too short to tell"
     assert longest < 0.5 * (end - start), f"other threads stalled {longest:.3f}s of a {end - start:.3f}s dump"
+
+
+def test_cardinality_flags_leave_out_what_they_say(netns):
+    """--original-metrics-only, --no-rate-metrics and --web.disable-exporter-metrics on a real
+    IPVS: exactly the families each leaves, and the series counts of the README's table."""
+    name, path = netns
+    for cmd in ("-A -f 256 -s rr", "-a -f 256 -r 10.1.2.50:0 -m", "-a -f 256 -r 10.1.2.51:0 -m"):
+        sh("ip", "netns", "exec", name, "ipvsadm", *cmd.split())
+    original = {
+        "ipvs_services_total",
+        "ipvs_connections_total",
+        "ipvs_bytes_in_total",
+        "ipvs_bytes_out_total",
+        "ipvs_destination_total",
+        "ipvs_destination_active_connections_total",
+        "ipvs_destination_inactive_connections_total",
+        "ipvs_destination_connections_total",
+        "ipvs_destination_bytes_in_total",
+        "ipvs_destination_bytes_out_total",
+    }
+    health = {"ipvs_up", "ipvs_scrape_duration_seconds"}
+    flags = ("--original-metrics-only", "--no-rate-metrics", "--web.disable-exporter-metrics")
+    with running_exporter("--namespace-path", path, *flags) as (url, _):
+        names = {n for n, _ in scrape(url)}
+    assert names == original | health, names ^ (original | health)
+    with running_exporter("--namespace-path", path, "--no-rate-metrics", "--backend-metrics") as (url, _):
+        scraped = scrape(url)
+    names = {n for n, _ in scraped}
+    assert not [n for n in names if n.endswith("_per_second")]
+    assert "ipvs_backend_weight" in names and "ipvs_service_connections_total" in names
+    assert "ipvs_exporter_build_info" in names and "process_cpu_seconds_total" in names
+    ipvs_series = [n for n, _ in scraped if n.startswith("ipvs_") and n not in health]
+    per_namespace = {
+        "ipvs_services_total",
+        "ipvs_version_info",
+        "ipvs_connection_table_size",
+        "ipvs_exporter_build_info",
+    }
+    # the README: 13 per service and 17 per real server; no mangle rule here, so no published port
+    assert len([n for n in ipvs_series if n not in per_namespace]) == 13 - 1 + 2 * 17
