@@ -45,8 +45,8 @@ app = typer.Typer(add_completion=False, pretty_exceptions_enable=False, context_
 # B008: typer reads its options from these defaults
 @app.command(cls=OriginalUsageCommand)
 def run(
-    listen_address: flags.ListenAddress = typer.Option(  # noqa: B008
-        ":9100", "--listen-address", "--web.listen-address", parser=flags.listen_address, help=H["listen"]
+    listen_address: list[flags.ListenAddress] = typer.Option(  # noqa: B008
+        [":9100"], "--listen-address", "--web.listen-address", parser=flags.listen_address, help=H["listen"]
     ),
     telemetry_path: str = typer.Option(
         "/metrics", "--telemetry-path", "--web.telemetry-path", callback=flags.telemetry_path, help=H["path"]
@@ -64,8 +64,11 @@ def run(
     ),
     web_max_requests: int = typer.Option(40, "--web.max-requests", min=0, help=H["max"]),
     no_self: bool = typer.Option(False, "--web.disable-exporter-metrics", help=H["self"]),
-    log_level: LogLevel = typer.Option(LogLevel.info, "--log-level", help=H["level"]),  # noqa: B008
-    log_format: LogFormat = typer.Option(LogFormat.logfmt, "--log-format", help=H["format"]),  # noqa: B008
+    systemd_socket: bool = typer.Option(False, "--web.systemd-socket", help=H["systemd"]),
+    log_level: LogLevel = typer.Option(LogLevel.info, "--log.level", "--log-level", help=H["level"]),  # noqa: B008
+    log_format: LogFormat = typer.Option(  # noqa: B008
+        LogFormat.logfmt, "--log.format", "--log-format", help=H["format"]
+    ),
     version: Optional[bool] = typer.Option(
         None, "--version", callback=_version, is_eager=True, help="print the version and exit"
     ),
@@ -94,12 +97,13 @@ def run(
     web = web_config_file
     wsgi = server.build_app(metrics, telemetry_path, web.users, web.headers, web_max_requests)
     try:
-        httpd = server.serve(listen_address.host, listen_address.port, wsgi, web.tls)
-    except OSError as e:
-        why = "is another exporter on that port? set --listen-address"
-        log.error("cannot listen on %s: %s (%s)", listen_address.show(), e.strerror or e, why)
+        addresses = [(a.host, a.port) for a in listen_address]
+        servers = server.listen(addresses, systemd_socket, wsgi, web.tls)
+    except server.ListenError as e:
+        log.error("%s", e)
         raise typer.Exit(1) from None
-    bound, scheme = listen_address.show(httpd.server_port), "https" if web.tls else "http"
+    bound = ", ".join(flags.ListenAddress.of(s.server_address) for s in servers)
+    scheme = "https" if web.tls else "http"
     log.info(
         "%s %s listening on %s (%s%s), telemetry path %s, namespace %s",
         *(PROG, __version__, bound, scheme, ", basic auth" if web.users else "", telemetry_path),
@@ -113,11 +117,10 @@ def run(
         )
         log.warning("%s. Serving ipvs_up 0 until IPVS is readable.%s", startup_error.strerror, hint)
     try:
-        httpd.serve_forever()
+        server.serve_all(servers)
     except KeyboardInterrupt:
         pass
     finally:
-        httpd.server_close()
         handle.close()
         if swarm is not None:
             swarm.close()

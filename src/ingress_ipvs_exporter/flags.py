@@ -6,7 +6,7 @@ from __future__ import annotations
 
 import dataclasses
 import re
-from typing import Optional
+from typing import Any, Optional
 
 import typer
 
@@ -25,6 +25,11 @@ class ListenAddress:
     def show(self, port: Optional[int] = None) -> str:
         host = f"[{self.host}]" if ":" in self.host else self.host
         return f"{host}:{self.port if port is None else port}"
+
+    @staticmethod
+    def of(address: tuple[Any, ...]) -> str:
+        """A bound socket's address as HOST:PORT ('[::]:9100' for IPv6)."""
+        return ListenAddress(str(address[0]), int(address[1])).show()
 
 
 def listen_address(value: str) -> ListenAddress:

@@ -20,6 +20,7 @@ PROG = "ingress_ipvs_exporter"
 class LogLevel(str, enum.Enum):
     debug = "debug"
     info = "info"
+    warn = "warn"  # the toolkit's spelling
     warning = "warning"
     error = "error"
 

@@ -12,6 +12,7 @@ import base64
 import binascii
 import errno
 import hashlib
+import html
 import logging
 import os
 import re
@@ -20,7 +21,7 @@ import ssl
 import sys
 import threading
 from socketserver import ThreadingMixIn
-from typing import IO, TYPE_CHECKING, Any, Iterable, Iterator, Optional, Protocol, cast
+from typing import IO, TYPE_CHECKING, Any, Iterable, Iterator, Optional, Protocol, Sequence, cast
 from wsgiref.simple_server import ServerHandler, WSGIRequestHandler, WSGIServer
 
 import bcrypt
@@ -79,14 +80,41 @@ def gzip_acceptable(header: str) -> bool:
 # ---- the apps --------------------------------------------------------------------------
 
 
+DOCS_PATH = "/docs"
+
+
+def landing_page(telemetry_path: str) -> bytes:
+    """What exporter-toolkit's landing page shows: the name, what it is, the version, links
+    to the metrics and to the documentation."""
+    from . import __version__
+
+    return (
+        '<!DOCTYPE html>\n<html><head><meta charset="utf-8"><title>'
+        f"{PROG}</title></head><body><h1>{PROG}</h1>"
+        "<p>Prometheus exporter for IPVS, read over generic netlink inside a network namespace</p>"
+        f'<ul><li><a href="{html.escape(telemetry_path)}">Metrics</a></li>'
+        f'<li><a href="{DOCS_PATH}">Documentation</a> (the README)</li></ul>'
+        f"<p>Version {html.escape(__version__)}</p></body></html>\n"
+    ).encode()
+
+
+def _documentation() -> bytes:
+    """The installed package's README (its long description), for the landing page's link."""
+    from importlib.metadata import PackageNotFoundError, metadata
+
+    try:
+        text = metadata(PROG).get_payload()  # type: ignore[attr-defined]
+    except PackageNotFoundError:
+        text = None
+    return (text or f"{PROG}: run '{PROG} --help'\n").encode()
+
+
 def make_router(metrics: Telemetry, telemetry_path: str) -> WSGIApplication:
     """The telemetry at telemetry_path, a small landing page at /, 404 elsewhere; GET and HEAD
     only (405 with Allow otherwise). HEAD answers GET's status and headers without running
     the scrape (so no Content-Length: the GET body is streamed without one)."""
-    landing = (
-        f"<html><head><title>{PROG}</title></head><body><h1>{PROG}</h1>"
-        f'<p><a href="{telemetry_path}">Metrics</a></p></body></html>'
-    ).encode()
+    landing = landing_page(telemetry_path)
+    docs = _documentation()
 
     def app(environ: WSGIEnvironment, start_response: StartResponse) -> Iterable[bytes]:
         method = environ.get("REQUEST_METHOD", "GET")
@@ -108,6 +136,9 @@ def make_router(metrics: Telemetry, telemetry_path: str) -> WSGIApplication:
         if path == "/":
             start_response("200 OK", [("Content-Type", "text/html; charset=utf-8")])
             return [landing]
+        if path == DOCS_PATH:
+            start_response("200 OK", [("Content-Type", "text/markdown; charset=utf-8")])
+            return [docs]
         return _reply(start_response, "404 Not Found", f"404: try {telemetry_path}\n")
 
     return app
@@ -374,6 +405,86 @@ def _family(host: str) -> socket.AddressFamily:
         return socket.getaddrinfo(host, None, type=socket.SOCK_STREAM)[0][0]
     except socket.gaierror as e:
         raise OSError(f"cannot resolve listen host '{host}': {e.strerror}") from None
+
+
+class ListenError(OSError):
+    """No listening socket could be had; the message is one line naming the address."""
+
+
+def _adopt(sock: socket.socket, app: WSGIApplication, tls: Optional[RotatingTLS]) -> Server:
+    """A server on a socket that is already bound and listening (from systemd)."""
+    cls = type("Server", (Server,), {"address_family": sock.family, "tls": tls})
+    server: Server = cls(sock.getsockname()[:2], _RequestHandler, bind_and_activate=False)
+    server.socket.close()
+    server.socket = sock
+    server.server_address = sock.getsockname()
+    host, port = server.server_address[:2]
+    server.server_name, server.server_port = socket.getfqdn(str(host)), port
+    server.setup_environ()
+    server.set_app(app)
+    return server
+
+
+def systemd_sockets() -> list[socket.socket]:
+    """The listening stream sockets systemd passed to this process (socket activation:
+    LISTEN_PID, LISTEN_FDS, from fd 3 on); the variables are cleared so no child takes them."""
+    if os.environ.get("LISTEN_PID") != str(os.getpid()):
+        raise ListenError(
+            "--web.systemd-socket: systemd passed no socket (start the exporter through its .socket unit)"
+        )
+    try:
+        count = int(os.environ.get("LISTEN_FDS", ""))
+    except ValueError:
+        raise ListenError(
+            f"--web.systemd-socket: LISTEN_FDS={os.environ.get('LISTEN_FDS')!r} is not a number"
+        ) from None
+    for name in ("LISTEN_PID", "LISTEN_FDS", "LISTEN_FDNAMES"):
+        os.environ.pop(name, None)
+    socks = [socket.socket(fileno=fd) for fd in range(3, 3 + count)]
+    streams = [
+        s for s in socks if s.type == socket.SOCK_STREAM and s.family in (socket.AF_INET, socket.AF_INET6)
+    ]
+    if not streams:
+        raise ListenError(
+            "--web.systemd-socket: systemd passed no TCP listening socket (ListenStream= in the .socket unit)"
+        )
+    return streams
+
+
+def listen(
+    addresses: Sequence[tuple[str, int]],
+    systemd: bool,
+    app: WSGIApplication,
+    tls: Optional[RotatingTLS] = None,
+) -> list[Server]:
+    """A server per address (or per socket systemd passed); all or nothing: ListenError."""
+    if systemd:
+        return [_adopt(sock, app, tls) for sock in systemd_sockets()]
+    servers: list[Server] = []
+    for host, port in addresses:
+        try:
+            servers.append(serve(host, port, app, tls))
+        except OSError as e:
+            for s in servers:
+                s.server_close()
+            shown = f"[{host}]:{port}" if ":" in host else f"{host}:{port}"
+            why = "is another exporter on that port? set --listen-address"
+            raise ListenError(f"cannot listen on {shown}: {e.strerror or e} ({why})") from None
+    return servers
+
+
+def serve_all(servers: Sequence[Server]) -> None:
+    """Serve every server until interrupted (each in its own thread but the first)."""
+    threads = [threading.Thread(target=s.serve_forever, name="listener", daemon=True) for s in servers[1:]]
+    for t in threads:
+        t.start()
+    try:
+        servers[0].serve_forever()
+    finally:
+        for s in servers[1:]:
+            s.shutdown()
+        for s in servers:
+            s.server_close()
 
 
 def serve(host: str, port: int, app: WSGIApplication, tls: Optional[RotatingTLS] = None) -> Server:

@@ -10,7 +10,7 @@ import typer.core
 from .logs import PROG
 
 HELP = {  # each flag's help text (cli.py declares the flags)
-    "listen": "address to set the http server to listen to",
+    "listen": "address to set the http server to listen to (repeat it to listen on several)",
     "path": "endpoint to receive scrape requests from prometheus",
     "ns": "absolute path to the network namespace where ipv is configured",
     "labels": "labels kept on per-destination series, summing series that merge; 'none' drops them",
@@ -21,12 +21,15 @@ HELP = {  # each flag's help text (cli.py declares the flags)
     "self": "leave out the exporter's own metrics (process_*, ipvs_exporter_build_info)",
     "web": "TLS and basic auth config in the Prometheus exporter-toolkit format (off when empty)",
     "max": "most requests served at once, more get 503 at once (0: no limit)",
-    "level": "log messages at this level and above: debug, info, warning, error",
+    "systemd": "listen on the sockets systemd passes (socket activation) instead of --listen-address",
+    "level": "log messages at this level and above: debug, info, warn, error",
     "format": "log line format: logfmt or json",
 }
 
 
 def _default(value: Any) -> Any:
+    if isinstance(value, (list, tuple)):
+        return ", ".join(map(str, value))
     return value.value if isinstance(value, enum.Enum) else value
 
 
