@@ -34,10 +34,15 @@ def test_systemd_unit_defaults_to_the_port():
 
 
 def test_no_shipped_file_listens_on_9100():
-    for path in [*ROOT.glob("packaging/**/*"), ROOT / "docs/prometheus.md"]:
+    for path in ROOT.glob("packaging/**/*"):
         if path.is_file():
             for line in path.read_text().splitlines():
                 if "9100" in line:
                     # only ever as the port to avoid, or node_exporter's own target in a rule test
                     ok = ("node_exporter" in line, "CLI default" in line, 'job="node"' in line)
                     assert any(ok), f"{path}: {line}"
+
+
+def test_discovery_example_scrapes_the_port():
+    for path in ("packaging/prometheus/prometheus-dockerswarm.yml", "docs/prometheus.md"):
+        assert f"replacement: $1:{PORT}" in (ROOT / path).read_text(), path
