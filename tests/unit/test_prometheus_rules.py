@@ -66,3 +66,16 @@ def test_every_alert_has_severity_for_and_annotations():
         assert "$labels.instance" in a["annotations"]["summary"], a["alert"]
         if "ipvs_" in a["expr"]:
             assert "$labels.namespace" in a["annotations"]["description"], a["alert"]
+
+
+def test_promtool_check_swarm_discovery_config():
+    config = ROOT / "packaging/prometheus/prometheus-dockerswarm.yml"
+    res = subprocess.run(
+        [promtool(), "check", "config", "--syntax-only", str(config)],
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
+    assert res.returncode == 0, res.stdout + res.stderr
+    (job,) = yaml.safe_load(config.read_text())["scrape_configs"]
+    assert job["job_name"] == "ipvs"  # what IPVSExporterDown selects
