@@ -1,0 +1,169 @@
+"""Prometheus' Docker Swarm service discovery finds the exporter on the swarm's node, and the
+Grafana dashboard names swarm services: a real swarm (swarm-lab, in the IPVS VM), the real
+Prometheus (Debian's 2.42) with packaging/prometheus/prometheus-dockerswarm.yml pointed at the
+lab's dockerd socket, and the exporter listening on the node's own address, port 10320, with
+--docker-host (so it exports ipvs_swarm_service_info).
+
+Discovery does not depend on the iptables backend, so this module runs on the nft lab only.
+"""
+
+from __future__ import annotations
+
+import json
+import pathlib
+import shutil
+import subprocess
+import time
+import urllib.parse
+import urllib.request
+
+import pytest
+import yaml
+from ipvs_testlib import exporter_command, free_port, stop_process
+from swarmlib import diag
+
+pytestmark = [pytest.mark.swarm, pytest.mark.parametrize("lab", ["nft"], indirect=True)]
+ROOT = pathlib.Path(__file__).parents[2]
+PORT = 10320  # the shipped port (docs/prometheus.md)
+WAIT = 600.0  # discovery + first scrapes under TCG; two VMs at once make everything slower
+
+
+def api(base: str, path: str, **params) -> dict:
+    url = f"{base}/api/v1/{path}" + ("?" + urllib.parse.urlencode(params, doseq=True) if params else "")
+    with urllib.request.urlopen(url, timeout=60) as r:
+        body = json.load(r)
+    assert body["status"] == "success", body
+    return body["data"]
+
+
+def wait_for(what: str, check, timeout: float = WAIT, every: float = 2.0):
+    deadline = time.monotonic() + timeout
+    last = None
+    while True:
+        try:
+            last = check()
+            if last:
+                return last
+        except OSError as e:
+            last = e
+        if time.monotonic() > deadline:
+            raise AssertionError(f"timed out after {timeout:.0f}s waiting for {what}; last: {last}")
+        time.sleep(every)
+
+
+@pytest.fixture(scope="module")
+def swarm_prometheus(lab, tmp_path_factory):
+    assert shutil.which("prometheus"), "Debian's prometheus package is not installed"
+    tmp = tmp_path_factory.mktemp("promsd")
+    node = json.loads(lab.docker("node", "inspect", "self"))[0]
+    addr = node["Status"]["Addr"]
+    assert addr and addr != "0.0.0.0", f"node address {addr!r}: {node['Status']}"
+    exporter_log = open(tmp / "exporter.log", "w+")
+    exporter = subprocess.Popen(
+        [
+            exporter_command(),
+            "--listen-address",
+            f"{addr}:{PORT}",
+            "--namespace-path",
+            lab.ingress_ns,
+            "--docker-host",
+            lab.docker_host,
+        ],
+        stdout=exporter_log,
+        stderr=subprocess.STDOUT,
+    )
+    # the shipped scrape job, changed only where the lab differs: its socket and short intervals
+    config = yaml.safe_load((ROOT / "packaging/prometheus/prometheus-dockerswarm.yml").read_text())
+    (job,) = config["scrape_configs"]
+    (sd,) = job["dockerswarm_sd_configs"]
+    sd["host"] = lab.docker_host
+    sd["refresh_interval"] = "5s"
+    config["global"] = {"scrape_interval": "3s", "scrape_timeout": "3s", "evaluation_interval": "3s"}
+    (tmp / "prometheus.yml").write_text(yaml.safe_dump(config))
+    port = free_port()
+    prom_log = open(tmp / "prometheus.log", "w+")
+    prom = subprocess.Popen(
+        [
+            "prometheus",
+            f"--config.file={tmp / 'prometheus.yml'}",
+            f"--storage.tsdb.path={tmp / 'data'}",
+            f"--web.listen-address=127.0.0.1:{port}",
+        ],
+        stdout=prom_log,
+        stderr=subprocess.STDOUT,
+    )
+    base = f"http://127.0.0.1:{port}"
+    try:
+        wait_for(
+            "prometheus ready", lambda: urllib.request.urlopen(base + "/-/ready", timeout=5).status == 200
+        )
+        yield base, node, addr
+    except BaseException:
+        print(diag())
+        raise
+    finally:
+        stop_process(prom)
+        stop_process(exporter)
+        for name, log in (("prometheus", prom_log), ("exporter", exporter_log)):
+            log.seek(0)
+            print(f"--- {name} log (tail) ---\n" + "".join(log.readlines()[-40:]))
+            log.close()
+
+
+def test_swarm_sd_discovers_and_scrapes_the_node(swarm_prometheus, lab):
+    base, node, addr = swarm_prometheus
+
+    def up_target():
+        targets = api(base, "targets")["activeTargets"]
+        return [t for t in targets if t["health"] == "up"] and targets
+
+    targets = wait_for("the discovered node target up", up_target)
+    (target,) = targets  # one node, one target
+    labels = target["labels"]
+    assert target["scrapeUrl"] == f"http://{addr}:{PORT}/metrics", target
+    assert labels["instance"] == f"{addr}:{PORT}" and labels["job"] == "ipvs", labels
+    assert labels["node"] == node["Description"]["Hostname"], labels
+    assert labels["node_role"] == "manager" and labels["node_id"] == node["ID"], labels
+    assert target["discoveredLabels"]["__meta_dockerswarm_node_address"] == addr, target
+    # the node labels are on the scraped series
+    result = wait_for(
+        "ipvs_up from the discovered node",
+        lambda: api(base, "query", query=f'ipvs_up{{node_role="manager", node="{labels["node"]}"}}')[
+            "result"
+        ],
+    )
+    assert [r["value"][1] for r in result] == ["1"], result
+
+
+def dashboard_exprs() -> list[str]:
+    dash = json.loads((ROOT / "packaging/grafana/ipvs.json").read_text())
+    return [
+        t["expr"]
+        .replace("$__rate_interval", "1m")
+        .replace('"$namespace"', '".*"')
+        .replace('"$instance"', '".*"')
+        for p in dash["panels"]
+        for t in p["targets"]
+        if "ipvs_swarm_service_info" in t["expr"]
+    ]
+
+
+def test_dashboard_shows_swarm_service_names(swarm_prometheus, lab):
+    base, _, _ = swarm_prometheus
+    ports = lab.ports()  # service name -> published port, from docker service inspect
+    assert sorted(ports) == ["service_1", "service_2", "service_3"], ports
+    wait_for(
+        "ipvs_swarm_service_info for every service",
+        lambda: len(api(base, "query", query="ipvs_swarm_service_info")["result"]) == len(ports),
+    )
+    lab.requests(ports["service_1"], 3)
+    exprs = dashboard_exprs()
+    assert len(exprs) >= 7
+    for expr in exprs:
+        result = wait_for(
+            f"data for {expr}", lambda e=expr: api(base, "query", query=e)["result"], timeout=120
+        )
+        named = {r["metric"].get("service_name"): r["metric"].get("port") for r in result}
+        # every swarm service by name, with its own published port; no ':<port>' fallback
+        assert set(named) == set(ports), (expr, result)
+        assert {name: int(port) for name, port in named.items()} == ports, (expr, result)
