@@ -166,3 +166,19 @@ def test_the_unit_parses_as_ini():
     parser.optionxform = str
     parser.read_string(UNIT.read_text())
     assert parser.sections() == ["Unit", "Service", "Install"]
+
+
+@pytest.mark.usefixtures("systemd_analyze")
+def test_systemd_analyze_verify_accepts_the_socket_unit_as_shipped(tmp_path):
+    socket_unit = UNIT.with_suffix(".socket")
+    root = _root(tmp_path, UNIT.read_text())
+    (root / "etc/systemd/system" / socket_unit.name).write_text(socket_unit.read_text())
+    res = subprocess.run(
+        ["systemd-analyze", "verify", f"--root={root}", socket_unit.name],
+        capture_output=True,
+        text=True,
+        timeout=120,
+        check=False,
+    )
+    assert res.returncode == 0 and (res.stdout + res.stderr).strip() == "", res.stdout + res.stderr
+    assert "ListenStream=10320" in socket_unit.read_text()  # the shipped port (docs/prometheus.md)
