@@ -11,6 +11,7 @@ import logging
 import os
 import shlex
 import shutil
+import stat
 import subprocess
 import threading
 import time
@@ -244,7 +245,7 @@ def read_mangle_rules(namespace_path: str, timeout: float = 5.0) -> str:
     prefix: list[str] = []
     if namespace_path:
         try:
-            os.stat(namespace_path)
+            st = os.stat(namespace_path)
         except FileNotFoundError:
             raise PortMapError(
                 f"{where} does not exist: check the namespace path "
@@ -254,6 +255,11 @@ def read_mangle_rules(namespace_path: str, timeout: float = 5.0) -> str:
             raise PortMapError(
                 f"{where} is not accessible: give the exporter CAP_DAC_READ_SEARCH or run it as root"
             ) from None
+        if not stat.S_ISREG(st.st_mode):  # nsfs files are; nsenter would block on a FIFO
+            raise PortMapError(
+                f"{namespace_path} is not a network namespace: point --namespace-path at one, "
+                "e.g. /var/run/docker/netns/ingress_sbox"
+            )
         nsenter = shutil.which("nsenter")
         if not nsenter:
             raise PortMapError(f"{cannot}: nsenter not found, install util-linux")

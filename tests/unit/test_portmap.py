@@ -1,6 +1,7 @@
 """Unit tests for portmap: parsing iptables-save text, choosing readers, and the PortMap cache."""
 
 import logging
+import os
 import socket
 import stat
 import threading
@@ -353,8 +354,10 @@ def test_missing_namespace_names_the_path(tmp_path):
 
 def test_missing_nsenter_says_install_util_linux(bindir, tmp_path):
     _fake(bindir, "iptables-nft-save", _print(NFT_SWARM))
+    namespace = tmp_path / "ns"
+    namespace.write_text("")  # a regular file, as nsfs files are
     with pytest.raises(PortMapError, match="install util-linux"):
-        read_mangle_rules(str(tmp_path))
+        read_mangle_rules(str(namespace))
 
 
 # --- PortMap cache ------------------------------------------------------------------
@@ -501,3 +504,20 @@ def test_concurrent_lookups_read_once():
     for t in threads:
         t.join(5)
     assert calls == ["/ns"] and results == [{0x100: [TCP(30002)]}] * 4
+
+
+@pytest.mark.parametrize("make", [os.mkfifo, os.mkdir], ids=["fifo", "directory"])
+def test_a_path_that_is_no_namespace_file_fails_at_once(tmp_path, bindir, make):
+    """nsenter --net=FIFO would wait in open() for a writer: the file type is checked first."""
+    path = tmp_path / "ns"
+    make(path)
+    ran = tmp_path / "ran"
+    _fake(bindir, "nsenter", f"touch {ran}; exec sleep 30")
+    _fake(bindir, "iptables-nft-save", _print(NFT_SWARM))
+    started = time.monotonic()
+    with pytest.raises(PortMapError) as info:
+        read_mangle_rules(str(path), timeout=5)
+    assert time.monotonic() - started < 2 and not ran.exists()
+    message = str(info.value)
+    assert f"{path} is not a network namespace" in message and "--namespace-path" in message
+    assert "\n" not in message
