@@ -121,13 +121,33 @@ def parse_mangle_rules(text: str) -> dict[int, list[PublishedPort]]:
 _LEGACY_TABLE_LISTS = {"iptables": "/proc/net/ip_tables_names", "ip6tables": "/proc/net/ip6_tables_names"}
 
 
+# nsenter and iptables-*-save run with the exporter's capabilities (ambient CAP_SYS_ADMIN...):
+# they are looked up in the system's own directories only, never on the inherited $PATH, where
+# a directory someone else can write to would run their program with those capabilities. The
+# helpers get this PATH too.
+SYSTEM_PATH = "/usr/sbin:/usr/bin:/sbin:/bin"
+_found: dict[str, str] = {}  # helper name -> absolute path, resolved at first use
+
+
+def _system_command(name: str) -> str | None:
+    """Absolute path of a helper in SYSTEM_PATH, resolved once; None (asked again) while missing."""
+    path = _found.get(name)
+    if path is None:
+        path = shutil.which(name, path=SYSTEM_PATH)
+        if path:
+            _found[name] = path
+    return path
+
+
 def _save_commands() -> list[tuple[str, str, str]]:
-    """(family, backend, path) of the iptables-save variants on PATH; plain *-save only if neither exists."""
+    """(family, backend, path) of the iptables-save variants installed; plain *-save only if neither is."""
     commands = []
     for family in ("iptables", "ip6tables"):
-        found = [(family, backend, shutil.which(f"{family}-{backend}-save")) for backend in ("nft", "legacy")]
+        found = [
+            (family, backend, _system_command(f"{family}-{backend}-save")) for backend in ("nft", "legacy")
+        ]
         if not any(path for _, _, path in found):
-            found = [(family, "plain", shutil.which(f"{family}-save"))]
+            found = [(family, "plain", _system_command(f"{family}-save"))]
         commands += [(fam, backend, path) for fam, backend, path in found if path]
     return commands
 
@@ -135,7 +155,14 @@ def _save_commands() -> list[tuple[str, str, str]]:
 def _run(argv: list[str], timeout: float) -> tuple[str | None, str]:
     """(stdout, "") of a command that succeeded, else (None, why it failed in one line)."""
     try:
-        res = subprocess.run(argv, capture_output=True, text=True, stdin=subprocess.DEVNULL, timeout=timeout)
+        res = subprocess.run(
+            argv,
+            capture_output=True,
+            text=True,
+            stdin=subprocess.DEVNULL,
+            timeout=timeout,
+            env={**os.environ, "PATH": SYSTEM_PATH},
+        )
     except subprocess.TimeoutExpired:
         return None, f"timed out after {timeout:g}s"
     except OSError as exc:
@@ -260,13 +287,13 @@ def read_mangle_rules(namespace_path: str, timeout: float = 5.0) -> str:
                 f"{namespace_path} is not a network namespace: point --namespace-path at one, "
                 "e.g. /var/run/docker/netns/ingress_sbox"
             )
-        nsenter = shutil.which("nsenter")
+        nsenter = _system_command("nsenter")
         if not nsenter:
             raise PortMapError(f"{cannot}: nsenter not found, install util-linux")
         prefix = [nsenter, f"--net={namespace_path}", "--"]
     commands = _save_commands()
     if not commands:
-        raise PortMapError(f"{cannot}: no iptables-save on PATH, install iptables")
+        raise PortMapError(f"{cannot}: no iptables-save in {SYSTEM_PATH}, install iptables")
     legacy = None
     if any(backend == "legacy" for _, backend, _ in commands):
         legacy = _legacy_mangle_families(prefix, timeout)

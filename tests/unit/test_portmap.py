@@ -192,10 +192,11 @@ def legacy_lists(tmp_path, monkeypatch):
 
 @pytest.fixture
 def bindir(tmp_path, monkeypatch, legacy_lists):
-    """An empty directory that is the whole PATH."""
+    """An empty directory that is the whole system path the helpers are looked up in."""
     path = tmp_path / "bin"
     path.mkdir()
-    monkeypatch.setenv("PATH", str(path))
+    monkeypatch.setattr(portmap, "SYSTEM_PATH", str(path), raising=False)
+    monkeypatch.setattr(portmap, "_found", {}, raising=False)
     return path
 
 
@@ -512,7 +513,7 @@ def test_a_path_that_is_no_namespace_file_fails_at_once(tmp_path, bindir, make):
     path = tmp_path / "ns"
     make(path)
     ran = tmp_path / "ran"
-    _fake(bindir, "nsenter", f"touch {ran}; exec sleep 30")
+    _fake(bindir, "nsenter", f"/usr/bin/touch {ran}; exec /bin/sleep 30")
     _fake(bindir, "iptables-nft-save", _print(NFT_SWARM))
     started = time.monotonic()
     with pytest.raises(PortMapError) as info:
@@ -521,3 +522,20 @@ def test_a_path_that_is_no_namespace_file_fails_at_once(tmp_path, bindir, make):
     message = str(info.value)
     assert f"{path} is not a network namespace" in message and "--namespace-path" in message
     assert "\n" not in message
+
+
+def test_helpers_come_from_the_system_path_never_from_the_inherited_one(bindir, tmp_path, monkeypatch):
+    """nsenter and iptables-*-save run with the exporter's capabilities: a directory early on
+    the inherited $PATH (one someone else can write to) must not supply them."""
+    planted, ran = tmp_path / "planted", tmp_path / "ran"
+    planted.mkdir()
+    for name in ("nsenter", "iptables-nft-save", "iptables-legacy-save", "iptables-save", "ip6tables-save"):
+        _fake(planted, name, f"/usr/bin/touch {ran}; exit 1")
+    monkeypatch.setenv("PATH", f"{planted}{os.pathsep}{os.environ.get('PATH', '')}")
+    _fake(bindir, "nsenter", 'shift 2; exec "$@"')  # --net=PATH -- COMMAND...: run it right here
+    _fake(bindir, "iptables-nft-save", _print(NFT_SWARM))
+    namespace = tmp_path / "ns"
+    namespace.write_text("")
+    for _ in range(2):  # resolved at first use, and the same on the next read
+        assert parse_mangle_rules(read_mangle_rules(str(namespace))) == parse_mangle_rules(NFT_SWARM)
+    assert not ran.exists(), "a helper from the inherited PATH ran"
