@@ -10,6 +10,7 @@ import time
 import pytest
 
 from ingress_ipvs_exporter import portmap
+from ingress_ipvs_exporter.logonce import LogOnce
 from ingress_ipvs_exporter.portmap import (
     PortMap,
     PortMapError,
@@ -171,7 +172,7 @@ def _print(text):
 @pytest.fixture(autouse=True)
 def fresh_warnings(monkeypatch):
     """portmap warns once per process: each test starts with nothing said."""
-    monkeypatch.setattr(portmap, "_warned", set())
+    monkeypatch.setattr(portmap, "_warned", LogOnce(portmap.log))
 
 
 def _warnings(caplog):
@@ -467,10 +468,7 @@ def test_a_slow_background_read_holds_up_no_scrape():
         assert pm.lookup([0x100]) == {0x100: [TCP(30002)]}
     assert len(reads) == 2
     release.set()
-    deadline = time.monotonic() + 10
-    while pm._refreshing and time.monotonic() < deadline:
-        time.sleep(0.01)
-    assert not pm._refreshing and pm._read_at == clock.now
+    assert pm.wait_idle(10) and pm._cache.loaded_at == clock.now
 
 
 def test_failure_before_any_success_gives_empty_map():
