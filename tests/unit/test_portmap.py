@@ -537,3 +537,17 @@ def test_helpers_come_from_the_system_path_never_from_the_inherited_one(bindir, 
     for _ in range(2):  # resolved at first use, and the same on the next read
         assert parse_mangle_rules(read_mangle_rules(str(namespace))) == parse_mangle_rules(NFT_SWARM)
     assert not ran.exists(), "a helper from the inherited PATH ran"
+
+
+def test_a_failing_read_is_logged_once_until_a_read_works(caplog):
+    boom = PortMapError("cannot read iptables rules in /ns: boom")
+    reader, clock, spawned = FakeReader(boom, boom, NFT_SWARM, boom), FakeClock(), []
+    pm = PortMap("/ns", max_age=5, reader=reader, clock=clock, spawn=spawned.append)
+    with caplog.at_level(logging.WARNING, logger=portmap.log.name):
+        for _ in range(3):
+            pm.lookup([0x100])
+            clock.now += 5
+            pm.lookup([0x100])
+            spawned.pop()()
+    assert len(reader.calls) == 4 and pm.last_error == str(boom)
+    assert _warnings(caplog) == [f"published ports unavailable: {boom}"] * 2  # failed, worked, failed
