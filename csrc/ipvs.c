@@ -13,6 +13,7 @@
 #include <stdint.h>
 #include <stdlib.h>
 #include <string.h>
+#include <sys/ioctl.h>
 #include <sys/socket.h>
 #include <sys/stat.h>
 #include <stdio.h>
@@ -21,6 +22,7 @@
 #include <unistd.h>
 
 #include <linux/ip_vs.h>
+#include <linux/nsfs.h>
 #include <netlink/genl/ctrl.h>
 #include <netlink/genl/genl.h>
 #include <netlink/netlink.h>
@@ -651,6 +653,29 @@ static int connect_here(struct priv *pv)
     return 0;
 }
 
+/* Open the file at `path` as a network namespace to enter: *fd and its fstat in *st, or a
+ * negative errno. Never blocks: a FIFO would wait in open() for a writer, a device could be a
+ * terminal, so open without blocking, then accept only a regular file (what nsfs files and
+ * Docker's placeholder are). NS_GET_NSTYPE (Linux 4.11+) tells a namespace of another type
+ * (mnt, pid...) from a network one before setns(); ENOTTY means no nsfs file, or an older
+ * kernel, and setns() decides. An empty regular file setns() refuses is the file Docker
+ * creates before it bind-mounts the namespace on it: -ENOMEDIUM, "not there yet". */
+static int open_netns(const char *path, int *fd, struct stat *st)
+{
+    int type;
+    *fd = open(path, O_RDONLY | O_NONBLOCK | O_NOCTTY | O_CLOEXEC);
+    if (*fd < 0)
+        return errno == ENXIO ? -EINVAL : -errno; /* ENXIO: a socket or a device without driver */
+    if (fstat(*fd, st) < 0)
+        return -errno;
+    if (!S_ISREG(st->st_mode))
+        return -EINVAL;
+    type = ioctl(*fd, NS_GET_NSTYPE);
+    if (type >= 0 && type != CLONE_NEWNET)
+        return -EINVAL;
+    return 0;
+}
+
 int ipvs_open(const char *netns_path, struct ipvs_handle **out)
 {
     struct ipvs_handle *h = NULL;
@@ -661,15 +686,8 @@ int ipvs_open(const char *netns_path, struct ipvs_handle **out)
         return err;
     if (netns_path && *netns_path) {
         char own[64];
-        target = open(netns_path, O_RDONLY | O_CLOEXEC);
-        if (target < 0) {
-            err = -errno;
+        if ((err = open_netns(netns_path, &target, &st)))
             goto fail;
-        }
-        if (fstat(target, &st) < 0) {
-            err = -errno;
-            goto fail;
-        }
         /* setns(2) moves the calling thread only: remember this thread's namespace. */
         snprintf(own, sizeof(own), "/proc/self/task/%ld/ns/net", (long)syscall(SYS_gettid));
         self = open(own, O_RDONLY | O_CLOEXEC);
@@ -678,7 +696,7 @@ int ipvs_open(const char *netns_path, struct ipvs_handle **out)
             goto fail;
         }
         if (setns(target, CLONE_NEWNET) < 0) {
-            err = -errno;
+            err = errno == EINVAL && st.st_size == 0 ? -ENOMEDIUM : -errno;
             goto fail;
         }
         switched = 1;

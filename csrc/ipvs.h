@@ -71,8 +71,13 @@ struct ipvs_handle {
 
 /* Open a handle on the network namespace at `netns_path` ("" = the caller's own).
  * Enters the namespace on the calling thread, connects the socket, resolves the IPVS
- * family and returns to the original namespace. Errors: -ENOENT (no such path),
- * -EINVAL (not a network namespace), -EPERM (no CAP_SYS_ADMIN/CAP_NET_ADMIN),
+ * family and returns to the original namespace. Never blocks on the path: it is opened
+ * non-blocking and must be a regular file (as nsfs files are). Errors: -ENOENT (no such
+ * path), -EINVAL (not a network namespace: a FIFO, directory, socket or device, a file with
+ * content, or a namespace of another type such as /proc/self/ns/mnt), -ENOMEDIUM (an empty
+ * regular file that is no namespace: the file Docker creates before it bind-mounts the
+ * namespace on it; on kernels before 4.11 also another namespace type), -EACCES (cannot open
+ * the path), -EPERM (no CAP_SYS_ADMIN/CAP_NET_ADMIN),
  * -EPROTONOSUPPORT (no IPVS family in that kernel: ip_vs not loaded),
  * -ENOTRECOVERABLE (could not return to the original namespace: the thread is lost). */
 int ipvs_open(const char *netns_path, struct ipvs_handle **out);

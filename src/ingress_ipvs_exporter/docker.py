@@ -11,13 +11,14 @@ import http.client
 import json
 import logging
 import socket
-import threading
 import time
 from dataclasses import dataclass
 from typing import Any, Callable, Iterable
 from urllib.parse import urlsplit
 
 from . import __version__
+from .logonce import LogOnce
+from .refresh import Refreshing, Spawn
 
 log = logging.getLogger(__name__)
 
@@ -254,8 +255,9 @@ class DockerServices:
     lookup() only reads the cache, so a scrape never waits on Docker. It requests a refresh
     when the set of ports asked about changes (the IPVS fwmark set changed), when the cache
     is older than max_age, or when the last refresh failed; at most one refresh runs at a
-    time, and a request made during one runs right after it. A failed refresh keeps the last
-    good map, sets up False and last_error; each cause is logged once, not per refresh.
+    time, and a change of ports asked about during one runs another right after it. A failed
+    refresh keeps the last good map, sets up False and last_error; each cause is logged once
+    until Docker answers again. The policy is refresh.Refreshing's.
     """
 
     def __init__(
@@ -265,87 +267,57 @@ class DockerServices:
         max_age: float = 60.0,
         fetch: Callable[[str, float], dict[Port, SwarmService]] = fetch_services,
         clock: Callable[[], float] = time.monotonic,
+        spawn: Spawn | None = None,
     ) -> None:
         self.docker_host = docker_host
         self.timeout = timeout
-        self.max_age = max_age
         self._fetch = fetch
-        self._clock = clock
-        self._lock = threading.Lock()
-        self._idle = threading.Event()
-        self._idle.set()
-        self._map: dict[Port, SwarmService] = {}
-        self._asked: frozenset[Port] | None = None
-        self._fetched_at: float | None = None  # clock() when the last refresh finished
-        self._running = self._pending = self._closed = False
-        self._warned: str | None = None  # kind of the error last logged; None while healthy
-        self.up = False
-        self.last_error: str | None = None
+        self._said = LogOnce(log)
+        self._cache: Refreshing[Port, dict[Port, SwarmService]] = Refreshing(
+            self._fetch_once,
+            {},
+            max_age=max_age,
+            wait_for_new_keys=False,
+            retry_failed=True,
+            clock=clock,
+            spawn=spawn,
+            name="docker-services",
+        )
 
     def lookup(self, ports: Iterable[Any]) -> dict[Port, SwarmService]:
         """Service of each asked (protocol, port) that has one, from the cache; never blocks on Docker."""
         wanted = frozenset(_port_key(port) for port in ports)
-        if not wanted:
-            return {}
-        with self._lock:
-            now = self._clock()
-            stale = self._fetched_at is None or not self.up or now - self._fetched_at >= self.max_age
-            if wanted != self._asked or stale:
-                self._asked = wanted
-                self._request()
-            return {port: self._map[port] for port in sorted(wanted) if port in self._map}
+        found = self._cache.get(wanted)
+        return {port: found[port] for port in sorted(wanted) if port in found}
 
-    def _request(self) -> None:
-        """Start a refresh thread, or queue one behind the running refresh (lock held)."""
-        if self._closed:
-            return
-        if self._running:
-            self._pending = True
-            return
-        self._running = True
-        self._idle.clear()
-        threading.Thread(target=self._refresh_loop, name="docker-services", daemon=True).start()
+    @property
+    def up(self) -> bool:
+        """True when the last refresh worked (False before the first one finished)."""
+        return self._cache.ok
 
-    def _refresh_loop(self) -> None:
-        """Refresh until no request is pending, then mark the cache idle."""
-        while True:
-            self._refresh_once()
-            with self._lock:
-                if self._pending and not self._closed:
-                    self._pending = False
-                    continue
-                self._pending = self._running = False
-                self._idle.set()
-                return
+    @property
+    def last_error(self) -> str | None:
+        """Why the last refresh failed, in one line; None after one that worked."""
+        error = self._cache.error
+        return None if error is None else _one_line(str(error) or type(error).__name__, 400)
 
-    def _refresh_once(self) -> None:
-        """Fetch the map once; on failure keep the old one and remember why."""
+    def _fetch_once(self) -> dict[Port, SwarmService]:
+        """One fetch; a failure is logged once per cause (DockerError.kind) until one works, and raised."""
         try:
             fresh = self._fetch(self.docker_host, self.timeout)
-        except Exception as exc:  # a broken fetch must never kill the thread or the scrape
+        except Exception as exc:
             kind = getattr(exc, "kind", type(exc).__name__)
             message = _one_line(str(exc) or type(exc).__name__, 400)
-            with self._lock:
-                self.up, self.last_error = False, message
-                self._fetched_at = self._clock()
-                warn, self._warned = kind != self._warned, kind
-            if warn:
-                log.warning("swarm service names unavailable: %s", message)
-            return
-        with self._lock:
-            self._map = dict(fresh)
-            recovered = self._warned is not None
-            self.up, self.last_error, self._warned = True, None, None
-            self._fetched_at = self._clock()
-        if recovered:
+            self._said.log(kind, logging.WARNING, "swarm service names unavailable: %s", message)
+            raise
+        if self._said.reset():
             log.info("swarm service names available again from docker at %s", self.docker_host)
+        return dict(fresh)
 
     def wait_idle(self, timeout: float) -> bool:
         """Wait until no refresh is running (for tests); False if one still runs after timeout."""
-        return self._idle.wait(timeout)
+        return self._cache.wait_idle(timeout)
 
     def close(self) -> None:
         """Start no more refreshes; a running one finishes on its own (it is a daemon thread)."""
-        with self._lock:
-            self._closed = True
-            self._pending = False
+        self._cache.close()

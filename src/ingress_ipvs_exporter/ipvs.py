@@ -14,7 +14,6 @@ import errno
 import logging
 import os
 import socket
-import stat
 import threading
 from array import array
 from collections.abc import Sequence
@@ -104,17 +103,6 @@ def describe_namespace(path: str) -> str:
     return f"network namespace {path}" if path else "the current network namespace"
 
 
-def _is_placeholder(path: str) -> bool:
-    """An empty regular file: what Docker creates at the netns path just before it bind-mounts
-    the namespace onto it (a namespace file mounted there stats as a 0-byte regular file too,
-    but then setns() succeeds, so this is only asked after setns() said EINVAL)."""
-    try:
-        st = os.stat(path)
-    except OSError:
-        return False
-    return stat.S_ISREG(st.st_mode) and st.st_size == 0
-
-
 def error_for(err: int, path: str, entering: bool = False) -> IPVSError:
     """Map a shim errno to the exception a user can act on. entering: the error came from
     ipvs_open (open + setns into the namespace) rather than from an IPVS request, which tells
@@ -125,13 +113,16 @@ def error_for(err: int, path: str, entering: bool = False) -> IPVSError:
         return NamespaceNotFound(
             err, f"{where} does not exist (yet): is this node in a swarm? Otherwise set --namespace-path"
         )
-    if err == errno.EINVAL and path and _is_placeholder(path):
+    if err == errno.ENOMEDIUM and entering:
+        # the shim's word for an empty regular file that setns() refused, judged on the file
+        # it opened (a stat of the path now could already see the namespace mounted there)
         return NamespaceNotFound(
             err,
             f"{path} is an empty file, not yet a network namespace (Docker creates the file, then "
             "mounts the namespace on it): waiting for it",
         )
-    if err == errno.EINVAL:
+    if err == errno.EINVAL and entering:
+        # a FIFO, directory, socket or device, a file with content, or another namespace type
         return NotANamespace(
             err,
             f"{path} is not a network namespace: point --namespace-path at one, "

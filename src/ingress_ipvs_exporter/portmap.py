@@ -11,11 +11,14 @@ import logging
 import os
 import shlex
 import shutil
+import stat
 import subprocess
-import threading
 import time
 from dataclasses import dataclass
 from typing import Callable, Iterable
+
+from .logonce import LogOnce
+from .refresh import Refreshing, Spawn
 
 log = logging.getLogger(__name__)
 
@@ -120,13 +123,33 @@ def parse_mangle_rules(text: str) -> dict[int, list[PublishedPort]]:
 _LEGACY_TABLE_LISTS = {"iptables": "/proc/net/ip_tables_names", "ip6tables": "/proc/net/ip6_tables_names"}
 
 
+# nsenter and iptables-*-save run with the exporter's capabilities (ambient CAP_SYS_ADMIN...):
+# they are looked up in the system's own directories only, never on the inherited $PATH, where
+# a directory someone else can write to would run their program with those capabilities. The
+# helpers get this PATH too.
+SYSTEM_PATH = "/usr/sbin:/usr/bin:/sbin:/bin"
+_found: dict[str, str] = {}  # helper name -> absolute path, resolved at first use
+
+
+def _system_command(name: str) -> str | None:
+    """Absolute path of a helper in SYSTEM_PATH, resolved once; None (asked again) while missing."""
+    path = _found.get(name)
+    if path is None:
+        path = shutil.which(name, path=SYSTEM_PATH)
+        if path:
+            _found[name] = path
+    return path
+
+
 def _save_commands() -> list[tuple[str, str, str]]:
-    """(family, backend, path) of the iptables-save variants on PATH; plain *-save only if neither exists."""
+    """(family, backend, path) of the iptables-save variants installed; plain *-save only if neither is."""
     commands = []
     for family in ("iptables", "ip6tables"):
-        found = [(family, backend, shutil.which(f"{family}-{backend}-save")) for backend in ("nft", "legacy")]
+        found = [
+            (family, backend, _system_command(f"{family}-{backend}-save")) for backend in ("nft", "legacy")
+        ]
         if not any(path for _, _, path in found):
-            found = [(family, "plain", shutil.which(f"{family}-save"))]
+            found = [(family, "plain", _system_command(f"{family}-save"))]
         commands += [(fam, backend, path) for fam, backend, path in found if path]
     return commands
 
@@ -134,7 +157,14 @@ def _save_commands() -> list[tuple[str, str, str]]:
 def _run(argv: list[str], timeout: float) -> tuple[str | None, str]:
     """(stdout, "") of a command that succeeded, else (None, why it failed in one line)."""
     try:
-        res = subprocess.run(argv, capture_output=True, text=True, stdin=subprocess.DEVNULL, timeout=timeout)
+        res = subprocess.run(
+            argv,
+            capture_output=True,
+            text=True,
+            stdin=subprocess.DEVNULL,
+            timeout=timeout,
+            env={**os.environ, "PATH": SYSTEM_PATH},
+        )
     except subprocess.TimeoutExpired:
         return None, f"timed out after {timeout:g}s"
     except OSError as exc:
@@ -222,16 +252,11 @@ def _hint(failures: dict[str, list[str]]) -> str:
 
 # Partial failures (the port label of some rules is lost) are logged once per process, not
 # on every refresh of the port map.
-_warned: set[str] = set()
-_warned_lock = threading.Lock()
+_warned = LogOnce(log)
 
 
 def _warn_once(message: str) -> None:
-    with _warned_lock:
-        if message in _warned:
-            return
-        _warned.add(message)
-    log.warning("%s", message)
+    _warned.log(message, logging.WARNING, "%s", message)
 
 
 def read_mangle_rules(namespace_path: str, timeout: float = 5.0) -> str:
@@ -244,7 +269,7 @@ def read_mangle_rules(namespace_path: str, timeout: float = 5.0) -> str:
     prefix: list[str] = []
     if namespace_path:
         try:
-            os.stat(namespace_path)
+            st = os.stat(namespace_path)
         except FileNotFoundError:
             raise PortMapError(
                 f"{where} does not exist: check the namespace path "
@@ -254,13 +279,18 @@ def read_mangle_rules(namespace_path: str, timeout: float = 5.0) -> str:
             raise PortMapError(
                 f"{where} is not accessible: give the exporter CAP_DAC_READ_SEARCH or run it as root"
             ) from None
-        nsenter = shutil.which("nsenter")
+        if not stat.S_ISREG(st.st_mode):  # nsfs files are; nsenter would block on a FIFO
+            raise PortMapError(
+                f"{namespace_path} is not a network namespace: point --namespace-path at one, "
+                "e.g. /var/run/docker/netns/ingress_sbox"
+            )
+        nsenter = _system_command("nsenter")
         if not nsenter:
             raise PortMapError(f"{cannot}: nsenter not found, install util-linux")
         prefix = [nsenter, f"--net={namespace_path}", "--"]
     commands = _save_commands()
     if not commands:
-        raise PortMapError(f"{cannot}: no iptables-save on PATH, install iptables")
+        raise PortMapError(f"{cannot}: no iptables-save in {SYSTEM_PATH}, install iptables")
     legacy = None
     if any(backend == "legacy" for _, backend, _ in commands):
         legacy = _legacy_mangle_families(prefix, timeout)
@@ -309,7 +339,8 @@ class PortMap:
     before answering. Every max_age seconds they are re-read in the background: that scrape
     and the ones during the read answer from the cache, the next ones see the new rules (at
     10,000 rules under emulation a read takes seconds; no scrape waits for it). A failed
-    refresh keeps the last good map and records the error in last_error.
+    refresh keeps the last good map and records the error in last_error; each message is
+    logged once until a read succeeds again. The policy is refresh.Refreshing's.
     """
 
     def __init__(
@@ -318,64 +349,44 @@ class PortMap:
         max_age: float = 60.0,
         reader: Callable[[str], str] = read_mangle_rules,
         clock: Callable[[], float] = time.monotonic,
-        spawn: Callable[[Callable[[], None]], None] | None = None,
+        spawn: Spawn | None = None,
     ) -> None:
         self.namespace_path = namespace_path
-        self.max_age = max_age
         self._reader = reader
-        self._clock = clock
-        self._spawn = spawn or _daemon_thread
-        self._lock = threading.Lock()
-        self._map: dict[int, list[PublishedPort]] = {}
-        self._asked: frozenset[int] | None = None
-        self._read_at = 0.0
-        self._refreshing = False
-        self.last_error: str | None = None
+        self._said = LogOnce(log)
+        self._cache: Refreshing[int, dict[int, list[PublishedPort]]] = Refreshing(
+            self._read,
+            {},
+            max_age=max_age,
+            wait_for_new_keys=True,
+            clock=clock,
+            spawn=spawn,
+            name="portmap-refresh",
+        )
 
     def lookup(self, fwmarks: Iterable[int]) -> dict[int, list[PublishedPort]]:
         """Ports of each asked fwmark that has any; never raises (an empty set reads nothing)."""
         wanted = frozenset(fwmarks)
-        if not wanted:
-            return {}
-        stale = False
-        with self._lock:
-            now = self._clock()
-            if wanted != self._asked:
-                self._store(self._read(), now)
-                self._asked = wanted
-            elif now - self._read_at >= self.max_age and not self._refreshing:
-                self._refreshing = stale = True
-            found = {mark: list(self._map[mark]) for mark in sorted(wanted) if mark in self._map}
-        if stale:
-            self._spawn(self._refresh_in_background)
-        return found
+        found = self._cache.get(wanted)
+        return {mark: list(found[mark]) for mark in sorted(wanted) if mark in found}
 
-    def _read(self) -> dict[int, list[PublishedPort]] | Exception:
+    @property
+    def last_error(self) -> str | None:
+        """Why the last read failed, in one line; None after a read that worked."""
+        error = self._cache.error
+        return None if error is None else str(error) or type(error).__name__
+
+    def wait_idle(self, timeout: float) -> bool:
+        """Wait until no background read runs (for tests); False if one still runs after timeout."""
+        return self._cache.wait_idle(timeout)
+
+    def _read(self) -> dict[int, list[PublishedPort]]:
+        """One read of the rules; a failure is logged (once per message until a read works) and raised."""
         try:
-            return parse_mangle_rules(self._reader(self.namespace_path))
-        except Exception as exc:  # a scrape must never fail because of port labels
-            return exc
-
-    def _store(self, result: dict[int, list[PublishedPort]] | Exception, read_at: float) -> None:
-        """Keep a read's map, or on failure the old map and why (lock held)."""
-        if isinstance(result, Exception):
-            message = str(result) or type(result).__name__
-            if message != self.last_error:
-                log.warning("published ports unavailable: %s", message)
-            self.last_error = message
-        else:
-            self._map = result
-            self.last_error = None
-        self._read_at = read_at
-
-    def _refresh_in_background(self) -> None:
-        started = self._clock()
-        result = self._read()
-        with self._lock:
-            if self._read_at <= started:  # no newer read (a changed mark set) got in first
-                self._store(result, started)
-            self._refreshing = False
-
-
-def _daemon_thread(fn: Callable[[], None]) -> None:
-    threading.Thread(target=fn, name="portmap-refresh", daemon=True).start()
+            ports = parse_mangle_rules(self._reader(self.namespace_path))
+        except Exception as exc:
+            message = str(exc) or type(exc).__name__
+            self._said.log(message, logging.WARNING, "published ports unavailable: %s", message)
+            raise
+        self._said.reset()
+        return ports

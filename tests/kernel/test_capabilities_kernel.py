@@ -28,15 +28,14 @@ import re
 import shutil
 import subprocess
 import sys
-import sysconfig
 import time
 from contextlib import contextmanager
+from importlib import metadata
 from pathlib import Path
 
 import pytest
 from ipvs_testlib import (
     assert_seed_samples_match,
-    exporter_command,
     exporter_log,
     free_port,
     ipvsadm,
@@ -48,6 +47,10 @@ from ipvs_testlib import (
     unavailable,
 )
 from lab import SWARM_PORTS, UNMARKED_FWMARK
+from packaging.requirements import Requirement
+from packaging.utils import canonicalize_name
+
+import ingress_ipvs_exporter
 
 pytestmark = pytest.mark.kernel
 
@@ -343,32 +346,73 @@ def private_systemd():
             shutil.rmtree(marker, ignore_errors=True)
 
 
+INSTALL_VENV = Path("/opt/ingress_ipvs_exporter-captest")
+
+
+def _requirement_closure(name: str) -> list[metadata.Distribution]:
+    """The installed distribution `name` and every distribution it needs at run time, transitively."""
+    found: dict[str, metadata.Distribution] = {}
+    todo = [name]
+    while todo:
+        dist = metadata.distribution(todo.pop())
+        key = canonicalize_name(dist.metadata["Name"])
+        if key in found:
+            continue
+        found[key] = dist
+        for text in dist.requires or []:
+            req = Requirement(text)
+            if req.marker is None or req.marker.evaluate({"extra": ""}):
+                todo.append(req.name)
+    return list(found.values())
+
+
 def _install_exporter(link: Path) -> None:
-    """Put the installed exporter at the unit's ExecStart path. A venv whose interpreter lives under
-    /root or /home (a developer's pyenv) cannot run with ProtectHome=yes: then run the same installed
-    package through a venv of the system's python3.X that adds the project venv's site-packages."""
-    exe = Path(exporter_command())
-    interpreter = os.path.realpath(exe.read_text().splitlines()[0][2:].strip())
+    """Install the exporter as the README tells users to - a venv under /opt holding a copy, not an
+    editable link - and put its command at the unit's ExecStart path. The unit's PrivateTmp=yes and
+    ProtectHome=yes hide /tmp, /home and /root: a checkout, its .venv or a pyenv interpreter there
+    (an editable install's sources) is invisible to the service. The VM has no network and the
+    project venv's setuptools cannot build the wheel without build isolation, so the install is
+    offline: a venv of the system's python3.X (same ABI as the project venv's) gets the exporter's
+    package as installed here and the installed files of each of its runtime dependencies."""
+    system_python = f"/usr/bin/python3.{sys.version_info.minor}"
+    if not os.access(system_python, os.X_OK):
+        unavailable(
+            f"{system_python} is missing: the unit needs an interpreter outside /home, /root and /tmp"
+        )
+    shutil.rmtree(INSTALL_VENV, ignore_errors=True)
+    sh(system_python, "-m", "venv", "--without-pip", str(INSTALL_VENV))
+    site = INSTALL_VENV / f"lib/python3.{sys.version_info.minor}/site-packages"
+    for dist in _requirement_closure("ingress_ipvs_exporter"):
+        for file in dist.files or []:
+            if file.parts[0] == ".." or file.suffix == ".pth" or "__pycache__" in file.parts:
+                continue  # scripts, an editable install's path hook, byte code
+            target = site / file
+            target.parent.mkdir(parents=True, exist_ok=True)
+            shutil.copy2(dist.locate_file(file), target)
+    package = Path(ingress_ipvs_exporter.__file__).parent  # an editable install's sources
+    shutil.copytree(
+        package, site / package.name, ignore=shutil.ignore_patterns("__pycache__"), dirs_exist_ok=True
+    )
     link.parent.mkdir(parents=True, exist_ok=True)
     if link.is_symlink() or link.exists():
         link.unlink()
-    if not interpreter.startswith(("/root/", "/home/")):
-        link.symlink_to(exe)
-        return
-    system_python = f"/usr/bin/python3.{sys.version_info.minor}"
-    if not os.access(system_python, os.X_OK):
-        unavailable(f"the venv's python is under a home directory and {system_python} is missing")
-    venv = Path("/opt/ingress_ipvs_exporter-captest")
-    if not venv.exists():
-        sh(system_python, "-m", "venv", "--without-pip", str(venv))
-    site = sysconfig.get_paths()["purelib"]
-    (venv / f"lib/python3.{sys.version_info.minor}/site-packages/captest.pth").write_text(
-        f"import site; site.addsitedir({site!r})\n"
-    )
     link.write_text(
-        f"#!{venv}/bin/python3\nimport sys\nfrom ingress_ipvs_exporter.cli import main\nsys.exit(main())\n"
+        f"#!{INSTALL_VENV}/bin/python3\nimport sys\nfrom ingress_ipvs_exporter.cli import main\nsys.exit(main())\n"
     )
     link.chmod(0o755)
+    # what the service will import: the copy, not this checkout
+    where = subprocess.run(
+        [
+            str(INSTALL_VENV / "bin/python3"),
+            "-I",
+            "-c",
+            "import ingress_ipvs_exporter.cli as m; print(m.__file__)",
+        ],
+        capture_output=True,
+        text=True,
+        check=False,
+    )
+    assert where.returncode == 0 and where.stdout.startswith(str(site)), where.stdout + where.stderr
 
 
 def test_shipped_unit_under_systemd_serves_docker_namespace_created_after_start():
@@ -376,9 +420,9 @@ def test_shipped_unit_under_systemd_serves_docker_namespace_created_after_start(
     RestrictNamespaces=net, MemoryDenyWriteExecute, ProtectSystem=strict...) under systemd 252:
     started before Docker's namespace exists it serves ipvs_up 0; once ingress_sbox is bind-mounted
     in the host's mount namespace (as dockerd does) the mount propagates into the unit's own, and
-    it serves the seed metrics with port labels. The drop-in only routes output to a file, drops
-    the default boot dependencies and - when the venv's interpreter lives under /root or /home,
-    as a developer's pyenv does - relaxes ProtectHome=yes to read-only."""
+    it serves the seed metrics with port labels. The exporter is installed in a venv under /opt,
+    as the README says (see _install_exporter); the drop-in only routes output to a file and drops
+    the default boot dependencies."""
     if not os.access("/lib/systemd/systemd", os.X_OK):
         unavailable("systemd is not installed: scripts/install-deps test")
     port = free_port()

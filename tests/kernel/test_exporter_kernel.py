@@ -2,11 +2,17 @@
 
 from __future__ import annotations
 
+import os
+import signal
 import socket
+import subprocess
+import time
 
 import pytest
 from ipvs_testlib import (
     assert_seed_samples_match,
+    exporter_command,
+    free_port,
     ipvsadm,
     running_exporter,
     samples,
@@ -394,3 +400,50 @@ def test_cardinality_flags_leave_out_what_they_say(netns):
     }
     # the README: 13 per service and 17 per real server; no mangle rule here, so no published port
     assert len([n for n in ipvs_series if n not in per_namespace]) == 13 - 1 + 2 * 17
+
+
+@pytest.mark.parametrize("kind", ["fifo", "mnt-namespace"])
+def test_namespace_path_that_is_no_network_namespace_exits_2_at_once(tmp_path, kind):
+    """A FIFO at --namespace-path used to hang start-up in open() (waiting for a writer), and a
+    namespace of another kind was taken for Docker's empty placeholder ("waiting"): both are a
+    wrong flag, said in one line with exit 2."""
+    if kind == "fifo":
+        path = str(tmp_path / "ns")
+        os.mkfifo(path)
+    else:
+        path = "/proc/self/ns/mnt"  # the exporter's own mount namespace
+    argv = [exporter_command(), "--listen-address", f"127.0.0.1:{free_port()}", "--namespace-path", path]
+    try:
+        res = subprocess.run(argv, capture_output=True, text=True, timeout=120)
+    except subprocess.TimeoutExpired:
+        pytest.fail(f"the exporter with --namespace-path at a {kind} neither exited nor served for 120 s")
+    lines = [line for line in (res.stdout + res.stderr).splitlines() if line.strip()]
+    assert res.returncode == 2 and len(lines) == 1, (res.returncode, lines)
+    assert path in lines[0] and "not a network namespace" in lines[0] and "--namespace-path" in lines[0]
+
+
+def test_namespace_path_replaced_by_a_fifo_while_serving(netns, tmp_path):
+    """The path turns into a FIFO under a running exporter: scrapes keep answering (ipvs_up 0,
+    reason not_a_namespace) instead of blocking in open() with the handle's lock held, and
+    SIGINT still stops the process within seconds."""
+    name, real = netns
+    sh("ipvsadm", "-A", "-f", "256", "-s", "rr", ns=name)
+    path = tmp_path / "ns"
+    path.symlink_to(real)
+    up = ("ipvs_up", frozenset({("namespace", str(path))}))
+    with running_exporter("--namespace-path", str(path)) as (url, proc):
+        assert scrape(url)[up] == 1
+        path.unlink()
+        os.mkfifo(path)
+        for _ in range(3):
+            after = scrape(url)  # urlopen gives up after 60 s: a blocked scrape fails here
+            assert after[up] == 0
+        reasons = {dict(labels)["reason"] for labels in samples(after, "ipvs_scrape_errors_total")}
+        assert "not_a_namespace" in reasons, reasons
+        started = time.monotonic()
+        proc.send_signal(signal.SIGINT)
+        try:
+            proc.wait(30)
+        except subprocess.TimeoutExpired:
+            pytest.fail("the exporter did not stop within 30 s of SIGINT")
+        assert time.monotonic() - started < 30

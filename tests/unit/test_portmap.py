@@ -1,6 +1,7 @@
 """Unit tests for portmap: parsing iptables-save text, choosing readers, and the PortMap cache."""
 
 import logging
+import os
 import socket
 import stat
 import threading
@@ -9,6 +10,7 @@ import time
 import pytest
 
 from ingress_ipvs_exporter import portmap
+from ingress_ipvs_exporter.logonce import LogOnce
 from ingress_ipvs_exporter.portmap import (
     PortMap,
     PortMapError,
@@ -170,7 +172,7 @@ def _print(text):
 @pytest.fixture(autouse=True)
 def fresh_warnings(monkeypatch):
     """portmap warns once per process: each test starts with nothing said."""
-    monkeypatch.setattr(portmap, "_warned", set())
+    monkeypatch.setattr(portmap, "_warned", LogOnce(portmap.log))
 
 
 def _warnings(caplog):
@@ -191,10 +193,11 @@ def legacy_lists(tmp_path, monkeypatch):
 
 @pytest.fixture
 def bindir(tmp_path, monkeypatch, legacy_lists):
-    """An empty directory that is the whole PATH."""
+    """An empty directory that is the whole system path the helpers are looked up in."""
     path = tmp_path / "bin"
     path.mkdir()
-    monkeypatch.setenv("PATH", str(path))
+    monkeypatch.setattr(portmap, "SYSTEM_PATH", str(path), raising=False)
+    monkeypatch.setattr(portmap, "_found", {}, raising=False)
     return path
 
 
@@ -353,8 +356,10 @@ def test_missing_namespace_names_the_path(tmp_path):
 
 def test_missing_nsenter_says_install_util_linux(bindir, tmp_path):
     _fake(bindir, "iptables-nft-save", _print(NFT_SWARM))
+    namespace = tmp_path / "ns"
+    namespace.write_text("")  # a regular file, as nsfs files are
     with pytest.raises(PortMapError, match="install util-linux"):
-        read_mangle_rules(str(tmp_path))
+        read_mangle_rules(str(namespace))
 
 
 # --- PortMap cache ------------------------------------------------------------------
@@ -463,10 +468,7 @@ def test_a_slow_background_read_holds_up_no_scrape():
         assert pm.lookup([0x100]) == {0x100: [TCP(30002)]}
     assert len(reads) == 2
     release.set()
-    deadline = time.monotonic() + 10
-    while pm._refreshing and time.monotonic() < deadline:
-        time.sleep(0.01)
-    assert not pm._refreshing and pm._read_at == clock.now
+    assert pm.wait_idle(10) and pm._cache.loaded_at == clock.now
 
 
 def test_failure_before_any_success_gives_empty_map():
@@ -501,3 +503,51 @@ def test_concurrent_lookups_read_once():
     for t in threads:
         t.join(5)
     assert calls == ["/ns"] and results == [{0x100: [TCP(30002)]}] * 4
+
+
+@pytest.mark.parametrize("make", [os.mkfifo, os.mkdir], ids=["fifo", "directory"])
+def test_a_path_that_is_no_namespace_file_fails_at_once(tmp_path, bindir, make):
+    """nsenter --net=FIFO would wait in open() for a writer: the file type is checked first."""
+    path = tmp_path / "ns"
+    make(path)
+    ran = tmp_path / "ran"
+    _fake(bindir, "nsenter", f"/usr/bin/touch {ran}; exec /bin/sleep 30")
+    _fake(bindir, "iptables-nft-save", _print(NFT_SWARM))
+    started = time.monotonic()
+    with pytest.raises(PortMapError) as info:
+        read_mangle_rules(str(path), timeout=5)
+    assert time.monotonic() - started < 2 and not ran.exists()
+    message = str(info.value)
+    assert f"{path} is not a network namespace" in message and "--namespace-path" in message
+    assert "\n" not in message
+
+
+def test_helpers_come_from_the_system_path_never_from_the_inherited_one(bindir, tmp_path, monkeypatch):
+    """nsenter and iptables-*-save run with the exporter's capabilities: a directory early on
+    the inherited $PATH (one someone else can write to) must not supply them."""
+    planted, ran = tmp_path / "planted", tmp_path / "ran"
+    planted.mkdir()
+    for name in ("nsenter", "iptables-nft-save", "iptables-legacy-save", "iptables-save", "ip6tables-save"):
+        _fake(planted, name, f"/usr/bin/touch {ran}; exit 1")
+    monkeypatch.setenv("PATH", f"{planted}{os.pathsep}{os.environ.get('PATH', '')}")
+    _fake(bindir, "nsenter", 'shift 2; exec "$@"')  # --net=PATH -- COMMAND...: run it right here
+    _fake(bindir, "iptables-nft-save", _print(NFT_SWARM))
+    namespace = tmp_path / "ns"
+    namespace.write_text("")
+    for _ in range(2):  # resolved at first use, and the same on the next read
+        assert parse_mangle_rules(read_mangle_rules(str(namespace))) == parse_mangle_rules(NFT_SWARM)
+    assert not ran.exists(), "a helper from the inherited PATH ran"
+
+
+def test_a_failing_read_is_logged_once_until_a_read_works(caplog):
+    boom = PortMapError("cannot read iptables rules in /ns: boom")
+    reader, clock, spawned = FakeReader(boom, boom, NFT_SWARM, boom), FakeClock(), []
+    pm = PortMap("/ns", max_age=5, reader=reader, clock=clock, spawn=spawned.append)
+    with caplog.at_level(logging.WARNING, logger=portmap.log.name):
+        for _ in range(3):
+            pm.lookup([0x100])
+            clock.now += 5
+            pm.lookup([0x100])
+            spawned.pop()()
+    assert len(reader.calls) == 4 and pm.last_error == str(boom)
+    assert _warnings(caplog) == [f"published ports unavailable: {boom}"] * 2  # failed, worked, failed
