@@ -20,6 +20,7 @@ from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, Metri
 from prometheus_client.registry import CollectorRegistry
 
 from .ipvs import IPVSError, Snapshot
+from .logonce import LogOnce
 from .metrics import DEFAULT_OPTIONS, Options, Ports, PublishedPortLike
 
 log = logging.getLogger(__name__)
@@ -31,7 +32,8 @@ class SwarmNames(Protocol):
     """What docker.DockerServices offers: service names by (protocol, port), and whether the
     last query of the Docker Engine API worked."""
 
-    up: bool
+    @property
+    def up(self) -> bool: ...
 
     def lookup(self, ports: Iterable[PublishedPortLike]) -> Mapping[tuple[str, int], SwarmOwner]: ...
 
@@ -89,7 +91,7 @@ class IPVSCollector:
         self._swarm = swarm
         self._state = _State()
         self._errors: dict[str, int] = {}
-        self._logged: set[str] = set()
+        self._said = LogOnce(log)
         self._lock = threading.Lock()
 
     def read(self) -> Reading:
@@ -104,8 +106,8 @@ class IPVSCollector:
             with self._lock:
                 self._state = _State(0, time.monotonic() - start)
             return Reading(None)
+        self._said.reset()
         with self._lock:
-            self._logged.clear()
             self._state = _State(1, time.monotonic() - start, ports, info)
         return Reading(snap, ports)
 
@@ -186,17 +188,14 @@ class IPVSCollector:
         try:
             self._snapshot()
         except IPVSError as e:
-            self._logged = {e.reason}
+            self._said.log(e.reason, logging.DEBUG, "%s", e.strerror or e)  # the caller says it
             raise
 
     def _failed(self, e: IPVSError) -> None:
         """Count the failure by reason; log the first of a kind, not every scrape."""
         with self._lock:
             self._errors[e.reason] = self._errors.get(e.reason, 0) + 1
-            first = e.reason not in self._logged
-            self._logged = {e.reason}
-        if first:
-            log.error("%s", e.strerror or e)
+        self._said.log(e.reason, logging.ERROR, "%s", e.strerror or e)
 
 
 class BuildInfoCollector:
