@@ -292,7 +292,7 @@ def _wait_metrics(url: str, ready, what: str, timeout: float = 240.0) -> dict:
 
 
 @contextmanager
-def private_systemd():
+def private_systemd(unit: str = "ingress_ipvs_exporter.service"):
     """systemd as PID 1 of a new PID and mount namespace (the VM's init is not systemd); the
     units it runs get systemd's real sandbox: DynamicUser, seccomp, capabilities, mounts."""
     # --propagation shared: as on a host, where PID 1 makes / rshared (a systemd that finds itself
@@ -313,7 +313,7 @@ def private_systemd():
             "shared",
             "/lib/systemd/systemd",
             "--system",
-            "--unit=ingress_ipvs_exporter.service",
+            f"--unit={unit}",
             "--log-target=kmsg",
         ],
         stdin=subprocess.DEVNULL,
@@ -557,3 +557,53 @@ def test_shipped_unit_under_systemd_serves_docker_namespace_created_after_start(
         for path in reversed(created):
             path.unlink() if path.is_file() else path.rmdir()
         sh("ip", "netns", "del", name, check=False)
+
+
+def test_shipped_socket_unit_starts_the_service_on_the_first_connection(netns):
+    """Socket activation under the real systemd: the shipped .socket unit (its ListenStream
+    moved to a free loopback port by a drop-in) listens; the service is not running until the
+    first connection, which starts it with the socket handed over (--web.systemd-socket), and
+    that first scrape is answered with the namespace's IPVS."""
+    if not os.access("/lib/systemd/systemd", os.X_OK):
+        unavailable("systemd is not installed: scripts/install-deps test")
+    name, path = netns
+    sh("ipvsadm", "-A", "-f", "256", "-s", "rr", ns=name)
+    sh("ipvsadm", "-a", "-f", "256", "-r", "198.18.20.2:0", "-m", ns=name)
+    port = free_port()
+    log = Path(f"/run/captest-socket-{port}.log")
+    units = Path("/etc/systemd/system")
+    units.joinpath("ingress_ipvs_exporter.service").write_text(UNIT.read_text())
+    units.joinpath("ingress_ipvs_exporter.socket").write_text(UNIT.with_suffix(".socket").read_text())
+    for unit, extra in (
+        ("service", f"[Service]\nStandardOutput=append:{log}\nStandardError=append:{log}\n"),
+        ("socket", f"[Socket]\nListenStream=\nListenStream=127.0.0.1:{port}\n"),
+    ):
+        dropin = units / f"ingress_ipvs_exporter.{unit}.d"
+        dropin.mkdir(parents=True, exist_ok=True)
+        (dropin / "test.conf").write_text(f"[Unit]\nDefaultDependencies=no\n{extra}")
+    Path("/etc/default").mkdir(exist_ok=True)
+    Path("/etc/default/ingress_ipvs_exporter").write_text(
+        f'ARGS="--web.systemd-socket --namespace-path {path}"\n'
+    )
+    _install_exporter(Path("/usr/local/bin/ingress_ipvs_exporter"))
+    up = ("ipvs_up", frozenset({("namespace", path)}))
+    with private_systemd("ingress_ipvs_exporter.socket") as pid1:
+
+        def state(unit: str) -> str:
+            return _in_systemd(pid1, "systemctl", "show", "-p", "ActiveState", "--value", unit).strip()
+
+        deadline = time.monotonic() + 120
+        while state("ingress_ipvs_exporter.socket") != "active":
+            assert time.monotonic() < deadline, "the socket unit did not become active within 120 s"
+            time.sleep(1)
+        assert state("ingress_ipvs_exporter.service") == "inactive"  # nothing started it yet
+        scraped = _wait_metrics(f"http://127.0.0.1:{port}/metrics", lambda s: up in s, "the first scrape")
+        assert scraped[up] == 1, scraped.get(up)
+        assert state("ingress_ipvs_exporter.service") == "active"
+        main_pid = _in_systemd(
+            pid1, "systemctl", "show", "-p", "MainPID", "--value", "ingress_ipvs_exporter.service"
+        ).strip()
+        cmdline = _in_systemd(pid1, "cat", f"/proc/{main_pid}/cmdline").replace("\0", " ")
+        assert "--web.systemd-socket" in cmdline, cmdline
+    text = log.read_text()
+    assert f"listening on 127.0.0.1:{port}" in text and "level=error" not in text, text
