@@ -11,7 +11,7 @@ VM     := tests/vm/vm-run
 BENCH_STAMP := $(VENV)/.bench-installed
 
 .PHONY: all deps deps-test venv build wheel run demo bench container-test lint format test test-unit test-packaging test-vm \
-        test-kernel test-swarm fuzz fuzz-short test-asan test-leaks soak clean
+        test-kernel test-swarm fuzz fuzz-short test-asan test-leaks soak slowloris clean
 
 all: venv
 
@@ -113,6 +113,10 @@ test-asan: deps-test venv
 ## 1,000 real dumps under valgrind (no leak, no invalid access) in the VM alone
 test-leaks: deps-test venv
 	$(VM) -- python -m pytest -p no:cacheprovider -q -m kernel tests/kernel/test_leaks_kernel.py
+
+## 10 minutes of slowloris clients next to a scraper, over loopback: no traceback, every scrape answered
+slowloris: venv
+	SLOWLORIS_SECONDS=$${SLOWLORIS_SECONDS:-600} $(PYTEST) -q -s tests/unit/test_slowloris.py
 
 ## 10,000 scrapes of the exporter while IPVS and its namespace churn, in the VM -> build/vm/soak.json
 soak: deps-test venv
