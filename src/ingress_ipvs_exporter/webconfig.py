@@ -18,6 +18,7 @@ Keys (as exporter-toolkit documents them):
 from __future__ import annotations
 
 import ctypes
+import functools
 import ipaddress
 import logging
 import os
@@ -25,7 +26,7 @@ import re
 import ssl
 import threading
 from dataclasses import dataclass, field
-from typing import Any, Callable, Optional, cast
+from typing import Any, Optional, cast
 
 import yaml
 
@@ -299,8 +300,9 @@ def _tls_settings(check: _Checker, tls: dict[str, Any]) -> TLSSettings:
 
 # Python's ssl has no verify callback and no groups list; OpenSSL has both. They are set on
 # the context's SSL_CTX through the libssl that _ssl itself links against.
+# Only the two settings that need them touch OpenSSL this way: a plain TLS config never does,
+# and the ctypes callback is made only for RequestClientCert / RequireAnyClientCert.
 _VerifyCallback = ctypes.CFUNCTYPE(ctypes.c_int, ctypes.c_int, ctypes.c_void_p)
-_accept_any: Callable[[int, Optional[int]], int] = _VerifyCallback(lambda ok, store: 1)
 _SSL_VERIFY_PEER, _SSL_VERIFY_FAIL_IF_NO_PEER_CERT = 1, 2
 _SSL_CTRL_SET_GROUPS_LIST = 92
 
@@ -330,10 +332,17 @@ def _ssl_ctx(ctx: ssl.SSLContext) -> tuple[ctypes.CDLL, int]:
     return lib, ptr
 
 
+@functools.lru_cache(maxsize=1)
+def _accept_any() -> Any:
+    """A verify callback that accepts any certificate (made once, kept alive for OpenSSL)."""
+    return _VerifyCallback(lambda ok, store: 1)
+
+
 def build_context(s: TLSSettings) -> ssl.SSLContext:
     """An SSLContext for these settings; OSError/ssl.SSLError/ValueError name what failed."""
     ctx = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
-    lib, ptr = _ssl_ctx(ctx)
+    needs_openssl = bool(s.curves) or s.client_auth_type in ("RequestClientCert", "RequireAnyClientCert")
+    lib, ptr = _ssl_ctx(ctx) if needs_openssl else (None, 0)
     ctx.minimum_version, ctx.maximum_version = s.min_version, s.max_version
     try:
         ctx.load_cert_chain(s.cert_file, s.key_file)
@@ -350,14 +359,19 @@ def build_context(s: TLSSettings) -> ssl.SSLContext:
         ctx.options |= ssl.OP_CIPHER_SERVER_PREFERENCE
     else:
         ctx.options &= ~ssl.OP_CIPHER_SERVER_PREFERENCE
-    if s.curves and lib.SSL_CTX_ctrl(ptr, _SSL_CTRL_SET_GROUPS_LIST, 0, ":".join(s.curves).encode()) != 1:
+    if (
+        lib is not None
+        and s.curves
+        and lib.SSL_CTX_ctrl(ptr, _SSL_CTRL_SET_GROUPS_LIST, 0, ":".join(s.curves).encode()) != 1
+    ):
         raise ValueError(f"OpenSSL refused curve_preferences {', '.join(s.curves)}")
     if s.client_auth_type in ("RequestClientCert", "RequireAnyClientCert"):
         # ask for a certificate (and for RequireAny, insist on one) but do not verify it
         mode = _SSL_VERIFY_PEER
         if s.client_auth_type == "RequireAnyClientCert":
             mode |= _SSL_VERIFY_FAIL_IF_NO_PEER_CERT
-        lib.SSL_CTX_set_verify(ptr, mode, _accept_any)
+        assert lib is not None
+        lib.SSL_CTX_set_verify(ptr, mode, _accept_any())
     elif s.client_auth_type == "VerifyClientCertIfGiven":
         ctx.verify_mode = ssl.CERT_OPTIONAL
     elif s.client_auth_type == "RequireAndVerifyClientCert":
