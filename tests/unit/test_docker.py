@@ -818,3 +818,12 @@ def test_cli_exits_2_with_one_line_for_a_bad_tls_setup(tmp_path):
     lines = [line for line in res.stderr.splitlines() if line.strip()]
     assert len(lines) == 1 and f"{tmp_path}/ca.pem does not exist" in lines[0], res.stderr
     assert "DOCKER_CERT_PATH" in lines[0]
+
+
+def test_start_up_refuses_an_encrypted_key_without_prompting(tls_env, tmp_path, pki):
+    folder = tmp_path / "certs"
+    shutil.copytree(pki.dirs["right"], folder)
+    _openssl("pkey", "-in", "key.pem", "-aes256", "-passout", "pass:secret", "-out", "enc.pem", cwd=folder)
+    (folder / "enc.pem").replace(folder / "key.pem")
+    tls_env(str(folder))
+    assert f"{folder / 'key.pem'} is encrypted" in _start_up_error("tcp://127.0.0.1:2376")
