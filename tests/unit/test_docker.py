@@ -520,8 +520,9 @@ def _ca(d, name):
     )  # fmt: skip
 
 
-def _leaf(d, ca, out, cn, ext):
-    """d/<out>-cert.pem and <out>-key.pem, signed by CA ca, with the extension lines ext."""
+def _leaf(d, ca, out, cn, ext, days="2"):
+    """d/<out>-cert.pem and <out>-key.pem, signed by CA ca, with the extension lines ext
+    (days="-1": expired yesterday)."""
     (d / f"{out}.ext").write_text(
         "\n".join([*ext, "subjectKeyIdentifier=hash", "authorityKeyIdentifier=keyid"]) + "\n"
     )
@@ -531,7 +532,7 @@ def _leaf(d, ca, out, cn, ext):
     )  # fmt: skip
     _openssl(
         "x509", "-req", "-in", f"{out}.csr", "-CA", f"{ca}-ca.pem", "-CAkey", f"{ca}-ca-key.pem",
-        "-CAcreateserial", "-days", "2", "-extfile", f"{out}.ext", "-out", f"{out}-cert.pem", cwd=d,
+        "-CAcreateserial", "-days", days, "-extfile", f"{out}.ext", "-out", f"{out}-cert.pem", cwd=d,
     )  # fmt: skip
 
 
@@ -547,7 +548,7 @@ def _client_dir(d, name, ca, cert):
 
 @pytest.fixture(scope="module")
 def pki(tmp_path_factory):
-    """Two CAs (good, other); a daemon cert for 127.0.0.1/localhost, one for another name; client
+    """Two CAs (good, other); a daemon cert for 127.0.0.1/localhost, an expired one, one for another name; client
     certs from each CA; and DOCKER_CERT_PATH folders: right, wrong_ca, foreign_client."""
     d = tmp_path_factory.mktemp("pki")
     for name in ("good", "other"):
@@ -561,6 +562,7 @@ def pki(tmp_path_factory):
         "other.example",
         ["subjectAltName=DNS:other.example", "extendedKeyUsage=serverAuth"],
     )
+    _leaf(d, "good", "expired", "localhost", server, days="-1")
     _leaf(d, "good", "client", "exporter", ["extendedKeyUsage=clientAuth"])
     _leaf(d, "other", "foreign", "exporter", ["extendedKeyUsage=clientAuth"])
     dirs = {
@@ -654,6 +656,13 @@ def test_tls_daemon_certificate_for_another_host_name_is_rejected(tls_docker, tl
     tls_env("right")
     message = _tls_error(host)
     assert "mismatch" in message and "names the host" in message
+    assert tls_docker.servers[0].requests == []
+
+
+def test_tls_expired_daemon_certificate_is_rejected(tls_docker, tls_env):
+    host = tls_docker(cert="expired")
+    tls_env("right")
+    assert "certificate has expired" in _tls_error(host)
     assert tls_docker.servers[0].requests == []
 
 
