@@ -10,7 +10,7 @@ from typing import Any, Optional
 
 import typer
 
-from .docker import parse_docker_host
+from .docker import endpoint
 from .metrics import DEST_LABEL_CHOICES, Options
 from .webconfig import WebConfig, WebConfigError, load
 
@@ -63,8 +63,11 @@ def telemetry_path(value: str) -> str:
 
 
 def docker_host(value: str) -> str:
+    """The --docker-host value, checked with the docker CLI's TLS variables (files read now)."""
     try:
-        return value and parse_docker_host(value) and value
+        if value:
+            endpoint(value)
+        return value
     except ValueError as e:
         raise typer.BadParameter(str(e)) from None
 

@@ -33,6 +33,9 @@ class Lab:
         self.ingress_ns = env["INGRESS_NS"]
         self.backend = env.get("BACKEND", "")
         self.state = env.get("STATE", STATE)
+        # dockerd's second listener, TLS with client certificates, and the client's DOCKER_CERT_PATH
+        self.tls_host = env.get("DOCKER_TLS_HOST", "")
+        self.tls_cert_path = env.get("DOCKER_TLS_CERT_PATH", "")
         self.cli_env = dict(
             os.environ,
             DOCKER_HOST=self.docker_host,

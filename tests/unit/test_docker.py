@@ -4,15 +4,21 @@ import http.server
 import json
 import logging
 import os
+import shutil
 import socket
 import socketserver
+import ssl
+import subprocess
+import sys
 import tempfile
 import threading
 import time
+import types
 
 import pytest
+import typer
 
-from ingress_ipvs_exporter import docker
+from ingress_ipvs_exporter import docker, flags
 from ingress_ipvs_exporter.docker import (
     DockerError,
     DockerServices,
@@ -498,3 +504,335 @@ def test_cache_against_the_fake_api(fake_docker):
     assert cache.wait_idle(5) and cache.up
     assert cache.lookup(ports) == {("tcp", 30000): WEB, ("udp", 53): DNS}  # 9100 is host mode
     cache.close()
+
+
+# ---------------------------------------------------------------------------- TLS (DOCKER_TLS_VERIFY)
+def _openssl(*args, cwd):
+    subprocess.run(["openssl", *args], cwd=cwd, check=True, capture_output=True, timeout=60)
+
+
+def _ca(d, name):
+    """A throw-away CA: d/<name>-ca.pem and its key."""
+    _openssl(
+        "req", "-x509", "-newkey", "ec", "-pkeyopt", "ec_paramgen_curve:prime256v1", "-nodes",
+        "-days", "2", "-subj", f"/CN={name} test CA",
+        "-keyout", f"{name}-ca-key.pem", "-out", f"{name}-ca.pem", cwd=d,
+    )  # fmt: skip
+
+
+def _leaf(d, ca, out, cn, ext, days="2"):
+    """d/<out>-cert.pem and <out>-key.pem, signed by CA ca, with the extension lines ext
+    (days="-1": expired yesterday)."""
+    (d / f"{out}.ext").write_text(
+        "\n".join([*ext, "subjectKeyIdentifier=hash", "authorityKeyIdentifier=keyid"]) + "\n"
+    )
+    _openssl(
+        "req", "-new", "-newkey", "ec", "-pkeyopt", "ec_paramgen_curve:prime256v1", "-nodes",
+        "-subj", f"/CN={cn}", "-keyout", f"{out}-key.pem", "-out", f"{out}.csr", cwd=d,
+    )  # fmt: skip
+    _openssl(
+        "x509", "-req", "-in", f"{out}.csr", "-CA", f"{ca}-ca.pem", "-CAkey", f"{ca}-ca-key.pem",
+        "-CAcreateserial", "-days", days, "-extfile", f"{out}.ext", "-out", f"{out}-cert.pem", cwd=d,
+    )  # fmt: skip
+
+
+def _client_dir(d, name, ca, cert):
+    """A DOCKER_CERT_PATH folder d/name: ca.pem from CA ca, cert.pem/key.pem from leaf cert."""
+    folder = d / name
+    folder.mkdir(exist_ok=True)
+    shutil.copyfile(d / f"{ca}-ca.pem", folder / "ca.pem")
+    shutil.copyfile(d / f"{cert}-cert.pem", folder / "cert.pem")
+    shutil.copyfile(d / f"{cert}-key.pem", folder / "key.pem")
+    return str(folder)
+
+
+@pytest.fixture(scope="module")
+def pki(tmp_path_factory):
+    """Two CAs (good, other); a daemon cert for 127.0.0.1/localhost, an expired one, one for another name; client
+    certs from each CA; and DOCKER_CERT_PATH folders: right, wrong_ca, foreign_client."""
+    d = tmp_path_factory.mktemp("pki")
+    for name in ("good", "other"):
+        _ca(d, name)
+    server = ["subjectAltName=IP:127.0.0.1,DNS:localhost", "extendedKeyUsage=serverAuth"]
+    _leaf(d, "good", "server", "localhost", server)
+    _leaf(
+        d,
+        "good",
+        "misnamed",
+        "other.example",
+        ["subjectAltName=DNS:other.example", "extendedKeyUsage=serverAuth"],
+    )
+    _leaf(d, "good", "expired", "localhost", server, days="-1")
+    _leaf(d, "good", "client", "exporter", ["extendedKeyUsage=clientAuth"])
+    _leaf(d, "other", "foreign", "exporter", ["extendedKeyUsage=clientAuth"])
+    dirs = {
+        "right": _client_dir(d, "right", "good", "client"),
+        "wrong_ca": _client_dir(d, "wrong_ca", "other", "client"),
+        "foreign_client": _client_dir(d, "foreign_client", "good", "foreign"),
+    }
+    return types.SimpleNamespace(path=d, dirs=dirs)
+
+
+class _TLSServer(_TCPServer):
+    """The fake Docker API behind TLS that requires a client certificate from the good CA, as
+    dockerd --tlsverify does. A failed handshake never reaches the handler (requests stays [])."""
+
+    def __init__(self, pki, cert="server", address="127.0.0.1"):
+        super().__init__((address, 0), _Handler)
+        context = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
+        context.load_cert_chain(pki.path / f"{cert}-cert.pem", pki.path / f"{cert}-key.pem")
+        context.load_verify_locations(pki.path / "good-ca.pem")
+        context.verify_mode = ssl.CERT_REQUIRED
+        self.socket = context.wrap_socket(self.socket, server_side=True)
+
+    def handle_error(self, request, client_address):  # a rejected client is expected here
+        pass
+
+
+@pytest.fixture
+def tls_docker(pki):
+    """start(cert="server", address="127.0.0.1") -> 'tcp://address:port' of a TLS fake Docker."""
+    servers = []
+
+    def start(cert="server", address="127.0.0.1"):
+        server = _serve(_TLSServer(pki, cert, address), (200, SERVICES))
+        servers.append(server)
+        return f"tcp://{address}:{server.server_address[1]}"
+
+    start.servers = servers
+    yield start
+    for server in servers:
+        server.shutdown()
+        server.server_close()
+
+
+@pytest.fixture
+def tls_env(monkeypatch, pki):
+    """use(folder): DOCKER_TLS_VERIFY=1 with DOCKER_CERT_PATH=that folder (a key of pki.dirs or a path)."""
+    monkeypatch.delenv("DOCKER_TLS", raising=False)
+
+    def use(folder="right"):
+        monkeypatch.setenv("DOCKER_TLS_VERIFY", "1")
+        monkeypatch.setenv("DOCKER_CERT_PATH", pki.dirs.get(folder, folder))
+
+    return use
+
+
+def _tls_error(host, kinds=("tls",)):
+    with pytest.raises(DockerError) as info:
+        fetch_services(host, timeout=10)
+    message = str(info.value)
+    assert info.value.kind in kinds, (info.value.kind, message)
+    assert "\n" not in message and host in message and "Traceback" not in message
+    return message
+
+
+def test_tls_fetch_services_with_the_docker_cli_variables(tls_docker, tls_env):
+    host = tls_docker()
+    tls_env("right")
+    assert fetch_services(host, timeout=10) == EXPECTED
+    assert [path for path, _ in tls_docker.servers[0].requests] == ["/services"]
+
+
+def test_tls_without_the_variables_talks_plain_http_and_fails(tls_docker, monkeypatch):
+    monkeypatch.delenv("DOCKER_TLS_VERIFY", raising=False)
+    monkeypatch.delenv("DOCKER_TLS", raising=False)
+    host = tls_docker()
+    with pytest.raises(DockerError):  # plain HTTP to a TLS port: what TLS support fixes
+        fetch_services(host, timeout=10)
+    assert tls_docker.servers[0].requests == []
+
+
+def test_tls_daemon_certificate_from_another_ca_is_rejected(tls_docker, tls_env, pki):
+    host = tls_docker()
+    tls_env("wrong_ca")
+    message = _tls_error(host)
+    assert "certificate was rejected" in message and os.path.join(pki.dirs["wrong_ca"], "ca.pem") in message
+    assert tls_docker.servers[0].requests == []
+
+
+def test_tls_daemon_certificate_for_another_host_name_is_rejected(tls_docker, tls_env):
+    host = tls_docker(cert="misnamed")
+    tls_env("right")
+    message = _tls_error(host)
+    assert "mismatch" in message and "names the host" in message
+    assert tls_docker.servers[0].requests == []
+
+
+def test_tls_expired_daemon_certificate_is_rejected(tls_docker, tls_env):
+    host = tls_docker(cert="expired")
+    tls_env("right")
+    assert "certificate has expired" in _tls_error(host)
+    assert tls_docker.servers[0].requests == []
+
+
+def test_tls_daemon_reached_by_an_address_its_certificate_does_not_name(tls_docker, tls_env):
+    host = tls_docker(address="127.0.0.2")  # the certificate names 127.0.0.1 and localhost
+    tls_env("right")
+    assert "mismatch" in _tls_error(host)
+    assert tls_docker.servers[0].requests == []
+
+
+def test_tls_client_certificate_the_daemon_does_not_trust(tls_docker, tls_env):
+    host = tls_docker()
+    tls_env("right")
+    assert fetch_services(host, timeout=10) == EXPECTED
+    tls_env("foreign_client")  # the daemon's CA did not sign this cert.pem
+    _tls_error(host, kinds=("tls", "unreachable"))
+    assert len(tls_docker.servers[0].requests) == 1  # only the first, trusted, client got in
+
+
+def test_tls_to_a_plain_http_daemon_never_falls_back(tls_env):
+    server = _serve(_TCPServer(("127.0.0.1", 0), _Handler), (200, SERVICES))
+    try:
+        tls_env("right")
+        message = _tls_error(f"tcp://127.0.0.1:{server.server_address[1]}")
+        assert "TLS failed" in message
+        assert server.requests == []
+    finally:
+        server.shutdown()
+        server.server_close()
+
+
+def test_tls_client_files_gone_after_start_up(tls_docker, tls_env, tmp_path, pki):
+    host = tls_docker()
+    folder = tmp_path / "certs"
+    shutil.copytree(pki.dirs["right"], folder)
+    tls_env(str(folder))
+    assert fetch_services(host, timeout=10) == EXPECTED  # files are read at each query
+    (folder / "key.pem").unlink()
+    message = _tls_error(host)
+    assert str(folder / "key.pem") in message and "DOCKER_CERT_PATH" in message
+
+
+def test_docker_services_says_a_tls_failure_and_keeps_going(tls_docker, tls_env, caplog):
+    host = tls_docker()
+    tls_env("wrong_ca")
+    services = DockerServices(host, timeout=10)
+    try:
+        with caplog.at_level(logging.WARNING, logger="ingress_ipvs_exporter.docker"):
+            assert services.lookup([("tcp", 30000)]) == {}
+            assert services.wait_idle(30)
+        assert services.up is False
+        assert "certificate was rejected" in services.last_error
+        assert [r.getMessage() for r in caplog.records if "certificate was rejected" in r.getMessage()]
+    finally:
+        services.close()
+
+
+# ---------------------------------------------------------------------------- TLS at start-up
+def _start_up_error(value):
+    with pytest.raises(typer.BadParameter) as info:
+        flags.docker_host(value)
+    message = str(info.value)
+    assert "\n" not in message and "Traceback" not in message
+    return message
+
+
+@pytest.mark.parametrize("missing", ["ca.pem", "cert.pem", "key.pem"])
+def test_start_up_names_a_missing_tls_file(missing, tls_env, tmp_path, pki):
+    folder = tmp_path / "certs"
+    shutil.copytree(pki.dirs["right"], folder)
+    (folder / missing).unlink()
+    tls_env(str(folder))
+    message = _start_up_error("tcp://127.0.0.1:2376")
+    assert f"{folder / missing} does not exist" in message
+    assert "DOCKER_CERT_PATH" in message and "DOCKER_TLS_VERIFY" in message
+
+
+def test_start_up_names_an_unreadable_tls_file(tls_env, tmp_path, pki):
+    folder = tmp_path / "certs"
+    shutil.copytree(pki.dirs["right"], folder)
+    (folder / "key.pem").unlink()
+    (folder / "key.pem").mkdir()
+    tls_env(str(folder))
+    assert f"{folder / 'key.pem'} is a directory" in _start_up_error("tcp://127.0.0.1:2376")
+    if os.geteuid() != 0:  # root reads mode 000 files
+        (folder / "key.pem").rmdir()
+        shutil.copyfile(pki.dirs["right"] + "/key.pem", folder / "key.pem")
+        (folder / "key.pem").chmod(0)
+        assert f"{folder / 'key.pem'} cannot be read" in _start_up_error("tcp://127.0.0.1:2376")
+
+
+def test_start_up_finds_a_key_that_is_not_the_certificates(tls_env, tmp_path, pki):
+    folder = tmp_path / "certs"
+    shutil.copytree(pki.dirs["right"], folder)
+    shutil.copyfile(pki.path / "foreign-key.pem", folder / "key.pem")
+    tls_env(str(folder))
+    message = _start_up_error("tcp://127.0.0.1:2376")
+    assert f"{folder / 'key.pem'} is not the key of {folder / 'cert.pem'}" in message
+
+
+@pytest.mark.parametrize("bad", ["ca.pem", "cert.pem"])
+def test_start_up_finds_a_file_that_is_not_pem(bad, tls_env, tmp_path, pki):
+    folder = tmp_path / "certs"
+    shutil.copytree(pki.dirs["right"], folder)
+    (folder / bad).write_text("not a certificate\n")
+    tls_env(str(folder))
+    assert str(folder / bad) in _start_up_error("tcp://127.0.0.1:2376")
+
+
+def test_start_up_accepts_good_tls_files_and_defaults_to_port_2376(tls_env):
+    tls_env("right")
+    assert flags.docker_host("tcp://127.0.0.1:2376") == "tcp://127.0.0.1:2376"
+    end = docker.endpoint("tcp://localhost")
+    assert end.address == "localhost:2376" and end.tls is not None
+    assert end.tls.verify_mode == ssl.CERT_REQUIRED and end.tls.check_hostname
+
+
+def test_cert_path_defaults_to_the_docker_cli_config_folder(monkeypatch, tmp_path, pki):
+    monkeypatch.delenv("DOCKER_CERT_PATH", raising=False)
+    monkeypatch.delenv("DOCKER_CONFIG", raising=False)
+    monkeypatch.setenv("DOCKER_TLS_VERIFY", "1")
+    monkeypatch.setenv("HOME", str(tmp_path))
+    assert f"{tmp_path}/.docker/ca.pem does not exist" in _start_up_error("tcp://127.0.0.1:2376")
+    shutil.copytree(pki.dirs["right"], tmp_path / ".docker")
+    assert docker.endpoint("tcp://127.0.0.1:2376").cert_dir == f"{tmp_path}/.docker"
+    monkeypatch.setenv("DOCKER_CONFIG", str(tmp_path / "cfg"))  # as the docker CLI: its config dir
+    assert f"{tmp_path}/cfg/ca.pem does not exist" in _start_up_error("tcp://127.0.0.1:2376")
+
+
+@pytest.mark.parametrize("host", ["unix:///var/run/docker.sock", "http://127.0.0.1:2375"])
+def test_start_up_refuses_tls_verify_on_a_plain_address(host, tls_env):
+    tls_env("right")
+    message = _start_up_error(host)
+    assert "DOCKER_TLS_VERIFY is set" in message and "not TLS" in message
+
+
+def test_start_up_refuses_docker_tls_without_verify(monkeypatch):
+    monkeypatch.delenv("DOCKER_TLS_VERIFY", raising=False)
+    monkeypatch.setenv("DOCKER_TLS", "1")
+    message = _start_up_error("tcp://127.0.0.1:2376")
+    assert "DOCKER_TLS (TLS without verifying the daemon) is not supported" in message
+    monkeypatch.delenv("DOCKER_TLS")
+    assert flags.docker_host("tcp://127.0.0.1:2375") == "tcp://127.0.0.1:2375"
+
+
+def test_https_scheme_points_at_the_tls_variables():
+    message = _start_up_error("https://127.0.0.1:2376")
+    assert "https:// is not a docker host address" in message and "DOCKER_TLS_VERIFY=1" in message
+
+
+def test_cli_exits_2_with_one_line_for_a_bad_tls_setup(tmp_path):
+    env = dict(os.environ, DOCKER_TLS_VERIFY="1", DOCKER_CERT_PATH=str(tmp_path))
+    env.pop("DOCKER_TLS", None)
+    res = subprocess.run(
+        [sys.executable, "-m", "ingress_ipvs_exporter.cli", "--docker-host", "tcp://127.0.0.1:2376"],
+        capture_output=True,
+        text=True,
+        timeout=60,
+        env=env,
+    )
+    assert res.returncode == 2, res.stderr
+    lines = [line for line in res.stderr.splitlines() if line.strip()]
+    assert len(lines) == 1 and f"{tmp_path}/ca.pem does not exist" in lines[0], res.stderr
+    assert "DOCKER_CERT_PATH" in lines[0]
+
+
+def test_start_up_refuses_an_encrypted_key_without_prompting(tls_env, tmp_path, pki):
+    folder = tmp_path / "certs"
+    shutil.copytree(pki.dirs["right"], folder)
+    _openssl("pkey", "-in", "key.pem", "-aes256", "-passout", "pass:secret", "-out", "enc.pem", cwd=folder)
+    (folder / "enc.pem").replace(folder / "key.pem")
+    tls_env(str(folder))
+    assert f"{folder / 'key.pem'} is encrypted" in _start_up_error("tcp://127.0.0.1:2376")
