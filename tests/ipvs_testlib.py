@@ -291,3 +291,13 @@ def assert_seed_samples_match(
 
 def in_vm() -> bool:
     return os.environ.get("IN_IPVS_VM") == "1"
+
+
+def mark_rule(port: int, mark: int, proto: str = "tcp") -> list[str]:
+    """The iptables arguments of the mangle rule Docker Swarm writes for a published port."""
+    return ["-t", "mangle", "-A", "PREROUTING", "-p", proto, "-m", proto, "--dport", str(port)] + [
+        "-j",
+        "MARK",
+        "--set-xmark",
+        f"{mark:#x}/0xffffffff",
+    ]

@@ -16,7 +16,7 @@ import time
 from contextlib import contextmanager
 from dataclasses import dataclass
 
-from ipvs_testlib import sh
+from ipvs_testlib import mark_rule, sh
 
 # published port -> mark, not in the same order (as swarm assigns them)
 SWARM_PORTS = {30000: 256, 30001: 258, 30002: 257}
@@ -125,20 +125,7 @@ def swarm_like_lab(backend: str):
 
         for port, mark in SWARM_PORTS.items():
             lab.iptables(
-                "-t",
-                "mangle",
-                "-A",
-                "PREROUTING",
-                "-p",
-                "tcp",
-                "-m",
-                "tcp",
-                "--dport",
-                str(port),
-                "-j",
-                "MARK",
-                "--set-xmark",
-                f"{mark:#x}/0xffffffff",
+                *mark_rule(port, mark),
             )
             sh("ipvsadm", "-A", "-f", str(mark), "-s", "rr", ns=lab.balancer)
             sh("ipvsadm", "-a", "-f", str(mark), "-r", "198.18.20.2:0", "-m", ns=lab.balancer)

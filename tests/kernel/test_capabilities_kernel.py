@@ -39,6 +39,7 @@ from ipvs_testlib import (
     exporter_log,
     free_port,
     ipvsadm,
+    mark_rule,
     running_exporter,
     samples,
     scrape,
@@ -117,20 +118,7 @@ def ipvs_namespace(backend: str):
         for port, mark in SWARM_PORTS.items():
             sh(
                 f"iptables-{backend}",
-                "-t",
-                "mangle",
-                "-A",
-                "PREROUTING",
-                "-p",
-                "tcp",
-                "-m",
-                "tcp",
-                "--dport",
-                str(port),
-                "-j",
-                "MARK",
-                "--set-xmark",
-                f"{mark:#x}/0xffffffff",
+                *mark_rule(port, mark),
                 ns=name,
             )
         for mark in (*SWARM_PORTS.values(), UNMARKED_FWMARK):
@@ -450,39 +438,13 @@ def test_shipped_unit_under_systemd_serves_docker_namespace_created_after_start(
         for p, mark in SWARM_PORTS.items():
             sh(
                 "iptables-nft",
-                "-t",
-                "mangle",
-                "-A",
-                "PREROUTING",
-                "-p",
-                "tcp",
-                "-m",
-                "tcp",
-                "--dport",
-                str(p),
-                "-j",
-                "MARK",
-                "--set-xmark",
-                f"{mark:#x}/0xffffffff",
+                *mark_rule(p, mark),
                 ns=name,
             )
         # one more mark in legacy iptables: iptables-legacy-save must work inside the sandbox too
         sh(
             "iptables-legacy",
-            "-t",
-            "mangle",
-            "-A",
-            "PREROUTING",
-            "-p",
-            "udp",
-            "-m",
-            "udp",
-            "--dport",
-            str(LEGACY_PORT),
-            "-j",
-            "MARK",
-            "--set-xmark",
-            f"{LEGACY_FWMARK:#x}/0xffffffff",
+            *mark_rule(LEGACY_PORT, LEGACY_FWMARK, "udp"),
             ns=name,
         )
         for mark in (*SWARM_PORTS.values(), UNMARKED_FWMARK, LEGACY_FWMARK):
