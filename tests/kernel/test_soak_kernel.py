@@ -29,6 +29,7 @@ import re
 import subprocess
 import threading
 import time
+from pathlib import Path
 from urllib.parse import urlsplit
 
 import pytest
@@ -264,6 +265,7 @@ def test_scrapes_survive_churn_and_namespace_recreation(netns):
             if i in recreate_at:
                 churner.recreate_asked.set()  # the churner does it between two of its steps
             t0 = time.monotonic()
+            torn = ""
             try:
                 status, body = fetch(url)
                 up, torn = check_exposition(body) if status == 200 else (None, "")
@@ -282,6 +284,8 @@ def test_scrapes_survive_churn_and_namespace_recreation(netns):
                 up0.append((i, t0, t1))  # judged against the recreate windows at the end
             elif why:
                 failures.append((i, why))
+                if torn and len(failures) <= 3:  # the body, for whoever looks into it
+                    Path(f"build/vm/soak-torn-{i}.txt").write_text(body)
             if i % 50 == 0:
                 rss[i], fds[i] = vm_rss_kib(pid), open_fds(pid)
 
