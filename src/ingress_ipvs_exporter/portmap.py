@@ -140,6 +140,11 @@ def _parse_rule(line: str) -> MarkRule | None:
     return MarkRule(mark, [PublishedPort(protocol, port) for port in ports if protocol], vips)
 
 
+def _address_order(address: str) -> tuple[int, int]:
+    ip = ipaddress.ip_address(address)
+    return ip.version, int(ip)
+
+
 def parse_marks(text: str) -> MarkMap:
     """iptables-save text (any tables; only *mangle's rules count) -> the ports and VIPs of each fwmark."""
     ports: dict[int, set[PublishedPort]] = {}
@@ -159,7 +164,7 @@ def parse_marks(text: str) -> MarkMap:
                 vips.setdefault(rule.mark, set()).update(rule.vips)
     return MarkMap(
         {mark: sorted(ports[mark]) for mark in sorted(ports)},
-        {mark: sorted(vips[mark], key=ipaddress.ip_address) for mark in sorted(vips)},
+        {mark: sorted(vips[mark], key=_address_order) for mark in sorted(vips)},
     )
 
 
