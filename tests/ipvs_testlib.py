@@ -251,6 +251,26 @@ def scrape_while_stable(
     raise AssertionError(f"ipvsadm changed during each of {attempts} scrapes")
 
 
+def scrape_while_all_stable(url: str, ns_paths: list[str], attempts: int = 3) -> tuple[dict, dict]:
+    """scrape_while_stable for several namespaces: (scraped, {path: ipvsadm})."""
+    for _ in range(attempts):
+        before = {p: stable_ipvsadm(p) for p in ns_paths}
+        scraped = scrape(url)
+        if all(ipvsadm(p) == before[p] for p in ns_paths):
+            return scraped, before
+    raise AssertionError(f"ipvsadm changed during each of {attempts} scrapes")
+
+
+def of_namespace(scraped: dict, namespace: str) -> dict:
+    """The samples of one namespace's series."""
+    return {k: v for k, v in scraped.items() if ("namespace", namespace) in k[1]}
+
+
+def namespaces_shown(scraped: dict) -> set[str]:
+    """The namespaces a scrape reports (those with an ipvs_up series)."""
+    return {dict(labels)["namespace"] for labels in samples(scraped, "ipvs_up")}
+
+
 def assert_seed_samples_match(
     scraped: dict, adm: dict[str, AdmService], namespace: str, ports: dict[int, str]
 ) -> None:
