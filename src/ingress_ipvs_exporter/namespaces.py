@@ -158,21 +158,24 @@ class Namespaces:
         return out
 
     def _read_all(self, members: list[Member]) -> dict[str, Reading]:
-        if self._pool is None:
-            self._pool = ThreadPoolExecutor(MAX_THREADS, thread_name_prefix="netns-read")
-        for m in members:
-            if m.running is None:
-                m.running = self._pool.submit(m.collector.read)
-        running = [m.running for m in members if m.running is not None]
-        wait(running, timeout=self._deadline)
+        """Each member's reading, or none for one still being read at the deadline. A read
+        still running from an earlier scrape is waited for, not started again; concurrent
+        scrapes share the reads that are running."""
+        with self._lock:
+            if self._pool is None:
+                self._pool = ThreadPoolExecutor(MAX_THREADS, thread_name_prefix="netns-read")
+            for m in members:
+                if m.running is None or m.running.done():
+                    m.running = self._pool.submit(m.collector.read)
+            futures = {m.path: m.running for m in members if m.running is not None}
+        wait(futures.values(), timeout=self._deadline)
         done: dict[str, Reading] = {}
         for m in members:
-            future = m.running
-            if future is None or not future.done():
+            future = futures[m.path]
+            if future.done():
+                done[m.path] = future.result()
+            else:
                 m.collector.overdue(self._deadline)
-                continue
-            m.running = None
-            done[m.path] = future.result()
         return done
 
     def _show(self, m: Member, reading: Reading | None) -> bool:

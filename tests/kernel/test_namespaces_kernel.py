@@ -6,9 +6,7 @@ scraping never fail a scrape nor leave stale series."""
 from __future__ import annotations
 
 import os
-import threading
 import time
-import urllib.request
 
 import pytest
 from ipvs_testlib import (
@@ -20,10 +18,10 @@ from ipvs_testlib import (
     samples,
     scrape,
     scrape_while_all_stable,
+    scraping,
     sh,
 )
 from lab import SWARM_PORTS, swarm_like_lab
-from prometheus_client.parser import text_string_to_metric_families
 
 pytestmark = pytest.mark.kernel
 
@@ -89,35 +87,20 @@ def test_namespaces_created_and_removed_while_scraping(netns):
     name, path = netns
     sh("ipvsadm", "-A", "-f", "256", "-s", "rr", ns=name)
     prefix = f"/run/netns/{name}_x"
-    failures: list[str] = []
-    bodies: list[str] = []
-    stop = threading.Event()
-    with running_exporter("--namespace-path", path, "--namespace-path", prefix + "*") as (url, _):
-
-        def scraper() -> None:
-            while not stop.is_set():
-                try:
-                    body = urllib.request.urlopen(url, timeout=60).read().decode()
-                    list(text_string_to_metric_families(body))
-                    bodies.append(body)
-                except Exception as e:  # every failure is a finding
-                    failures.append(repr(e))
-
-        t = threading.Thread(target=scraper)
-        t.start()
-        try:
-            for round_ in range(4):
-                extra = lb_namespace(f"{name}_x{round_}")
-                deadline = time.monotonic() + 60
-                while extra not in namespaces_shown(scrape(url)):
-                    assert time.monotonic() < deadline, f"{extra} never appeared"
-                sh("ip", "netns", "del", f"{name}_x{round_}")
-                deadline = time.monotonic() + 60
-                while of_namespace(scrape(url), extra):
-                    assert time.monotonic() < deadline, f"{extra}'s series stayed after it was removed"
-        finally:
-            stop.set()
-            t.join(120)
+    with (
+        running_exporter("--namespace-path", path, "--namespace-path", prefix + "*") as (url, _),
+        scraping(url) as seen,
+    ):
+        for round_ in range(4):
+            extra = lb_namespace(f"{name}_x{round_}")
+            deadline = time.monotonic() + 60
+            while extra not in namespaces_shown(scrape(url)):
+                assert time.monotonic() < deadline, f"{extra} never appeared"
+            sh("ip", "netns", "del", f"{name}_x{round_}")
+            deadline = time.monotonic() + 60
+            while of_namespace(scrape(url), extra):
+                assert time.monotonic() < deadline, f"{extra}'s series stayed after it was removed"
+    failures, bodies = seen["failures"], seen["bodies"]
     assert not failures, failures[:3]
     assert len(bodies) >= 8
     assert all(f'ipvs_up{{namespace="{path}"}} 1.0' in b for b in bodies)

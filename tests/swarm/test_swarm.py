@@ -29,6 +29,7 @@ from ipvs_testlib import (
     scrape,
     scrape_while_all_stable,
     scrape_while_stable,
+    scraping,
 )
 from swarmlib import API_TIMEOUT, IMAGE, WAIT, diag, wait_for
 
@@ -253,17 +254,31 @@ def test_east_west_vip_traffic_is_counted_in_its_load_balancer_namespace(lab):
                 names = wait_for("the VIP service named", named)
                 scraped, before = scrape_while_all_stable(url, [lab.ingress_ns, lb])
                 save_east_west_example(url, lb, mark, lab.backend)
-        assert names[0]["service_name"] == api and names[0].get("network", net) == net
-        assert {lab.ingress_ns, lb} <= namespaces_shown(scraped)
-        assert before[lb][f"FWM {mark}"].conns >= 6
-        svc_labels = {"family": "ipv4", "port": "", "protocol": "", "vip": vip, **mine}
-        got = scraped[("ipvs_service_connections_total", frozenset(svc_labels.items()))]
-        assert got == before[lb][f"FWM {mark}"].conns
-        assert_seed_samples_match(of_namespace(scraped, lb), before[lb], lb, {})
-        ingress_ports = {m: str(p) for p, m in marks_by_port(lab).items()}
-        assert_seed_samples_match(
-            of_namespace(scraped, lab.ingress_ns), before[lab.ingress_ns], lab.ingress_ns, ingress_ports
-        )
+                assert names[0]["service_name"] == api and names[0].get("network", net) == net
+                assert {lab.ingress_ns, lb} <= namespaces_shown(scraped)
+                assert before[lb][f"FWM {mark}"].conns >= 6
+                svc_labels = {"family": "ipv4", "port": "", "protocol": "", "vip": vip, **mine}
+                got = scraped[("ipvs_service_connections_total", frozenset(svc_labels.items()))]
+                assert got == before[lb][f"FWM {mark}"].conns
+                assert_seed_samples_match(of_namespace(scraped, lb), before[lb], lb, {})
+                ingress_ports = {m: str(p) for p, m in marks_by_port(lab).items()}
+                ingress = of_namespace(scraped, lab.ingress_ns)
+                assert_seed_samples_match(ingress, before[lab.ingress_ns], lab.ingress_ns, ingress_ports)
+                # the network goes while scraping: its lb_ namespace (stale for a while, then
+                # deleted) never fails a scrape and its series go with it
+                with scraping(url) as seen:
+                    lab.docker("service", "rm", f"{net}_api", f"{net}_client")
+                    wait_for(
+                        "the services' tasks gone",
+                        lambda: lab.docker("network", "inspect", "-f", "{{len .Containers}}", net).strip()
+                        == "0",
+                    )
+                    lab.docker("network", "rm", net)
+                    wait_for(f"{lb}'s series gone", lambda: not of_namespace(scrape(url), lb))
+                assert not seen["failures"], seen["failures"][:3]
+                assert seen["bodies"] and all(
+                    f'ipvs_up{{namespace="{lab.ingress_ns}"}} 1.0' in b for b in seen["bodies"]
+                )
     finally:
         with contextlib.suppress(AssertionError):  # the lab goes down after the module anyway
             lab.docker("service", "rm", f"{net}_api", f"{net}_client")

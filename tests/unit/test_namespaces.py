@@ -8,6 +8,7 @@ from __future__ import annotations
 import gzip
 import logging
 import threading
+import time
 
 import pytest
 from reference import render as reference
@@ -168,6 +169,9 @@ def test_a_slow_namespace_does_not_hold_up_the_others(tmp_path):
     fast = fake.add("lb_fast")
     ns = namespaces_of(fake, str(tmp_path / "lb_*"), deadline=0.5)
     app = MetricsApp(ns)
+    calls = []
+    slow_read = ns.members()[1].collector._snapshot
+    ns.members()[1].collector._snapshot = lambda: calls.append(1) or slow_read()
     for _ in range(2):  # the second scrape does not start another read of the slow one
         body = app.body("")[0].decode()
         assert f'ipvs_up{{namespace="{slow_path}"}} 0.0' in body
@@ -175,11 +179,42 @@ def test_a_slow_namespace_does_not_hold_up_the_others(tmp_path):
         assert f'ipvs_connections_total{{fwmark="256",namespace="{fast}"' in body
         assert f'namespace="{slow_path}",port' not in body
     assert f'ipvs_scrape_errors_total{{namespace="{slow_path}",reason="timeout"}} 2.0' in body
+    assert calls == [1]
     release.set()
     ns._members[slow_path].running.result(timeout=10)
-    body = app.body("")[0].decode()  # the read that has since finished is used
+    body = app.body("")[0].decode()  # read afresh
     assert f'ipvs_up{{namespace="{slow_path}"}} 1.0' in body
     ns.close()
+
+
+def test_concurrent_scrapes_share_the_reads_in_flight(tmp_path):
+    fake = Fake(tmp_path)
+    gate = threading.Barrier(2, timeout=10)
+    reads = []
+
+    def read():
+        reads.append(1)
+        if len(reads) == 1:
+            gate.wait()  # the first scrape's read holds until the second scrape waits on it too
+        return Snapshot.build(EVERY_KIND)
+
+    paths = [fake.add("lb_a", read), fake.add("lb_b")]
+    app = MetricsApp(namespaces_of(fake, str(tmp_path / "lb_*")))
+    bodies = []
+    first = threading.Thread(target=lambda: bodies.append(app.body("")[0].decode()))
+    first.start()
+    while not reads:
+        pass
+    second = threading.Thread(target=lambda: bodies.append(app.body("")[0].decode()))
+    second.start()
+    time.sleep(0.2)
+    gate.wait()
+    first.join(10)
+    second.join(10)
+    assert len(bodies) == 2
+    for body in bodies:
+        assert [line.split("}")[1] for line in up_lines(body)] == [" 1.0", " 1.0"], body
+    assert len(reads) == 1 and paths
 
 
 @pytest.mark.parametrize("given", [[], ["/a", "/a"]])
