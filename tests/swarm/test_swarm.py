@@ -98,7 +98,7 @@ def test_readme_example_seed_metrics_equal_ipvsadm(lab):
 def test_fetch_services_names_each_published_port(lab):
     ports = lab.ports()
     assert sorted(ports) == ["service_1", "service_2", "service_3"]
-    got = fetch_services(lab.docker_host, timeout=API_TIMEOUT)
+    got = fetch_services(lab.docker_host, timeout=API_TIMEOUT).by_port
     assert _names(got) == {("tcp", port): name for name, port in ports.items()}
     ids = lab.ids()
     assert {service.name: service.id for service in got.values()} == {name: ids[name] for name in ports}
