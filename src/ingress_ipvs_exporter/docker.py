@@ -262,7 +262,7 @@ def _http_error(where: str, status: int, reason: str, body: bytes) -> DockerErro
     if status == 503 and "swarm manager" in message.lower():
         fix = "a worker node: service names come from its network inspect, without service IDs"
     elif status in (401, 403):
-        fix = "check that --docker-host allows reading services"
+        fix = "check that --docker-host allows reading services and networks"
     elif status == 404:
         fix = "check that --docker-host points at a Docker Engine API"
     else:
@@ -606,7 +606,7 @@ class DockerServices:
         """One refresh: both routes, each failure logged once per route and cause; the previous
         names of a route that failed are kept; raises when both failed."""
         with self._lock:
-            sandboxes = {os.path.basename(p.rstrip("/")) for p in self._asked}
+            sandboxes = {os.path.basename(p.rstrip("/")) for p, (_, keys) in self._asked.items() if keys}
         previous = self._cache.value
         by_mark, error = self._route(
             "networks", lambda: self._fetch_networks(self.docker_host, self.timeout, sandboxes)
