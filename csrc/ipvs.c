@@ -745,3 +745,33 @@ const char *ipvs_libnl_version(void)
 {
     return LIBNL_VERSION;
 }
+
+/* a * b modulo the CRC-32 generator, both polynomials over GF(2) in reflected order (bit 31
+ * is the coefficient of x^0): multiplying by x is a right shift, reduced by the generator
+ * (0xEDB88320 in this order) when x^31's coefficient falls off. */
+static uint32_t crc32_mul(uint32_t a, uint32_t b)
+{
+    uint32_t product = 0, bit = (uint32_t)1 << 31;
+    while (a) {
+        if (a & bit) {
+            product ^= b;
+            a ^= bit;
+        }
+        bit >>= 1;
+        b = (b & 1) ? (b >> 1) ^ 0xEDB88320u : b >> 1;
+    }
+    return product;
+}
+
+/* crc(A+B) = crc(A) * x^(8 len(B)) + crc(B) (the register's initial and final inversions
+ * cancel out in this form); x^(8 len(B)) by squaring, over the binary digits of 8 len(B). */
+uint32_t ipvs_crc32_combine(uint32_t crc_a, uint32_t crc_b, uint64_t len_b)
+{
+    uint32_t shift = (uint32_t)1 << 31, power = (uint32_t)1 << 30; /* 1 and x */
+    for (uint64_t n = len_b << 3; n; n >>= 1) {
+        if (n & 1)
+            shift = crc32_mul(power, shift);
+        power = crc32_mul(power, power);
+    }
+    return crc32_mul(shift, crc_a) ^ crc_b;
+}

@@ -104,3 +104,7 @@ int ipvs_drop_duplicate_services(struct ipvs_handle *h);
 
 /* The libnl version this shim was built against, e.g. "3.7.0". */
 const char *ipvs_libnl_version(void);
+
+/* The CRC-32 (zlib's) of A+B from crc(A), crc(B) and len(B), as zlib's crc32_combine: for a
+ * gzip member laid together from text compressed in separate pieces. Pure arithmetic. */
+uint32_t ipvs_crc32_combine(uint32_t crc_a, uint32_t crc_b, uint64_t len_b);

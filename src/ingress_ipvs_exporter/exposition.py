@@ -43,6 +43,12 @@ from .metrics import (
 )
 
 CHUNK_SERIES = 512  # series per chunk: bounds the text a scrape holds at once
+# Series per chunk compressed on its own in the cache of compressed text: what one moving
+# counter makes a scrape render and compress again. Smaller chunks redo less text but cost
+# more per series (a deflate block each) and compress worse (docs/performance.md). Of a
+# moving service, one series changes in each service family but only the real servers that
+# carried traffic in a real server family, hence smaller chunks there.
+SEGMENT_SERIES = {True: 128, False: 32}  # by Level.of_services
 
 
 class Format(Enum):
@@ -127,7 +133,7 @@ class _Series:
 class Shape:
     """Everything about a snapshot that does not change between scrapes of the same IPVS
     configuration: each level's series text, the info families' lines, and the cache of
-    compressed families."""
+    compressed text."""
 
     def __init__(self, snap: Snapshot, namespace: str, ports: Ports, options: Options) -> None:
         svc = service_labels(snap, ports)
@@ -155,21 +161,20 @@ class Shape:
         return self.series[d.level].values(getattr(rows, d.column))
 
     def samples(self, d: MetricDef, values: Sequence[int]) -> list[bytes]:
-        """The family's sample lines, in chunks of CHUNK_SERIES series; when every value
-        prints as "<int>.0", each chunk is one str.join over (name, labels, value, ".0\n")
-        built by C-level iterators, no Python loop."""
-        labels = self.series[d.level].labels
+        """The family's sample lines, in chunks of CHUNK_SERIES series."""
+        return [self.lines(d, values, i, i + CHUNK_SERIES) for i in range(0, len(values), CHUNK_SERIES)]
+
+    def lines(self, d: MetricDef, values: Sequence[int], start: int, stop: int) -> bytes:
+        """The sample lines of series start..stop-1; when every value prints as "<int>.0",
+        one str.join over (name, labels, value, ".0\n") built by C-level iterators, no
+        Python loop."""
+        ls, vs = self.series[d.level].labels[start:stop], values[start:stop]
+        if not vs:
+            return b""
         name = _sample_name(d)
-        small = bool(values) and max(values) < 1000000 and (_unsigned(values) or min(values) > -1000000)
-        chunks = []
-        for i in range(0, len(values), CHUNK_SERIES):
-            ls, vs = labels[i : i + CHUNK_SERIES], values[i : i + CHUNK_SERIES]
-            if small:
-                text = "".join(chain.from_iterable(zip(repeat(name), ls, map(str, vs), repeat(".0\n"))))
-            else:
-                text = "\n".join([name + lab + fmt(v) for lab, v in zip(ls, vs)]) + "\n"
-            chunks.append(text.encode())
-        return chunks
+        if max(vs) < 1000000 and (_unsigned(vs) or min(vs) > -1000000):
+            return "".join(chain.from_iterable(zip(repeat(name), ls, map(str, vs), repeat(".0\n")))).encode()
+        return ("\n".join([name + lab + fmt(v) for lab, v in zip(ls, vs)]) + "\n").encode()
 
     def info_segments(self, form: Format) -> list[Segment]:
         """The info families deflated, once per shape and format: their lines never change
@@ -181,27 +186,31 @@ class Shape:
         return segs
 
     def segment(self, d: MetricDef, values: Sequence[int], form: Format) -> Segment:
-        """The family (header and samples) deflated. A family whose values are those of the
-        last scrape (weights, thresholds, idle services and real servers) reuses its segment
-        from the cache: neither rendered nor compressed again."""
-        key = (d.name, form)
-        packed = _packed(values)
-        seg = self.cache.get(key, packed)
-        if seg is None:
-            seg = deflate([header(d.name, d.kind, d.help, form), *self.samples(d, values)])
-            self.cache.put(key, packed, seg)
-        return seg
+        """The family (header and samples) deflated in chunks of SEGMENT_SERIES series (the
+        header with the first), each compressed on its own. A chunk whose values are those of
+        the last scrape (weights, thresholds, idle services and real servers) comes from the
+        cache, neither rendered nor compressed again; so does a family with no change at all."""
+        packed, width = _packed(values)
+        per = SEGMENT_SERIES[d.level.of_services] if width else max(1, len(values))
+
+        def chunk(i: int) -> Segment:
+            start = i * per
+            text = self.lines(d, values, start, start + per)
+            return deflate([header(d.name, d.kind, d.help, form), text] if i == 0 else [text])
+
+        return self.cache.segment((d.name, form), packed, per * width, chunk)
 
 
-def _packed(values: Sequence[int]) -> bytes:
-    """The values as bytes, to compare with the next scrape's (tagged by form, so two forms
-    never compare equal; sums of 64-bit counters may not fit 64 bits)."""
+def _packed(values: Sequence[int]) -> tuple[bytes, int]:
+    """The values as bytes, to compare with the next scrape's, and the bytes per value (0 when
+    the values are not one per fixed width). A first byte tags the form, so two forms never
+    compare equal; sums of 64-bit counters may not fit 64 bits."""
     if isinstance(values, memoryview):
-        return b"m" + values.tobytes()
+        return values.format.encode() + values.tobytes(), values.itemsize
     try:
-        return b"q" + array("q", values).tobytes()
+        return b"q" + array("q", values).tobytes(), 8
     except OverflowError:
-        return b"r" + repr(values).encode()
+        return b"r" + repr(values).encode(), 0
 
 
 class Renderer:

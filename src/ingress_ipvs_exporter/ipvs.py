@@ -508,3 +508,9 @@ class Handle:
 
 def libnl_version() -> str:
     return str(ffi.string(lib.ipvs_libnl_version()).decode())
+
+
+def crc32_combine(crc_a: int, crc_b: int, length_b: int) -> int:
+    """The CRC-32 of A+B from crc(A), crc(B) and len(B) (zlib's crc32_combine), in the shim:
+    a scrape joins one per chunk of text it compresses apart."""
+    return int(lib.ipvs_crc32_combine(crc_a, crc_b, length_b))
