@@ -94,6 +94,22 @@ class Lab:
             time.sleep(2)
 
 
+def wait_for(what: str, check, timeout: float = WAIT, every: float = 2.0):
+    """check()'s first true value, polled every `every` s (an OSError counts as not yet)."""
+    deadline = time.monotonic() + timeout
+    last = None
+    while True:
+        try:
+            last = check()
+            if last:
+                return last
+        except OSError as e:
+            last = e
+        if time.monotonic() > deadline:
+            raise AssertionError(f"timed out after {timeout:.0f}s waiting for {what}; last: {last}")
+        time.sleep(every)
+
+
 def _lab_cmd(*args: str, timeout: float) -> subprocess.CompletedProcess:
     """Run swarm-lab; its progress (stderr) goes to pytest's captured output."""
     return subprocess.run(

@@ -9,15 +9,16 @@ Discovery does not depend on the iptables backend, so this module runs on the nf
 
 from __future__ import annotations
 
+import functools
 import json
 import pathlib
 import shutil
 import subprocess
-import time
 import urllib.parse
 import urllib.request
 
 import pytest
+import swarmlib
 import yaml
 from ipvs_testlib import exporter_command, free_port, stop_process
 from swarmlib import diag
@@ -36,19 +37,7 @@ def api(base: str, path: str, **params) -> dict:
     return body["data"]
 
 
-def wait_for(what: str, check, timeout: float = WAIT, every: float = 2.0):
-    deadline = time.monotonic() + timeout
-    last = None
-    while True:
-        try:
-            last = check()
-            if last:
-                return last
-        except OSError as e:
-            last = e
-        if time.monotonic() > deadline:
-            raise AssertionError(f"timed out after {timeout:.0f}s waiting for {what}; last: {last}")
-        time.sleep(every)
+wait_for = functools.partial(swarmlib.wait_for, timeout=WAIT)
 
 
 @pytest.fixture(scope="module")

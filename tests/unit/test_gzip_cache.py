@@ -10,7 +10,7 @@ from reference import render as reference
 from test_exposition import EVERY_KIND, PORTS, st
 
 from ingress_ipvs_exporter import exposition, gzipstream
-from ingress_ipvs_exporter.exposition import Renderer
+from ingress_ipvs_exporter.exposition import Renderer, View
 from ingress_ipvs_exporter.gzipstream import Segment, SegmentCache, deflate, join
 from ingress_ipvs_exporter.ipvs import Snapshot
 from ingress_ipvs_exporter.metrics import Options
@@ -82,7 +82,7 @@ def test_a_moving_real_server_redoes_one_chunk_per_family_it_is_in(monkeypatch, 
     def scrape(services):
         snap = Snapshot.build(services)
         made.clear()
-        text = text_of(join(r.segments(snap, "/ns", PORTS, options, openmetrics)))
+        text = text_of(join(r.segments([View("/ns", snap, PORTS)], options, openmetrics)))
         assert text.decode() == reference(snap, "/ns", PORTS, options, openmetrics)
         return len(made)
 
@@ -115,7 +115,7 @@ def test_sums_beyond_64_bits_are_one_chunk_and_still_cached(monkeypatch):
         "segment",
         lambda self, k, v, step, make: steps.append(step) or real(self, k, v, step, make),
     )
-    first = text_of(join(r.segments(snap, "/ns", PORTS, options)))
+    first = text_of(join(r.segments([View("/ns", snap, PORTS)], options)))
     assert first.decode() == reference(snap, "/ns", PORTS, options, False)
     assert 0 in steps
-    assert text_of(join(r.segments(snap, "/ns", PORTS, options))) == first
+    assert text_of(join(r.segments([View("/ns", snap, PORTS)], options))) == first
