@@ -18,7 +18,7 @@ import functools
 from array import array
 from collections.abc import Iterable, Iterator, Sequence
 from enum import Enum
-from itertools import chain, repeat
+from itertools import accumulate
 from typing import Any, Callable, NamedTuple, Protocol
 
 from prometheus_client.core import Metric
@@ -29,7 +29,7 @@ from prometheus_client.utils import floatToGoString
 from . import memory
 from .collector import IPVSCollector, Reading
 from .gzipstream import GzipStream, Segment, SegmentCache, deflate
-from .ipvs import Snapshot
+from .ipvs import Snapshot, format_samples
 from .metrics import (
     METRICS,
     InfoDef,
@@ -44,13 +44,12 @@ from .metrics import (
     service_labels,
 )
 
-CHUNK_SERIES = 512  # series per chunk: bounds the text a scrape holds at once
-# Series per chunk compressed on its own in the cache of compressed text: what one moving
-# counter makes a scrape render and compress again. Smaller chunks redo less text but cost
-# more per series (a deflate block each) and compress worse (docs/performance.md). Of a
-# moving service, one series changes in each service family but only the real servers that
-# carried traffic in a real server family, hence smaller chunks there.
-SEGMENT_SERIES = {True: 128, False: 32}  # by Level.of_services
+# how the installed prometheus_client writes exponents, which the shim's sample lines follow
+_ZERO_EXPONENT = floatToGoString(10**12) == "1e+012"
+# Series per chunk: bounds the text a scrape holds at once; also what the cache of compressed
+# text keeps apart, so what one moving counter makes a scrape render and compress again.
+# Smaller chunks redo less but compress worse and cost more per series (docs/performance.md).
+CHUNK_SERIES = 512
 
 
 class Format(Enum):
@@ -96,11 +95,6 @@ def _sample_name(d: MetricDef) -> str:
     return d.name if d.kind is not Kind.COUNTER or d.name.endswith("_total") else d.name + "_total"
 
 
-def _unsigned(values: Sequence[int]) -> bool:
-    """True for a kernel column of unsigned ints (no need to look for negative values)."""
-    return isinstance(values, memoryview) and values.format in ("I", "Q")
-
-
 class _Series:
     """One level's series for a shape: their label text, and how rows become series.
 
@@ -111,7 +105,11 @@ class _Series:
     def __init__(self, names: Sequence[str], keys: Sequence[tuple[str, ...] | None]) -> None:
         index: dict[tuple[str, ...], int] = {}
         groups = array("i", (-1 if k is None else index.setdefault(k, len(index)) for k in keys))
-        self.labels = [label_text(names, k) + " " for k in index]
+        # every series' label text (and the space before its value) in one bytes value, series
+        # i at text[ends[i]:ends[i + 1]], for the shim to write sample lines from
+        texts = [(label_text(names, k) + " ").encode() for k in index]
+        self.text = b"".join(texts)
+        self.ends = array("I", accumulate(map(len, texts), initial=0))
         self.rows: array[int] | None = None
         self.groups: array[int] | None = None
         if len(index) < sum(1 for g in groups if g >= 0):
@@ -169,16 +167,17 @@ class Shape:
         return [self.lines(d, values, i, i + CHUNK_SERIES) for i in range(0, len(values), CHUNK_SERIES)]
 
     def lines(self, d: MetricDef, values: Sequence[int], start: int, stop: int) -> bytes:
-        """The sample lines of series start..stop-1; when every value prints as "<int>.0",
-        one str.join over (name, labels, value, ".0\n") built by C-level iterators, no
-        Python loop."""
-        ls, vs = self.series[d.level].labels[start:stop], values[start:stop]
-        if not vs:
-            return b""
-        name = _sample_name(d)
-        if max(vs) < 1000000 and (_unsigned(vs) or min(vs) > -1000000):
-            return "".join(chain.from_iterable(zip(repeat(name), ls, map(str, vs), repeat(".0\n")))).encode()
-        return ("\n".join([name + lab + fmt(v) for lab, v in zip(ls, vs)]) + "\n").encode()
+        """The sample lines of series start..stop-1, written by the shim from the cached label
+        text; values it leaves to Python (2^53 or more) as prometheus_client writes them."""
+        series, vs = self.series[d.level], values[start:stop]
+        name = _sample_name(d).encode()
+        text = format_samples(name, series.text, series.ends, start, vs, _ZERO_EXPONENT)
+        if text is not None:
+            return text
+        ends, at = series.ends, series.text
+        return b"".join(
+            b"%s%s%s\n" % (name, at[ends[i] : ends[i + 1]], fmt(v).encode()) for i, v in enumerate(vs, start)
+        )
 
     def info_segments(self, form: Format) -> list[Segment]:
         """The info families' lines (headers apart) deflated, once per shape and format: they
@@ -192,11 +191,11 @@ class Shape:
 
     def segment(self, d: MetricDef, values: Sequence[int], form: Format) -> Segment:
         """The family's samples (header apart: see header_segment) deflated in chunks of
-        SEGMENT_SERIES series, each compressed on its own. A chunk whose values are those of
+        CHUNK_SERIES series, each compressed on its own. A chunk whose values are those of
         the last scrape (weights, thresholds, idle services and real servers) comes from the
         cache, neither rendered nor compressed again; so does a family with no change at all."""
         packed, width = _packed(values)
-        per = SEGMENT_SERIES[d.level.of_services] if width else max(1, len(values))
+        per = CHUNK_SERIES if width else max(1, len(values))
 
         def chunk(i: int) -> Segment:
             start = i * per

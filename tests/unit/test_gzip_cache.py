@@ -68,7 +68,7 @@ def test_join_is_the_segments_end_to_end():
 @pytest.mark.parametrize("budget", [0, 1 << 20], ids=["no-cache", "cache"])
 @pytest.mark.parametrize("openmetrics", [False, True], ids=["text-0.0.4", "openmetrics"])
 def test_a_moving_real_server_redoes_one_chunk_per_family_it_is_in(monkeypatch, budget, openmetrics):
-    monkeypatch.setattr(exposition, "SEGMENT_SERIES", {True: 2, False: 2})
+    monkeypatch.setattr(exposition, "CHUNK_SERIES", 2)
     monkeypatch.setattr(gzipstream, "CACHE_BUDGET", budget)
     made = []
 
@@ -103,7 +103,7 @@ def test_a_moving_real_server_redoes_one_chunk_per_family_it_is_in(monkeypatch, 
 def test_sums_beyond_64_bits_are_one_chunk_and_still_cached(monkeypatch):
     """Real servers merged by --destination-labels sum counters; a sum past 2**63 (sums pack
     as signed 64 bits) packs as text, with no fixed width per series: one chunk then."""
-    monkeypatch.setattr(exposition, "SEGMENT_SERIES", {True: 2, False: 2})
+    monkeypatch.setattr(exposition, "CHUNK_SERIES", 2)
     s = EVERY_KIND[3]
     big = tuple(dst._replace(stats=st(2**52)) for dst in s.destinations)  # x 3000: past 2**63
     snap = Snapshot.build([s._replace(destinations=big)])
