@@ -7,8 +7,12 @@ from array import array
 
 import pytest
 from prometheus_client.utils import floatToGoString
+from reference import render as reference
+from test_exposition import EVERY_KIND, PORTS
 
-from ingress_ipvs_exporter.ipvs import format_samples
+from ingress_ipvs_exporter.exposition import Renderer
+from ingress_ipvs_exporter.ipvs import Snapshot, Stats, format_samples
+from ingress_ipvs_exporter.metrics import Options
 
 EDGES = [
     0,
@@ -72,3 +76,18 @@ def test_a_slice_starts_at_its_series():
     ends, text = array("I", [0, 3, 6, 9]), b"{0}{1}{2}"
     assert format_samples(b"n", text, ends, 1, [5, 6], False) == b"n{1}5.0\nn{2}6.0\n"
     assert format_samples(b"n", text, ends, 3, [], False) == b""
+
+
+@pytest.mark.parametrize("openmetrics", [False, True], ids=["text-0.0.4", "openmetrics"])
+@pytest.mark.parametrize("base", [999999, 1234567, 2**40 + 1, 2**53 // 1000, 2**53, 2**60])
+def test_a_scrape_with_large_counters_is_the_oracles(base, openmetrics):
+    """Through the renderer: values the shim writes and values it leaves to Python (2^53 and
+    more) mixed in one chunk, byte-identical to prometheus_client's rendering."""
+    s = EVERY_KIND[3]
+    big = [Stats(*(base * (k % 2) + 10**k + i for k in range(10))) for i in range(len(s.destinations) + 1)]
+    dests = tuple(dst._replace(stats=big[i + 1]) for i, dst in enumerate(s.destinations))
+    snap = Snapshot.build([s._replace(stats=big[0], destinations=dests), *EVERY_KIND[:3]])
+    options = Options(backends=True)
+    assert Renderer().render(snap, "/ns", PORTS, options, openmetrics) == reference(
+        snap, "/ns", PORTS, options, openmetrics
+    )
