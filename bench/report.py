@@ -252,6 +252,49 @@ def live_table(doc: dict) -> list[str]:
     ]
 
 
+def namespaces_table(doc: dict) -> list[str]:
+    """The namespaces row: K namespaces of N services in one scrape, beside the bare dumps of
+    all K and beside the size row of K*N services in one namespace (same run, if made)."""
+    ns = doc.get("namespaces")
+    if not ns:
+        return []
+    k, n, total = ns["namespaces"], ns["n_services"], ns["n_services_total"]
+    cs = ns.get("contenders", {})
+    one = next((r.get("contenders", {}) for r in doc.get("results", []) if r["n_services"] == total), {})
+    dump = cs.get("shim_dump")
+    rows = []
+    for key, label in (
+        ("exporter_gzip", "exporter gzip"),
+        ("exporter_gzip_nocache", "gzip, cache off"),
+        ("shim_dump", "bare dumps"),
+    ):
+        c = cs.get(key)
+        if c is None:
+            continue
+        if not _ok(c):
+            rows.append(f"| {label} | {c.get('status')} | | | | |")
+            continue
+        to_dump = _ratio(c, dump)
+        to_one = _ratio(c, one.get(key))
+        rss = f"{c['rss_mb']:.1f} MB" if c.get("rss_mb") is not None else ""
+        if c.get("rss_after_extra_mb") is not None and key == PRIMARY:
+            rss += f" -> {c['rss_after_extra_mb']:.1f}"
+        rows.append(
+            f"| {label} | {_fmt_t(c['median_s'])} | {c['runs']} | "
+            f"{'' if to_dump is None else f'{to_dump:.2f}x'} | {'' if to_one is None else f'{to_one:.2f}x'} | {rss} |"
+        )
+    return [
+        "",
+        f"Several namespaces: {k} namespaces of {n} services x 10 dests, one exporter reading them "
+        f"through one glob, one scrape; beside the bare dumps of all {k} and the {total} x 10 row "
+        "in one namespace:",
+        "",
+        f"| contender | median | runs | x bare dumps | x one namespace of {total} | RSS |",
+        "|---|---:|---:|---:|---:|---:|",
+        *rows,
+    ]
+
+
 def markdown(doc: dict) -> str:
     rows = [
         "| N services x 10 dests | contender | median | min | runs | x ipvsadm | samples | RSS |",
@@ -284,7 +327,7 @@ def markdown(doc: dict) -> str:
             )
             if c.get("runs_note"):
                 notes.append(f"- N={n}, {label}: {c['runs_note']}")
-    lines = [f"Machine: {machine_line(doc)}", "", *live_table(doc), *rows, ""]
+    lines = [f"Machine: {machine_line(doc)}", "", *live_table(doc), *rows, *namespaces_table(doc), ""]
     lines.append(
         "Times are per scrape or dump, wall-clock, median and min of `runs` after one warm-up. "
         "RSS is VmRSS after the timed scrapes; on the exporter's gzip row `-> X` is after "

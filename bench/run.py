@@ -25,6 +25,11 @@ and their real servers' counters differ between any two scrapes, as on a node ca
 traffic. The live rows time the exporter (gzip, its default cache on), the bare dump,
 ipvsadm and node_exporter; the targets are ratios to the live bare dump.
 
+Last, the namespaces row (group `namespaces`, --namespaces KxN, default 50x200): K
+namespaces of N services x 10 each, read by one exporter through one glob, scraped in one
+request (gzip, cache on and off) beside the bare dumps of all K in turn; compare it with the
+size row of K*N services in one namespace.
+
 What must happen inside the namespace (ipvsadm, the HTTP client of node_exporter, pyroute2's
 socket) is done by this process after setns(2) into it - what `ip netns exec` does - so no
 interpreter start-up ends up in a figure. Writes bench.json and bench.md into --out
@@ -417,14 +422,21 @@ class StartedExporter:
 
 
 def start_exporter(
-    ns: str, n: int, procs: Procs, outdir: Path, suffix: str = "", env: dict | None = None
+    ns: str,
+    n: int,
+    procs: Procs,
+    outdir: Path,
+    suffix: str = "",
+    env: dict | None = None,
+    path: str | None = None,
 ) -> StartedExporter:
+    """The exporter reading /run/netns/{ns}, or path (a glob: the namespaces row)."""
     exe = shutil.which("ingress_ipvs_exporter") or str(
         Path(sys.executable).with_name("ingress_ipvs_exporter")
     )
     port = free_port()
     p = procs.start(
-        [exe, "--listen-address", f"127.0.0.1:{port}", "--namespace-path", f"/run/netns/{ns}"],
+        [exe, "--listen-address", f"127.0.0.1:{port}", "--namespace-path", path or f"/run/netns/{ns}"],
         outdir / f"exporter{suffix}-{n}.log",
         env,
     )
@@ -448,8 +460,10 @@ def bench_exporter(
     variants=(("plain", False), ("gzip", True)),
     suffix: str = "",
     extra_scrapes: int | None = None,
+    namespaces: int = 1,
 ) -> dict:
-    """Scrapes of the exporter started (by start_exporter) while the namespace was being filled."""
+    """Scrapes of the exporter started (by start_exporter) while the namespace was being filled;
+    n services and `namespaces` namespaces up in all."""
     p, port, host = started.p, started.port, "127.0.0.1"
     extra = args.extra_scrapes if extra_scrapes is None else extra_scrapes
     try:
@@ -462,8 +476,12 @@ def bench_exporter(
         (outdir / f"exporter{suffix}-{n}.head.txt").write_bytes(
             b"\n".join(text.split(b"\n", 120)[:120]) + b"\n"
         )
-        if not re.search(rb"^ipvs_up(\{[^}]*\})? 1(\.0)?$", text, re.M):
-            raise RuntimeError(f"the exporter answered without 'ipvs_up 1' (see exporter-{n}.head.txt)")
+        up = len(re.findall(rb"^ipvs_up(\{[^}]*\})? 1(\.0)?$", text, re.M))
+        if up != namespaces:
+            raise RuntimeError(
+                f"the exporter answered with 'ipvs_up 1' for {up} namespaces, expected {namespaces} "
+                f"(see exporter{suffix}-{n}.head.txt)"
+            )
         dest_series = count_samples(text, b"ipvs_destination_bytes_in_total")
         if dest_series != n * DESTS_PER_SERVICE:
             raise RuntimeError(
@@ -494,19 +512,28 @@ def bench_exporter(
         procs.stop(p)
 
 
-def bench_shim(ns: str, n: int, args, before=None) -> dict:
+def bench_shim(ns: str | list[str], n: int, args, before=None) -> dict:
+    """Bare dumps of the namespace (or of each namespace in turn), n services x 10 in each."""
     try:
         from ingress_ipvs_exporter.ipvs import Handle
 
-        h = Handle(f"/run/netns/{ns}")
+        handles = [Handle(f"/run/netns/{x}") for x in ([ns] if isinstance(ns, str) else ns)]
         try:
-            m = measure(h.snapshot, args.runs, args.reduced_runs, args.budget_s, before=before)
+            m = measure(
+                lambda: [h.snapshot() for h in handles],
+                args.runs,
+                args.reduced_runs,
+                args.budget_s,
+                before=before,
+            )
         finally:
-            h.close()
-        snap = m.pop("last")
-        if snap.n_svc != n or snap.n_dst != n * DESTS_PER_SERVICE:
-            raise RuntimeError(f"the snapshot has {snap.n_svc} services / {snap.n_dst} destinations")
-        return {**m, "services": snap.n_svc, "destinations": snap.n_dst}
+            for h in handles:
+                h.close()
+        snaps = m.pop("last")
+        for snap in snaps:
+            if snap.n_svc != n or snap.n_dst != n * DESTS_PER_SERVICE:
+                raise RuntimeError(f"a snapshot has {snap.n_svc} services / {snap.n_dst} destinations")
+        return {**m, "services": sum(x.n_svc for x in snaps), "destinations": sum(x.n_dst for x in snaps)}
     except Exception as e:
         return {"status": f"failed: {type(e).__name__}: {e}"}
 
@@ -904,6 +931,42 @@ def bench_size(n: int, args, procs: Procs, outdir: Path, prev: dict) -> dict:
     return entry
 
 
+def bench_namespaces(k: int, n: int, args, procs: Procs, outdir: Path) -> dict:
+    """K namespaces of N services x 10 each, read by one exporter through one glob in one
+    scrape: its gzip scrape (cache on, and off as under traffic) beside the bare dumps of all
+    K namespaces in turn, and its RSS."""
+    stem = f"ipvsbenchns{os.getpid()}-"
+    names = [f"{stem}{i}" for i in range(k)]
+    total = k * n
+    entry: dict = {"namespaces": k, "n_services": n, "n_services_total": total}
+    t0 = time.perf_counter()
+    try:
+        for name in names:
+            run(["ip", "netns", "add", name])
+            run(["ip", "-n", name, "link", "set", "lo", "up"])
+        glob = f"/run/netns/{stem}*"
+        label = f"{k}ns"
+        started = start_exporter(label, total, procs, outdir, path=glob)
+        nocache = start_exporter(label, total, procs, outdir, NOCACHE, NOCACHE_ENV, path=glob)
+        log(f"{k} namespaces x {n} services: loading")
+        setups = [fill_namespace(name, n) for name in names]
+        entry["setup"] = {key: sum(x[key] for x in setups) for key in setups[0]}
+        c = bench_exporter(label, total, args, procs, outdir, started, (("gzip", True),), namespaces=k)
+        c |= bench_exporter(
+            label, total, args, procs, outdir, nocache, (("gzip", True),), NOCACHE, 0, namespaces=k
+        )
+        c["shim_dump"] = bench_shim(names, n, args)
+        for name, r in c.items():
+            log(f"{k} namespaces x {n}: {name}: {r.get('median_s', r.get('status'))}")
+        entry["contenders"] = c
+    finally:
+        procs.stop_all()
+        for name in names:
+            delete_namespace(name)
+        entry["wall_s"] = time.perf_counter() - t0
+    return entry
+
+
 def main(argv=None) -> int:
     ap = argparse.ArgumentParser(
         description=__doc__.split("\n\n")[0], formatter_class=argparse.ArgumentDefaultsHelpFormatter
@@ -914,7 +977,7 @@ def main(argv=None) -> int:
     )
     ap.add_argument(
         "--contenders",
-        default="exporter,exporter_nocache,shim,ipvsadm,node_exporter,pyroute2,live",
+        default="exporter,exporter_nocache,shim,ipvsadm,node_exporter,pyroute2,live,namespaces",
         help="comma list of the contenders to run",
     )
     ap.add_argument(
@@ -923,6 +986,12 @@ def main(argv=None) -> int:
         help="comma list: percent of services whose counters move between scrapes (the live rows)",
     )
     ap.add_argument("--live-runs", type=int, default=3, help="timed runs of each live contender")
+    ap.add_argument(
+        "--namespaces",
+        default="50x200",
+        help="KxN: the namespaces row, K namespaces of N services x 10 read through one glob "
+        "(contender group `namespaces`)",
+    )
     ap.add_argument(
         "--live-node-exporter-below",
         type=int,
@@ -991,6 +1060,7 @@ def main(argv=None) -> int:
             "extra_scrapes": args.extra_scrapes,
             "contenders": sorted(args.contenders),
             "live_shares_percent": args.live_shares,
+            "namespaces": args.namespaces,
             "runs_policy": "1 warm-up + runs; fewer runs when warm-up x runs exceeds budget_s, "
             "or when the previous size's median scaled linearly says so "
             "(then 1 run without warm-up, or skipped); see runs_note",
@@ -1010,6 +1080,10 @@ def main(argv=None) -> int:
             for name, c in entry.get("contenders", {}).items():
                 if c.get("status") == "ok":
                     prev[name] = (n, c["median_s"])
+        if "namespaces" in args.contenders and args.namespaces:
+            k, n = (int(x) for x in args.namespaces.lower().split("x"))
+            doc["namespaces"] = bench_namespaces(k, n, args, procs, outdir)
+            (outdir / "bench.json").write_text(json.dumps(doc, indent=2, default=str) + "\n")
     except KeyboardInterrupt as e:
         log(f"interrupted: {e}")
         doc["error"] = f"interrupted: {e}"
@@ -1033,7 +1107,7 @@ def main(argv=None) -> int:
         print(line)
     failed = [
         f"N={r['n_services']} {name}: {c['status']}"
-        for r in doc["results"]
+        for r in [*doc["results"], *([doc["namespaces"]] if "namespaces" in doc else [])]
         for name, c in r.get("contenders", {}).items()
         if c.get("status", "").startswith("failed")
     ]

@@ -22,7 +22,7 @@ from prometheus_client.registry import Collector, CollectorRegistry
 
 from .ipvs import IPVSError, NamespaceNotFound, NotANamespace, ReadTimeout, Snapshot, describe_namespace
 from .logonce import LogOnce
-from .metrics import DEFAULT_OPTIONS, Options, Ports, PublishedPortLike, Vips
+from .metrics import DEFAULT_OPTIONS, Options, Ports, Vips
 
 log = logging.getLogger(__name__)
 
@@ -30,20 +30,25 @@ NS_LABELS = ("namespace",)
 
 
 class SwarmNames(Protocol):
-    """What docker.DockerServices offers: service names by (protocol, port), and whether the
-    last query of the Docker Engine API worked."""
+    """What docker.DockerServices offers: the service behind each fwmark of a namespace (named
+    by its file and the mark, else by the mark's published ports), and whether the last query
+    of the Docker Engine API worked."""
 
     @property
     def up(self) -> bool: ...
 
-    def lookup(self, ports: Iterable[PublishedPortLike]) -> Mapping[tuple[str, int], SwarmOwner]: ...
+    def names(
+        self, namespace_path: str, marks: Iterable[int], ports: Ports | None = None
+    ) -> Mapping[int, SwarmOwner]: ...
 
 
 class SwarmOwner(Protocol):
     @property
-    def id(self) -> str: ...
+    def id(self) -> str: ...  # "" when no swarm manager answered
     @property
     def name(self) -> str: ...
+    @property
+    def network(self) -> str: ...
 
 
 @dataclass(frozen=True)
@@ -64,6 +69,7 @@ class _State:
     seconds: float = 0.0
     ports: Ports = field(default_factory=dict)
     info: tuple[int, int] | None = None
+    marks: tuple[int, ...] = ()  # the snapshot's fwmarks, for the swarm names
 
 
 class IPVSCollector:
@@ -107,7 +113,7 @@ class IPVSCollector:
         start = time.monotonic()
         try:
             snap = self._snapshot()
-            marks = snap.fwmarks()
+            marks = tuple(snap.fwmarks())
             ports = self._ports(marks)
             vips = self._vips(marks) if self._vips else {}
             info = self._info() if self._info else None
@@ -119,7 +125,7 @@ class IPVSCollector:
         self._said.reset()
         self.last_error = None
         with self._lock:
-            self._state = _State(1, time.monotonic() - start, ports, info)
+            self._state = _State(1, time.monotonic() - start, ports, info, marks)
         return Reading(snap, ports, vips)
 
     def readings(self) -> list[tuple[IPVSCollector, Reading]]:
@@ -143,24 +149,23 @@ class IPVSCollector:
             if state.info is not None and not self.options.original_only:
                 yield from self._ipvs_info(*state.info)
             if self._swarm is not None:
-                yield from self._swarm_families(state.ports)
+                yield from self._swarm_families(state.marks, state.ports)
         yield from self._health(state)
 
-    def _swarm_families(self, ports: Ports) -> list[Metric]:
-        """ipvs_swarm_service_info: one series per fwmark, with the same port label as the
-        fwmark's other series, so PromQL can join service names on (namespace, fwmark)."""
+    def _swarm_families(self, marks: Iterable[int], ports: Ports) -> list[Metric]:
+        """ipvs_swarm_service_info: one series per named fwmark, with the same port label as the
+        fwmark's other series ("" for a VIP's mark, which has no published port), so PromQL can
+        join service names on (namespace, fwmark)."""
         assert self._swarm is not None
-        names = self._swarm.lookup(p for found in ports.values() for p in found)
+        names = self._swarm.names(self.namespace, marks, ports)
         info = GaugeMetricFamily(
             "ipvs_swarm_service_info",
-            "The Docker Swarm service that publishes the fwmark's ports (always 1)",
-            labels=("fwmark", "namespace", "port", "service_id", "service_name"),
+            "The Docker Swarm service behind the fwmark, and the network it is balanced on (always 1)",
+            labels=("fwmark", "namespace", "network", "port", "service_id", "service_name"),
         )
-        for mark in sorted(ports):
-            owners = {names[(p.protocol, p.port)] for p in ports[mark] if (p.protocol, p.port) in names}
-            port = str(min(p.port for p in ports[mark]))
-            for owner in sorted(owners, key=lambda o: o.id):
-                info.add_metric([str(mark), self.namespace, port, owner.id, owner.name], 1)
+        for mark, owner in sorted(names.items()):
+            port = str(min(p.port for p in ports[mark])) if ports.get(mark) else ""
+            info.add_metric([str(mark), self.namespace, owner.network, port, owner.id, owner.name], 1)
         up = GaugeMetricFamily(
             "ipvs_docker_up",
             "1 when the last query of the Docker Engine API for swarm service names succeeded, else 0",

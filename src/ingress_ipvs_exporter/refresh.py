@@ -1,8 +1,8 @@
 """A cached value that a slow call loads, refreshed when it ages or when new keys are asked about.
 
 Both caches of the exporter are this: PortMap (fwmark -> ports, from iptables) and
-DockerServices (port -> swarm service, from the Docker API). A scrape asks with the keys it
-needs (the fwmarks or ports IPVS has now); the load itself always fetches the whole value.
+DockerServices ((namespace, fwmark) -> swarm service, from the Docker API). A scrape asks with
+the keys it needs (the fwmarks IPVS has now); the load itself always fetches the whole value.
 
     cache = Refreshing(load, {}, max_age=60.0, wait_for_new_keys=True)
     value = cache.get(keys)   # never raises; cache.error says why the last load failed

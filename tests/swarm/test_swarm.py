@@ -3,24 +3,31 @@ host's iptables alternative set to nft and once to legacy.
 
 Per backend the tests share one swarm and run in file order: the README example (three
 services, ten requests, every seed sample equal to ipvsadm, ports as docker reports them),
-swarm service names through the exporter and through docker.py, churn, a frozen dockerd, and
-dockerd stopped last, since it ends the swarm.
+swarm service names through the exporter and through docker.py, churn, east-west VIP traffic
+read with the lb_* glob, names of VIP and ingress fwmarks with their network from a manager and
+from a worker's answers, a frozen dockerd, and dockerd stopped last, since it ends the swarm.
 """
 
 from __future__ import annotations
 
 import contextlib
+import http.client
+import http.server
 import json
 import os
 import re
 import signal
+import socket
+import socketserver
 import subprocess
+import threading
 import time
 from pathlib import Path
 
 import pytest
 from ipvs_testlib import (
     assert_seed_samples_match,
+    exporter_log,
     ipvsadm,
     namespaces_shown,
     of_namespace,
@@ -37,14 +44,24 @@ from ingress_ipvs_exporter.docker import DockerError, fetch_services
 
 pytestmark = pytest.mark.swarm
 
+NET = "namesnet"  # an overlay network with service 'api', for the naming tests
+NOT_A_MANAGER = (
+    b'{"message":"This node is not a swarm manager. Worker nodes can\'t be used to view or modify '
+    b'cluster state. Please run this command on a manager node or promote the current node to a manager."}'
+)
+
 
 @contextlib.contextmanager
-def diagnosed():
-    """On failure, print swarm-lab's diagnostics (dockerd log, service ps, ipvsadm, rules)."""
+def diagnosed(*urls: str):
+    """On failure, print swarm-lab's diagnostics (dockerd log, service ps, ipvsadm, rules) and
+    the logs of the exporters at urls."""
     try:
         yield
     except BaseException:
         print(diag())
+        for url in urls:
+            with open(exporter_log(url)) as f:
+                print(f"===== exporter log {url}\n{f.read()}")
         raise
 
 
@@ -110,7 +127,7 @@ def test_readme_example_seed_metrics_equal_ipvsadm(lab):
 def test_fetch_services_names_each_published_port(lab):
     ports = lab.ports()
     assert sorted(ports) == ["service_1", "service_2", "service_3"]
-    got = fetch_services(lab.docker_host, timeout=API_TIMEOUT)
+    got = fetch_services(lab.docker_host, timeout=API_TIMEOUT).by_port
     assert _names(got) == {("tcp", port): name for name, port in ports.items()}
     ids = lab.ids()
     assert {service.name: service.id for service in got.values()} == {name: ids[name] for name in ports}
@@ -254,7 +271,7 @@ def test_east_west_vip_traffic_is_counted_in_its_load_balancer_namespace(lab):
                 names = wait_for("the VIP service named", named)
                 scraped, before = scrape_while_all_stable(url, [lab.ingress_ns, lb])
                 save_east_west_example(url, lb, mark, lab.backend)
-                assert names[0]["service_name"] == api and names[0].get("network", net) == net
+                assert names[0]["service_name"] == api and names[0]["network"] == net
                 assert {lab.ingress_ns, lb} <= namespaces_shown(scraped)
                 assert before[lb][f"FWM {mark}"].conns >= 6
                 svc_labels = {"family": "ipv4", "port": "", "protocol": "", "vip": vip, **mine}
@@ -282,6 +299,164 @@ def test_east_west_vip_traffic_is_counted_in_its_load_balancer_namespace(lab):
     finally:
         with contextlib.suppress(AssertionError):  # the lab goes down after the module anyway
             lab.docker("service", "rm", f"{net}_api", f"{net}_client")
+
+
+def _ipvs_fwmarks(ns: str) -> set[int]:
+    """The FWM virtual services that have a real server in ns, as ipvsadm lists them."""
+    return {int(key.split()[1]) for key, svc in ipvsadm(ns).items() if key.startswith("FWM ") and svc.dests}
+
+
+def _lb_index(lab, network: str) -> dict[str, int]:
+    """service name -> LocalLBIndex, from the docker CLI's verbose network inspect."""
+    services = json.loads(
+        lab.docker("network", "inspect", "--verbose", "--format", "{{json .Services}}", network)
+    )
+    return {name: s["LocalLBIndex"] for name, s in (services or {}).items() if name and s.get("LocalLBIndex")}
+
+
+@pytest.fixture(scope="module")
+def overlay(lab):
+    """NET with service 'api' attached (1 replica, no published port), converged: its lb_
+    namespace holds api's FWM service. Yields (lb namespace path, api's fwmark)."""
+    with diagnosed():
+        net_id = lab.docker("network", "create", "-d", "overlay", "--attachable", NET).strip()
+        lab.docker(
+            "service", "create", "--no-resolve-image", "--detach=true", "--name", "api", "--replicas", "1",
+            "--network", NET, IMAGE, "/bin/httpd", "-f", "-p", "80", "-h", "/www",
+        )  # fmt: skip
+        lb_ns = os.path.join(os.path.dirname(lab.ingress_ns), f"lb_{net_id[:9]}")
+
+        def balanced():
+            index = _lb_index(lab, NET)
+            return "api" in index and os.path.exists(lb_ns) and index["api"] in _ipvs_fwmarks(lb_ns) and index
+
+        index = wait_for(f"api load-balanced in {lb_ns}", balanced, timeout=2 * WAIT)
+    yield lb_ns, index["api"]
+
+
+class _Handler(http.server.BaseHTTPRequestHandler):
+    """Forwards GETs to the lab's dockerd, except /services (and versioned forms): 503 as on a worker."""
+
+    protocol_version = "HTTP/1.1"
+
+    def do_GET(self):
+        if re.fullmatch(r"(/v[0-9.]+)?/services([/?].*)?", self.path):
+            status, body = 503, NOT_A_MANAGER
+        else:
+            conn = http.client.HTTPConnection("localhost", timeout=60)
+            conn.sock = _unix_socket(self.server.upstream)
+            conn.request("GET", self.path, headers={"Host": "docker"})
+            resp = conn.getresponse()
+            status, body = resp.status, resp.read()
+            conn.close()
+        self.server.paths.append((self.path, status))
+        self.send_response(status)
+        self.send_header("Content-Type", "application/json")
+        self.send_header("Content-Length", str(len(body)))
+        self.end_headers()
+        self.wfile.write(body)
+
+    def log_message(self, *args):
+        pass
+
+
+def _unix_socket(path: str) -> socket.socket:
+    sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+    sock.settimeout(60)
+    sock.connect(path)
+    return sock
+
+
+class _Proxy(socketserver.ThreadingMixIn, socketserver.UnixStreamServer):
+    daemon_threads = True
+
+
+@contextlib.contextmanager
+def worker_view(lab, tmp_path):
+    """A unix socket that answers like a worker node's dockerd; yields (its docker host, paths seen)."""
+    path = os.path.join(str(tmp_path), "worker.sock")
+    server = _Proxy(path, _Handler)
+    server.upstream = lab.docker_host.removeprefix("unix://")
+    server.paths = []
+    thread = threading.Thread(target=server.serve_forever, daemon=True)
+    thread.start()
+    try:
+        yield f"unix://{path}", server.paths
+    finally:
+        server.shutdown()
+        server.server_close()
+
+
+def _wait_info(url: str, want: set[frozenset]) -> set[frozenset]:
+    """ipvs_swarm_service_info's series once they include every series of want."""
+
+    def served():
+        info = samples(scrape(url), "ipvs_swarm_service_info").keys()
+        return set(info) if want <= info else None
+
+    return wait_for(f"ipvs_swarm_service_info to include {sorted(map(sorted, want))}", served)
+
+
+def _series(ns: str, mark: int, network: str, port: str, sid: str, name: str) -> frozenset:
+    return frozenset(
+        {
+            ("namespace", ns),
+            ("fwmark", str(mark)),
+            ("network", network),
+            ("port", port),
+            ("service_id", sid),
+            ("service_name", name),
+        }
+    )
+
+
+def _expected(lab, lb_ns: str, api_mark: int, with_ids: bool) -> tuple[set[frozenset], set[frozenset]]:
+    """What the lb_ exporter and the ingress_sbox exporter must serve, from the docker CLI."""
+    ids = lab.ids() if with_ids else {}
+    ingress = _lb_index(lab, "ingress")
+    published = lab.ports()
+    assert set(published) <= set(ingress), f"ingress LocalLBIndex {ingress}, published {published}"
+    assert set(ingress.values()) <= _ipvs_fwmarks(lab.ingress_ns)  # LocalLBIndex is the fwmark there too
+    lb = {_series(lb_ns, api_mark, NET, "", ids.get("api", ""), "api")}
+    mesh = {
+        _series(lab.ingress_ns, ingress[name], "ingress", str(port), ids.get(name, ""), name)
+        for name, port in published.items()
+    }
+    return lb, mesh
+
+
+def test_a_manager_names_vip_and_ingress_fwmarks_with_their_network(lab, overlay):
+    lb_ns, api_mark = overlay
+    with (
+        running_exporter("--namespace-path", lb_ns, "--docker-host", lab.docker_host) as (lb_url, _),
+        running_exporter("--namespace-path", lab.ingress_ns, "--docker-host", lab.docker_host) as (in_url, _),
+        diagnosed(lb_url, in_url),
+    ):
+        lb, mesh = _expected(lab, lb_ns, api_mark, with_ids=True)
+        assert all(dict(s)["service_id"] for s in lb | mesh)  # a manager answers GET /services: IDs
+        assert _wait_info(lb_url, lb) == lb  # exactly api, under its LocalLBIndex, port ""
+        assert _wait_info(in_url, mesh) == mesh
+        for url, ns in ((lb_url, lb_ns), (in_url, lab.ingress_ns)):
+            assert scrape(url)[("ipvs_docker_up", frozenset({("namespace", ns)}))] == 1
+
+
+def test_a_worker_names_them_without_ids(lab, overlay, tmp_path):
+    lb_ns, api_mark = overlay
+    with worker_view(lab, tmp_path) as (host, paths):
+        with (
+            running_exporter("--namespace-path", lb_ns, "--docker-host", host) as (lb_url, _),
+            running_exporter("--namespace-path", lab.ingress_ns, "--docker-host", host) as (in_url, _),
+            diagnosed(lb_url, in_url),
+        ):
+            lb, mesh = _expected(lab, lb_ns, api_mark, with_ids=False)
+            assert _wait_info(lb_url, lb) == lb
+            assert _wait_info(in_url, mesh) == mesh
+            for url, ns in ((lb_url, lb_ns), (in_url, lab.ingress_ns)):
+                assert scrape(url)[("ipvs_docker_up", frozenset({("namespace", ns)}))] == 1
+            with open(exporter_log(lb_url)) as f:
+                said = f.read()
+            assert "not a swarm manager" in said and "Traceback" not in said
+    assert ("/services", 503) in paths and any(p.startswith("/networks/") and s == 200 for p, s in paths)
 
 
 def test_docker_api_hanging_leaves_ipvs_metrics_alone(lab):

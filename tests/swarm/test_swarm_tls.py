@@ -55,7 +55,7 @@ def _log(url: str) -> str:
 def test_fetch_services_over_tls(lab, tls_env):
     tls_env(lab.tls_cert_path)
     ports = lab.ports()
-    got = fetch_services(lab.tls_host, timeout=API_TIMEOUT)
+    got = fetch_services(lab.tls_host, timeout=API_TIMEOUT).by_port
     assert {port: s.name for port, s in got.items()} == {("tcp", p): name for name, p in ports.items()}
 
 

@@ -221,17 +221,20 @@ def test_registering_does_no_io():
 def test_swarm_service_names_join_on_fwmark():
     from ingress_ipvs_exporter.docker import SwarmService
 
+    asked = []
+
     class FakeSwarm:
         up = True
 
-        def lookup(self, ports):
-            asked = {(p.protocol, p.port) for p in ports}
+        def names(self, namespace_path, marks, ports=None):
+            marks = list(marks)
+            asked.append((namespace_path, marks, dict(ports or {})))
             known = {
-                ("tcp", 30000): SwarmService("id1", "web"),
-                ("tcp", 30002): SwarmService("id2", "api"),
-                ("udp", 30001): SwarmService("id2", "api"),
+                260: SwarmService("id1", "web", "ingress"),
+                261: SwarmService("id2", "api", "ingress"),
+                262: SwarmService("", "client", "appnet"),
             }
-            return {k: v for k, v in known.items() if k in asked}
+            return {m: known[m] for m in marks if m in known}
 
     text = scrape(
         IPVSCollector(
@@ -241,12 +244,14 @@ def test_swarm_service_names_join_on_fwmark():
             swarm=FakeSwarm(),
         )
     )
-    assert (
-        f'ipvs_swarm_service_info{{fwmark="260",namespace="{NS}",port="30000",service_id="id1",service_name="web"}} 1.0'
-    ) in text
-    # one series per fwmark even when it has several ports, labelled like its other series
-    assert [l for l in text.splitlines() if l.startswith('ipvs_swarm_service_info{fwmark="261"')] == [
-        f'ipvs_swarm_service_info{{fwmark="261",namespace="{NS}",port="30001",service_id="id2",service_name="api"}} 1.0'
+    [(path, marks, ports)] = asked
+    assert path == NS and marks == [260, 261, 262] and ports == PORTS  # 262 has no ports: asked too
+    # one series per fwmark even when it has several ports, labelled like its other series; a
+    # VIP's mark (262): no published port, no ID (a worker answered), its network named
+    assert [l for l in text.splitlines() if l.startswith("ipvs_swarm_service_info{")] == [
+        f'ipvs_swarm_service_info{{fwmark="260",namespace="{NS}",network="ingress",port="30000",service_id="id1",service_name="web"}} 1.0',
+        f'ipvs_swarm_service_info{{fwmark="261",namespace="{NS}",network="ingress",port="30001",service_id="id2",service_name="api"}} 1.0',
+        f'ipvs_swarm_service_info{{fwmark="262",namespace="{NS}",network="appnet",port="",service_id="",service_name="client"}} 1.0',
     ]
     assert f'ipvs_docker_up{{namespace="{NS}"}} 1.0' in text
 
@@ -286,7 +291,7 @@ def _series_count(n_services: int, n_dests: int, options: Options) -> int:
     return sum(1 for line in text.splitlines() if line and not line.startswith("#"))
 
 
-# Series per virtual service and per real server under each setting: the README's table.
+# Series per virtual service and per real server under each setting: the README's figures.
 SERIES_PER = {
     "default": (Options(), 18, 5),
     "--backend-metrics": (Options(backends=True), 18, 22),

@@ -73,7 +73,7 @@ SERIES = [
     ),
     # only the manager (n1, --docker-host) names fwmark 256; nothing names 257
     {
-        "series": f'ipvs_swarm_service_info{{instance="n1:10320", {NS}, fwmark="256", port="30000", service_id="abc", service_name="service_1"}}',
+        "series": f'ipvs_swarm_service_info{{instance="n1:10320", {NS}, fwmark="256", network="ingress", port="30000", service_id="abc", service_name="service_1"}}',
         "values": "1x10",
     },
 ]

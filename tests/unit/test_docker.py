@@ -1,4 +1,5 @@
-"""Unit tests for docker: parsing --docker-host, GET /services against a fake Docker API, the cache."""
+"""Unit tests for docker: parsing --docker-host, GET /services and the verbose network inspect
+against a fake Docker API (a manager, a worker, a hostile one), the cache."""
 
 import http.server
 import json
@@ -23,13 +24,13 @@ from ingress_ipvs_exporter.docker import (
     DockerError,
     DockerServices,
     SwarmService,
+    fetch_network_names,
     fetch_services,
     parse_docker_host,
 )
-from ingress_ipvs_exporter.portmap import PublishedPort
 
-WEB = SwarmService("kqlmvf2x3ng0ijlkjb0agq8fu", "web")
-DNS = SwarmService("3u3e9hq7b0x2gaqmvp3hxyy8p", "dns")
+WEB = SwarmService("kqlmvf2x3ng0ijlkjb0agq8fu", "web", "ingress")
+DNS = SwarmService("3u3e9hq7b0x2gaqmvp3hxyy8p", "dns", "ingress")
 
 
 def _port(published, protocol="tcp", mode="ingress", target=80):
@@ -78,6 +79,8 @@ class _Handler(http.server.BaseHTTPRequestHandler):
     def do_GET(self):
         self.server.requests.append((self.path, self.headers.get("Host")))
         status, body = self.server.answer
+        if isinstance(body, Routes):
+            status, body = body.get(self.path, (404, {"message": "page not found"}))
         data = body if isinstance(body, bytes) else json.dumps(body).encode()
         self.send_response(status)
         self.send_header("Content-Type", "application/json")
@@ -87,6 +90,10 @@ class _Handler(http.server.BaseHTTPRequestHandler):
 
     def log_message(self, *args):  # quiet, and the unix peer address is "" (would IndexError)
         pass
+
+
+class Routes(dict):
+    """A fake daemon's answers by request path: path -> (status, body); 404 elsewhere."""
 
 
 class _UnixServer(socketserver.ThreadingMixIn, socketserver.UnixStreamServer):
@@ -178,7 +185,9 @@ def test_parse_docker_host_rejects(value):
 # ---------------------------------------------------------------------------- fetch_services
 def test_fetch_services_maps_ingress_ports(fake_docker):
     host = fake_docker()
-    assert fetch_services(host) == EXPECTED
+    got = fetch_services(host)
+    assert got.by_port == EXPECTED
+    assert got.ids == {"web": WEB.id, "dns": DNS.id, "agent": "hostmodeid", "worker": "noportsid"}
     [(path, host_header)] = fake_docker.servers[0].requests
     assert path == "/services" and host_header
 
@@ -187,7 +196,7 @@ def test_fetch_services_over_tcp():
     server = _serve(_TCPServer(("127.0.0.1", 0), _Handler), (200, SERVICES))
     try:
         for scheme in ("tcp", "http"):
-            assert fetch_services(f"{scheme}://127.0.0.1:{server.server_address[1]}") == EXPECTED
+            assert fetch_services(f"{scheme}://127.0.0.1:{server.server_address[1]}").by_port == EXPECTED
     finally:
         server.shutdown()
         server.server_close()
@@ -211,11 +220,11 @@ def test_fetch_services_tolerates_odd_items(fake_docker):
         },
     ]
     host = fake_docker(body=odd)
-    assert fetch_services(host) == {("tcp", 30005): SwarmService("z", "z")}
+    assert fetch_services(host).by_port == {("tcp", 30005): SwarmService("z", "z", "ingress")}
 
 
 def test_fetch_services_no_services(fake_docker):
-    assert fetch_services(fake_docker(body=[])) == {}
+    assert fetch_services(fake_docker(body=[])).by_port == {}
 
 
 def test_fetch_services_socket_missing(tmp_path):
@@ -250,8 +259,8 @@ def test_fetch_services_not_a_manager(fake_docker):
     message = str(info.value)
     assert "\n" not in message and host in message and "503" in message
     assert "not a swarm manager" in message
-    assert "manager node" in message and "--docker-host" in message
-    assert info.value.kind == "http"
+    assert "worker node" in message and "network inspect" in message
+    assert info.value.kind == "http" and info.value.status == 503
 
 
 def test_fetch_services_other_http_error(fake_docker):
@@ -323,7 +332,237 @@ def test_fetch_services_bad_host_is_docker_error():
         fetch_services("docker.sock")
 
 
-# ---------------------------------------------------------------------------- DockerServices
+# ---------------------------------------------------------------------------- the network route
+# Shapes as a Docker 20.10 node answers them (docs/swarm-ipvs.md): GET /networks lists the
+# node's networks; the verbose inspect's Services carry each service's LocalLBIndex (= fwmark).
+APPNET_ID, INGRESS_ID = "k7z6c1mriroypvtp7f0v9qbgm", "qd497xqk61e8cbmpe2gm0cxb2"
+NETWORKS = [
+    {"Name": "bridge", "Id": "f3a1c0de" * 8, "Scope": "local", "Driver": "bridge", "Ingress": False},
+    {"Name": "ingress", "Id": INGRESS_ID, "Scope": "swarm", "Driver": "overlay", "Ingress": True},
+    {"Name": "appnet", "Id": APPNET_ID, "Scope": "swarm", "Driver": "overlay", "Ingress": False},
+]
+
+
+def _task(name, ip):
+    return {"Name": name, "EndpointID": "e" * 64, "EndpointIP": ip, "Info": {"Host IP": "192.0.2.10"}}
+
+
+APPNET = {
+    "Name": "appnet",
+    "Id": APPNET_ID,
+    "Scope": "swarm",
+    "Driver": "overlay",
+    "Containers": {"lb-appnet": {"Name": "appnet-endpoint", "IPv4Address": "198.19.1.5/24"}},
+    "Services": {
+        "api": {
+            "VIP": "198.19.1.2",
+            "Ports": [],
+            "LocalLBIndex": 257,
+            "Tasks": [
+                _task("api.1.qahivnd4iagvvujkazu2hm2sn", "198.19.1.3"),
+                _task("api.2.yr4s", "198.19.1.4"),
+            ],
+        },
+        "apipub": {
+            "VIP": "198.19.1.6",
+            "Ports": [],
+            "LocalLBIndex": 259,
+            "Tasks": [_task("apipub.1.y", "198.19.1.7")],
+        },
+        "client": {
+            "VIP": "198.19.1.8",
+            "Ports": [],
+            "LocalLBIndex": 258,
+            "Tasks": [_task("client.1.n", "198.19.1.9")],
+        },
+    },
+    "Peers": [{"Name": "0bfc4155815b", "IP": "192.0.2.10"}],
+}
+INGRESS_NET = {
+    "Name": "ingress",
+    "Id": INGRESS_ID,
+    "Ingress": True,
+    "Services": {
+        "": {
+            "VIP": "<nil>",
+            "Ports": [],
+            "LocalLBIndex": 0,
+            "Tasks": [_task("ingress-endpoint", "198.19.0.2")],
+        },
+        "apipub": {
+            "VIP": "198.19.0.5",
+            "Ports": ["Target: 80, Publish: 30001"],
+            "LocalLBIndex": 260,
+            "Tasks": [],
+        },
+        "web": {
+            "VIP": "198.19.0.3",
+            "Ports": ["Target: 80, Publish: 30000"],
+            "LocalLBIndex": 256,
+            "Tasks": [],
+        },
+    },
+}
+NETNS = "/var/run/docker/netns/"
+IN, LB = NETNS + "ingress_sbox", NETNS + "lb_k7z6c1mri"
+NOT_A_MANAGER = {
+    "message": "This node is not a swarm manager. Worker nodes can't be used to view or modify cluster state."
+}
+
+
+def _daemon(
+    services=(200, SERVICES), networks=(200, NETWORKS), appnet=(200, APPNET), ingress=(200, INGRESS_NET)
+):
+    """The routes of a fake 20.10 node; a worker answers 503 to /services."""
+    return Routes(
+        {
+            "/services": services,
+            "/networks": networks,
+            f"/networks/{APPNET_ID}?verbose=true": appnet,
+            f"/networks/{INGRESS_ID}?verbose=true": ingress,
+        }
+    )
+
+
+def test_fetch_network_names_maps_local_lb_index_per_sandbox(fake_docker):
+    host = fake_docker(body=_daemon())
+    got = fetch_network_names(host, 2.0, ["lb_k7z6c1mri", "ingress_sbox", "1-k7z6c1mrir", "43519d37da6c"])
+    assert got == {
+        ("lb_k7z6c1mri", 257): SwarmService("", "api", "appnet"),
+        ("lb_k7z6c1mri", 258): SwarmService("", "client", "appnet"),
+        ("lb_k7z6c1mri", 259): SwarmService("", "apipub", "appnet"),
+        ("ingress_sbox", 256): SwarmService("", "web", "ingress"),
+        ("ingress_sbox", 260): SwarmService("", "apipub", "ingress"),  # not the pseudo-service
+    }
+    paths = sorted(p for p, _ in fake_docker.servers[0].requests)
+    assert paths == [
+        "/networks",
+        f"/networks/{APPNET_ID}?verbose=true",
+        f"/networks/{INGRESS_ID}?verbose=true",
+    ]
+
+
+def test_fetch_network_names_asks_nothing_without_a_load_balancer_namespace(fake_docker):
+    host = fake_docker(body=_daemon())
+    assert fetch_network_names(host, 2.0, ["1-k7z6c1mrir", "custom"]) == {}
+    assert fake_docker.servers[0].requests == []
+
+
+def test_fetch_network_names_skips_a_network_gone_and_one_with_no_services(fake_docker):
+    host = fake_docker(
+        body=_daemon(appnet=(404, {"message": "network appnet not found"}), ingress=(200, {"Services": None}))
+    )
+    assert fetch_network_names(host, 2.0, ["lb_k7z6c1mri", "ingress_sbox", "lb_zzzzzzzzz"]) == {}
+
+
+HOSTILE = [
+    pytest.param(dict(networks=(200, {"not": "a list"})), id="networks-not-a-list"),
+    pytest.param(dict(networks=(200, [1, None, "x", {"Id": 5, "Name": "appnet"}])), id="network-items"),
+    pytest.param(dict(networks=(200, [{"Id": "lb/../../x", "Name": "a"}])), id="id-with-a-path"),
+    pytest.param(dict(networks=(200, [{"Id": APPNET_ID, "Name": None}])), id="no-name"),
+    pytest.param(dict(networks=(200, NETWORKS + [dict(NETWORKS[2], Name="twin")])), id="ambiguous-prefix"),
+    pytest.param(dict(appnet=(200, [])), id="inspect-a-list"),
+    pytest.param(dict(appnet=(200, {"Services": ["api"]})), id="services-a-list"),
+    pytest.param(
+        dict(
+            appnet=(
+                200,
+                {
+                    "Services": {
+                        "a": None,
+                        "b": {"LocalLBIndex": "257"},
+                        "c": {"LocalLBIndex": True},
+                        "d": {"LocalLBIndex": -1},
+                        "e": {"LocalLBIndex": 2.5},
+                    }
+                },
+            )
+        ),
+        id="odd-services",
+    ),
+    pytest.param(dict(appnet=(200, b"{not json")), id="inspect-not-json"),
+    pytest.param(dict(networks=(500, {"message": "boom"})), id="networks-500"),
+]
+
+
+@pytest.mark.parametrize("routes", HOSTILE)
+def test_hostile_network_answers_never_raise_out_of_names(fake_docker, routes, caplog):
+    """A broken or hostile daemon: no name for appnet's marks, a log line at most, no traceback."""
+    cache = DockerServices(fake_docker(body=_daemon(services=(503, NOT_A_MANAGER), **routes)), timeout=2.0)
+    try:
+        with caplog.at_level(logging.DEBUG, logger=docker.__name__):
+            assert cache.names(LB, [257, 258, 259]) == {}
+            assert cache.wait_idle(5)
+            assert cache.names(LB, [257, 258, 259]) == {}
+        assert all(r.exc_info is None and "\n" not in r.getMessage() for r in caplog.records)
+    finally:
+        cache.wait_idle(5)  # a refresh still running would log into the next test
+        cache.close()
+
+
+def test_a_worker_names_ingress_ports_and_vips_without_ids(fake_docker, caplog):
+    """A worker answers 503 to GET /services: the names come from the network route anyway."""
+    cache = DockerServices(fake_docker(body=_daemon(services=(503, NOT_A_MANAGER))), timeout=2.0)
+    try:
+        with caplog.at_level(logging.INFO, logger=docker.__name__):
+            assert cache.names(LB, [257, 258, 259, 300]) == {}  # the first refresh runs in the background
+            assert cache.names(IN, [256, 260], {256: [("tcp", 30000)], 260: [("tcp", 30001)]}) == {}
+            assert cache.wait_idle(5) and cache.up and cache.last_error is None
+            assert cache.names(LB, [257, 258, 259, 300]) == {
+                257: SwarmService("", "api", "appnet"),
+                258: SwarmService("", "client", "appnet"),
+                259: SwarmService("", "apipub", "appnet"),
+            }
+            assert cache.names(IN, [256, 260], {256: [("tcp", 30000)], 260: [("tcp", 30001)]}) == {
+                256: SwarmService("", "web", "ingress"),
+                260: SwarmService("", "apipub", "ingress"),
+            }
+        said = [(r.levelno, r.getMessage()) for r in caplog.records]
+        assert len(said) == 1 and said[0][0] == logging.INFO and "not a swarm manager" in said[0][1]
+    finally:
+        cache.wait_idle(5)  # a refresh still running would log into the next test
+        cache.close()
+
+
+def test_a_manager_adds_ids_and_names_ports_the_network_route_cannot(fake_docker):
+    """IDs come from GET /services by name; a namespace the network route does not know (not
+    ingress_sbox or lb_*) is still named by its published ports, as before."""
+    routes = _daemon()
+    routes["/services"] = (200, SERVICES + [_service("apiid", "api", [])])
+    cache = DockerServices(fake_docker(body=routes), timeout=2.0)
+    try:
+        cache.names(LB, [257, 258])
+        cache.names("/run/custom_ns", [7], {7: [("tcp", 8080)]})
+        assert cache.wait_idle(5) and cache.up
+        assert cache.names(LB, [257, 258]) == {
+            257: SwarmService("apiid", "api", "appnet"),
+            258: SwarmService("", "client", "appnet"),  # no such service in /services: no ID
+        }
+        assert cache.names("/run/custom_ns", [7], {7: [("tcp", 8080)]}) == {7: WEB}
+        assert cache.names(IN, [256], {256: [("tcp", 30000)]}) == {256: WEB}
+    finally:
+        cache.wait_idle(5)  # a refresh still running would log into the next test
+        cache.close()
+
+
+def test_names_by_port_when_the_network_route_fails(fake_docker, caplog):
+    cache = DockerServices(fake_docker(body=_daemon(networks=(500, {"message": "boom"}))), timeout=2.0)
+    try:
+        with caplog.at_level(logging.WARNING, logger=docker.__name__):
+            cache.names(IN, [256, 257], {256: [("tcp", 30000)]})
+            assert cache.wait_idle(5) and cache.up
+            assert cache.names(IN, [256, 257], {256: [("tcp", 30000)]}) == {256: WEB}
+        [warning] = caplog.records
+        assert (
+            "swarm service names unavailable" in warning.getMessage()
+            and "HTTP 500: boom" in warning.getMessage()
+        )
+    finally:
+        cache.wait_idle(5)  # a refresh still running would log into the next test
+        cache.close()
+
+
+# ---------------------------------------------------------------------------- DockerServices' cache
 class FakeClock:
     def __init__(self):
         self.now = 1000.0
@@ -333,17 +572,20 @@ class FakeClock:
 
 
 class FakeFetch:
-    """A fetch that returns (or raises) what the test says, optionally after a delay."""
+    """A fetch that returns (or raises) what the test says, optionally after a delay; it records
+    the sandboxes the network route was asked about."""
 
     def __init__(self, result):
         self.result = result
         self.calls = 0
+        self.asked = []
         self.delay = 0.0
         self.release = threading.Event()
         self.release.set()
 
-    def __call__(self, host, timeout):
+    def __call__(self, host, timeout, *sandboxes):
         self.calls += 1
+        self.asked.append(sorted(*sandboxes) if sandboxes else None)
         self.release.wait(10)
         if self.delay:
             time.sleep(self.delay)
@@ -352,158 +594,178 @@ class FakeFetch:
         return dict(self.result)
 
 
-A, B, C = ("tcp", 30000), ("tcp", 30001), ("udp", 53)
-SVC_A, SVC_B, SVC_C = SwarmService("ida", "a"), SwarmService("idb", "b"), SwarmService("idc", "c")
+def _no_manager():
+    return FakeFetch(DockerError("docker at unix:///fake.sock: HTTP 503: not a swarm manager", "http", 503))
 
 
-def _primed(fetch, clock, ports=(A, B), max_age=60.0):
-    """A DockerServices whose first refresh (asking about ports) has finished."""
-    cache = DockerServices("unix:///fake.sock", max_age=max_age, fetch=fetch, clock=clock)
-    assert cache.lookup(ports) == {}  # nothing cached yet: the scrape does not wait
+A, B, C = 256, 257, 258
+SVC_A, SVC_B, SVC_C = (SwarmService("", name, "ingress") for name in "abc")
+
+
+def _by_mark(**services):
+    return {
+        ("ingress_sbox", mark): svc
+        for mark, svc in zip((A, B, C), (SVC_A, SVC_B, SVC_C))
+        if svc.name in services
+    }
+
+
+def _primed(fetch, clock, marks=(A, B), max_age=60.0):
+    """A DockerServices (network route = fetch, a worker's /services) whose first refresh
+    (asking about marks in ingress_sbox) has finished."""
+    cache = DockerServices(
+        "unix:///fake.sock", max_age=max_age, fetch=_no_manager(), fetch_networks=fetch, clock=clock
+    )
+    assert cache.names(IN, marks) == {}  # nothing cached yet: the scrape does not wait
     assert cache.wait_idle(5)
     return cache
 
 
 def test_cache_first_lookup_refreshes_in_background():
-    fetch, clock = FakeFetch({A: SVC_A, B: SVC_B, C: SVC_C}), FakeClock()
+    fetch, clock = FakeFetch(_by_mark(a=1, b=1, c=1)), FakeClock()
     cache = _primed(fetch, clock)
-    assert cache.up and cache.last_error is None and fetch.calls == 1
-    assert cache.lookup([A, B]) == {A: SVC_A, B: SVC_B}
-    assert cache.lookup([B, ("tcp", 1)]) == {B: SVC_B}  # a changed set: served now, refreshed too
+    assert cache.up and cache.last_error is None and fetch.calls == 1 and fetch.asked == [["ingress_sbox"]]
+    assert cache.names(IN, [A, B]) == {A: SVC_A, B: SVC_B}
+    assert cache.names(IN, [B, 1]) == {B: SVC_B}  # a changed set: served now, refreshed too
     assert cache.wait_idle(5) and fetch.calls == 2
     cache.close()
 
 
-def test_cache_accepts_published_ports():
-    fetch, clock = FakeFetch({A: SVC_A}), FakeClock()
-    cache = _primed(fetch, clock, ports=[PublishedPort("tcp", 30000)])
-    assert cache.lookup([PublishedPort("tcp", 30000)]) == {A: SVC_A}
-    assert fetch.calls == 1  # same set as the tuple form: no refresh
-
-
 def test_cache_empty_lookup_does_nothing():
-    fetch = FakeFetch({A: SVC_A})
-    cache = DockerServices("unix:///fake.sock", fetch=fetch, clock=FakeClock())
-    assert cache.lookup([]) == {}
+    fetch = FakeFetch(_by_mark(a=1))
+    cache = DockerServices("unix:///fake.sock", fetch=_no_manager(), fetch_networks=fetch, clock=FakeClock())
+    assert cache.names(IN, []) == {}
     assert cache.wait_idle(1) and fetch.calls == 0
 
 
 def test_cache_lookup_never_blocks_on_a_slow_fetch():
-    fetch, clock = FakeFetch({A: SVC_A, B: SVC_B}), FakeClock()
+    fetch, clock = FakeFetch(_by_mark(a=1, b=1)), FakeClock()
     cache = _primed(fetch, clock)
-    fetch.delay, fetch.result = 2.0, {A: SVC_A, C: SVC_C}
+    fetch.delay, fetch.result = 2.0, _by_mark(a=1, c=1)
     start = time.monotonic()
-    assert cache.lookup([A, C]) == {A: SVC_A}  # the old map, at once
-    assert cache.lookup([A, C]) == {A: SVC_A}
+    assert cache.names(IN, [A, C]) == {A: SVC_A}  # the old map, at once
+    assert cache.names(IN, [A, C]) == {A: SVC_A}
     assert time.monotonic() - start < 0.5
     assert not cache.wait_idle(0.2)  # the slow refresh is still running
     assert cache.wait_idle(5)
-    assert cache.lookup([A, C]) == {A: SVC_A, C: SVC_C}
+    assert cache.names(IN, [A, C]) == {A: SVC_A, C: SVC_C}
     assert fetch.calls == 2
 
 
-def test_cache_refreshes_when_the_port_set_changes():
-    fetch, clock = FakeFetch({A: SVC_A}), FakeClock()
-    cache = _primed(fetch, clock, ports=[A])
-    assert cache.lookup([A]) == {A: SVC_A} and cache.wait_idle(5) and fetch.calls == 1
-    fetch.result = {A: SVC_A, B: SVC_B}
-    assert cache.lookup([A, B]) == {A: SVC_A}  # new port: old map now, refresh requested
+def test_cache_refreshes_when_the_mark_set_or_a_marks_ports_change():
+    fetch, clock = FakeFetch(_by_mark(a=1)), FakeClock()
+    cache = _primed(fetch, clock, marks=[A])
+    assert cache.names(IN, [A]) == {A: SVC_A} and cache.wait_idle(5) and fetch.calls == 1
+    fetch.result = _by_mark(a=1, b=1)
+    assert cache.names(IN, [A, B]) == {A: SVC_A}  # new mark: old map now, refresh requested
     assert cache.wait_idle(5) and fetch.calls == 2
-    assert cache.lookup([A, B]) == {A: SVC_A, B: SVC_B}
+    assert cache.names(IN, [A, B]) == {A: SVC_A, B: SVC_B}
     assert cache.wait_idle(5) and fetch.calls == 2  # same set, fresh cache: no refresh
+    cache.names(IN, [A, B], {A: [("tcp", 30000)]})  # a port published on a mark
+    assert cache.wait_idle(5) and fetch.calls == 3
+
+
+def test_cache_namespaces_share_one_refresh_and_a_gone_one_is_forgotten():
+    """One collector per namespace asks in turn: that alone is no change to refresh for."""
+    fetch, clock = FakeFetch(_by_mark(a=1)), FakeClock()
+    cache = _primed(fetch, clock, marks=[A])
+    cache.names(LB, [B])
+    assert cache.wait_idle(5) and fetch.calls == 2 and fetch.asked[-1] == ["ingress_sbox", "lb_k7z6c1mri"]
+    for _ in range(5):
+        cache.names(IN, [A])
+        cache.names(LB, [B])
+    assert cache.wait_idle(5) and fetch.calls == 2
+    clock.now += 181  # LB is asked no more (its network left this node)
+    cache.names(IN, [A])
+    assert cache.wait_idle(5) and fetch.calls == 3 and fetch.asked[-1] == ["ingress_sbox"]
 
 
 def test_cache_refreshes_when_old():
-    fetch, clock = FakeFetch({A: SVC_A}), FakeClock()
-    cache = _primed(fetch, clock, ports=[A], max_age=60)
+    fetch, clock = FakeFetch(_by_mark(a=1)), FakeClock()
+    cache = _primed(fetch, clock, marks=[A], max_age=60)
     clock.now += 59
-    cache.lookup([A])
+    cache.names(IN, [A])
     assert cache.wait_idle(5) and fetch.calls == 1
-    fetch.result = {A: SVC_B}  # service replaced under the same port
+    fetch.result = {("ingress_sbox", A): SVC_B}  # service replaced under the same mark
     clock.now += 1
-    assert cache.lookup([A]) == {A: SVC_A}
+    assert cache.names(IN, [A]) == {A: SVC_A}
     assert cache.wait_idle(5) and fetch.calls == 2
-    assert cache.lookup([A]) == {A: SVC_B}
+    assert cache.names(IN, [A]) == {A: SVC_B}
 
 
 def test_cache_one_refresh_at_a_time_and_requests_queue():
-    fetch, clock = FakeFetch({A: SVC_A}), FakeClock()
-    cache = _primed(fetch, clock, ports=[A])
+    fetch, clock = FakeFetch(_by_mark(a=1)), FakeClock()
+    cache = _primed(fetch, clock, marks=[A])
     fetch.release.clear()  # the next fetch hangs until released
-    fetch.result = {A: SVC_A, B: SVC_B, C: SVC_C}
-    cache.lookup([A, B])
+    fetch.result = _by_mark(a=1, b=1, c=1)
+    cache.names(IN, [A, B])
     for _ in range(5):
-        cache.lookup([A, C])
-        cache.lookup([A, B])
+        cache.names(IN, [A, C])
+        cache.names(IN, [A, B])
     time.sleep(0.1)
     assert fetch.calls == 2  # one running; later requests wait behind it
     fetch.release.set()
     assert cache.wait_idle(5)
     assert fetch.calls == 3  # exactly one more, for what was asked meanwhile
-    assert cache.lookup([A, B]) == {A: SVC_A, B: SVC_B}
+    assert cache.names(IN, [A, B]) == {A: SVC_A, B: SVC_B}
 
 
 def test_cache_keeps_last_good_map_on_error_and_up_flips(caplog):
-    fetch, clock = FakeFetch({A: SVC_A, B: SVC_B}), FakeClock()
+    fetch, clock = FakeFetch(_by_mark(a=1, b=1)), FakeClock()
     cache = _primed(fetch, clock)
     assert cache.up
     fetch.result = DockerError("docker at unix:///fake.sock: connection refused; fix it", "unreachable")
     clock.now += 61
     with caplog.at_level(logging.WARNING, logger=docker.__name__):
-        assert cache.lookup([A, B]) == {A: SVC_A, B: SVC_B}
+        assert cache.names(IN, [A, B]) == {A: SVC_A, B: SVC_B}
         assert cache.wait_idle(5)
         assert not cache.up and "connection refused" in cache.last_error
-        assert cache.lookup([A, B]) == {A: SVC_A, B: SVC_B}  # last good map, retried in background
+        assert cache.names(IN, [A, B]) == {A: SVC_A, B: SVC_B}  # last good map, retried in background
         assert cache.wait_idle(5) and fetch.calls == 3
-        cache.lookup([A, B])
+        cache.names(IN, [A, B])
         assert cache.wait_idle(5) and fetch.calls == 4
     warnings = [r for r in caplog.records if r.levelno == logging.WARNING]
     assert len(warnings) == 1 and "connection refused" in warnings[0].getMessage()  # once, not per refresh
 
     caplog.clear()
-    fetch.result = DockerError("docker at unix:///fake.sock: HTTP 503: not a swarm manager", "http")
+    fetch.result = DockerError("docker at unix:///fake.sock: no answer within 2s", "timeout")
     with caplog.at_level(logging.WARNING, logger=docker.__name__):
-        cache.lookup([A, B])
-        assert cache.wait_idle(5)
-        cache.lookup([A, B])
-        assert cache.wait_idle(5)
-    assert [r.getMessage() for r in caplog.records].count(
-        "swarm service names unavailable: docker at unix:///fake.sock: HTTP 503: not a swarm manager"
-    ) == 1
-    assert cache.last_error.endswith("not a swarm manager") and not cache.up
+        for _ in range(2):
+            cache.names(IN, [A, B])
+            assert cache.wait_idle(5)
+    assert [r.getMessage() for r in caplog.records] == [
+        "swarm service names unavailable: docker at unix:///fake.sock: no answer within 2s"
+    ]
+    assert cache.last_error.endswith("no answer within 2s") and not cache.up
 
-    fetch.result = {A: SVC_A}  # Docker is back
-    cache.lookup([A, B])
-    assert cache.wait_idle(5)
+    fetch.result = _by_mark(a=1)  # Docker is back
+    with caplog.at_level(logging.INFO, logger=docker.__name__):
+        cache.names(IN, [A, B])
+        assert cache.wait_idle(5)
     assert cache.up and cache.last_error is None
-    assert cache.lookup([A, B]) == {A: SVC_A}
+    assert (
+        caplog.records[-1].getMessage()
+        == "swarm service names available again from docker at unix:///fake.sock"
+    )
+    assert cache.names(IN, [A, B]) == {A: SVC_A}
 
 
 def test_cache_survives_unexpected_exceptions():
     fetch, clock = FakeFetch(RuntimeError("bug")), FakeClock()
     cache = _primed(fetch, clock)
     assert not cache.up and cache.last_error == "bug"
-    fetch.result = {A: SVC_A}
-    cache.lookup([A, B])
+    fetch.result = _by_mark(a=1)
+    cache.names(IN, [A, B])
     assert cache.wait_idle(5) and cache.up
 
 
 def test_cache_close_stops_refreshes():
-    fetch, clock = FakeFetch({A: SVC_A}), FakeClock()
-    cache = _primed(fetch, clock, ports=[A])
+    fetch, clock = FakeFetch(_by_mark(a=1)), FakeClock()
+    cache = _primed(fetch, clock, marks=[A])
     cache.close()
     clock.now += 3600
-    assert cache.lookup([A, B]) == {A: SVC_A}
+    assert cache.names(IN, [A, B]) == {A: SVC_A}
     assert cache.wait_idle(1) and fetch.calls == 1
-
-
-def test_cache_against_the_fake_api(fake_docker):
-    cache = DockerServices(fake_docker(), timeout=1.0)
-    ports = [PublishedPort("tcp", 30000), PublishedPort("udp", 53), PublishedPort("tcp", 9100)]
-    assert cache.lookup(ports) == {}
-    assert cache.wait_idle(5) and cache.up
-    assert cache.lookup(ports) == {("tcp", 30000): WEB, ("udp", 53): DNS}  # 9100 is host mode
-    cache.close()
 
 
 # ---------------------------------------------------------------------------- TLS (DOCKER_TLS_VERIFY)
@@ -630,7 +892,7 @@ def _tls_error(host, kinds=("tls",)):
 def test_tls_fetch_services_with_the_docker_cli_variables(tls_docker, tls_env):
     host = tls_docker()
     tls_env("right")
-    assert fetch_services(host, timeout=10) == EXPECTED
+    assert fetch_services(host, timeout=10).by_port == EXPECTED
     assert [path for path, _ in tls_docker.servers[0].requests] == ["/services"]
 
 
@@ -676,7 +938,7 @@ def test_tls_daemon_reached_by_an_address_its_certificate_does_not_name(tls_dock
 def test_tls_client_certificate_the_daemon_does_not_trust(tls_docker, tls_env):
     host = tls_docker()
     tls_env("right")
-    assert fetch_services(host, timeout=10) == EXPECTED
+    assert fetch_services(host, timeout=10).by_port == EXPECTED
     tls_env("foreign_client")  # the daemon's CA did not sign this cert.pem
     _tls_error(host, kinds=("tls", "unreachable"))
     assert len(tls_docker.servers[0].requests) == 1  # only the first, trusted, client got in
@@ -699,7 +961,7 @@ def test_tls_client_files_gone_after_start_up(tls_docker, tls_env, tmp_path, pki
     folder = tmp_path / "certs"
     shutil.copytree(pki.dirs["right"], folder)
     tls_env(str(folder))
-    assert fetch_services(host, timeout=10) == EXPECTED  # files are read at each query
+    assert fetch_services(host, timeout=10).by_port == EXPECTED  # files are read at each query
     (folder / "key.pem").unlink()
     message = _tls_error(host)
     assert str(folder / "key.pem") in message and "DOCKER_CERT_PATH" in message
@@ -711,7 +973,7 @@ def test_docker_services_says_a_tls_failure_and_keeps_going(tls_docker, tls_env,
     services = DockerServices(host, timeout=10)
     try:
         with caplog.at_level(logging.WARNING, logger="ingress_ipvs_exporter.docker"):
-            assert services.lookup([("tcp", 30000)]) == {}
+            assert services.names("/run/docker/netns/ingress_sbox", [256], {256: [("tcp", 30000)]}) == {}
             assert services.wait_idle(30)
         assert services.up is False
         assert "certificate was rejected" in services.last_error
