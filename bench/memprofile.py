@@ -6,7 +6,10 @@ with curl (a separate process, so the client's memory is not counted), and print
 after every scrape; with --trace, tracemalloc's current/peak and the top allocation sites;
 with --render, prometheus_client's reference rendering next to the fast renderer.
 
-    .venv/bin/python bench/memprofile.py [--services 10000] [--scrapes 6] [--trace] [--render]
+    .venv/bin/python bench/memprofile.py [--services 10000] [--scrapes 6] [--trace] [--render] [--live PCT]
+
+With --live PCT, every scrape reads a snapshot in which PCT% of the services and one real
+server of each saw a new connection since the last (what the live rows of `make bench` do).
 
 The figures in docs/performance.md ("Optimisations") came from this script.
 """
@@ -15,12 +18,14 @@ from __future__ import annotations
 
 import argparse
 import gc
+import random
 import socket
 import subprocess
 import sys
 import threading
 import time
 import tracemalloc
+from array import array
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent / "tests"))
@@ -36,6 +41,9 @@ from ingress_ipvs_exporter.metrics import Options
 from ingress_ipvs_exporter.portmap import PublishedPort
 
 DESTS = 10
+# what one SYN moves: connections, packets and bytes in, and the estimator's rates of those
+MOVED = {0: 1, 1: 1, 3: 60, 5: 1, 6: 1, 8: 30}  # stats column: increment
+NSTATS = 10
 
 
 def rss_mb() -> float:
@@ -84,6 +92,21 @@ def synthetic(n: int) -> tuple[Snapshot, dict]:
     return snap, {256 + i: [PublishedPort("tcp", 30000 + i)] for i in range(n)}
 
 
+def moved(snap: Snapshot, services: list[int], rnd: random.Random) -> Snapshot:
+    """snap with one more connection on each of `services` and on one real server of each."""
+    s, d = snap.services, snap.dests
+    sst, dst = array("Q", s._stats.tobytes()), array("Q", d._stats.tobytes())
+    for i in services:
+        j = i * DESTS + rnd.randrange(DESTS)
+        for stats, row in ((sst, i), (dst, j)):
+            for col, add in MOVED.items():
+                stats[row * NSTATS + col] += add
+    return Snapshot(
+        type(s)(s.count, s._u32.obj, sst.tobytes(), s._addr, s._sched),
+        type(d)(d.count, d._u32.obj, dst.tobytes(), d._addr),
+    )
+
+
 def main() -> int:
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     ap.add_argument("--services", type=int, default=10000)
@@ -91,6 +114,9 @@ def main() -> int:
     ap.add_argument("--trace", action="store_true", help="tracemalloc figures (slows everything down)")
     ap.add_argument("--render", action="store_true", help="time the reference and the fast renderer")
     ap.add_argument("--no-tune", action="store_true", help="leave glibc malloc at its defaults")
+    ap.add_argument(
+        "--live", type=int, metavar="PCT", help="percent of the services moving before every scrape"
+    )
     args = ap.parse_args()
 
     print(f"malloc tuned: {False if args.no_tune else memory.tune()}")
@@ -116,7 +142,17 @@ def main() -> int:
         )
         del ref, first, r
 
-    collector = IPVSCollector("ingress_sbox", lambda: snap, lambda marks: ports, Options())
+    read = lambda: snap  # noqa: E731
+    if args.live:
+        rnd = random.Random(args.live)
+        chosen = sorted(rnd.sample(range(args.services), args.services * args.live // 100))
+        last = [snap]
+
+        def read() -> Snapshot:
+            last[0] = moved(last[0], chosen, rnd)
+            return last[0]
+
+    collector = IPVSCollector("ingress_sbox", read, lambda marks: ports, Options())
     server = http.serve("127.0.0.1", 0, http.build_app(MetricsApp(collector), "/metrics", {}, [], 0))
     threading.Thread(target=server.serve_forever, daemon=True).start()
     url = f"http://127.0.0.1:{server.server_address[1]}/metrics"

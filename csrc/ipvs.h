@@ -104,3 +104,19 @@ int ipvs_drop_duplicate_services(struct ipvs_handle *h);
 
 /* The libnl version this shim was built against, e.g. "3.7.0". */
 const char *ipvs_libnl_version(void);
+
+/* The CRC-32 (zlib's) of A+B from crc(A), crc(B) and len(B), as zlib's crc32_combine: for a
+ * gzip member laid together from text compressed in separate pieces. Pure arithmetic. */
+uint32_t ipvs_crc32_combine(uint32_t crc_a, uint32_t crc_b, uint64_t len_b);
+
+/* Sample lines "<name><labels[i]><value>\n" for n series into out (cap bytes): label i is
+ * labels[offsets[i] .. offsets[i + 1]), value i is values[i], an array of kind 'Q' (uint64),
+ * 'q' (int64), 'I' (uint32) or 'i' (int32), written as prometheus_client writes the float of
+ * an integer (zero_exponent: a 0 before every exponent, "e+012", as older versions write it).
+ * Returns the bytes written, or -1 when a value is 2^53 or more in magnitude (its float is not
+ * exact: the caller formats those) or out is too small; cap >= n * (name_len + IPVS_VALUE_MAX + 1)
+ * + the labels' length is always enough. No allocation, no libnl. */
+#define IPVS_VALUE_MAX 24
+long ipvs_format_samples(char *out, size_t cap, const char *name, size_t name_len,
+                         const char *labels, const uint32_t *offsets, const void *values, char kind,
+                         size_t n, int zero_exponent);

@@ -18,7 +18,7 @@ import functools
 from array import array
 from collections.abc import Iterable, Iterator, Sequence
 from enum import Enum
-from itertools import chain, repeat
+from itertools import accumulate
 from typing import Any, Callable, NamedTuple, Protocol
 
 from prometheus_client.core import Metric
@@ -29,7 +29,7 @@ from prometheus_client.utils import floatToGoString
 from . import memory
 from .collector import IPVSCollector, Reading
 from .gzipstream import GzipStream, Segment, SegmentCache, deflate
-from .ipvs import Snapshot
+from .ipvs import Snapshot, format_samples
 from .metrics import (
     METRICS,
     InfoDef,
@@ -44,7 +44,12 @@ from .metrics import (
     service_labels,
 )
 
-CHUNK_SERIES = 512  # series per chunk: bounds the text a scrape holds at once
+# how the installed prometheus_client writes exponents, which the shim's sample lines follow
+_ZERO_EXPONENT = floatToGoString(10**12) == "1e+012"
+# Series per chunk: bounds the text a scrape holds at once; also what the cache of compressed
+# text keeps apart, so what one moving counter makes a scrape render and compress again.
+# Smaller chunks redo less but compress worse and cost more per series (docs/performance.md).
+CHUNK_SERIES = 512
 
 
 class Format(Enum):
@@ -90,11 +95,6 @@ def _sample_name(d: MetricDef) -> str:
     return d.name if d.kind is not Kind.COUNTER or d.name.endswith("_total") else d.name + "_total"
 
 
-def _unsigned(values: Sequence[int]) -> bool:
-    """True for a kernel column of unsigned ints (no need to look for negative values)."""
-    return isinstance(values, memoryview) and values.format in ("I", "Q")
-
-
 class _Series:
     """One level's series for a shape: their label text, and how rows become series.
 
@@ -105,7 +105,11 @@ class _Series:
     def __init__(self, names: Sequence[str], keys: Sequence[tuple[str, ...] | None]) -> None:
         index: dict[tuple[str, ...], int] = {}
         groups = array("i", (-1 if k is None else index.setdefault(k, len(index)) for k in keys))
-        self.labels = [label_text(names, k) + " " for k in index]
+        # every series' label text (and the space before its value) in one bytes value, series
+        # i at text[ends[i]:ends[i + 1]], for the shim to write sample lines from
+        texts = [(label_text(names, k) + " ").encode() for k in index]
+        self.text = b"".join(texts)
+        self.ends = array("I", accumulate(map(len, texts), initial=0))
         self.rows: array[int] | None = None
         self.groups: array[int] | None = None
         if len(index) < sum(1 for g in groups if g >= 0):
@@ -129,7 +133,7 @@ class _Series:
 class Shape:
     """Everything about a snapshot that does not change between scrapes of the same IPVS
     configuration: each level's series text, the info families' lines, and the cache of
-    compressed families."""
+    compressed text."""
 
     def __init__(
         self, snap: Snapshot, namespace: str, ports: Ports, options: Options, vips: Vips | None = None
@@ -159,21 +163,21 @@ class Shape:
         return self.series[d.level].values(getattr(rows, d.column))
 
     def samples(self, d: MetricDef, values: Sequence[int]) -> list[bytes]:
-        """The family's sample lines, in chunks of CHUNK_SERIES series; when every value
-        prints as "<int>.0", each chunk is one str.join over (name, labels, value, ".0\n")
-        built by C-level iterators, no Python loop."""
-        labels = self.series[d.level].labels
-        name = _sample_name(d)
-        small = bool(values) and max(values) < 1000000 and (_unsigned(values) or min(values) > -1000000)
-        chunks = []
-        for i in range(0, len(values), CHUNK_SERIES):
-            ls, vs = labels[i : i + CHUNK_SERIES], values[i : i + CHUNK_SERIES]
-            if small:
-                text = "".join(chain.from_iterable(zip(repeat(name), ls, map(str, vs), repeat(".0\n"))))
-            else:
-                text = "\n".join([name + lab + fmt(v) for lab, v in zip(ls, vs)]) + "\n"
-            chunks.append(text.encode())
-        return chunks
+        """The family's sample lines, in chunks of CHUNK_SERIES series."""
+        return [self.lines(d, values, i, i + CHUNK_SERIES) for i in range(0, len(values), CHUNK_SERIES)]
+
+    def lines(self, d: MetricDef, values: Sequence[int], start: int, stop: int) -> bytes:
+        """The sample lines of series start..stop-1, written by the shim from the cached label
+        text; values it leaves to Python (2^53 or more) as prometheus_client writes them."""
+        series, vs = self.series[d.level], values[start:stop]
+        name = _sample_name(d).encode()
+        text = format_samples(name, series.text, series.ends, start, vs, _ZERO_EXPONENT)
+        if text is not None:
+            return text
+        ends, at = series.ends, series.text
+        return b"".join(
+            b"%s%s%s\n" % (name, at[ends[i] : ends[i + 1]], fmt(v).encode()) for i, v in enumerate(vs, start)
+        )
 
     def info_segments(self, form: Format) -> list[Segment]:
         """The info families' lines (headers apart) deflated, once per shape and format: they
@@ -186,27 +190,30 @@ class Shape:
         return segs
 
     def segment(self, d: MetricDef, values: Sequence[int], form: Format) -> Segment:
-        """The family's samples (header apart: see header_segment) deflated. A family whose
-        values are those of the last scrape (weights, thresholds, idle services and real
-        servers) reuses its segment from the cache: neither rendered nor compressed again."""
-        key = (d.name, form)
-        packed = _packed(values)
-        seg = self.cache.get(key, packed)
-        if seg is None:
-            seg = deflate(self.samples(d, values))
-            self.cache.put(key, packed, seg)
-        return seg
+        """The family's samples (header apart: see header_segment) deflated in chunks of
+        CHUNK_SERIES series, each compressed on its own. A chunk whose values are those of
+        the last scrape (weights, thresholds, idle services and real servers) comes from the
+        cache, neither rendered nor compressed again; so does a family with no change at all."""
+        packed, width = _packed(values)
+        per = CHUNK_SERIES if width else max(1, len(values))
+
+        def chunk(i: int) -> Segment:
+            start = i * per
+            return deflate([self.lines(d, values, start, start + per)])
+
+        return self.cache.segment((d.name, form), packed, per * width, chunk)
 
 
-def _packed(values: Sequence[int]) -> bytes:
-    """The values as bytes, to compare with the next scrape's (tagged by form, so two forms
-    never compare equal; sums of 64-bit counters may not fit 64 bits)."""
+def _packed(values: Sequence[int]) -> tuple[bytes, int]:
+    """The values as bytes, to compare with the next scrape's, and the bytes per value (0 when
+    the values are not one per fixed width). A first byte tags the form, so two forms never
+    compare equal; sums of 64-bit counters may not fit 64 bits."""
     if isinstance(values, memoryview):
-        return b"m" + values.tobytes()
+        return values.format.encode() + values.tobytes(), values.itemsize
     try:
-        return b"q" + array("q", values).tobytes()
+        return b"q" + array("q", values).tobytes(), 8
     except OverflowError:
-        return b"r" + repr(values).encode()
+        return b"r" + repr(values).encode(), 0
 
 
 class View(NamedTuple):

@@ -1,10 +1,10 @@
-"""gzip bodies made of separately deflated segments, and the cache of compressed families.
+"""gzip bodies made of separately deflated segments, and the cache of compressed chunks.
 
-Each family is deflated on its own (raw deflate, byte-aligned at its end), so that segments
-can be laid end to end into one gzip member in any combination: a family whose values did
-not change since the last scrape is sent from the cache without being rendered or
-compressed again. The member's CRC-32 is joined from the segments' own by GF(2)
-arithmetic, never recomputed over the text.
+Each chunk of a family is deflated on its own (raw deflate, byte-aligned at its end), so
+that segments can be laid end to end into one gzip member in any combination: a chunk whose
+values did not change since the last scrape is sent from the cache without being rendered
+or compressed again. The member's CRC-32 is joined from the segments' own by GF(2)
+arithmetic (in the C shim), never recomputed over the text.
 """
 
 from __future__ import annotations
@@ -14,13 +14,15 @@ import os
 import struct
 import zlib
 from collections.abc import Hashable, Iterable
-from typing import NamedTuple
+from typing import Callable, NamedTuple
+
+from .ipvs import crc32_combine
 
 CACHE_ENV = "INGRESS_IPVS_EXPORTER_CACHE_MB"
 
 
 def _cache_budget(default_mb: int = 8) -> int:
-    """Bytes of compressed families kept for reuse across scrapes: $INGRESS_IPVS_EXPORTER_CACHE_MB
+    """Bytes of compressed text kept for reuse across scrapes: $INGRESS_IPVS_EXPORTER_CACHE_MB
     (0 turns the cache off; see docs/performance.md), else 8 MB."""
     raw = os.environ.get(CACHE_ENV, "").strip()
     if raw.isascii() and raw.isdigit():
@@ -49,44 +51,13 @@ class Segment(NamedTuple):
         return sum(map(len, self.data))
 
 
-# CRC-32 arithmetic, for joining two texts' CRCs without the texts. A CRC-32 register holds a
-# polynomial over GF(2) in reflected order: bit 31 is the coefficient of x^0, bit 0 that of
-# x^31; multiplying by x is a right shift, reduced by the generator (0xEDB88320 in this order)
-# when x^31's coefficient falls off. For texts A and B: crc(A+B) = crc(A) * x^(8 len(B)) + crc(B)
-# mod the generator (the register's initial and final inversions cancel out in this form).
-_CRC_POLY = 0xEDB88320
-_X0 = 1 << 31  # the polynomial 1
-
-
-def _crc_mul(a: int, b: int) -> int:
-    """a * b modulo the CRC-32 generator, both in reflected order."""
-    product, bit = 0, _X0
-    while a:
-        if a & bit:
-            product ^= b
-            a ^= bit
-        bit >>= 1
-        b = (b >> 1) ^ _CRC_POLY if b & 1 else b >> 1
-    return product
-
-
-_X_POW2 = [_X0 >> 1]  # x^(2^k) mod the generator: x, x^2, x^4, ...
-for _ in range(63):
-    _X_POW2.append(_crc_mul(_X_POW2[-1], _X_POW2[-1]))
-
-
 def crc_join(crc_a: int, crc_b: int, length_b: int) -> int:
     """The CRC-32 of A+B from crc(A), crc(B) and len(B) (what zlib's crc32_combine computes)."""
-    shift, n, k = _X0, 8 * length_b, 0  # x^(8 len(B)), by its binary digits
-    while n:
-        if n & 1:
-            shift = _crc_mul(_X_POW2[k], shift)
-        n >>= 1
-        k += 1
-    return _crc_mul(shift, crc_a) ^ crc_b
+    return crc32_combine(crc_a, crc_b, length_b)
 
 
 def deflate(chunks: Iterable[bytes]) -> Segment:
+    """The chunks' text as one Segment."""
     z = zlib.compressobj(GZIP_LEVEL, zlib.DEFLATED, -15)
     data, crc, length = [], 0, 0
     for chunk in chunks:
@@ -95,6 +66,16 @@ def deflate(chunks: Iterable[bytes]) -> Segment:
         if out:
             data.append(out)
     data.append(z.flush(zlib.Z_SYNC_FLUSH))
+    return Segment(data, crc, length)
+
+
+def join(segments: Iterable[Segment]) -> Segment:
+    """Segments laid end to end, as one Segment (their data shared, not copied)."""
+    data: list[bytes] = []
+    crc = length = 0
+    for seg in segments:
+        crc, length = crc_join(crc, seg.crc, seg.length), length + seg.length
+        data += seg.data
     return Segment(data, crc, length)
 
 
@@ -113,34 +94,50 @@ class GzipStream:
     def add(self, seg: Segment) -> list[bytes]:
         self.crc = crc_join(self.crc, seg.crc, seg.length)
         self.length += seg.length
-        return seg.data
+        # one write per segment: a family joined from many chunks would be many small sends
+        return seg.data if len(seg.data) < 2 else [b"".join(seg.data)]
 
     def trailer(self) -> bytes:
         return self.END + struct.pack("<II", self.crc, self.length & 0xFFFFFFFF)
 
 
 class SegmentCache:
-    """The last segment of each family (key), with the packed values it was made from; kept
-    within a budget of compressed bytes (CACHE_BUDGET when not given; 0 turns it off)."""
+    """The last segment of each family (key), kept chunk by chunk with the packed values it was
+    made from, so that a family whose values changed in a few places is made again from its
+    unchanged chunks and the few it renders and compresses anew; kept within a budget of
+    compressed bytes (CACHE_BUDGET when not given; 0 turns it off)."""
 
     def __init__(self, budget: int | None = None) -> None:
         self.budget = CACHE_BUDGET if budget is None else budget
-        self._last: dict[Hashable, tuple[bytes, Segment]] = {}
+        self._last: dict[Hashable, tuple[bytes, list[Segment], Segment]] = {}
         self.size = 0
 
     def __len__(self) -> int:
         return len(self._last)
 
-    def get(self, key: Hashable, values: bytes) -> Segment | None:
-        """The cached segment of `key` if it was made from these values."""
+    def segment(self, key: Hashable, values: bytes, step: int, make: Callable[[int], Segment]) -> Segment:
+        """key's segment for these packed values: a one-byte tag (values of another tag never
+        compare equal), then `step` bytes per chunk (0: the family is one chunk); make(i)
+        renders and deflates chunk i. Chunks whose bytes are those of the last scrape come
+        from the cache; the entry is replaced whole (concurrent scrapes at worst both build)."""
         last = self._last.get(key)
-        return last[1] if last is not None and last[0] == values else None
-
-    def put(self, key: Hashable, values: bytes, seg: Segment) -> None:
-        """Remember seg for key (replaced whole, so concurrent scrapes at worst both build it)."""
-        last = self._last.pop(key, None)
+        if last is not None and last[0] == values:
+            return last[2]
+        n = max(1, -(-(len(values) - 1) // step)) if step else 1
+        chunks: list[Segment]
+        if last is None or not step or len(last[0]) != len(values) or last[0][:1] != values[:1]:
+            chunks = [make(i) for i in range(n)]
+        else:
+            old, kept = last[0], last[1]
+            chunks = [
+                kept[i] if old[a : a + step] == values[a : a + step] else make(i)
+                for i, a in enumerate(range(1, len(values), step))
+            ]
+        seg = join(chunks)
         if last is not None:
-            self.size -= last[1].compressed_size
+            del self._last[key]
+            self.size -= last[2].compressed_size
         if self.size + seg.compressed_size <= self.budget:
-            self._last[key] = (values, seg)
+            self._last[key] = (values, chunks, seg)
             self.size += seg.compressed_size
+        return seg

@@ -514,3 +514,33 @@ class Handle:
 
 def libnl_version() -> str:
     return str(ffi.string(lib.ipvs_libnl_version()).decode())
+
+
+def crc32_combine(crc_a: int, crc_b: int, length_b: int) -> int:
+    """The CRC-32 of A+B from crc(A), crc(B) and len(B) (zlib's crc32_combine), in the shim:
+    a scrape joins one per chunk of text it compresses apart."""
+    return int(lib.ipvs_crc32_combine(crc_a, crc_b, length_b))
+
+
+def format_samples(
+    name: bytes, labels: bytes, offsets: array[int], start: int, values: Sequence[int], zero_exponent: bool
+) -> bytes | None:
+    """The sample lines of series start.. (one per value) in the shim: name, the series' label
+    text (labels[offsets[i]:offsets[i + 1]]) and its value as prometheus_client writes it
+    (zero_exponent: "1e+012" for 10^12, as older versions of it write). values: a column
+    slice, or a list of ints. None when a value is one the shim leaves to the caller (2^53 or
+    more in magnitude)."""
+    if isinstance(values, memoryview):
+        kind, raw = values.format, values.tobytes()
+    else:
+        try:
+            kind, raw = "q", array("q", values).tobytes()
+        except OverflowError:
+            return None
+    n = len(values)
+    cap = n * (len(name) + lib.IPVS_VALUE_MAX + 1) + offsets[start + n] - offsets[start]
+    out = ffi.new("char[]", cap)
+    at = ffi.from_buffer("uint32_t[]", offsets) + start
+    text, vals = ffi.from_buffer(labels), ffi.from_buffer(raw)
+    size = lib.ipvs_format_samples(out, cap, name, len(name), text, at, vals, kind.encode(), n, zero_exponent)
+    return ffi.buffer(out, size)[:] if size >= 0 else None
