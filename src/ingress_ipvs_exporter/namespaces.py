@@ -119,8 +119,11 @@ class Namespaces:
             for path in [p for p in self._members if p not in paths]:
                 gone = self._members.pop(path)
                 log.debug("network namespace %s no longer matches; dropped", path)
-                gone.close()
                 self._said_empty.discard(path)
+                if gone.running is not None:  # closed when its read returns: it uses the handle
+                    gone.running.add_done_callback(lambda _, close=gone.close: close())
+                else:
+                    gone.close()
             for path, globbed in paths.items():
                 if path not in self._members:
                     collector, close = self._open(path, globbed)

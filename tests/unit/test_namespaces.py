@@ -187,6 +187,31 @@ def test_a_slow_namespace_does_not_hold_up_the_others(tmp_path):
     ns.close()
 
 
+def test_a_match_gone_during_its_read_is_closed_after_the_read_without_holding_up_scrapes(tmp_path):
+    fake = Fake(tmp_path)
+    release = threading.Event()
+
+    def stuck():
+        release.wait(30)
+        return Snapshot.build(EVERY_KIND)
+
+    stuck_path = fake.add("lb_stuck", stuck)
+    fast = fake.add("lb_fast")
+    app = MetricsApp(namespaces_of(fake, str(tmp_path / "lb_*"), deadline=0.3))
+    assert f'ipvs_up{{namespace="{stuck_path}"}} 0.0' in app.body("")[0].decode()
+    fake.remove("lb_stuck")  # Docker removed the network while its read hangs
+    started = time.monotonic()
+    body = app.body("")[0].decode()
+    assert time.monotonic() - started < 5  # closing it did not wait for the hung read
+    assert up_lines(body) == [f'ipvs_up{{namespace="{fast}"}} 1.0']
+    assert fake.closed == []  # its handle is still in use by the read
+    release.set()
+    deadline = time.monotonic() + 10
+    while not fake.closed and time.monotonic() < deadline:
+        time.sleep(0.01)
+    assert fake.closed == [stuck_path]
+
+
 def test_concurrent_scrapes_share_the_reads_in_flight(tmp_path):
     fake = Fake(tmp_path)
     gate = threading.Barrier(2, timeout=10)
