@@ -58,6 +58,10 @@ def opener(options: Options, swarm: SwarmNames | None) -> Opener:
     return open_namespace
 
 
+def _closer(close: Callable[[], None]) -> Callable[[Future[Reading]], None]:
+    return lambda _: close()
+
+
 @dataclass
 class Member:
     """One namespace path being read: its collector, how to release it, and what its last
@@ -121,7 +125,7 @@ class Namespaces:
                 log.debug("network namespace %s no longer matches; dropped", path)
                 self._said_empty.discard(path)
                 if gone.running is not None:  # closed when its read returns: it uses the handle
-                    gone.running.add_done_callback(lambda _, close=gone.close: close())
+                    gone.running.add_done_callback(_closer(gone.close))
                 else:
                     gone.close()
             for path, globbed in paths.items():
