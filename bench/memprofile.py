@@ -30,7 +30,7 @@ from reference import render as reference_render
 from ingress_ipvs_exporter import memory
 from ingress_ipvs_exporter import server as http
 from ingress_ipvs_exporter.collector import IPVSCollector
-from ingress_ipvs_exporter.exposition import MetricsApp, Renderer
+from ingress_ipvs_exporter.exposition import MetricsApp, Renderer, View
 from ingress_ipvs_exporter.ipvs import Destination, Service, Snapshot, Stats
 from ingress_ipvs_exporter.metrics import Options
 from ingress_ipvs_exporter.portmap import PublishedPort
@@ -104,10 +104,10 @@ def main() -> int:
         t_ref = time.perf_counter() - t
         r = Renderer()
         t = time.perf_counter()
-        first = b"".join(r.chunks(snap, "ns", ports, Options()))
+        first = b"".join(r.chunks([View("ns", snap, ports)], Options()))
         t_first = time.perf_counter() - t
         t = time.perf_counter()
-        b"".join(r.chunks(snap, "ns", ports, Options()))
+        b"".join(r.chunks([View("ns", snap, ports)], Options()))
         t_steady = time.perf_counter() - t
         print(
             f"render: {ref.count(bytes([10]))} lines; prometheus_client "

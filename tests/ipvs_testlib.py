@@ -9,6 +9,7 @@ import shutil
 import socket
 import subprocess
 import sys
+import threading
 import time
 import urllib.parse
 import urllib.request
@@ -249,6 +250,51 @@ def scrape_while_stable(
         if ipvsadm(ns_path) == before:
             return scraped, before
     raise AssertionError(f"ipvsadm changed during each of {attempts} scrapes")
+
+
+def scrape_while_all_stable(url: str, ns_paths: list[str], attempts: int = 3) -> tuple[dict, dict]:
+    """scrape_while_stable for several namespaces: (scraped, {path: ipvsadm})."""
+    for _ in range(attempts):
+        before = {p: stable_ipvsadm(p) for p in ns_paths}
+        scraped = scrape(url)
+        if all(ipvsadm(p) == before[p] for p in ns_paths):
+            return scraped, before
+    raise AssertionError(f"ipvsadm changed during each of {attempts} scrapes")
+
+
+@contextmanager
+def scraping(url: str):
+    """Scrape url over and over in a thread while the block runs; yields a dict whose
+    "bodies" are the bodies read and "failures" every scrape that failed or did not parse."""
+    seen: dict[str, list[str]] = {"bodies": [], "failures": []}
+    stop = threading.Event()
+
+    def loop() -> None:
+        while not stop.is_set():
+            try:
+                body = urllib.request.urlopen(url, timeout=60).read().decode()
+                list(text_string_to_metric_families(body))
+                seen["bodies"].append(body)
+            except Exception as e:  # every failure is a finding
+                seen["failures"].append(repr(e))
+
+    t = threading.Thread(target=loop)
+    t.start()
+    try:
+        yield seen
+    finally:
+        stop.set()
+        t.join(120)
+
+
+def of_namespace(scraped: dict, namespace: str) -> dict:
+    """The samples of one namespace's series."""
+    return {k: v for k, v in scraped.items() if ("namespace", namespace) in k[1]}
+
+
+def namespaces_shown(scraped: dict) -> set[str]:
+    """The namespaces a scrape reports (those with an ipvs_up series)."""
+    return {dict(labels)["namespace"] for labels in samples(scraped, "ipvs_up")}
 
 
 def assert_seed_samples_match(

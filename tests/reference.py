@@ -17,10 +17,10 @@ from ingress_ipvs_exporter.metrics import (
 )
 
 
-def ipvs_families(snap, namespace, ports, options) -> list[Metric]:
+def ipvs_families(snap, namespace, ports, options, vips=None) -> list[Metric]:
     """Every IPVS metric family of one snapshot, one add_metric per series; rows whose
     labels are equal are summed into one series."""
-    svc = service_labels(snap, ports)
+    svc = service_labels(snap, ports, vips)
     out = []
     for d in METRICS:
         if not options.exports_family(d):
@@ -57,9 +57,25 @@ class Fixed:
         return self.families
 
 
-def render(snap, namespace, ports, options, openmetrics=False) -> str:
-    """prometheus_client's rendering of ipvs_families() (without OpenMetrics' # EOF)."""
+def merged_families(views, options) -> list[Metric]:
+    """ipvs_families() of several namespaces' (namespace, snapshot, ports, vips): each
+    family once, with every namespace's series in turn."""
+    merged = None
+    for v in views:
+        families = ipvs_families(v.snapshot, v.namespace, v.ports, options, v.vips)
+        if merged is None:
+            merged = families
+        else:
+            for have, more in zip(merged, families):
+                have.samples.extend(more.samples)
+    return merged or []
+
+
+def render(snap, namespace, ports, options, openmetrics=False, views=None) -> str:
+    """prometheus_client's rendering of ipvs_families() (without OpenMetrics' # EOF), or of
+    merged_families(views) when views are given."""
     reg = CollectorRegistry(auto_describe=False)
-    reg.register(Fixed(ipvs_families(snap, namespace, ports, options)))
+    families = merged_families(views, options) if views else ipvs_families(snap, namespace, ports, options)
+    reg.register(Fixed(families))
     text = (generate_openmetrics if openmetrics else generate_latest)(reg).decode()
     return text[: -len("# EOF\n")] if openmetrics else text

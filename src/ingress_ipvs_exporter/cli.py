@@ -17,13 +17,13 @@ from typing import Optional
 import typer
 
 from . import __version__, flags, memory, server
-from .collector import IPVSCollector, exporter_registry
+from .collector import exporter_registry
 from .docker import DockerServices
 from .exposition import MetricsApp
-from .ipvs import Handle, IPVSError, NamespaceNotFound, NotANamespace
+from .ipvs import NamespaceNotFound, NotANamespace
 from .logs import PROG, LogFormat, LogLevel, setup_logging
 from .metrics import Options
-from .portmap import PortMap
+from .namespaces import Namespaces, opener
 from .usage import HELP as H
 from .usage import OriginalUsageCommand
 from .webconfig import WebConfig
@@ -51,7 +51,7 @@ def run(
     telemetry_path: str = typer.Option(
         "/metrics", "--telemetry-path", "--web.telemetry-path", callback=flags.telemetry_path, help=H["path"]
     ),
-    namespace_path: str = typer.Option(NETNS, "--namespace-path", help=H["ns"]),
+    namespace_path: list[str] = typer.Option([NETNS], "--namespace-path", help=H["ns"]),  # noqa: B008
     destination_labels: Options = typer.Option(  # noqa: B008
         flags.LABELS, "--destination-labels", parser=flags.destination_labels, help=H["labels"]
     ),
@@ -80,19 +80,12 @@ def run(
     )
     swarm = DockerServices(docker_host, timeout=10.0) if docker_host else None
 
-    handle = Handle(namespace_path)
-    ports = PortMap(namespace_path)
-    collector = IPVSCollector(
-        namespace_path, handle.snapshot, ports.lookup, options, info=handle.info, swarm=swarm
-    )
-    metrics = MetricsApp(collector, exporter_registry(collector, exporter_metrics=not no_self))
+    namespaces = Namespaces(namespace_path, opener(options, swarm), options)
+    metrics = MetricsApp(namespaces, exporter_registry(namespaces, exporter_metrics=not no_self))
     try:
-        collector.check()
-        startup_error = None
+        startup_error = namespaces.check()
     except NotANamespace as e:
         raise typer.BadParameter(str(e.strerror), param_hint="--namespace-path") from None
-    except IPVSError as e:
-        startup_error = e
 
     web = web_config_file
     wsgi = server.build_app(metrics, telemetry_path, web.users, web.headers, web_max_requests)
@@ -107,7 +100,7 @@ def run(
     log.info(
         "%s %s listening on %s (%s%s), telemetry path %s, namespace %s",
         *(PROG, __version__, bound, scheme, ", basic auth" if web.users else "", telemetry_path),
-        namespace_path or "(current)",
+        ", ".join(p or "(current)" for p in namespaces.patterns),
     )
     if startup_error is not None:
         hint = (
@@ -121,7 +114,7 @@ def run(
     except KeyboardInterrupt:
         pass
     finally:
-        handle.close()
+        namespaces.close()
         if swarm is not None:
             swarm.close()
 

@@ -7,6 +7,7 @@ snapshots they made. The IPVS families themselves are rendered by exposition.Ren
 
 from __future__ import annotations
 
+import errno
 import logging
 import os
 import threading
@@ -17,11 +18,11 @@ from typing import Protocol
 
 from prometheus_client import ProcessCollector
 from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, Metric
-from prometheus_client.registry import CollectorRegistry
+from prometheus_client.registry import Collector, CollectorRegistry
 
-from .ipvs import IPVSError, Snapshot
+from .ipvs import IPVSError, NamespaceNotFound, NotANamespace, ReadTimeout, Snapshot, describe_namespace
 from .logonce import LogOnce
-from .metrics import DEFAULT_OPTIONS, Options, Ports, PublishedPortLike
+from .metrics import DEFAULT_OPTIONS, Options, Ports, PublishedPortLike, Vips
 
 log = logging.getLogger(__name__)
 
@@ -48,10 +49,11 @@ class SwarmOwner(Protocol):
 @dataclass(frozen=True)
 class Reading:
     """What one scrape read: the snapshot (None when IPVS could not be read) and the
-    fwmark -> published ports map of its fwmarks."""
+    fwmark -> published ports and fwmark -> VIPs maps of its fwmarks."""
 
     snapshot: Snapshot | None
     ports: Ports = field(default_factory=dict)
+    vips: Vips = field(default_factory=dict)
 
 
 @dataclass
@@ -70,8 +72,9 @@ class IPVSCollector:
     ipvs_up, ipvs_scrape_duration_seconds and ipvs_scrape_errors_total.
 
     snapshot: returns a Snapshot (raises IPVSError when IPVS cannot be read).
-    ports: fwmarks -> {fwmark: [PublishedPort, ...]}.
+    ports: fwmarks -> {fwmark: [PublishedPort, ...]}; vips: fwmarks -> {fwmark: [VIP, ...]}.
     info: returns (IPVS version, connection table size); swarm: names fwmark services.
+    optional: a namespace matched by a glob, whose absence is no error worth a log line.
     """
 
     def __init__(
@@ -82,6 +85,8 @@ class IPVSCollector:
         options: Options = DEFAULT_OPTIONS,
         info: Callable[[], tuple[int, int]] | None = None,
         swarm: SwarmNames | None = None,
+        vips: Callable[[Iterable[int]], Vips] | None = None,
+        optional: bool = False,
     ) -> None:
         self.namespace = namespace
         self.options = options
@@ -89,6 +94,9 @@ class IPVSCollector:
         self._ports = ports
         self._info = info
         self._swarm = swarm
+        self._vips = vips
+        self._optional = optional
+        self.last_error: IPVSError | None = None
         self._state = _State()
         self._errors: dict[str, int] = {}
         self._said = LogOnce(log)
@@ -99,7 +107,9 @@ class IPVSCollector:
         start = time.monotonic()
         try:
             snap = self._snapshot()
-            ports = self._ports(snap.fwmarks())
+            marks = snap.fwmarks()
+            ports = self._ports(marks)
+            vips = self._vips(marks) if self._vips else {}
             info = self._info() if self._info else None
         except IPVSError as e:
             self._failed(e)
@@ -107,9 +117,21 @@ class IPVSCollector:
                 self._state = _State(0, time.monotonic() - start)
             return Reading(None)
         self._said.reset()
+        self.last_error = None
         with self._lock:
             self._state = _State(1, time.monotonic() - start, ports, info)
-        return Reading(snap, ports)
+        return Reading(snap, ports, vips)
+
+    def readings(self) -> list[tuple[IPVSCollector, Reading]]:
+        """This one namespace read now (what exposition.MetricsApp asks of its source)."""
+        return [(self, self.read())]
+
+    def overdue(self, seconds: float) -> None:
+        """The read still runs after `seconds`: this scrape reports the namespace down."""
+        message = f"reading IPVS in {describe_namespace(self.namespace)} took longer than {seconds:g}s"
+        self._failed(ReadTimeout(errno.ETIMEDOUT, message))
+        with self._lock:
+            self._state = _State(0, seconds)
 
     def describe(self) -> list[Metric]:
         """The families without samples, so that registering does no netlink I/O."""
@@ -192,10 +214,13 @@ class IPVSCollector:
             raise
 
     def _failed(self, e: IPVSError) -> None:
-        """Count the failure by reason; log the first of a kind, not every scrape."""
+        """Count the failure by reason; log the first of a kind, not every scrape (at debug
+        level for a glob match that is gone or not a namespace: Docker removes them)."""
+        self.last_error = e
+        gone = self._optional and isinstance(e, (NamespaceNotFound, NotANamespace))
         with self._lock:
             self._errors[e.reason] = self._errors.get(e.reason, 0) + 1
-        self._said.log(e.reason, logging.ERROR, "%s", e.strerror or e)
+        self._said.log(e.reason, logging.DEBUG if gone else logging.ERROR, "%s", e.strerror or e)
 
 
 class BuildInfoCollector:
@@ -222,7 +247,7 @@ def build_info() -> Metric:
     return next(BuildInfoCollector().collect())
 
 
-def exporter_registry(collector: IPVSCollector, exporter_metrics: bool = True) -> CollectorRegistry:
+def exporter_registry(collector: Collector, exporter_metrics: bool = True) -> CollectorRegistry:
     """The families served after the IPVS ones: the collector's, then (unless
     exporter_metrics is off, as node_exporter's --web.disable-exporter-metrics does for its
     own) the exporter's build info and process metrics."""

@@ -16,17 +16,18 @@ from __future__ import annotations
 
 import functools
 from array import array
-from collections.abc import Iterator, Sequence
+from collections.abc import Iterable, Iterator, Sequence
 from enum import Enum
 from itertools import chain, repeat
-from typing import Any, Callable
+from typing import Any, Callable, NamedTuple, Protocol
 
+from prometheus_client.core import Metric
 from prometheus_client.exposition import choose_encoder
 from prometheus_client.registry import Collector, CollectorRegistry
 from prometheus_client.utils import floatToGoString
 
 from . import memory
-from .collector import IPVSCollector
+from .collector import IPVSCollector, Reading
 from .gzipstream import GzipStream, Segment, SegmentCache, deflate
 from .ipvs import Snapshot
 from .metrics import (
@@ -37,6 +38,7 @@ from .metrics import (
     MetricDef,
     Options,
     Ports,
+    Vips,
     info_rows,
     series_labels,
     service_labels,
@@ -129,8 +131,10 @@ class Shape:
     configuration: each level's series text, the info families' lines, and the cache of
     compressed families."""
 
-    def __init__(self, snap: Snapshot, namespace: str, ports: Ports, options: Options) -> None:
-        svc = service_labels(snap, ports)
+    def __init__(
+        self, snap: Snapshot, namespace: str, ports: Ports, options: Options, vips: Vips | None = None
+    ) -> None:
+        svc = service_labels(snap, ports, vips)
         self.series = {
             level: _Series(options.label_names(level), series_labels(level, snap, namespace, svc, options))
             for level in Level
@@ -172,23 +176,24 @@ class Shape:
         return chunks
 
     def info_segments(self, form: Format) -> list[Segment]:
-        """The info families deflated, once per shape and format: their lines never change
-        while the shape holds (replaced whole, so concurrent scrapes at worst both build it)."""
+        """The info families' lines (headers apart) deflated, once per shape and format: they
+        never change while the shape holds (replaced whole, so concurrent scrapes at worst
+        both build it)."""
         segs = self._info_segments.get(form)
         if segs is None:
-            segs = [deflate([header(d.name, Kind.GAUGE, d.help, form), *chunks]) for d, chunks in self.info]
+            segs = [deflate(chunks) for _, chunks in self.info]
             self._info_segments[form] = segs
         return segs
 
     def segment(self, d: MetricDef, values: Sequence[int], form: Format) -> Segment:
-        """The family (header and samples) deflated. A family whose values are those of the
-        last scrape (weights, thresholds, idle services and real servers) reuses its segment
-        from the cache: neither rendered nor compressed again."""
+        """The family's samples (header apart: see header_segment) deflated. A family whose
+        values are those of the last scrape (weights, thresholds, idle services and real
+        servers) reuses its segment from the cache: neither rendered nor compressed again."""
         key = (d.name, form)
         packed = _packed(values)
         seg = self.cache.get(key, packed)
         if seg is None:
-            seg = deflate([header(d.name, d.kind, d.help, form), *self.samples(d, values)])
+            seg = deflate(self.samples(d, values))
             self.cache.put(key, packed, seg)
         return seg
 
@@ -204,65 +209,114 @@ def _packed(values: Sequence[int]) -> bytes:
         return b"r" + repr(values).encode()
 
 
+class View(NamedTuple):
+    """One namespace's reading, as the renderer needs it."""
+
+    namespace: str
+    snapshot: Snapshot
+    ports: Ports
+    vips: Vips = {}
+
+
+_HEADERS: dict[tuple[str, Format], Segment] = {}
+
+
+def header_segment(d: MetricDef | InfoDef, form: Format) -> Segment:
+    """A family's HELP and TYPE lines deflated (they never change: made once per process)."""
+    seg = _HEADERS.get((d.name, form))
+    if seg is None:
+        kind = d.kind if isinstance(d, MetricDef) else Kind.GAUGE
+        seg = _HEADERS[(d.name, form)] = deflate([header(d.name, kind, d.help, form)])
+    return seg
+
+
 class Renderer:
-    """Renders a snapshot's IPVS families, keeping the Shape of the last one."""
+    """Renders the IPVS families of one or more namespaces' snapshots (each family once,
+    with every namespace's series in turn), keeping the Shape of each namespace's last one."""
 
     def __init__(self) -> None:
-        self._key: tuple[Any, ...] | None = None
-        self._shape: Shape | None = None
+        self._shapes: dict[str, tuple[tuple[Any, ...], Shape]] = {}
 
     def render(
         self, snap: Snapshot, namespace: str, ports: Ports, options: Options, openmetrics: bool = False
     ) -> str:
-        return b"".join(self.chunks(snap, namespace, ports, options, openmetrics)).decode()
+        return b"".join(self.chunks([View(namespace, snap, ports)], options, openmetrics)).decode()
 
-    def chunks(
-        self, snap: Snapshot, namespace: str, ports: Ports, options: Options, openmetrics: bool = False
-    ) -> Iterator[bytes]:
+    def chunks(self, views: Sequence[View], options: Options, openmetrics: bool = False) -> Iterator[bytes]:
         """The rendering in chunks of at most CHUNK_SERIES lines, so a large scrape is never
         whole in memory.
 
         Safe for concurrent scrapes without a lock: each keeps its own reference to the
-        shape it renders with; a shape's cache entries are replaced whole; at worst two
+        shapes it renders with; a shape's cache entries are replaced whole; at worst two
         scrapes that see a new shape both build it."""
-        shape = self.shape(snap, namespace, ports, options)
+        if not views:
+            return
+        shapes = self.shapes(views, options)
         form = Format.OPENMETRICS if openmetrics else Format.TEXT
         for d in METRICS:
             if options.exports_family(d):
                 yield header(d.name, d.kind, d.help, form)
-                yield from shape.samples(d, shape.values(d, snap))
-        for info, chunks in shape.info:
+                for shape, v in zip(shapes, views):
+                    yield from shape.samples(d, shape.values(d, v.snapshot))
+        for i, (info, _) in enumerate(shapes[0].info):
             yield header(info.name, Kind.GAUGE, info.help, form)
-            yield from chunks
+            for shape in shapes:
+                yield from shape.info[i][1]
 
     def segments(
-        self, snap: Snapshot, namespace: str, ports: Ports, options: Options, openmetrics: bool = False
+        self, views: Sequence[View], options: Options, openmetrics: bool = False
     ) -> Iterator[Segment]:
         """The same rendering, deflated family by family for a GzipStream; unchanged families
-        come from the shape's cache (same concurrency rules as chunks())."""
-        shape = self.shape(snap, namespace, ports, options)
+        come from the shapes' caches (same concurrency rules as chunks())."""
+        if not views:
+            return
+        shapes = self.shapes(views, options)
         form = Format.OPENMETRICS if openmetrics else Format.TEXT
         for d in METRICS:
             if options.exports_family(d):
-                yield shape.segment(d, shape.values(d, snap), form)
-        yield from shape.info_segments(form)
+                yield header_segment(d, form)
+                for shape, v in zip(shapes, views):
+                    yield shape.segment(d, shape.values(d, v.snapshot), form)
+        for i, (info, _) in enumerate(shapes[0].info):
+            yield header_segment(info, form)
+            for shape in shapes:
+                yield shape.info_segments(form)[i]
 
-    def shape(self, snap: Snapshot, namespace: str, ports: Ports, options: Options) -> Shape:
-        """The Shape for this snapshot: the last one while what the series text depends on
-        (compared, not hashed; packed, so no old snapshot is kept alive) is unchanged."""
-        key = (
-            namespace,
-            options,
-            snap.services.shape(),
-            snap.dests.shape(),
-            {m: tuple(v) for m, v in ports.items()},
-        )
-        shape = self._shape
-        if key != self._key or shape is None:
-            self._shape = self._key = None  # let the old shape go before building the new one
-            shape = Shape(snap, namespace, ports, options)
-            self._shape, self._key = shape, key
-        return shape
+    def shapes(self, views: Sequence[View], options: Options) -> list[Shape]:
+        """The Shape of each view: a namespace's last one while what its series text depends
+        on (compared, not hashed; packed, so no old snapshot is kept alive) is unchanged.
+        Shapes of namespaces not in this scrape are let go."""
+        out = []
+        for v in views:
+            snap = v.snapshot
+            key = (
+                options,
+                snap.services.shape(),
+                snap.dests.shape(),
+                {m: tuple(p) for m, p in v.ports.items()},
+                {m: tuple(a) for m, a in v.vips.items()},
+            )
+            last = self._shapes.get(v.namespace)
+            if last is None or last[0] != key:
+                self._shapes.pop(v.namespace, None)  # let the old shape go before building anew
+                last = (key, Shape(snap, v.namespace, v.ports, options, v.vips))
+                self._shapes[v.namespace] = last
+            out.append(last[1])
+        if len(self._shapes) > len(views):
+            shown = {v.namespace for v in views}
+            for gone in [ns for ns in self._shapes if ns not in shown]:
+                self._shapes.pop(gone, None)
+        return out
+
+
+class Source(Protocol):
+    """What MetricsApp scrapes: an IPVSCollector (one namespace) or namespaces.Namespaces."""
+
+    options: Options
+
+    def readings(self) -> list[tuple[IPVSCollector, Reading]]: ...
+
+    def collect(self) -> Iterable[Metric]: ...
 
 
 class MetricsApp:
@@ -270,11 +324,11 @@ class MetricsApp:
     (health, IPVS info, swarm, build, process) through prometheus_client's encoder, with the
     content type negotiated as prometheus_client does; one gzip member when asked."""
 
-    def __init__(self, collector: IPVSCollector, registry: CollectorRegistry | None = None) -> None:
-        self.collector = collector
+    def __init__(self, source: Source, registry: CollectorRegistry | None = None) -> None:
+        self.source = source
         if registry is None:
             registry = CollectorRegistry(auto_describe=False)
-            registry.register(collector)
+            registry.register(source)
         self.registry = registry
         self.renderer = Renderer()
 
@@ -287,27 +341,26 @@ class MetricsApp:
     def _chunks(
         self, encoder: Callable[[Collector], bytes], openmetrics: bool, gzip: bool
     ) -> Iterator[bytes]:
-        c = self.collector
-        reading = c.read()
-        snap = reading.snapshot
+        views = [
+            View(c.namespace, r.snapshot, r.ports, r.vips)
+            for c, r in self.source.readings()
+            if r.snapshot is not None
+        ]
+        options = self.source.options
         stream = GzipStream() if gzip else None
         try:
             if stream is not None:
                 yield GzipStream.HEADER
-                if snap is not None:
-                    # no lock: a slow client must not hold up other scrapes (see chunks())
-                    for seg in self.renderer.segments(
-                        snap, c.namespace, reading.ports, c.options, openmetrics
-                    ):
-                        yield from stream.add(seg)
+                # no lock: a slow client must not hold up other scrapes (see Renderer.chunks())
+                for seg in self.renderer.segments(views, options, openmetrics):
+                    yield from stream.add(seg)
                 yield from stream.add(deflate([encoder(self.registry)]))
                 yield stream.trailer()
             else:
-                if snap is not None:
-                    yield from self.renderer.chunks(snap, c.namespace, reading.ports, c.options, openmetrics)
+                yield from self.renderer.chunks(views, options, openmetrics)
                 yield encoder(self.registry)
         finally:
-            del reading, snap
+            del views
             memory.release()
 
     def body(self, accept: str) -> tuple[bytes, str]:

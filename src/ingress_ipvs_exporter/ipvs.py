@@ -99,6 +99,12 @@ class DumpFailed(IPVSError):
     reason = "netlink"
 
 
+class ReadTimeout(IPVSError):
+    """A namespace's read was still running when the scrape stopped waiting for it."""
+
+    reason = "timeout"
+
+
 def describe_namespace(path: str) -> str:
     return f"network namespace {path}" if path else "the current network namespace"
 

@@ -238,11 +238,13 @@ class PublishedPortLike(Protocol):
 
 
 Ports = Mapping[int, Sequence[PublishedPortLike]]  # fwmark -> the ports the mangle rules mark with it
+Vips = Mapping[int, Sequence[str]]  # fwmark -> the addresses (swarm VIPs) the mangle rules mark
 
 
 class ServiceLabels(NamedTuple):
     """A virtual service's label values (a fwmark service is labelled with its lowest
-    published port; protocol and vip are empty for it)."""
+    published port and the VIP its mangle rules mark, of its address family; protocol is
+    empty for it)."""
 
     family: str
     fwmark: str
@@ -251,14 +253,21 @@ class ServiceLabels(NamedTuple):
     vip: str
 
 
-def service_labels(snap: Snapshot, ports: Ports) -> list[ServiceLabels]:
+def _vip_of(family: str, addresses: Sequence[str]) -> str:
+    """The first of a fwmark's VIPs in the service's address family ("" if none)."""
+    v6 = family == "ipv6"
+    return next((a for a in addresses if (":" in a) == v6), "")
+
+
+def service_labels(snap: Snapshot, ports: Ports, vips: Vips | None = None) -> list[ServiceLabels]:
     out = []
     for sid in snap.services.ids():
         family = FAMILIES.get(sid.af, str(sid.af))
         if sid.fwmark:
             found = ports.get(sid.fwmark)
             port = str(min(p.port for p in found)) if found else ""
-            out.append(ServiceLabels(family, str(sid.fwmark), port, "", ""))
+            vip = _vip_of(family, vips.get(sid.fwmark, ())) if vips else ""
+            out.append(ServiceLabels(family, str(sid.fwmark), port, "", vip))
         else:
             proto = PROTOCOLS.get(sid.protocol, str(sid.protocol))
             out.append(ServiceLabels(family, "0", str(sid.port), proto, sid.address))

@@ -1,12 +1,14 @@
-"""fwmark -> published port(s), read from a network namespace's iptables mangle rules.
+"""fwmark -> published port(s) and VIP(s), read from a network namespace's iptables mangle rules.
 
-Docker Swarm marks ingress traffic per published port in the mangle table and IPVS holds
-one fwmark service per mark; this module recovers which ports feed which mark. The rules
-may live in either iptables backend (nf_tables or legacy x_tables), so both are read.
+Docker Swarm marks ingress traffic per published port (PREROUTING --dport) and traffic to a
+service's virtual IP (INPUT -d VIP/32) in the mangle table, and IPVS holds one fwmark
+service per mark; this module recovers which ports and VIPs feed which mark. The rules may
+live in either iptables backend (nf_tables or legacy x_tables), so both are read.
 """
 
 from __future__ import annotations
 
+import ipaddress
 import logging
 import os
 import shlex
@@ -15,7 +17,7 @@ import stat
 import subprocess
 import time
 from dataclasses import dataclass
-from typing import Callable, Iterable
+from typing import Callable, Iterable, NamedTuple
 
 from .logonce import LogOnce
 from .refresh import Refreshing, Spawn
@@ -27,6 +29,7 @@ _PROTOCOLS = {"tcp": "tcp", "udp": "udp", "sctp": "sctp", "6": "tcp", "17": "udp
 _DPORT = ("--dport", "--destination-port")
 _DPORTS = ("--dports", "--destination-ports")
 _SET_MARK = ("--set-xmark", "--set-mark")
+_DEST = ("-d", "--destination", "--dst")
 
 
 @dataclass(frozen=True, order=True)
@@ -35,6 +38,21 @@ class PublishedPort:
 
     protocol: str
     port: int
+
+
+class MarkRule(NamedTuple):
+    """What one MARK rule matches: destination ports (with their protocol) and addresses."""
+
+    mark: int
+    ports: list[PublishedPort]
+    vips: list[str]
+
+
+class MarkMap(NamedTuple):
+    """fwmark -> sorted unique published ports, and fwmark -> sorted unique VIPs."""
+
+    ports: dict[int, list[PublishedPort]]
+    vips: dict[int, list[str]]
 
 
 class PortMapError(OSError):
@@ -63,8 +81,22 @@ def _parse_mark(arg: str) -> int | None:
     return mark or None
 
 
-def _parse_rule(line: str) -> tuple[int, list[PublishedPort]] | None:
-    """(mark, ports) of one `-A CHAIN ...` line that sets a MARK for a destination port."""
+def _parse_address(arg: str) -> str | None:
+    """The host address of a -d argument ("10.0.1.2/32", "fd00::2/128", "10.0.1.2"); None for
+    a network (a prefix shorter than the address) or anything that is not an address."""
+    address, _, length = arg.partition("/")
+    try:
+        ip = ipaddress.ip_address(address)
+    except ValueError:
+        return None
+    if length and length != str(ip.max_prefixlen):
+        return None
+    return str(ip)
+
+
+def _parse_rule(line: str) -> MarkRule | None:
+    """What one `-A CHAIN ...` line that sets a MARK matches: a destination port (ingress's
+    PREROUTING rules) and/or a destination address (a VIP's INPUT rule)."""
     if '"' in line or "'" in line or "\\" in line:
         try:
             tokens = shlex.split(line)
@@ -74,6 +106,7 @@ def _parse_rule(line: str) -> tuple[int, list[PublishedPort]] | None:
         tokens = line.split()
     protocol = target = None
     ports: list[int] = []
+    vips: list[str] = []
     mark = None
     negated = False
     i = 0
@@ -89,6 +122,9 @@ def _parse_rule(line: str) -> tuple[int, list[PublishedPort]] | None:
         elif opt in _DPORT or opt in _DPORTS:
             if not negated:
                 ports += _parse_ports(arg, opt in _DPORTS)
+        elif opt in _DEST:
+            address = None if negated else _parse_address(arg)
+            vips += [address] if address else []
         elif opt in ("-j", "--jump"):
             target = arg
         elif opt in _SET_MARK and target == "MARK":
@@ -97,14 +133,22 @@ def _parse_rule(line: str) -> tuple[int, list[PublishedPort]] | None:
             step = 1
         negated = False
         i += step
-    if target != "MARK" or mark is None or protocol is None or not ports:
+    if protocol is None:
+        ports = []
+    if target != "MARK" or mark is None or not (ports or vips):
         return None
-    return mark, [PublishedPort(protocol, port) for port in ports]
+    return MarkRule(mark, [PublishedPort(protocol, port) for port in ports if protocol], vips)
 
 
-def parse_mangle_rules(text: str) -> dict[int, list[PublishedPort]]:
-    """iptables-save text (any tables; only *mangle's rules count) -> fwmark -> sorted unique ports."""
-    found: dict[int, set[PublishedPort]] = {}
+def _address_order(address: str) -> tuple[int, int]:
+    ip = ipaddress.ip_address(address)
+    return ip.version, int(ip)
+
+
+def parse_marks(text: str) -> MarkMap:
+    """iptables-save text (any tables; only *mangle's rules count) -> the ports and VIPs of each fwmark."""
+    ports: dict[int, set[PublishedPort]] = {}
+    vips: dict[int, set[str]] = {}
     table = None
     for raw in text.splitlines():
         line = raw.strip()
@@ -114,9 +158,19 @@ def parse_mangle_rules(text: str) -> dict[int, list[PublishedPort]]:
             table = None
         elif table == "mangle" and line.startswith(("-A ", "-I ")):
             rule = _parse_rule(line)
-            if rule:
-                found.setdefault(rule[0], set()).update(rule[1])
-    return {mark: sorted(found[mark]) for mark in sorted(found)}
+            if rule and rule.ports:
+                ports.setdefault(rule.mark, set()).update(rule.ports)
+            if rule and rule.vips:
+                vips.setdefault(rule.mark, set()).update(rule.vips)
+    return MarkMap(
+        {mark: sorted(ports[mark]) for mark in sorted(ports)},
+        {mark: sorted(vips[mark], key=_address_order) for mark in sorted(vips)},
+    )
+
+
+def parse_mangle_rules(text: str) -> dict[int, list[PublishedPort]]:
+    """iptables-save text -> fwmark -> sorted unique ports (parse_marks without the VIPs)."""
+    return parse_marks(text).ports
 
 
 # Where the kernel lists the legacy (x_tables) tables that exist in the reader's namespace.
@@ -333,7 +387,8 @@ def read_mangle_rules(namespace_path: str, timeout: float = 5.0) -> str:
 
 
 class PortMap:
-    """Cache of fwmark -> ports for one namespace: reading iptables costs processes, scrapes are frequent.
+    """Cache of fwmark -> ports and VIPs for one namespace: reading iptables costs processes,
+    scrapes are frequent.
 
     When the set of fwmarks asked for changes (a service came or went), the rules are re-read
     before answering. Every max_age seconds they are re-read in the background: that scrape
@@ -354,9 +409,9 @@ class PortMap:
         self.namespace_path = namespace_path
         self._reader = reader
         self._said = LogOnce(log)
-        self._cache: Refreshing[int, dict[int, list[PublishedPort]]] = Refreshing(
+        self._cache: Refreshing[int, MarkMap] = Refreshing(
             self._read,
-            {},
+            MarkMap({}, {}),
             max_age=max_age,
             wait_for_new_keys=True,
             clock=clock,
@@ -367,7 +422,13 @@ class PortMap:
     def lookup(self, fwmarks: Iterable[int]) -> dict[int, list[PublishedPort]]:
         """Ports of each asked fwmark that has any; never raises (an empty set reads nothing)."""
         wanted = frozenset(fwmarks)
-        found = self._cache.get(wanted)
+        found = self._cache.get(wanted).ports
+        return {mark: list(found[mark]) for mark in sorted(wanted) if mark in found}
+
+    def vips(self, fwmarks: Iterable[int]) -> dict[int, list[str]]:
+        """VIPs of each asked fwmark that has any (INPUT -d VIP/32 rules); never raises."""
+        wanted = frozenset(fwmarks)
+        found = self._cache.get(wanted).vips
         return {mark: list(found[mark]) for mark in sorted(wanted) if mark in found}
 
     @property
@@ -380,13 +441,17 @@ class PortMap:
         """Wait until no background read runs (for tests); False if one still runs after timeout."""
         return self._cache.wait_idle(timeout)
 
-    def _read(self) -> dict[int, list[PublishedPort]]:
+    def close(self) -> None:
+        """Start no more reads (the namespace is no longer scraped)."""
+        self._cache.close()
+
+    def _read(self) -> MarkMap:
         """One read of the rules; a failure is logged (once per message until a read works) and raised."""
         try:
-            ports = parse_mangle_rules(self._reader(self.namespace_path))
+            marks = parse_marks(self._reader(self.namespace_path))
         except Exception as exc:
             message = str(exc) or type(exc).__name__
             self._said.log(message, logging.WARNING, "published ports unavailable: %s", message)
             raise
         self._said.reset()
-        return ports
+        return marks

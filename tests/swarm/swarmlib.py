@@ -101,6 +101,22 @@ class Lab:
             time.sleep(2)
 
 
+def wait_for(what: str, check, timeout: float = WAIT, every: float = 2.0):
+    """check()'s first true value, polled every `every` s (an OSError counts as not yet)."""
+    deadline = time.monotonic() + timeout
+    last = None
+    while True:
+        try:
+            last = check()
+            if last:
+                return last
+        except OSError as e:
+            last = e
+        if time.monotonic() > deadline:
+            raise AssertionError(f"timed out after {timeout:.0f}s waiting for {what}; last: {last}")
+        time.sleep(every)
+
+
 def _lab_cmd(*args: str, timeout: float) -> subprocess.CompletedProcess:
     """Run swarm-lab; its progress (stderr) goes to pytest's captured output."""
     return subprocess.run(
@@ -124,7 +140,7 @@ def diag() -> str:
     return res.stdout + res.stderr
 
 
-# ---- Prometheus with the shipped dockerswarm_sd_configs job (test_swarm_sd, test_two_node) ----
+# ---- the real Prometheus with the shipped dockerswarm_sd_configs job (test_swarm_sd, test_two_node)
 
 SHIPPED_SD_JOB = Path(__file__).parents[2] / "packaging/prometheus/prometheus-dockerswarm.yml"
 SD_WAIT = 600.0  # discovery + first scrapes under TCG; two VMs at once make everything slower
@@ -136,21 +152,6 @@ def api(base: str, path: str, **params) -> dict:
         body = json.load(r)
     assert body["status"] == "success", body
     return body["data"]
-
-
-def wait_for(what: str, check, timeout: float = SD_WAIT, every: float = 2.0):
-    deadline = time.monotonic() + timeout
-    last = None
-    while True:
-        try:
-            last = check()
-            if last:
-                return last
-        except OSError as e:
-            last = e
-        if time.monotonic() > deadline:
-            raise AssertionError(f"timed out after {timeout:.0f}s waiting for {what}; last: {last}")
-        time.sleep(every)
 
 
 @contextlib.contextmanager
@@ -180,7 +181,9 @@ def sd_prometheus(docker_host: str, tmp: Path):
     base = f"http://127.0.0.1:{port}"
     try:
         wait_for(
-            "prometheus ready", lambda: urllib.request.urlopen(base + "/-/ready", timeout=5).status == 200
+            "prometheus ready",
+            lambda: urllib.request.urlopen(base + "/-/ready", timeout=5).status == 200,
+            timeout=SD_WAIT,
         )
         yield base
     finally:

@@ -10,6 +10,7 @@ dockerd stopped last, since it ends the swarm.
 from __future__ import annotations
 
 import contextlib
+import json
 import os
 import re
 import signal
@@ -18,8 +19,19 @@ import time
 from pathlib import Path
 
 import pytest
-from ipvs_testlib import assert_seed_samples_match, running_exporter, samples, scrape, scrape_while_stable
-from swarmlib import API_TIMEOUT, IMAGE, WAIT, diag
+from ipvs_testlib import (
+    assert_seed_samples_match,
+    ipvsadm,
+    namespaces_shown,
+    of_namespace,
+    running_exporter,
+    samples,
+    scrape,
+    scrape_while_all_stable,
+    scrape_while_stable,
+    scraping,
+)
+from swarmlib import API_TIMEOUT, IMAGE, WAIT, diag, wait_for
 
 from ingress_ipvs_exporter.docker import DockerError, fetch_services
 
@@ -150,6 +162,126 @@ def test_service_names_through_the_exporter_follow_churn(lab):
         lab.docker("service", "rm", "service_3")
         after = lab.wait_ports(lambda p: "service_3" not in p, "service_3 removed")
         wait_names({port: name for name, port in after.items()})
+
+
+def _client_requests(lab, container: str, vip: str, n: int) -> None:
+    """n HTTP/1.0 GETs from a task to a VIP over busybox nc (the image's static busybox
+    wget crashes without a libc: docs/swarm-ipvs.md); every one must be answered."""
+    script = (
+        'ok=0; i=0; while [ $i -lt "$2" ]; do i=$((i + 1)); '
+        'if /bin/busybox printf "GET / HTTP/1.0\\r\\n\\r\\n" | /bin/busybox nc -w 10 "$1" 80 '
+        '| /bin/busybox grep -q "200 OK"; then ok=$((ok + 1)); fi; done; echo "$ok"'
+    )
+    answered = lab.docker("exec", container, "/bin/busybox", "sh", "-c", script, "sh", vip, str(n))
+    assert answered.strip() == str(n), f"{answered.strip()} of {n} requests to {vip} answered"
+
+
+def save_east_west_example(url: str, lb: str, mark: int, backend: str) -> None:
+    """The README's east-west lines as this run saw them, in build/vm/."""
+    import urllib.request
+
+    text = urllib.request.urlopen(url, timeout=60).read().decode()
+    lines = [
+        line
+        for line in text.splitlines()
+        if f'namespace="{lb}"' in line
+        and f'fwmark="{mark}"' in line
+        and line.startswith(
+            ("ipvs_connections_total", "ipvs_service_connections_total", "ipvs_swarm_service_info")
+        )
+    ]
+    out = Path(__file__).parents[2] / "build" / "vm"
+    if out.is_dir():
+        (out / f"east-west-example-{backend}.txt").write_text("\n".join(sorted(lines)) + "\n")
+
+
+def test_east_west_vip_traffic_is_counted_in_its_load_balancer_namespace(lab):
+    """A task calls a service's VIP on an overlay network: the exporter, reading ingress_sbox
+    and the lb_* glob in one process, shows the connections in that network's lb_
+    namespace under the VIP's fwmark with the VIP and the service's name, and every sample
+    of both namespaces equals ipvsadm there."""
+    net = f"east{lab.backend}"
+    netns_dir = os.path.dirname(lab.ingress_ns)
+    try:
+        with diagnosed():
+            lab.docker("network", "create", "-d", "overlay", "--attachable", net)
+            net_id = lab.docker("network", "inspect", "-f", "{{.Id}}", net).strip()
+            lb = os.path.join(netns_dir, f"lb_{net_id[:9]}")
+            for name, command in (
+                ("api", ["/bin/httpd", "-f", "-p", "80", "-h", "/www"]),
+                ("client", ["/bin/busybox", "sleep", "3600"]),
+            ):
+                replicas = "2" if name == "api" else "1"
+                lab.docker(
+                    *("service", "create", "--no-resolve-image", "--detach=true", "--name", f"{net}_{name}"),
+                    *("--replicas", replicas, "--network", net, IMAGE, *command),
+                )
+            api = f"{net}_api"
+
+            def converged():
+                verbose = json.loads(lab.docker("network", "inspect", "--verbose", net))[0]
+                svc = (verbose.get("Services") or {}).get(api) or {}
+                if len(svc.get("Tasks") or []) != 2 or not os.path.exists(lb):
+                    return None
+                mark = svc["LocalLBIndex"]
+                found = ipvsadm(lb).get(f"FWM {mark}")
+                return (svc["VIP"], mark) if found and len(found.dests) == 2 else None
+
+            vip, mark = wait_for("api's VIP balanced to 2 tasks in lb_", converged)
+            client = wait_for(
+                "the client task running",
+                lambda: lab.docker(
+                    "ps", "-q", "--filter", f"label=com.docker.swarm.service.name={net}_client"
+                ).split(),
+            )[0]
+            _client_requests(lab, client, vip, 6)
+            pattern = os.path.join(netns_dir, "lb_*")
+            args = (
+                "--namespace-path",
+                lab.ingress_ns,
+                "--namespace-path",
+                pattern,
+                "--docker-host",
+                lab.docker_host,
+            )
+            with running_exporter(*args) as (url, _):
+                mine = {"namespace": lb, "fwmark": str(mark)}
+
+                def named():
+                    info = samples(scrape(url), "ipvs_swarm_service_info")
+                    return [dict(k) for k in info if mine.items() <= dict(k).items()]
+
+                names = wait_for("the VIP service named", named)
+                scraped, before = scrape_while_all_stable(url, [lab.ingress_ns, lb])
+                save_east_west_example(url, lb, mark, lab.backend)
+                assert names[0]["service_name"] == api and names[0].get("network", net) == net
+                assert {lab.ingress_ns, lb} <= namespaces_shown(scraped)
+                assert before[lb][f"FWM {mark}"].conns >= 6
+                svc_labels = {"family": "ipv4", "port": "", "protocol": "", "vip": vip, **mine}
+                got = scraped[("ipvs_service_connections_total", frozenset(svc_labels.items()))]
+                assert got == before[lb][f"FWM {mark}"].conns
+                assert_seed_samples_match(of_namespace(scraped, lb), before[lb], lb, {})
+                ingress_ports = {m: str(p) for p, m in marks_by_port(lab).items()}
+                ingress = of_namespace(scraped, lab.ingress_ns)
+                assert_seed_samples_match(ingress, before[lab.ingress_ns], lab.ingress_ns, ingress_ports)
+                # the network goes while scraping: its lb_ namespace (stale for a while, then
+                # deleted) never fails a scrape and its series go with it
+                with scraping(url) as seen:
+                    lab.docker("service", "rm", f"{net}_api", f"{net}_client")
+                    wait_for(
+                        "the services' tasks gone",
+                        lambda: lab.docker("network", "inspect", "-f", "{{len .Containers}}", net).strip()
+                        == "0",
+                    )
+                    lab.docker("network", "rm", net)
+                    wait_for(f"{lb}'s series gone", lambda: not of_namespace(scrape(url), lb))
+                assert not seen["failures"], seen["failures"][:3]
+                assert seen["bodies"] and all(
+                    f'ipvs_up{{namespace="{lab.ingress_ns}"}} 1.0' in b for b in seen["bodies"]
+                )
+    finally:
+        with contextlib.suppress(AssertionError):  # the lab goes down after the module anyway
+            lab.docker("service", "rm", f"{net}_api", f"{net}_client")
 
 
 def test_docker_api_hanging_leaves_ipvs_metrics_alone(lab):

@@ -9,17 +9,20 @@ Discovery does not depend on the iptables backend, so this module runs on the nf
 
 from __future__ import annotations
 
+import functools
 import json
 import pathlib
 import subprocess
 
 import pytest
+import swarmlib
 from ipvs_testlib import exporter_command, stop_process
-from swarmlib import api, diag, sd_prometheus, wait_for
+from swarmlib import api, diag, sd_prometheus
 
 pytestmark = [pytest.mark.swarm, pytest.mark.parametrize("lab", ["nft"], indirect=True)]
 ROOT = pathlib.Path(__file__).parents[2]
 PORT = 10320  # the shipped port (docs/prometheus.md)
+wait_for = functools.partial(swarmlib.wait_for, timeout=swarmlib.SD_WAIT)
 
 
 @pytest.fixture(scope="module")

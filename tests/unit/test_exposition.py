@@ -10,7 +10,7 @@ from reference import Fixed, ipvs_families
 from reference import render as reference
 
 from ingress_ipvs_exporter import gzipstream
-from ingress_ipvs_exporter.exposition import Renderer, fmt
+from ingress_ipvs_exporter.exposition import Renderer, View, fmt
 from ingress_ipvs_exporter.ipvs import Destination, Service, Snapshot, Stats
 from ingress_ipvs_exporter.metrics import Options
 from ingress_ipvs_exporter.portmap import PublishedPort
@@ -148,7 +148,7 @@ def test_chunks_hold_at_most_chunk_series_lines(monkeypatch):
 
     monkeypatch.setattr(exposition, "CHUNK_SERIES", 2)
     snap, options = Snapshot.build(EVERY_KIND), Options(backends=True)
-    chunks = list(Renderer().chunks(snap, "/ns", PORTS, options))
+    chunks = list(Renderer().chunks([View("/ns", snap, PORTS)], options))
     assert b"".join(chunks).decode() == reference(snap, "/ns", PORTS, options, False)
     assert max(c.count(b"\n") for c in chunks) == 2  # a header (HELP, TYPE) or two series
 
@@ -187,7 +187,7 @@ def test_gzip_body_is_one_valid_member_equal_to_the_plain_body(monkeypatch, acce
         assert one_member.eof and one_member.unused_data == b""
         assert gzip.decompress(body) == text
         assert text.decode().startswith(reference(snap, "/ns", PORTS, Options(backends=True), bool(accept)))
-        shape = app.renderer._shape
+        shape = app.renderer._shapes["/ns"][1]
         assert shape.cache.size <= budget
         assert bool(len(shape.cache)) == (budget > 0)
     plain_collector = IPVSCollector("/ns", lambda: snaps[-1], lambda marks: PORTS, Options(backends=True))
@@ -199,10 +199,10 @@ def test_unchanged_families_are_neither_rendered_nor_compressed_again(monkeypatc
     from ingress_ipvs_exporter import exposition
 
     r, snap, options = Renderer(), Snapshot.build(EVERY_KIND), Options()
-    first = list(r.segments(snap, "/ns", PORTS, options))
+    first = list(r.segments([View("/ns", snap, PORTS)], options))
     calls = []
     monkeypatch.setattr(exposition, "deflate", lambda chunks: calls.append(1))
-    again = list(r.segments(snap, "/ns", PORTS, options))
+    again = list(r.segments([View("/ns", snap, PORTS)], options))
     assert calls == []  # info families too: deflated once per shape and format
     assert again == first
 

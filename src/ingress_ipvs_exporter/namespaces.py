@@ -1,0 +1,223 @@
+"""The namespaces one scrape reads: the --namespace-path patterns, globbed anew per scrape,
+each path with its own collector, read in parallel, their families merged into one.
+
+A literal path is always read, and reported (ipvs_up 0) while it is missing, as the one
+namespace of the original exporter was. A glob pattern's matches come and go with Docker's
+networks: a match that is not (or no longer) a namespace, or that holds no IPVS service,
+is left out of the scrape with a debug line, so a node's many task sandboxes cost nothing
+in the output. A namespace whose read is still running at the deadline shows as ipvs_up 0
+(reason "timeout") without holding up the others; its read is not started again until it
+has returned.
+"""
+
+from __future__ import annotations
+
+import glob
+import logging
+import os
+import threading
+from collections.abc import Callable, Iterable, Iterator, Sequence
+from concurrent.futures import Future, ThreadPoolExecutor, wait
+from dataclasses import dataclass
+
+from prometheus_client.core import Metric
+
+from .collector import IPVSCollector, Reading, SwarmNames
+from .ipvs import Handle, IPVSError, NamespaceNotFound, NotANamespace
+from .metrics import Options
+from .portmap import PortMap
+
+log = logging.getLogger(__name__)
+
+READ_DEADLINE = 10.0  # seconds a scrape waits for a namespace when it reads several
+MAX_THREADS = 8  # parallel reads (netlink dumps and iptables reads release the GIL)
+
+
+def is_pattern(path: str) -> bool:
+    return glob.has_magic(path)
+
+
+Opener = Callable[[str, bool], tuple[IPVSCollector, Callable[[], None]]]
+
+
+def opener(options: Options, swarm: SwarmNames | None) -> Opener:
+    """What production reads a namespace with: a netlink Handle and a PortMap of its own."""
+
+    def open_namespace(path: str, globbed: bool) -> tuple[IPVSCollector, Callable[[], None]]:
+        handle, marks = Handle(path), PortMap(path)
+        collector = IPVSCollector(
+            path, handle.snapshot, marks.lookup, options, handle.info, swarm, marks.vips, globbed
+        )
+
+        def close() -> None:
+            handle.close()
+            marks.close()
+
+        return collector, close
+
+    return open_namespace
+
+
+@dataclass
+class Member:
+    """One namespace path being read: its collector, how to release it, and what its last
+    read showed (`shown`: whether the scrape includes it)."""
+
+    path: str
+    globbed: bool
+    collector: IPVSCollector
+    close: Callable[[], None]
+    running: Future[Reading] | None = None
+    shown: bool = True
+
+
+class Namespaces:
+    """The namespaces of the --namespace-path patterns (see the module's doc).
+
+    open_member(path, globbed) builds a namespace's collector and its closer (opener());
+    list_paths(pattern) expands a glob pattern (glob.glob).
+    """
+
+    def __init__(
+        self,
+        patterns: Sequence[str],
+        open_member: Opener,
+        options: Options,
+        list_paths: Callable[[str], Iterable[str]] = glob.glob,
+        deadline: float = READ_DEADLINE,
+    ) -> None:
+        self.patterns = list(dict.fromkeys(patterns))
+        self.options = options
+        self._open = open_member
+        self._list = list_paths
+        self._deadline = deadline
+        self._members: dict[str, Member] = {}
+        self._lock = threading.Lock()
+        self._pool: ThreadPoolExecutor | None = None
+        self._said_empty: set[str] = set()
+
+    @property
+    def globbing(self) -> bool:
+        return any(is_pattern(p) for p in self.patterns)
+
+    def _paths(self) -> dict[str, bool]:
+        """path -> matched by a glob (not given literally), in the patterns' order."""
+        found: dict[str, bool] = {}
+        for pattern in self.patterns:
+            if not is_pattern(pattern):
+                found[pattern] = False
+                continue
+            for path in sorted(self._list(pattern)):
+                if os.path.isfile(path):  # nsfs files are; skips directories, FIFOs, sockets
+                    found.setdefault(path, True)
+        return found
+
+    def members(self) -> list[Member]:
+        """The members for this scrape: new matches opened, vanished ones closed."""
+        paths = self._paths()
+        with self._lock:
+            for path in [p for p in self._members if p not in paths]:
+                gone = self._members.pop(path)
+                log.debug("network namespace %s no longer matches; dropped", path)
+                gone.close()
+                self._said_empty.discard(path)
+            for path, globbed in paths.items():
+                if path not in self._members:
+                    collector, close = self._open(path, globbed)
+                    self._members[path] = Member(path, globbed, collector, close)
+            return [self._members[p] for p in paths]
+
+    def check(self) -> IPVSError | None:
+        """Read each namespace given literally once (at start-up): raise NotANamespace (a
+        usage error), return the first other error (served as ipvs_up 0 until it clears)."""
+        first = None
+        for m in self.members():
+            if not m.globbed:
+                try:
+                    m.collector.check()
+                except NotANamespace:
+                    raise
+                except IPVSError as e:
+                    first = first or e
+        return first
+
+    def readings(self) -> list[tuple[IPVSCollector, Reading]]:
+        """Read every member now (in parallel when there are several); those left out of
+        this scrape (see the module's doc) are not returned."""
+        members = self.members()
+        if len(members) == 1 and not members[0].globbed:
+            m = members[0]
+            return [(m.collector, m.collector.read())]
+        done = self._read_all(members)
+        out = []
+        for m in members:
+            reading = done.get(m.path)
+            m.shown = self._show(m, reading)
+            if m.shown:
+                out.append((m.collector, reading or Reading(None)))
+        return out
+
+    def _read_all(self, members: list[Member]) -> dict[str, Reading]:
+        """Each member's reading, or none for one still being read at the deadline. A read
+        still running from an earlier scrape is waited for, not started again; concurrent
+        scrapes share the reads that are running."""
+        with self._lock:
+            if self._pool is None:
+                self._pool = ThreadPoolExecutor(MAX_THREADS, thread_name_prefix="netns-read")
+            for m in members:
+                if m.running is None or m.running.done():
+                    m.running = self._pool.submit(m.collector.read)
+            futures = {m.path: m.running for m in members if m.running is not None}
+        wait(futures.values(), timeout=self._deadline)
+        done: dict[str, Reading] = {}
+        for m in members:
+            future = futures[m.path]
+            if future.done():
+                done[m.path] = future.result()
+            else:
+                m.collector.overdue(self._deadline)
+        return done
+
+    def _show(self, m: Member, reading: Reading | None) -> bool:
+        """Whether this scrape shows the member: always when given literally; a glob match
+        when it holds IPVS services or could not be read for a reason other than not being
+        a namespace (any more)."""
+        if not m.globbed:
+            return True
+        if reading is None:
+            return True  # overdue: reported as such
+        if reading.snapshot is not None:
+            if reading.snapshot.n_svc:
+                self._said_empty.discard(m.path)
+                return True
+            if m.path not in self._said_empty:
+                self._said_empty.add(m.path)
+                log.debug("network namespace %s holds no IPVS service; left out", m.path)
+            return False
+        error = m.collector.last_error
+        return not isinstance(error, (NamespaceNotFound, NotANamespace))
+
+    def collect(self) -> Iterator[Metric]:
+        """The shown members' families, one family per name with every member's samples."""
+        with self._lock:
+            shown = [m for m in self._members.values() if m.shown]
+        merged: dict[str, Metric] = {}
+        for m in shown:
+            for family in m.collector.collect():
+                have = merged.get(family.name)
+                if have is None:
+                    merged[family.name] = family
+                else:
+                    have.samples.extend(family.samples)
+        yield from merged.values()
+
+    def describe(self) -> list[Metric]:
+        return []
+
+    def close(self) -> None:
+        with self._lock:
+            for m in self._members.values():
+                m.close()
+            self._members.clear()
+        if self._pool is not None:
+            self._pool.shutdown(wait=False, cancel_futures=True)
