@@ -4,7 +4,7 @@ node's exporter, Prometheus' dockerswarm_sd_configs finding both, names on the w
 global stack (packaging/docker/stack.yml) running one exporter per node.
 
 Marked `swarm2`: `make test-swarm-2node` runs it, `make test`/`test-vm` do not (it needs a
-second dockerd and an image build, 30+ minutes under TCG). The process exporters (class
+second dockerd and an image build, about 50 minutes under TCG). The process exporters (class
 TestProcessExporters) hold port 10320 on both nodes; pytest tears them down when it leaves the
 class, so the stack test, which publishes 10320 itself, runs last (and its slow image build
 cannot cost the earlier results).
