@@ -11,7 +11,7 @@ VM     := tests/vm/vm-run
 BENCH_STAMP := $(VENV)/.bench-installed
 
 .PHONY: all deps deps-test venv build wheel run demo bench container-test lint format test test-unit test-packaging test-vm \
-        test-kernel test-swarm fuzz fuzz-short test-asan test-leaks soak slowloris clean
+        test-kernel test-swarm test-swarm-2node fuzz fuzz-short test-asan test-leaks soak slowloris clean
 
 all: venv
 
@@ -96,6 +96,14 @@ test-kernel: deps-test venv
 
 test-swarm: deps-test venv
 	$(VM) -- python -m pytest -p no:cacheprovider -q -m swarm tests/swarm
+
+## a two-node swarm (manager + worker dockerd in one VM): routing mesh, the global stack (image
+## built offline as in container-test), Prometheus SD (not part of make test; docs/swarm-ipvs.md
+## "Two nodes") -> build/vm/two-node.log
+test-swarm-2node: deps-test venv
+	scripts/install-deps container
+	packaging/docker/prepare-offline
+	mkdir -p build/vm && bash -o pipefail -c 'VM_TIMEOUT=4800 $(VM) --memory 6G -- python -m pytest -p no:cacheprovider -v -rA --durations=10 -m swarm2 tests/swarm/test_two_node.py 2>&1 | tee build/vm/two-node.log'
 
 # Reliability (docs/reliability.md). The fuzzer builds with clang; the rest run in the VM.
 ## the shim's netlink parser under libFuzzer + ASan + UBSan: ten million executions (about an hour)

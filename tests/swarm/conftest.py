@@ -6,6 +6,7 @@ import shutil
 import subprocess
 
 import pytest
+from ipvs_testlib import in_vm, unavailable
 from swarmlib import LAB, LAB_SOURCE, STATE, Lab, _lab_cmd
 
 
@@ -28,3 +29,9 @@ def lab(request):
         yield Lab(env)
     finally:
         _lab_cmd("down", "--state", STATE, timeout=600)
+
+
+def pytest_runtest_setup(item):
+    """swarm2 (the two-node swarm) follows the kernel/swarm policy of tests/conftest.py."""
+    if item.get_closest_marker("swarm2") and not in_vm():
+        unavailable("swarm2 test needs the IPVS VM: run it with 'make test-swarm-2node'")

@@ -12,37 +12,21 @@ from __future__ import annotations
 import functools
 import json
 import pathlib
-import shutil
 import subprocess
-import urllib.parse
-import urllib.request
 
 import pytest
 import swarmlib
-import yaml
-from ipvs_testlib import exporter_command, free_port, stop_process
-from swarmlib import diag
+from ipvs_testlib import exporter_command, stop_process
+from swarmlib import api, diag, sd_prometheus
 
 pytestmark = [pytest.mark.swarm, pytest.mark.parametrize("lab", ["nft"], indirect=True)]
 ROOT = pathlib.Path(__file__).parents[2]
 PORT = 10320  # the shipped port (docs/prometheus.md)
-WAIT = 600.0  # discovery + first scrapes under TCG; two VMs at once make everything slower
-
-
-def api(base: str, path: str, **params) -> dict:
-    url = f"{base}/api/v1/{path}" + ("?" + urllib.parse.urlencode(params, doseq=True) if params else "")
-    with urllib.request.urlopen(url, timeout=60) as r:
-        body = json.load(r)
-    assert body["status"] == "success", body
-    return body["data"]
-
-
-wait_for = functools.partial(swarmlib.wait_for, timeout=WAIT)
+wait_for = functools.partial(swarmlib.wait_for, timeout=swarmlib.SD_WAIT)
 
 
 @pytest.fixture(scope="module")
 def swarm_prometheus(lab, tmp_path_factory):
-    assert shutil.which("prometheus"), "Debian's prometheus package is not installed"
     tmp = tmp_path_factory.mktemp("promsd")
     node = json.loads(lab.docker("node", "inspect", "self"))[0]
     addr = node["Status"]["Addr"]
@@ -61,42 +45,17 @@ def swarm_prometheus(lab, tmp_path_factory):
         stdout=exporter_log,
         stderr=subprocess.STDOUT,
     )
-    # the shipped scrape job, changed only where the lab differs: its socket and short intervals
-    config = yaml.safe_load((ROOT / "packaging/prometheus/prometheus-dockerswarm.yml").read_text())
-    (job,) = config["scrape_configs"]
-    (sd,) = job["dockerswarm_sd_configs"]
-    sd["host"] = lab.docker_host
-    sd["refresh_interval"] = "5s"
-    config["global"] = {"scrape_interval": "3s", "scrape_timeout": "3s", "evaluation_interval": "3s"}
-    (tmp / "prometheus.yml").write_text(yaml.safe_dump(config))
-    port = free_port()
-    prom_log = open(tmp / "prometheus.log", "w+")
-    prom = subprocess.Popen(
-        [
-            "prometheus",
-            f"--config.file={tmp / 'prometheus.yml'}",
-            f"--storage.tsdb.path={tmp / 'data'}",
-            f"--web.listen-address=127.0.0.1:{port}",
-        ],
-        stdout=prom_log,
-        stderr=subprocess.STDOUT,
-    )
-    base = f"http://127.0.0.1:{port}"
     try:
-        wait_for(
-            "prometheus ready", lambda: urllib.request.urlopen(base + "/-/ready", timeout=5).status == 200
-        )
-        yield base, node, addr
+        with sd_prometheus(lab.docker_host, tmp) as base:
+            yield base, node, addr
     except BaseException:
         print(diag())
         raise
     finally:
-        stop_process(prom)
         stop_process(exporter)
-        for name, log in (("prometheus", prom_log), ("exporter", exporter_log)):
-            log.seek(0)
-            print(f"--- {name} log (tail) ---\n" + "".join(log.readlines()[-40:]))
-            log.close()
+        exporter_log.seek(0)
+        print("--- exporter log (tail) ---\n" + "".join(exporter_log.readlines()[-40:]))
+        exporter_log.close()
 
 
 def test_swarm_sd_discovers_and_scrapes_the_node(swarm_prometheus, lab):
