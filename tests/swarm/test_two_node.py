@@ -268,13 +268,9 @@ class TestProcessExporters:
             # the manager's own IPVS balanced none of them
             assert ipvsadm(manager_ns)[f"FWM {manager_mark}"].conns == manager_before
 
-    # main's docker.py names from GET /services, which a worker refuses (HTTP 503, "not a swarm
-    # manager"); branch 'names' reads GET /networks on workers. strict: once names work, the
-    # XPASS fails the run as a reminder to drop this mark.
-    @pytest.mark.xfail(strict=True, raises=AssertionError, reason="names on a worker: branch 'names'")
     def test_worker_exporter_names_services(self, nodes, exporters):
-        """Names on the worker: its exporter with --docker-host at the worker's own dockerd
-        (a worker answers no GET /services)."""
+        """Names on the worker: its exporter with --docker-host at the worker's own dockerd,
+        which answers no GET /services (HTTP 503): the names come from its network inspect."""
         with diagnosed():
             port = int(
                 docker(
@@ -289,7 +285,7 @@ class TestProcessExporters:
 
             def named():
                 got = {
-                    dict(labels).get("port"): dict(labels).get("service_name")
+                    dict(labels).get("port"): (dict(labels).get("service_name"), dict(labels).get("network"))
                     for labels in samples(scrape(exporters["WORKER"]), "ipvs_swarm_service_info")
                 }
                 return got or None
@@ -318,7 +314,7 @@ class TestProcessExporters:
                     f"worker: GET /services -> {answer.stdout.strip()}; exporter ipvs_docker_up {docker_up}"
                 )
                 raise
-            assert got == {str(port): "service_1"}, got
+            assert got == {str(port): ("service_1", "ingress")}, got
 
     def test_dockerswarm_sd_finds_both_nodes_up(self, nodes, exporters, tmp_path):
         """The shipped dockerswarm_sd_configs job (role nodes) against the manager: both nodes'
