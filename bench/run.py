@@ -945,16 +945,17 @@ def bench_namespaces(k: int, n: int, args, procs: Procs, outdir: Path) -> dict:
             run(["ip", "netns", "add", name])
             run(["ip", "-n", name, "link", "set", "lo", "up"])
         glob = f"/run/netns/{stem}*"
-        label = f"{k}ns"
-        started = start_exporter(label, total, procs, outdir, path=glob)
-        nocache = start_exporter(label, total, procs, outdir, NOCACHE, NOCACHE_ENV, path=glob)
+        tag = f"_{k}ns"  # its files apart from the size row of the same total
+        started = start_exporter(stem, total, procs, outdir, tag, path=glob)
+        nocache = start_exporter(stem, total, procs, outdir, NOCACHE + tag, NOCACHE_ENV, path=glob)
         log(f"{k} namespaces x {n} services: loading")
         setups = [fill_namespace(name, n) for name in names]
         entry["setup"] = {key: sum(x[key] for x in setups) for key in setups[0]}
-        c = bench_exporter(label, total, args, procs, outdir, started, (("gzip", True),), namespaces=k)
+        c = bench_exporter(stem, total, args, procs, outdir, started, (("gzip", True),), tag, namespaces=k)
         c |= bench_exporter(
-            label, total, args, procs, outdir, nocache, (("gzip", True),), NOCACHE, 0, namespaces=k
+            stem, total, args, procs, outdir, nocache, (("gzip", True),), NOCACHE + tag, 0, namespaces=k
         )
+        c = {key.replace(tag, ""): value for key, value in c.items()}
         c["shim_dump"] = bench_shim(names, n, args)
         for name, r in c.items():
             log(f"{k} namespaces x {n}: {name}: {r.get('median_s', r.get('status'))}")
