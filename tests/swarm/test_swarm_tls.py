@@ -102,4 +102,7 @@ def test_exporter_with_a_wrong_ca_says_docker_is_down(lab, tls_env, tmp_path):
             assert time.monotonic() < deadline, _log(url)
             time.sleep(1)
         lines = [line for line in _log(url).splitlines() if "certificate was rejected" in line]
-        assert len(lines) == 1 and f"{folder}/ca.pem" in lines[0], lines
+        # once per route (the network inspect for names, GET /services for IDs), not per scrape
+        assert len(lines) == 2 and all(f"{folder}/ca.pem" in line for line in lines), lines
+        assert any("swarm service names unavailable" in line for line in lines), lines
+        assert any("swarm service IDs" in line for line in lines), lines
