@@ -3,6 +3,7 @@ user would, scrape it over loopback HTTP, and read the truth from ipvsadm."""
 
 from __future__ import annotations
 
+import json
 import os
 import re
 import shutil
@@ -15,6 +16,7 @@ import urllib.parse
 import urllib.request
 from contextlib import contextmanager
 from dataclasses import dataclass, field
+from pathlib import Path
 
 import pytest
 from prometheus_client.parser import text_string_to_metric_families
@@ -32,6 +34,62 @@ SEED_DEST_METRICS = (
     "ipvs_destination_active_connections_total",
     "ipvs_destination_inactive_connections_total",
 )
+
+
+def wait_for(what: str, check, timeout: float = 180.0, every: float = 1.0):
+    """check()'s first true value, polled every `every` s (an OSError counts as not yet)."""
+    deadline = time.monotonic() + timeout
+    last = None
+    while True:
+        try:
+            last = check()
+            if last:
+                return last
+        except OSError as e:
+            last = e
+        if time.monotonic() > deadline:
+            raise AssertionError(f"timed out after {timeout:.0f}s waiting for {what}; last: {last}")
+        time.sleep(every)
+
+
+def api(base: str, path: str, **params) -> dict:
+    """A Prometheus HTTP API answer's data (asserting status success)."""
+    url = f"{base}/api/v1/{path}" + ("?" + urllib.parse.urlencode(params, doseq=True) if params else "")
+    with urllib.request.urlopen(url, timeout=60) as r:
+        body = json.load(r)
+    assert body["status"] == "success", body
+    return body["data"]
+
+
+@contextmanager
+def running_prometheus(tmp: Path, ready_timeout: float = 180.0):
+    """The real Prometheus (Debian's) with tmp/prometheus.yml, its data and log in tmp, on a
+    free loopback port; yields its base URL once /-/ready answers."""
+    assert shutil.which("prometheus"), "Debian's prometheus package is not installed"
+    port = free_port()
+    with open(tmp / "prometheus.log", "w+") as log:
+        prom = subprocess.Popen(
+            [
+                "prometheus",
+                f"--config.file={tmp / 'prometheus.yml'}",
+                f"--storage.tsdb.path={tmp / 'data'}",
+                f"--web.listen-address=127.0.0.1:{port}",
+            ],
+            stdout=log,
+            stderr=subprocess.STDOUT,
+        )
+        base = f"http://127.0.0.1:{port}"
+        try:
+            wait_for(
+                "prometheus ready",
+                lambda: urllib.request.urlopen(base + "/-/ready", timeout=5).status == 200,
+                timeout=ready_timeout,
+            )
+            yield base
+        finally:
+            stop_process(prom)
+            log.seek(0)
+            print("--- prometheus log (tail) ---\n" + "".join(log.readlines()[-40:]))
 
 
 def sh(*args: str, ns: str | None = None, check: bool = True, input: str | None = None) -> str:

@@ -22,7 +22,7 @@ import urllib.parse
 import urllib.request
 
 import pytest
-from ipvs_testlib import free_port, running_exporter, scrape, sh
+from ipvs_testlib import api, free_port, running_exporter, running_prometheus, scrape, sh, wait_for
 from lab import swarm_like_lab
 
 pytestmark = pytest.mark.kernel
@@ -35,27 +35,6 @@ SEED_GAUGES_NAMED_TOTAL = {
     "ipvs_destination_active_connections_total",
     "ipvs_destination_inactive_connections_total",
 }
-
-
-def api(base: str, path: str, **params) -> dict:
-    url = f"{base}/api/v1/{path}" + ("?" + urllib.parse.urlencode(params) if params else "")
-    with urllib.request.urlopen(url, timeout=30) as r:
-        body = json.load(r)
-    assert body["status"] == "success", body
-    return body["data"]
-
-
-def wait_for(what: str, check, timeout: float = 180.0, every: float = 1.0):
-    deadline = time.monotonic() + timeout
-    while True:
-        try:
-            if check():
-                return
-        except OSError:
-            pass
-        if time.monotonic() > deadline:
-            raise AssertionError(f"timed out after {timeout:.0f}s waiting for {what}")
-        time.sleep(every)
 
 
 @pytest.fixture(scope="module")
@@ -86,7 +65,6 @@ def prometheus_and_exporter(tmp_path_factory):
             ns=lab.balancer,
         )
         with running_exporter("--namespace-path", lab.ns_path, "--backend-metrics") as (url, _):
-            port = free_port()
             target = url.split("//")[1].split("/")[0]
             broken = broken_url.split("//")[1].split("/")[0]
             closed = closed_port_target()
@@ -96,23 +74,7 @@ def prometheus_and_exporter(tmp_path_factory):
                 "scrape_configs:\n  - job_name: ipvs\n"
                 f"    static_configs: [{{targets: ['{target}', '{broken}', '{closed}']}}]\n"
             )
-            log = open(tmp / "prometheus.log", "w")
-            prom = subprocess.Popen(
-                [
-                    "prometheus",
-                    f"--config.file={tmp / 'prometheus.yml'}",
-                    f"--storage.tsdb.path={tmp / 'data'}",
-                    f"--web.listen-address=127.0.0.1:{port}",
-                ],
-                stdout=log,
-                stderr=subprocess.STDOUT,
-            )
-            base = f"http://127.0.0.1:{port}"
-            try:
-                wait_for(
-                    "prometheus ready",
-                    lambda: urllib.request.urlopen(base + "/-/ready", timeout=5).status == 200,
-                )
+            with running_prometheus(tmp) as base:
                 # two scrapes, some traffic in between so that rate() has something to say
                 wait_for(
                     "a first scrape",
@@ -130,10 +92,6 @@ def prometheus_and_exporter(tmp_path_factory):
                 )
                 time.sleep(3)  # the kernel's counters lag ~2 s; one more scrape sees the new traffic
                 yield base, url, lab, broken, closed
-            finally:
-                prom.terminate()
-                prom.wait(30)
-                log.close()
 
 
 def closed_port_target() -> str:

@@ -3,17 +3,15 @@
 from __future__ import annotations
 
 import contextlib
-import json
 import os
 import shutil
 import subprocess
 import time
-import urllib.parse
-import urllib.request
 from pathlib import Path
 
+import ipvs_testlib
 import yaml
-from ipvs_testlib import free_port, stop_process
+from ipvs_testlib import running_prometheus
 
 # swarm-lab runs from a private copy: bash reads a script as it goes, so an edit to the
 # work tree's file during a long 'up' would otherwise derail the running lab.
@@ -102,19 +100,8 @@ class Lab:
 
 
 def wait_for(what: str, check, timeout: float = WAIT, every: float = 2.0):
-    """check()'s first true value, polled every `every` s (an OSError counts as not yet)."""
-    deadline = time.monotonic() + timeout
-    last = None
-    while True:
-        try:
-            last = check()
-            if last:
-                return last
-        except OSError as e:
-            last = e
-        if time.monotonic() > deadline:
-            raise AssertionError(f"timed out after {timeout:.0f}s waiting for {what}; last: {last}")
-        time.sleep(every)
+    """ipvs_testlib.wait_for with the swarm's patience."""
+    return ipvs_testlib.wait_for(what, check, timeout, every)
 
 
 def _lab_cmd(*args: str, timeout: float) -> subprocess.CompletedProcess:
@@ -146,19 +133,10 @@ SHIPPED_SD_JOB = Path(__file__).parents[2] / "packaging/prometheus/prometheus-do
 SD_WAIT = 600.0  # discovery + first scrapes under TCG; two VMs at once make everything slower
 
 
-def api(base: str, path: str, **params) -> dict:
-    url = f"{base}/api/v1/{path}" + ("?" + urllib.parse.urlencode(params, doseq=True) if params else "")
-    with urllib.request.urlopen(url, timeout=60) as r:
-        body = json.load(r)
-    assert body["status"] == "success", body
-    return body["data"]
-
-
 @contextlib.contextmanager
 def sd_prometheus(docker_host: str, tmp: Path):
     """The real Prometheus (Debian's) running the shipped scrape job, changed only where the
     lab differs: the manager's Docker socket and short intervals. Yields its base URL once ready."""
-    assert shutil.which("prometheus"), "Debian's prometheus package is not installed"
     config = yaml.safe_load(SHIPPED_SD_JOB.read_text())
     (job,) = config["scrape_configs"]
     (sd,) = job["dockerswarm_sd_configs"]
@@ -166,28 +144,5 @@ def sd_prometheus(docker_host: str, tmp: Path):
     sd["refresh_interval"] = "5s"
     config["global"] = {"scrape_interval": "3s", "scrape_timeout": "3s", "evaluation_interval": "3s"}
     (tmp / "prometheus.yml").write_text(yaml.safe_dump(config))
-    port = free_port()
-    log = open(tmp / "prometheus.log", "w+")
-    prom = subprocess.Popen(
-        [
-            "prometheus",
-            f"--config.file={tmp / 'prometheus.yml'}",
-            f"--storage.tsdb.path={tmp / 'data'}",
-            f"--web.listen-address=127.0.0.1:{port}",
-        ],
-        stdout=log,
-        stderr=subprocess.STDOUT,
-    )
-    base = f"http://127.0.0.1:{port}"
-    try:
-        wait_for(
-            "prometheus ready",
-            lambda: urllib.request.urlopen(base + "/-/ready", timeout=5).status == 200,
-            timeout=SD_WAIT,
-        )
+    with running_prometheus(tmp, ready_timeout=SD_WAIT) as base:
         yield base
-    finally:
-        stop_process(prom)
-        log.seek(0)
-        print("--- prometheus log (tail) ---\n" + "".join(log.readlines()[-40:]))
-        log.close()

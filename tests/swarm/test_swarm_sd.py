@@ -16,8 +16,8 @@ import subprocess
 
 import pytest
 import swarmlib
-from ipvs_testlib import exporter_command, stop_process
-from swarmlib import api, diag, sd_prometheus
+from ipvs_testlib import api, exporter_command, stop_process
+from swarmlib import diag, sd_prometheus
 
 pytestmark = [pytest.mark.swarm, pytest.mark.parametrize("lab", ["nft"], indirect=True)]
 ROOT = pathlib.Path(__file__).parents[2]

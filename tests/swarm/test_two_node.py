@@ -24,6 +24,7 @@ from types import SimpleNamespace
 import pytest
 import swarmlib
 from ipvs_testlib import (
+    api,
     assert_seed_samples_match,
     exporter_command,
     ipvsadm,
@@ -32,7 +33,7 @@ from ipvs_testlib import (
     scrape_while_stable,
     stop_process,
 )
-from swarmlib import _docker_binary, api, sd_prometheus
+from swarmlib import _docker_binary, sd_prometheus
 from test_swarm import marks_by_port
 
 pytestmark = pytest.mark.swarm2
@@ -83,6 +84,28 @@ def docker(host: str, *args: str, timeout: float = 180) -> str:
     )
     assert res.returncode == 0, f"docker {' '.join(args)}: {res.stderr.strip()}"
     return res.stdout
+
+
+def published_port(host: str, service: str) -> int:
+    """The service's first published port, as the manager at host reports it."""
+    return int(
+        docker(host, "service", "inspect", "--format", "{{(index .Endpoint.Ports 0).PublishedPort}}", service)
+    )
+
+
+def running_tasks(host: str, service: str) -> list[str]:
+    """ "<node> <current state>" of each of the service's tasks meant to be running."""
+    out = docker(
+        host,
+        "service",
+        "ps",
+        "--filter",
+        "desired-state=running",
+        "--format",
+        "{{.Node}} {{.CurrentState}}",
+        service,
+    )
+    return out.splitlines()
 
 
 @contextlib.contextmanager
@@ -194,27 +217,9 @@ class TestProcessExporters:
     def test_worker_port_reaches_manager_task_through_worker_ipvs(self, nodes, exporters):
         mgr, wkr = nodes["MANAGER_DOCKER_HOST"], nodes["WORKER_DOCKER_HOST"]
         with diagnosed():
-            port = int(
-                docker(
-                    mgr,
-                    "service",
-                    "inspect",
-                    "--format",
-                    "{{(index .Endpoint.Ports 0).PublishedPort}}",
-                    "service_1",
-                )
-            )
+            port = published_port(mgr, "service_1")
             # service_1's one task runs on the manager (it was placed before the worker joined)
-            running = docker(
-                mgr,
-                "service",
-                "ps",
-                "--filter",
-                "desired-state=running",
-                "--format",
-                "{{.Node}} {{.CurrentState}}",
-                "service_1",
-            ).split("\n")[0]
+            running = running_tasks(mgr, "service_1")[0]
             manager_name = docker(mgr, "info", "--format", "{{.Name}}").strip()
             assert running.startswith(f"{manager_name} Running"), running
             assert docker(wkr, "info", "--format", "{{.Swarm.ControlAvailable}}").strip() == "false"
@@ -272,16 +277,7 @@ class TestProcessExporters:
         """Names on the worker: its exporter with --docker-host at the worker's own dockerd,
         which answers no GET /services (HTTP 503): the names come from its network inspect."""
         with diagnosed():
-            port = int(
-                docker(
-                    nodes["MANAGER_DOCKER_HOST"],
-                    "service",
-                    "inspect",
-                    "--format",
-                    "{{(index .Endpoint.Ports 0).PublishedPort}}",
-                    "service_1",
-                )
-            )
+            port = published_port(nodes["MANAGER_DOCKER_HOST"], "service_1")
 
             def named():
                 got = {
@@ -373,17 +369,8 @@ def test_global_stack_runs_one_exporter_per_node(nodes, tmp_path):
             names = {nodes["WORKER_HOSTNAME"], docker(mgr, "info", "--format", "{{.Name}}").strip()}
 
             def one_per_node():
-                out = docker(
-                    mgr,
-                    "service",
-                    "ps",
-                    "--filter",
-                    "desired-state=running",
-                    "--format",
-                    "{{.Node}} {{.CurrentState}}",
-                    f"{STACK}_exporter",
-                )
-                running = [line.split()[0] for line in out.splitlines() if " Running " in f"{line} "]
+                tasks = running_tasks(mgr, f"{STACK}_exporter")
+                running = [line.split()[0] for line in tasks if " Running " in f"{line} "]
                 return sorted(running) == sorted(names) and running
 
             wait_for("one running exporter task per node", one_per_node, timeout=900)
