@@ -311,7 +311,8 @@ class Renderer:
             out.append(last[1])
         if len(self._shapes) > len(views):
             shown = {v.namespace for v in views}
-            for gone in [ns for ns in self._shapes if ns not in shown]:
+            # list() copies the keys in one step: another scrape may add a shape meanwhile
+            for gone in [ns for ns in list(self._shapes) if ns not in shown]:
                 self._shapes.pop(gone, None)
         return out
 

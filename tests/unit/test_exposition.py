@@ -260,3 +260,26 @@ def test_crc_join_equals_zlib_over_the_joined_text():
     for p in parts:
         crc = crc_join(crc, zlib.crc32(p), len(p))
     assert crc == zlib.crc32(b"".join(parts))
+
+
+def test_letting_go_of_vanished_namespaces_survives_a_concurrent_scrape_adding_one():
+    """Scrapes share the Renderer without a lock. While one lets go of a namespace that has
+    vanished, another may add a namespace's shape; a sweep iterating the live dict then fails
+    with 'dictionary changed size during iteration'. The key below plays that other scrape:
+    looking it up (hashing it) inserts a shape, as a second thread could at that moment."""
+    r, snap, options = Renderer(), Snapshot.build(EVERY_KIND), Options()
+
+    class Gone(str):
+        armed = False
+
+        def __hash__(self):
+            if Gone.armed:
+                Gone.armed = False
+                r._shapes["/other"] = r._shapes["/ns"]
+            return str.__hash__(self)
+
+    r.shapes([View(Gone("/gone"), snap, PORTS), View("/ns", snap, PORTS)], options)
+    Gone.armed = True
+    shapes = r.shapes([View("/ns", snap, PORTS)], options)
+    assert len(shapes) == 1 and not Gone.armed
+    assert "/gone" not in r._shapes
