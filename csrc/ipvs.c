@@ -41,6 +41,7 @@ struct priv {
     int cb_err;       /* first error seen inside a callback (negative errno) */
     uint32_t cur_svc; /* service row that GET_DEST replies belong to */
     uint32_t info_version, info_tab_size;
+    uint32_t *slots, cap_slots; /* hash table reused by the duplicate-dropping passes */
 };
 
 /* ---- error mapping ------------------------------------------------------ */
@@ -108,27 +109,58 @@ static int reserve_rows(uint32_t *cap_io, uint32_t initial, uint32_t need,
     return 0;
 }
 
+/* The arrays of the service block and of the destination block; returns how many. */
+static int service_arrays(struct ipvs_handle *h, struct block_array *a)
+{
+    a[0] = (struct block_array){(void **)&h->svc_u32, IPVS_SVC_NCOLS * sizeof(uint32_t)};
+    a[1] = (struct block_array){(void **)&h->svc_stats, IPVS_NSTATS * sizeof(uint64_t)};
+    a[2] = (struct block_array){(void **)&h->svc_addr, IPVS_ADDR_LEN};
+    a[3] = (struct block_array){(void **)&h->svc_sched, IPVS_NAME_LEN};
+    return 4;
+}
+
+static int dest_arrays(struct ipvs_handle *h, struct block_array *a)
+{
+    a[0] = (struct block_array){(void **)&h->dst_u32, IPVS_DST_NCOLS * sizeof(uint32_t)};
+    a[1] = (struct block_array){(void **)&h->dst_stats, IPVS_NSTATS * sizeof(uint64_t)};
+    a[2] = (struct block_array){(void **)&h->dst_addr, IPVS_ADDR_LEN};
+    return 3;
+}
+
 static int reserve_svc(struct ipvs_handle *h, uint32_t need)
 {
-    struct priv *pv = h->priv;
-    const struct block_array arrays[] = {
-        {(void **)&h->svc_u32, IPVS_SVC_NCOLS * sizeof(uint32_t)},
-        {(void **)&h->svc_stats, IPVS_NSTATS * sizeof(uint64_t)},
-        {(void **)&h->svc_addr, IPVS_ADDR_LEN},
-        {(void **)&h->svc_sched, IPVS_NAME_LEN},
-    };
-    return reserve_rows(&pv->cap_svc, 64, need, arrays, 4);
+    struct block_array a[4];
+    int n = service_arrays(h, a);
+    return reserve_rows(&((struct priv *)h->priv)->cap_svc, 64, need, a, n);
 }
 
 static int reserve_dst(struct ipvs_handle *h, uint32_t need)
 {
-    struct priv *pv = h->priv;
-    const struct block_array arrays[] = {
-        {(void **)&h->dst_u32, IPVS_DST_NCOLS * sizeof(uint32_t)},
-        {(void **)&h->dst_stats, IPVS_NSTATS * sizeof(uint64_t)},
-        {(void **)&h->dst_addr, IPVS_ADDR_LEN},
-    };
-    return reserve_rows(&pv->cap_dst, 256, need, arrays, 3);
+    struct block_array a[4];
+    int n = dest_arrays(h, a);
+    return reserve_rows(&((struct priv *)h->priv)->cap_dst, 256, need, a, n);
+}
+
+/* Row r of every array of a block moves down to row w (w <= r), when rows are dropped. */
+static void move_row(const struct block_array *a, int n, uint32_t w, uint32_t r)
+{
+    if (r == w)
+        return;
+    for (int k = 0; k < n; k++)
+        memcpy((char *)*a[k].p + (size_t)w * a[k].row, (char *)*a[k].p + (size_t)r * a[k].row,
+               a[k].row);
+}
+
+static void move_service_row(struct ipvs_handle *h, uint32_t w, uint32_t r)
+{
+    struct block_array a[4];
+    move_row(a, service_arrays(h, a), w, r);
+}
+
+static void move_dest_row(struct ipvs_handle *h, uint32_t w, uint32_t r)
+{
+    struct block_array a[4];
+    move_row(a, dest_arrays(h, a), w, r);
 }
 
 /* ---- attribute parsing -------------------------------------------------- */
@@ -440,21 +472,51 @@ nomem:
     return -ENOMEM;
 }
 
-/* ---- duplicate service rows --------------------------------------------- */
+/* ---- duplicate rows ------------------------------------------------------ */
 
-/* Service row r moves down to row w (w <= r), when rows are dropped. */
-static void move_service_row(struct ipvs_handle *h, uint32_t w, uint32_t r)
+/* The kernel resumes a dump by position in a list that may have changed in between: a
+ * service deleted between two batches makes the next batch repeat one, and a destination
+ * added (at the head of its service's list) between two batches of GET_DEST repeats one.
+ * Each pass keeps the first row of each service or destination, compacting rows in place. */
+
+typedef int (*same_row_fn)(const struct ipvs_handle *h, uint32_t a, uint32_t b);
+
+/* An empty open-addressing table for `n` rows (slots hold a kept row + 1; 0 = empty). */
+static uint32_t *empty_slots(struct ipvs_handle *h, uint32_t n, uint32_t *mask)
 {
-    if (r == w)
-        return;
-    memcpy(h->svc_u32 + (size_t)w * IPVS_SVC_NCOLS, h->svc_u32 + (size_t)r * IPVS_SVC_NCOLS,
-           IPVS_SVC_NCOLS * sizeof(uint32_t));
-    memcpy(h->svc_stats + (size_t)w * IPVS_NSTATS, h->svc_stats + (size_t)r * IPVS_NSTATS,
-           IPVS_NSTATS * sizeof(uint64_t));
-    memcpy(h->svc_addr + (size_t)w * IPVS_ADDR_LEN, h->svc_addr + (size_t)r * IPVS_ADDR_LEN,
-           IPVS_ADDR_LEN);
-    memcpy(h->svc_sched + (size_t)w * IPVS_NAME_LEN, h->svc_sched + (size_t)r * IPVS_NAME_LEN,
-           IPVS_NAME_LEN);
+    struct priv *pv = h->priv;
+    uint32_t size = 16;
+    while (size < 2 * n)
+        size *= 2;
+    if (size > pv->cap_slots) {
+        if (grow((void **)&pv->slots, size, sizeof(uint32_t)))
+            return NULL;
+        pv->cap_slots = size;
+    }
+    memset(pv->slots, 0, (size_t)size * sizeof(uint32_t));
+    *mask = size - 1;
+    return pv->slots;
+}
+
+/* 1 when row r repeats a row kept before; otherwise r is remembered as kept at row w
+ * (rows before w are final, so a later row is compared with the kept copy). */
+static int kept_before(const struct ipvs_handle *h, uint32_t *slot, uint32_t mask, uint32_t hash,
+                       uint32_t r, uint32_t w, same_row_fn same)
+{
+    uint32_t i = hash & mask;
+    while (slot[i] && !same(h, slot[i] - 1, r))
+        i = (i + 1) & mask;
+    if (slot[i])
+        return 1;
+    slot[i] = w + 1;
+    return 0;
+}
+
+static uint32_t fnv1a(uint32_t v, const void *p, size_t n)
+{
+    for (size_t i = 0; i < n; i++)
+        v = (v ^ ((const uint8_t *)p)[i]) * 16777619u;
+    return v;
 }
 
 /* The service a row names, as GET_DEST looks it up: af + fwmark, or af + protocol +
@@ -475,53 +537,50 @@ static int same_service(const struct ipvs_handle *h, uint32_t a, uint32_t b)
 static uint32_t service_hash(const struct ipvs_handle *h, uint32_t r)
 {
     const uint32_t *x = h->svc_u32 + (size_t)r * IPVS_SVC_NCOLS;
-    uint32_t v = 2166136261u, i;
     uint32_t key[4] = {x[IPVS_SVC_AF], x[IPVS_SVC_FWMARK], 0, 0};
-    const uint8_t *addr = h->svc_addr + (size_t)r * IPVS_ADDR_LEN;
-    if (!x[IPVS_SVC_FWMARK]) {
-        key[2] = x[IPVS_SVC_PROTOCOL];
-        key[3] = x[IPVS_SVC_PORT];
-    }
-    for (i = 0; i < sizeof(key); i++)
-        v = (v ^ ((const uint8_t *)key)[i]) * 16777619u;
-    for (i = 0; i < IPVS_ADDR_LEN && !x[IPVS_SVC_FWMARK]; i++)
-        v = (v ^ addr[i]) * 16777619u;
-    return v;
+    if (x[IPVS_SVC_FWMARK])
+        return fnv1a(2166136261u, key, sizeof(key));
+    key[2] = x[IPVS_SVC_PROTOCOL];
+    key[3] = x[IPVS_SVC_PORT];
+    return fnv1a(fnv1a(2166136261u, key, sizeof(key)), h->svc_addr + (size_t)r * IPVS_ADDR_LEN,
+                 IPVS_ADDR_LEN);
 }
 
-int ipvs_drop_duplicate_services(struct ipvs_handle *h)
+/* A real server of a service, as the kernel keys it: af + address + port. */
+static int same_dest(const struct ipvs_handle *h, uint32_t a, uint32_t b)
 {
-    uint32_t n = h->n_svc, size = 16, r, w, d, dw = 0, *slot;
+    const uint32_t *x = h->dst_u32 + (size_t)a * IPVS_DST_NCOLS;
+    const uint32_t *y = h->dst_u32 + (size_t)b * IPVS_DST_NCOLS;
+    return x[IPVS_DST_AF] == y[IPVS_DST_AF] && x[IPVS_DST_PORT] == y[IPVS_DST_PORT] &&
+           memcmp(h->dst_addr + (size_t)a * IPVS_ADDR_LEN, h->dst_addr + (size_t)b * IPVS_ADDR_LEN,
+                  IPVS_ADDR_LEN) == 0;
+}
+
+static uint32_t dest_hash(const struct ipvs_handle *h, uint32_t r)
+{
+    const uint32_t *x = h->dst_u32 + (size_t)r * IPVS_DST_NCOLS;
+    uint32_t key[2] = {x[IPVS_DST_AF], x[IPVS_DST_PORT]};
+    return fnv1a(fnv1a(2166136261u, key, sizeof(key)), h->dst_addr + (size_t)r * IPVS_ADDR_LEN,
+                 IPVS_ADDR_LEN);
+}
+
+/* Repeated service rows go, with their destination rows. */
+static int drop_duplicate_services(struct ipvs_handle *h)
+{
+    uint32_t n = h->n_svc, r, w, d, dw = 0, mask, *slot;
     if (n < 2)
         return 0;
-    while (size < 2 * n)
-        size *= 2;
-    slot = malloc((size_t)size * sizeof(*slot)); /* row + 1; 0 = empty */
-    if (!slot)
+    if (!(slot = empty_slots(h, n, &mask)))
         return -ENOMEM;
-    memset(slot, 0, (size_t)size * sizeof(*slot));
     for (r = 0, w = 0; r < n; r++) {
-        uint32_t *row = h->svc_u32 + (size_t)r * IPVS_SVC_NCOLS,
-                 i = service_hash(h, r) & (size - 1);
+        const uint32_t *row = h->svc_u32 + (size_t)r * IPVS_SVC_NCOLS;
         uint32_t first = row[IPVS_SVC_DEST_FIRST], count = row[IPVS_SVC_DEST_COUNT];
-        while (slot[i] && !same_service(h, slot[i] - 1, r))
-            i = (i + 1) & (size - 1);
-        if (slot[i])
-            continue; /* seen before: drop the row and its destinations */
+        if (kept_before(h, slot, mask, service_hash(h, r), r, w, same_service))
+            continue;
         move_service_row(h, w, r);
-        slot[i] = w + 1; /* rows before w are final, so the kept copy is compared from now on */
         /* destinations are in service order: move this service's down to dw */
         for (d = 0; d < count && first + d < h->n_dst; d++) {
-            if (dw + d != first + d) {
-                memcpy(h->dst_u32 + (size_t)(dw + d) * IPVS_DST_NCOLS,
-                       h->dst_u32 + (size_t)(first + d) * IPVS_DST_NCOLS,
-                       IPVS_DST_NCOLS * sizeof(uint32_t));
-                memcpy(h->dst_stats + (size_t)(dw + d) * IPVS_NSTATS,
-                       h->dst_stats + (size_t)(first + d) * IPVS_NSTATS,
-                       IPVS_NSTATS * sizeof(uint64_t));
-                memcpy(h->dst_addr + (size_t)(dw + d) * IPVS_ADDR_LEN,
-                       h->dst_addr + (size_t)(first + d) * IPVS_ADDR_LEN, IPVS_ADDR_LEN);
-            }
+            move_dest_row(h, dw + d, first + d);
             h->dst_u32[(size_t)(dw + d) * IPVS_DST_NCOLS + IPVS_DST_SVC] = w;
         }
         h->svc_u32[(size_t)w * IPVS_SVC_NCOLS + IPVS_SVC_DEST_FIRST] = dw;
@@ -529,10 +588,42 @@ int ipvs_drop_duplicate_services(struct ipvs_handle *h)
         dw += d;
         w++;
     }
-    free(slot);
     h->n_svc = w;
     h->n_dst = dw;
     return 0;
+}
+
+/* Repeated destination rows of each service go (rows of other services may repeat one:
+ * a real server of several services). */
+static int drop_duplicate_dests(struct ipvs_handle *h)
+{
+    uint32_t s, r, dw = 0, mask, *slot;
+    for (s = 0; s < h->n_svc; s++) {
+        uint32_t *row = h->svc_u32 + (size_t)s * IPVS_SVC_NCOLS;
+        uint32_t first = row[IPVS_SVC_DEST_FIRST], end = first + row[IPVS_SVC_DEST_COUNT];
+        if (end > h->n_dst)
+            end = h->n_dst;
+        row[IPVS_SVC_DEST_FIRST] = dw;
+        if (end - first < 2) { /* nothing to compare: most services of a big node */
+            for (r = first; r < end; r++)
+                move_dest_row(h, dw++, r);
+        } else {
+            if (!(slot = empty_slots(h, end - first, &mask)))
+                return -ENOMEM;
+            for (r = first; r < end; r++)
+                if (!kept_before(h, slot, mask, dest_hash(h, r), r, dw, same_dest))
+                    move_dest_row(h, dw++, r);
+        }
+        row[IPVS_SVC_DEST_COUNT] = dw - row[IPVS_SVC_DEST_FIRST];
+    }
+    h->n_dst = dw;
+    return 0;
+}
+
+int ipvs_drop_duplicates(struct ipvs_handle *h)
+{
+    int err = drop_duplicate_services(h);
+    return err ? err : drop_duplicate_dests(h);
 }
 
 int ipvs_dump(struct ipvs_handle *h)
@@ -550,7 +641,7 @@ int ipvs_dump(struct ipvs_handle *h)
         return -ENOMEM;
     if ((err = transact(h, msg, on_valid_svc)))
         return err;
-    if ((err = ipvs_drop_duplicate_services(h))) /* before asking for their destinations */
+    if ((err = drop_duplicate_services(h))) /* before asking for their destinations */
         return err;
     /* Destinations per service. A service deleted since the service dump is dropped
      * (rows are compacted in place; dests already read keep their row index). */
@@ -570,7 +661,7 @@ int ipvs_dump(struct ipvs_handle *h)
         w++;
     }
     h->n_svc = w;
-    return 0;
+    return drop_duplicate_dests(h);
 }
 
 int ipvs_get_info(struct ipvs_handle *h, uint32_t *version, uint32_t *conn_tab_size)
@@ -616,6 +707,8 @@ void ipvs_close(struct ipvs_handle *h)
     pv = h->priv;
     if (pv && pv->sk)
         nl_socket_free(pv->sk);
+    if (pv)
+        free(pv->slots);
     free(pv);
     free(h->svc_u32);
     free(h->svc_stats);

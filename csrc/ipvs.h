@@ -97,10 +97,12 @@ int ipvs_parse_message(struct ipvs_handle *h, enum ipvs_msg_kind kind, const voi
 int ipvs_handle_new_offline(struct ipvs_handle **out);
 
 /* Drop service rows that repeat an earlier row's service (same af and fwmark, or same af,
- * protocol, address and port) with their destination rows; keeps the first, in order.
- * ipvs_dump() does this: the kernel resumes a dump by position, so a service deleted
- * between two batches of a dump makes the next batch repeat one. Returns 0 or -ENOMEM. */
-int ipvs_drop_duplicate_services(struct ipvs_handle *h);
+ * protocol, address and port) with their destination rows, then destination rows that
+ * repeat an earlier real server of the same service (same af, address and port); keeps the
+ * first of each, in order. ipvs_dump() does this: the kernel resumes a dump by position, so
+ * a service deleted between two batches of a dump makes the next batch repeat one, and a
+ * destination added between two batches repeats one. Returns 0 or -ENOMEM. */
+int ipvs_drop_duplicates(struct ipvs_handle *h);
 
 /* The libnl version this shim was built against, e.g. "3.7.0". */
 const char *ipvs_libnl_version(void);

@@ -203,10 +203,11 @@ int LLVMFuzzerTestOneInput(const uint8_t *data, size_t size)
     if (!same_arrays(a, b))
         fail("same messages, different arrays");
     sink = check_handle(a);
-    /* what ipvs_dump() does next: one row per service, the invariants still hold */
+    /* what ipvs_dump() does: one row per service and per real server of a service, the
+     * invariants still hold */
     {
         uint32_t n_svc = a->n_svc, i, j;
-        check_rc(ipvs_drop_duplicate_services(a));
+        check_rc(ipvs_drop_duplicates(a));
         if (a->n_svc > n_svc)
             fail("dropping duplicates added service rows");
         sink += check_handle(a);
@@ -222,6 +223,19 @@ int LLVMFuzzerTestOneInput(const uint8_t *data, size_t size)
                               a->svc_addr + (size_t)j * IPVS_ADDR_LEN, IPVS_ADDR_LEN))))
                     fail("a service left twice after dropping duplicates");
             }
+        for (i = 0; i < a->n_svc; i++) {
+            const uint32_t *row = a->svc_u32 + (size_t)i * IPVS_SVC_NCOLS;
+            uint32_t first = row[IPVS_SVC_DEST_FIRST], end = first + row[IPVS_SVC_DEST_COUNT], k;
+            for (j = first; j < end; j++)
+                for (k = j + 1; k < end; k++) {
+                    const uint32_t *x = a->dst_u32 + (size_t)j * IPVS_DST_NCOLS,
+                                   *y = a->dst_u32 + (size_t)k * IPVS_DST_NCOLS;
+                    if (x[IPVS_DST_AF] == y[IPVS_DST_AF] && x[IPVS_DST_PORT] == y[IPVS_DST_PORT] &&
+                        !memcmp(a->dst_addr + (size_t)j * IPVS_ADDR_LEN,
+                                a->dst_addr + (size_t)k * IPVS_ADDR_LEN, IPVS_ADDR_LEN))
+                        fail("a real server left twice in a service after dropping duplicates");
+                }
+        }
     }
     (void)sink;
     ipvs_close(a);

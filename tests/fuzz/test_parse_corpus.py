@@ -374,7 +374,7 @@ def test_services_repeated_by_a_dump_are_dropped_with_their_destinations():
     """The kernel resumes a dump by position: a service deleted between two batches makes
     the next batch repeat one (seen by tests/kernel/test_soak_kernel.py). Real messages of
     three services (fwmark 256 with 12 destinations, TCP and IPv6 TCP ones), the first two
-    repeated: after ipvs_drop_duplicate_services() the rows are those of each once."""
+    repeated: after ipvs_drop_duplicates() the rows are those of each once."""
     sets = [
         os.path.join(CORPUS, f)
         for f in ("set-fwm4-256.bin", "set-tcp4-192_0_2_10-80.bin", "set-tcp6-2001_db8__1-443.bin")
@@ -388,7 +388,7 @@ def test_services_repeated_by_a_dump_are_dropped_with_their_destinations():
         with Offline() as h:
             for i in order:
                 assert all(h.parse(kind, msg) == 0 for kind, msg in msgs[i])
-            assert lib.ipvs_drop_duplicate_services(h.h) == 0
+            assert lib.ipvs_drop_duplicates(h.h) == 0
             snap = h.snapshot()
         check_invariants(snap)
         return snap
@@ -399,3 +399,29 @@ def test_services_repeated_by_a_dump_are_dropped_with_their_destinations():
     assert _columns(repeated) == _columns(once)
     # a fwmark service and a TCP service are told apart by more than their port
     assert rows([2, 2, 2]).n_svc == 1
+
+
+def test_destinations_repeated_by_a_dump_are_dropped():
+    """GET_DEST resumes by position too, and the kernel adds a real server at the head of
+    its service's list: one added between two batches makes the next batch repeat one (a
+    soak run in CI saw a fwmark service with one real server counted twice, its series
+    summed). Real messages of fwmark 256 (12 destinations) with some repeated, then a TCP
+    service given the same real servers: each service keeps each of its own once."""
+    (svc, *dests) = messages(open(os.path.join(CORPUS, "set-fwm4-256.bin"), "rb").read())
+    tcp, *_ = messages(open(os.path.join(CORPUS, "set-tcp4-192_0_2_10-80.bin"), "rb").read())
+
+    def rows(*batches):
+        with Offline() as h:
+            for kind, msg in (m for batch in batches for m in batch):
+                assert h.parse(kind, msg) == 0
+            assert lib.ipvs_drop_duplicates(h.h) == 0
+            snap = h.snapshot()
+        check_invariants(snap)
+        return snap
+
+    once = rows([svc], dests)
+    assert once.n_svc == 1 and once.n_dst == 12
+    assert _columns(rows([svc], dests[:3], dests[2:], [dests[0]])) == _columns(once)
+    both = rows([svc], dests, [dests[5]], [tcp], dests[:4], dests[:2])
+    assert both.n_svc == 2 and both.n_dst == 12 + 4
+    assert _columns(rows([svc], dests, [tcp], dests[:4])) == _columns(both)
