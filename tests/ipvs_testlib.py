@@ -181,9 +181,15 @@ def running_exporter(
         log.close()
 
 
-def scrape(url: str) -> dict[tuple[str, frozenset], float]:
-    """GET the exposition and index every sample by (name, labels)."""
-    text = urllib.request.urlopen(url, timeout=60).read().decode()
+def get_text(url: str, headers: dict[str, str] | None = None, timeout: float = 60) -> str:
+    """GET url (with these request headers) and return the body as text."""
+    request = urllib.request.Request(url, headers=headers or {})
+    return urllib.request.urlopen(request, timeout=timeout).read().decode()
+
+
+def scrape(url: str, headers: dict[str, str] | None = None) -> dict[tuple[str, frozenset], float]:
+    """GET the exposition (with these request headers) and index every sample by (name, labels)."""
+    text = get_text(url, headers)
     out = {}
     for fam in text_string_to_metric_families(text):
         for s in fam.samples:
@@ -330,7 +336,7 @@ def scraping(url: str):
     def loop() -> None:
         while not stop.is_set():
             try:
-                body = urllib.request.urlopen(url, timeout=60).read().decode()
+                body = get_text(url)
                 list(text_string_to_metric_families(body))
                 seen["bodies"].append(body)
             except Exception as e:  # every failure is a finding

@@ -128,8 +128,9 @@ class IPVSCollector:
             self._state = _State(1, time.monotonic() - start, ports, info, marks)
         return Reading(snap, ports, vips)
 
-    def readings(self) -> list[tuple[IPVSCollector, Reading]]:
-        """This one namespace read now (what exposition.MetricsApp asks of its source)."""
+    def readings(self, scrape_timeout: float | None = None) -> list[tuple[IPVSCollector, Reading]]:
+        """This one namespace read now (what exposition.MetricsApp asks of its source; one
+        namespace is read in the scrape's thread, so there is no deadline to follow)."""
         return [(self, self.read())]
 
     def overdue(self, seconds: float) -> None:

@@ -322,7 +322,7 @@ class Source(Protocol):
 
     options: Options
 
-    def readings(self) -> list[tuple[IPVSCollector, Reading]]: ...
+    def readings(self, scrape_timeout: float | None = None) -> list[tuple[IPVSCollector, Reading]]: ...
 
     def collect(self) -> Iterable[Metric]: ...
 
@@ -340,18 +340,25 @@ class MetricsApp:
         self.registry = registry
         self.renderer = Renderer()
 
-    def stream(self, accept: str, gzip: bool = False) -> tuple[Iterator[bytes], str]:
-        """The exposition as chunks of bytes (one gzip member when asked), and its content type."""
+    def stream(
+        self, accept: str, gzip: bool = False, scrape_timeout: float | None = None
+    ) -> tuple[Iterator[bytes], str]:
+        """The exposition as chunks of bytes (one gzip member when asked), and its content
+        type; scrape_timeout: the scraper's, in seconds, when it said (see Source.readings)."""
         encoder, content_type = choose_encoder(accept)
         openmetrics = content_type.startswith("application/openmetrics-text")
-        return self._chunks(encoder, openmetrics, gzip), content_type
+        return self._chunks(encoder, openmetrics, gzip, scrape_timeout), content_type
 
     def _chunks(
-        self, encoder: Callable[[Collector], bytes], openmetrics: bool, gzip: bool
+        self,
+        encoder: Callable[[Collector], bytes],
+        openmetrics: bool,
+        gzip: bool,
+        scrape_timeout: float | None,
     ) -> Iterator[bytes]:
         views = [
             View(c.namespace, r.snapshot, r.ports, r.vips)
-            for c, r in self.source.readings()
+            for c, r in self.source.readings(scrape_timeout)
             if r.snapshot is not None
         ]
         options = self.source.options

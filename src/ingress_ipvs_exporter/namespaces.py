@@ -5,9 +5,10 @@ A literal path is always read, and reported (ipvs_up 0) while it is missing, as 
 namespace of the original exporter was. A glob pattern's matches come and go with Docker's
 networks: a match that is not (or no longer) a namespace, or that holds no IPVS service,
 is left out of the scrape with a debug line, so a node's many task sandboxes cost nothing
-in the output. A namespace whose read is still running at the deadline shows as ipvs_up 0
-(reason "timeout") without holding up the others; its read is not started again until it
-has returned.
+in the output. A namespace whose read is still running at the deadline (10 s, or the
+scraper's X-Prometheus-Scrape-Timeout-Seconds less a second) shows as ipvs_up 0 (reason
+"timeout") without holding up the others; its read is not started again until it has
+returned.
 """
 
 from __future__ import annotations
@@ -30,6 +31,12 @@ from .portmap import PortMap
 log = logging.getLogger(__name__)
 
 READ_DEADLINE = 10.0  # seconds a scrape waits for a namespace when it reads several
+# With Prometheus' X-Prometheus-Scrape-Timeout-Seconds the wait is that timeout less a margin
+# for rendering and sending (so a slow namespace shows as "timeout" instead of the whole scrape
+# failing), within bounds: a client's header cannot keep a scrape waiting for long.
+SCRAPE_TIMEOUT_MARGIN = 1.0
+SHORTEST_DEADLINE = 0.1
+LONGEST_DEADLINE = 120.0
 MAX_THREADS = 8  # parallel reads (netlink dumps and iptables reads release the GIL)
 
 
@@ -148,14 +155,22 @@ class Namespaces:
                     first = first or e
         return first
 
-    def readings(self) -> list[tuple[IPVSCollector, Reading]]:
-        """Read every member now (in parallel when there are several); those left out of
-        this scrape (see the module's doc) are not returned."""
+    def deadline(self, scrape_timeout: float | None) -> float:
+        """Seconds this scrape waits for the namespaces' reads: the fixed deadline, or the
+        scraper's timeout less a margin (see SCRAPE_TIMEOUT_MARGIN)."""
+        if scrape_timeout is None:
+            return self._deadline
+        return min(LONGEST_DEADLINE, max(SHORTEST_DEADLINE, scrape_timeout - SCRAPE_TIMEOUT_MARGIN))
+
+    def readings(self, scrape_timeout: float | None = None) -> list[tuple[IPVSCollector, Reading]]:
+        """Read every member now (in parallel when there are several, waiting at most
+        deadline(scrape_timeout)); those left out of this scrape (see the module's doc) are
+        not returned."""
         members = self.members()
         if len(members) == 1 and not members[0].globbed:
             m = members[0]
             return [(m.collector, m.collector.read())]
-        done = self._read_all(members)
+        done = self._read_all(members, self.deadline(scrape_timeout))
         out = []
         for m in members:
             reading = done.get(m.path)
@@ -164,7 +179,7 @@ class Namespaces:
                 out.append((m.collector, reading or Reading(None)))
         return out
 
-    def _read_all(self, members: list[Member]) -> dict[str, Reading]:
+    def _read_all(self, members: list[Member], deadline: float) -> dict[str, Reading]:
         """Each member's reading, or none for one still being read at the deadline. A read
         still running from an earlier scrape is waited for, not started again; concurrent
         scrapes share the reads that are running."""
@@ -175,14 +190,14 @@ class Namespaces:
                 if m.running is None or m.running.done():
                     m.running = self._pool.submit(m.collector.read)
             futures = {m.path: m.running for m in members if m.running is not None}
-        wait(futures.values(), timeout=self._deadline)
+        wait(futures.values(), timeout=deadline)
         done: dict[str, Reading] = {}
         for m in members:
             future = futures[m.path]
             if future.done():
                 done[m.path] = future.result()
             else:
-                m.collector.overdue(self._deadline)
+                m.collector.overdue(deadline)
         return done
 
     def _show(self, m: Member, reading: Reading | None) -> bool:

@@ -42,7 +42,9 @@ ALLOWED_METHODS = ("GET", "HEAD")
 
 
 class Telemetry(Protocol):
-    def stream(self, accept: str, gzip: bool) -> tuple[Iterator[bytes], str]: ...
+    def stream(
+        self, accept: str, gzip: bool, scrape_timeout: Optional[float] = None
+    ) -> tuple[Iterator[bytes], str]: ...
 
 
 def _reply(start_response: StartResponse, status: str, body: str, *headers: tuple[str, str]) -> list[bytes]:
@@ -81,6 +83,22 @@ def gzip_acceptable(header: str) -> bool:
 
 
 DOCS_PATH = "/docs"
+
+
+SCRAPE_TIMEOUT_HEADER = "X-Prometheus-Scrape-Timeout-Seconds"
+_SECONDS = re.compile(r"[0-9]{1,9}(?:\.[0-9]{1,9})?")
+
+
+def scrape_timeout(value: Optional[str]) -> Optional[float]:
+    """The seconds of an X-Prometheus-Scrape-Timeout-Seconds header (Prometheus sends its
+    scrape_timeout, e.g. "10" or "2.5"); None without one. ValueError unless it is a plain
+    decimal number above 0 (no sign, exponent, inf or nan)."""
+    if value is None:
+        return None
+    value = value.strip()
+    if not _SECONDS.fullmatch(value) or float(value) <= 0:
+        raise ValueError(f"{SCRAPE_TIMEOUT_HEADER} {value[:40]!r} is not a number of seconds above 0")
+    return float(value)
 
 
 def landing_page(telemetry_path: str) -> bytes:
@@ -123,8 +141,13 @@ def make_router(metrics: Telemetry, telemetry_path: str) -> WSGIApplication:
             return _reply(start_response, "405 Method Not Allowed", "405: use GET or HEAD\n", allow)
         path = environ.get("PATH_INFO") or "/"
         if path == telemetry_path:
+            try:
+                timeout = scrape_timeout(environ.get("HTTP_X_PROMETHEUS_SCRAPE_TIMEOUT_SECONDS"))
+            except ValueError as e:
+                log.debug("%s %s: %s", method, path, e)
+                return _reply(start_response, "400 Bad Request", f"400: {e}\n")
             gzip = gzip_acceptable(environ.get("HTTP_ACCEPT_ENCODING", ""))
-            chunks, content_type = metrics.stream(environ.get("HTTP_ACCEPT", ""), gzip)
+            chunks, content_type = metrics.stream(environ.get("HTTP_ACCEPT", ""), gzip, timeout)
             headers = [("Content-Type", content_type)]
             if gzip:
                 headers.append(("Content-Encoding", "gzip"))

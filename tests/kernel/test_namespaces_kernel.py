@@ -1,17 +1,20 @@
 """Several namespaces in one exporter, against the real kernel: a glob pattern's matches
 each equal ipvsadm in that namespace, a VIP's fwmark service carries the VIP of its INPUT
-rule, empty and stale matches are left out, and namespaces created and removed while
-scraping never fail a scrape nor leave stale series."""
+rule, empty and stale matches are left out, namespaces created and removed while
+scraping never fail a scrape nor leave stale series, and a namespace too slow for the
+scraper's timeout is reported without holding up the others."""
 
 from __future__ import annotations
 
 import os
+import re
 import time
 
 import pytest
 from ipvs_testlib import (
     assert_seed_samples_match,
     exporter_log,
+    get_text,
     namespaces_shown,
     of_namespace,
     running_exporter,
@@ -23,11 +26,15 @@ from ipvs_testlib import (
 )
 from lab import SWARM_PORTS, swarm_like_lab
 
+from ingress_ipvs_exporter.namespaces import SCRAPE_TIMEOUT_MARGIN, SHORTEST_DEADLINE
+from ingress_ipvs_exporter.server import SCRAPE_TIMEOUT_HEADER
+
 pytestmark = pytest.mark.kernel
 
 # an overlay network's load-balancer namespace, as docs/swarm-ipvs.md measured it:
 # one fwmark service per VIP, marked by an INPUT rule, no published ports
 VIPS = {"10.0.1.2": 257, "10.0.1.3": 258}
+BIG = 40000  # services in the namespace too slow for the shortest wait (0.1 s)
 
 
 def lb_namespace(name: str) -> str:
@@ -104,3 +111,49 @@ def test_namespaces_created_and_removed_while_scraping(netns):
     assert not failures, failures[:3]
     assert len(bodies) >= 8
     assert all(f'ipvs_up{{namespace="{path}"}} 1.0' in b for b in bodies)
+
+
+def test_a_namespace_slower_than_the_scrapers_timeout_is_reported_and_the_others_served(netns):
+    """Prometheus sends its scrape_timeout; with several namespaces the exporter waits for
+    that less SCRAPE_TIMEOUT_MARGIN, not its fixed 10 s. A namespace that has just grown to
+    BIG services (a dump of about a second under the VM's emulation) is reported as timed
+    out at the shortest wait, 0.1 s, while a small one is served; a later scrape shows it again.
+    Bodies are checked as text: parsing BIG services' families would take minutes here."""
+    name, _ = netns
+    big, small = f"{name}_big", f"{name}_small"
+    sh("ip", "netns", "add", big)
+    try:
+        sh("ipvsadm", "-A", "-t", "10.199.0.1:80", "-s", "rr", ns=big)
+        small_path, big_path = lb_namespace(small), f"/run/netns/{big}"
+
+        def get(timeout: float) -> str:
+            started = time.monotonic()
+            body = get_text(url, {SCRAPE_TIMEOUT_HEADER: f"{timeout:g}"}, timeout=120)
+            print(f"scrape with a {timeout:g} s timeout: {time.monotonic() - started:.2f} s")
+            return body
+
+        def count(body: str, name: str, path: str) -> int:
+            return len(re.findall(rf'^{name}{{[^}}]*namespace="{re.escape(path)}"', body, re.M))
+
+        def up(body: str, path: str) -> str:
+            return re.search(rf'^ipvs_up{{namespace="{re.escape(path)}"}} (\S+)$', body, re.M).group(1)
+
+        timeouts = rf'^ipvs_scrape_errors_total{{namespace="{re.escape(big_path)}",reason="timeout"}} 1.0$'
+        with running_exporter("--namespace-path", f"/run/netns/{name}_*") as (url, _):
+            # both namespaces opened and read once, so the short wait catches nothing else
+            body = get(60)
+            assert (up(body, big_path), up(body, small_path)) == ("1.0", "1.0")
+            rules = "".join(f"-A -t 10.200.{i // 250}.{i % 250 + 1}:80 -s rr\n" for i in range(BIG))
+            sh("ipvsadm", "-R", ns=big, input=rules)
+            body = get(SCRAPE_TIMEOUT_MARGIN + SHORTEST_DEADLINE)
+            assert (up(body, big_path), up(body, small_path)) == ("0.0", "1.0")
+            assert re.search(timeouts, body, re.M), body
+            assert count(body, "ipvs_service_info", small_path) == len(VIPS)
+            body = get(60)
+            assert (up(body, big_path), up(body, small_path)) == ("1.0", "1.0")
+            assert re.search(timeouts, body, re.M)  # still the one timeout
+            assert count(body, "ipvs_service_info", big_path) == BIG + 1
+            assert count(body, "ipvs_service_info", small_path) == len(VIPS)
+    finally:
+        sh("ip", "netns", "del", big, check=False)
+        sh("ip", "netns", "del", small, check=False)

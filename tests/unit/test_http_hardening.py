@@ -27,6 +27,8 @@ import pytest
 from ipvs_testlib import exporter_command, exporter_log, free_port, running_exporter
 from test_webconfig import cert  # noqa: F401 - a fixture
 
+from ingress_ipvs_exporter.server import SCRAPE_TIMEOUT_HEADER
+
 NS = "/nonexistent/ns"
 
 
@@ -401,3 +403,22 @@ def test_other_methods_get_405_with_allow(exporter, method):
     assert status.startswith(b"HTTP/1.0 405"), status
     assert headers.get("allow") == "GET, HEAD"
     assert proc.poll() is None
+
+
+def test_a_bad_scrape_timeout_header_is_400_with_one_debug_line():
+    bad = ["0", "-1", "nan", "inf", "1e3", "ten", "1_0", "", "0.0", "9" * 12]
+    with running_exporter("--namespace-path", NS, "--log-level", "debug") as (url, proc):
+        for value in ["10", "2.5", " 0.25 "]:
+            status, _, body = raw(
+                url, f"GET /metrics HTTP/1.0\r\n{SCRAPE_TIMEOUT_HEADER}: {value}\r\n\r\n".encode()
+            )
+            assert status.startswith(b"HTTP/1.0 200") and b"ipvs_up" in body, (value, status)
+        for value in bad:
+            status, _, body = raw(
+                url, f"GET /metrics HTTP/1.0\r\n{SCRAPE_TIMEOUT_HEADER}: {value}\r\n\r\n".encode()
+            )
+            assert status.startswith(b"HTTP/1.0 400"), (value, status)
+            assert body.startswith(f"400: {SCRAPE_TIMEOUT_HEADER}".encode()), body
+        assert proc.poll() is None
+    lines = [line for line in _check_log(url) if SCRAPE_TIMEOUT_HEADER in line]
+    assert len(lines) == len(bad) and all("level=debug" in line for line in lines), lines

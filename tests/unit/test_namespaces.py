@@ -92,6 +92,17 @@ def up_lines(body: str) -> list[str]:
     return [line for line in body.splitlines() if line.startswith("ipvs_up{")]
 
 
+def held(release: threading.Event, snap=None):
+    """A namespace read that hangs until `release` is set (at most 30 s)."""
+    snap = snap or Snapshot.build(EVERY_KIND)
+
+    def read():
+        release.wait(30)
+        return snap
+
+    return read
+
+
 def test_glob_matches_are_found_and_dropped_at_every_scrape(tmp_path):
     fake = Fake(tmp_path)
     a = fake.add("lb_a")
@@ -159,13 +170,7 @@ def test_a_literal_path_is_always_reported_a_broken_match_too(tmp_path):
 def test_a_slow_namespace_does_not_hold_up_the_others(tmp_path):
     fake = Fake(tmp_path)
     release = threading.Event()
-    slow_snap = Snapshot.build(EVERY_KIND)
-
-    def slow():
-        release.wait(30)
-        return slow_snap
-
-    slow_path = fake.add("lb_slow", slow)
+    slow_path = fake.add("lb_slow", held(release))
     fast = fake.add("lb_fast")
     ns = namespaces_of(fake, str(tmp_path / "lb_*"), deadline=0.5)
     app = MetricsApp(ns)
@@ -187,15 +192,40 @@ def test_a_slow_namespace_does_not_hold_up_the_others(tmp_path):
     ns.close()
 
 
+def test_the_scrapers_timeout_sets_the_deadline_less_a_margin(tmp_path):
+    """Prometheus' X-Prometheus-Scrape-Timeout-Seconds: a slow namespace is reported at the
+    scraper's timeout less SCRAPE_TIMEOUT_MARGIN rather than at the fixed deadline, and a
+    longer timeout is waited for; both within bounds."""
+    from ingress_ipvs_exporter import namespaces
+
+    fake = Fake(tmp_path)
+    release = threading.Event()
+    slow_path = fake.add("lb_slow", held(release))
+    fast = fake.add("lb_fast")
+    ns = namespaces_of(fake, str(tmp_path / "lb_*"), deadline=30.0)
+    assert ns.deadline(None) == 30.0
+    assert ns.deadline(10.0) == 10.0 - namespaces.SCRAPE_TIMEOUT_MARGIN
+    assert ns.deadline(0.5) == namespaces.SHORTEST_DEADLINE
+    assert ns.deadline(1e9) == namespaces.LONGEST_DEADLINE
+    app = MetricsApp(ns)
+    t0 = time.monotonic()
+    chunks, _ = app.stream("", scrape_timeout=namespaces.SCRAPE_TIMEOUT_MARGIN + 0.3)
+    body = b"".join(chunks).decode()
+    assert time.monotonic() - t0 < 20  # not the fixed 30 s
+    assert f'ipvs_up{{namespace="{slow_path}"}} 0.0' in body
+    assert f'ipvs_up{{namespace="{fast}"}} 1.0' in body
+    assert "took longer than 0.3s" in str(ns._members[slow_path].collector.last_error)
+    threading.Timer(0.5, release.set).start()
+    chunks, _ = app.stream("", scrape_timeout=namespaces.SCRAPE_TIMEOUT_MARGIN + 20)
+    body = b"".join(chunks).decode()  # the read in flight returns within the longer wait
+    assert f'ipvs_up{{namespace="{slow_path}"}} 1.0' in body
+    ns.close()
+
+
 def test_a_match_gone_during_its_read_is_closed_after_the_read_without_holding_up_scrapes(tmp_path):
     fake = Fake(tmp_path)
     release = threading.Event()
-
-    def stuck():
-        release.wait(30)
-        return Snapshot.build(EVERY_KIND)
-
-    stuck_path = fake.add("lb_stuck", stuck)
+    stuck_path = fake.add("lb_stuck", held(release))
     fast = fake.add("lb_fast")
     app = MetricsApp(namespaces_of(fake, str(tmp_path / "lb_*"), deadline=0.3))
     assert f'ipvs_up{{namespace="{stuck_path}"}} 0.0' in app.body("")[0].decode()
