@@ -218,10 +218,17 @@ def run_planned(fn, kw: dict) -> dict:
 
 
 def http_get(host: str, port: int, path: str, gzip_ok: bool) -> tuple[int, dict, bytes]:
-    """One GET on a fresh connection, the whole body read: (status, headers, raw body)."""
+    """One GET on a fresh connection, the whole body read: (status, headers, raw body).
+    Sends its timeout as Prometheus does, which the exporter follows when it reads several
+    namespaces (the 50-namespace rows: under emulation their reads exceed the fixed 10 s)."""
+    from ingress_ipvs_exporter.server import SCRAPE_TIMEOUT_HEADER
+
     conn = http.client.HTTPConnection(host, port, timeout=HTTP_TIMEOUT)
     try:
-        headers = {"Accept": "text/plain;version=0.0.4;q=1,*/*;q=0.1"}
+        headers = {
+            "Accept": "text/plain;version=0.0.4;q=1,*/*;q=0.1",
+            SCRAPE_TIMEOUT_HEADER: f"{HTTP_TIMEOUT:g}",
+        }
         if gzip_ok:
             headers["Accept-Encoding"] = "gzip"
         conn.request("GET", path, headers=headers)
