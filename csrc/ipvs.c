@@ -603,6 +603,8 @@ static int drop_duplicate_dests(struct ipvs_handle *h)
         uint32_t first = row[IPVS_SVC_DEST_FIRST], end = first + row[IPVS_SVC_DEST_COUNT];
         if (end > h->n_dst)
             end = h->n_dst;
+        if (first > end) /* never from the shim's own rows; kept safe for any input */
+            first = end;
         row[IPVS_SVC_DEST_FIRST] = dw;
         if (end - first < 2) { /* nothing to compare: most services of a big node */
             for (r = first; r < end; r++)
