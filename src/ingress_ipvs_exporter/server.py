@@ -86,6 +86,7 @@ DOCS_PATH = "/docs"
 
 
 SCRAPE_TIMEOUT_HEADER = "X-Prometheus-Scrape-Timeout-Seconds"
+_SCRAPE_TIMEOUT_ENVIRON = "HTTP_" + SCRAPE_TIMEOUT_HEADER.upper().replace("-", "_")  # as WSGI names it
 _SECONDS = re.compile(r"[0-9]{1,9}(?:\.[0-9]{1,9})?")
 
 
@@ -142,7 +143,7 @@ def make_router(metrics: Telemetry, telemetry_path: str) -> WSGIApplication:
         path = environ.get("PATH_INFO") or "/"
         if path == telemetry_path:
             try:
-                timeout = scrape_timeout(environ.get("HTTP_X_PROMETHEUS_SCRAPE_TIMEOUT_SECONDS"))
+                timeout = scrape_timeout(environ.get(_SCRAPE_TIMEOUT_ENVIRON))
             except ValueError as e:
                 log.debug("%s %s: %s", method, path, e)
                 return _reply(start_response, "400 Bad Request", f"400: {e}\n")

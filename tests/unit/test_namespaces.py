@@ -92,9 +92,9 @@ def up_lines(body: str) -> list[str]:
     return [line for line in body.splitlines() if line.startswith("ipvs_up{")]
 
 
-def held(release: threading.Event, snap=None):
+def held(release: threading.Event):
     """A namespace read that hangs until `release` is set (at most 30 s)."""
-    snap = snap or Snapshot.build(EVERY_KIND)
+    snap = Snapshot.build(EVERY_KIND)
 
     def read():
         release.wait(30)
