@@ -14,6 +14,7 @@ import os
 import struct
 import zlib
 from collections.abc import Hashable, Iterable
+from types import ModuleType
 from typing import Callable, NamedTuple
 
 from .ipvs import crc32_combine
@@ -34,8 +35,21 @@ def _cache_budget(default_mb: int = 8) -> int:
     return default_mb * 1024 * 1024
 
 
+def _backend() -> ModuleType:
+    """The deflate implementation: ISA-L's (the isal package, a dependency where it has wheels:
+    x86_64 and aarch64), 2.4x as fast as zlib's at level 1 for smaller output on our text
+    (docs/performance.md); else the standard library's zlib. Both have zlib's API."""
+    try:
+        from isal import isal_zlib
+
+        return isal_zlib
+    except ImportError:
+        return zlib
+
+
 CACHE_BUDGET = _cache_budget()
-GZIP_LEVEL = 1  # a large scrape is CPU-bound on compression: the fastest level
+BACKEND = _backend()
+GZIP_LEVEL = 1  # a large scrape is CPU-bound on compression: the fastest level (either backend)
 
 
 class Segment(NamedTuple):
@@ -58,14 +72,15 @@ def crc_join(crc_a: int, crc_b: int, length_b: int) -> int:
 
 def deflate(chunks: Iterable[bytes]) -> Segment:
     """The chunks' text as one Segment."""
-    z = zlib.compressobj(GZIP_LEVEL, zlib.DEFLATED, -15)
+    lib = BACKEND
+    z = lib.compressobj(GZIP_LEVEL, lib.DEFLATED, -15)
     data, crc, length = [], 0, 0
     for chunk in chunks:
-        crc, length = zlib.crc32(chunk, crc), length + len(chunk)
+        crc, length = lib.crc32(chunk, crc), length + len(chunk)
         out = z.compress(chunk)
         if out:
             data.append(out)
-    data.append(z.flush(zlib.Z_SYNC_FLUSH))
+    data.append(z.flush(lib.Z_SYNC_FLUSH))
     return Segment(data, crc, length)
 
 
