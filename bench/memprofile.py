@@ -95,15 +95,16 @@ def synthetic(n: int) -> tuple[Snapshot, dict]:
 def moved(snap: Snapshot, services: list[int], rnd: random.Random) -> Snapshot:
     """snap with one more connection on each of `services` and on one real server of each."""
     s, d = snap.services, snap.dests
-    sst, dst = array("Q", s._stats.tobytes()), array("Q", d._stats.tobytes())
+    (s_u32, s_stats), (d_u32, d_stats) = s.blocks(), d.blocks()
+    sst, dst = array("Q", s_stats), array("Q", d_stats)
     for i in services:
         j = i * DESTS + rnd.randrange(DESTS)
         for stats, row in ((sst, i), (dst, j)):
             for col, add in MOVED.items():
                 stats[row * NSTATS + col] += add
     return Snapshot(
-        type(s)(s.count, s._u32.obj, sst.tobytes(), s._addr, s._sched),
-        type(d)(d.count, d._u32.obj, dst.tobytes(), d._addr),
+        type(s)(s.count, s_u32, sst.tobytes(), s._addr, s._sched),
+        type(d)(d.count, d_u32, dst.tobytes(), d._addr),
     )
 
 

@@ -61,8 +61,8 @@ class Contender:
     def snapshot(self, snap: Snapshot) -> Any:
         s, d, ipvs = snap.services, snap.dests, self.ipvs
         return ipvs.Snapshot(
-            ipvs.ServiceRows(s.count, s._u32.obj, s._stats.obj, s._addr, s._sched),
-            ipvs.DestinationRows(d.count, d._u32.obj, d._stats.obj, d._addr),
+            ipvs.ServiceRows(s.count, *s.blocks(), s._addr, s._sched),
+            ipvs.DestinationRows(d.count, *d.blocks(), d._addr),
         )
 
     def body(self, snap: Any, ports: dict, keep: bool) -> tuple[int, bytes]:

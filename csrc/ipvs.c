@@ -841,6 +841,24 @@ const char *ipvs_libnl_version(void)
     return LIBNL_VERSION;
 }
 
+/* Reads in order and writes width streams: at swarm sizes width is at most a dozen. */
+void ipvs_transpose(void *out, const void *in, uint32_t rows, uint32_t width, uint32_t size)
+{
+    if (size == 8) {
+        const uint64_t *src = in;
+        uint64_t *dst = out;
+        for (size_t r = 0; r < rows; r++)
+            for (size_t c = 0; c < width; c++)
+                dst[c * rows + r] = *src++;
+    } else {
+        const uint32_t *src = in;
+        uint32_t *dst = out;
+        for (size_t r = 0; r < rows; r++)
+            for (size_t c = 0; c < width; c++)
+                dst[c * rows + r] = *src++;
+    }
+}
+
 /* a * b modulo the CRC-32 generator, both polynomials over GF(2) in reflected order (bit 31
  * is the coefficient of x^0): multiplying by x is a right shift, reduced by the generator
  * (0xEDB88320 in this order) when x^31's coefficient falls off. */

@@ -104,6 +104,11 @@ int ipvs_handle_new_offline(struct ipvs_handle **out);
  * destination added between two batches repeats one. Returns 0 or -ENOMEM. */
 int ipvs_drop_duplicates(struct ipvs_handle *h);
 
+/* A block of rows x width items of size bytes (4 or 8) laid out row by row, written column
+ * by column into out (item (r, c) to out[c * rows + r]), so that a column is contiguous.
+ * Transposing back is the same call with rows and width swapped. No allocation, no libnl. */
+void ipvs_transpose(void *out, const void *in, uint32_t rows, uint32_t width, uint32_t size);
+
 /* The libnl version this shim was built against, e.g. "3.7.0". */
 const char *ipvs_libnl_version(void);
 

@@ -91,3 +91,20 @@ def test_a_scrape_with_large_counters_is_the_oracles(base, openmetrics):
     assert Renderer().render(snap, "/ns", PORTS, options, openmetrics) == reference(
         snap, "/ns", PORTS, options, openmetrics
     )
+
+
+def test_snapshot_columns_are_contiguous_and_hold_each_rows_values():
+    """A snapshot keeps its blocks column by column, so that a scrape copies, compares and
+    formats a column at memcpy speed (docs/performance.md); every row reads back as built,
+    and blocks() gives the shim's row-by-row layout back."""
+    from ingress_ipvs_exporter.ipvs import DestinationRows, ServiceRows
+
+    snap = Snapshot.build(EVERY_KIND)
+    s, d = snap.services, snap.dests
+    for column in (s.fwmark, s.dest_count, s.conns, s.outbps, d.service, d.weight, d.inbytes):
+        assert isinstance(column, memoryview) and column.c_contiguous
+    assert [snap.service(i) for i in range(snap.n_svc)] == list(EVERY_KIND)
+    again = Snapshot(
+        ServiceRows(s.count, *s.blocks(), s._addr, s._sched), DestinationRows(d.count, *d.blocks(), d._addr)
+    )
+    assert [again.service(i) for i in range(again.n_svc)] == list(EVERY_KIND)
