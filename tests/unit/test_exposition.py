@@ -143,6 +143,24 @@ def test_whole_app_body_equals_the_registry_rendering(accept):
     assert body == encoder(reg)
 
 
+@pytest.mark.parametrize("base", ["text/plain; version=1.0.0", "application/openmetrics-text; version=1.0.0"])
+@pytest.mark.parametrize("escaping", ["dots", "values", "underscores", "allow-utf-8"])
+def test_an_escaping_scheme_changes_no_family(base, escaping):
+    """All or none: the IPVS families and the registry's are written alike whatever escaping
+    the scraper asks for (every name is a legacy one, so none is escaped)."""
+    from ingress_ipvs_exporter.collector import IPVSCollector
+    from ingress_ipvs_exporter.exposition import MetricsApp
+
+    snap = Snapshot.build(EVERY_KIND)
+    collector = IPVSCollector("/ns", lambda: snap, lambda marks: PORTS, info=lambda: (0x010201, 4096))
+    collector._health = lambda state: []  # scrape durations differ between two scrapes
+    app = MetricsApp(collector)
+    plain, plain_type = app.body(base)
+    escaped, escaped_type = app.body(f"{base}; escaping={escaping}")
+    assert escaped == plain and escaped_type == plain_type
+    assert b"ipvs_connections_total" in escaped and b"__" not in escaped
+
+
 def test_chunks_hold_at_most_chunk_series_lines(monkeypatch):
     from ingress_ipvs_exporter import exposition
 
