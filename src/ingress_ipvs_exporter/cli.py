@@ -11,6 +11,7 @@ from __future__ import annotations
 import dataclasses
 import errno
 import logging
+import os
 import sys
 from typing import Optional
 
@@ -132,7 +133,22 @@ def main(argv: Optional[list[str]] = None) -> None:
         hint = f" (see '{PROG} --help')" if e.exit_code == 2 else ""
         typer.echo(f"{PROG}: error: {message}{hint}", err=True)
         rc = e.exit_code
+    except OSError as e:  # --help or --version into a full disk or a closed pipe
+        rc = _output_failed(e)
+    try:
+        sys.stdout.flush()
+    except OSError as e:
+        rc = _output_failed(e)
     sys.exit(rc or 0)
+
+
+def _output_failed(e: OSError) -> int:
+    """One line on stderr, exit 1; stdout goes to /dev/null so the exit flush cannot fail again."""
+    devnull = os.open(os.devnull, os.O_WRONLY)
+    os.dup2(devnull, sys.stdout.fileno())
+    os.close(devnull)
+    print(f"{PROG}: error: cannot write to standard output: {e.strerror or e}", file=sys.stderr)
+    return 1
 
 
 if __name__ == "__main__":

@@ -464,7 +464,13 @@ def systemd_sockets() -> list[socket.socket]:
         ) from None
     for name in ("LISTEN_PID", "LISTEN_FDS", "LISTEN_FDNAMES"):
         os.environ.pop(name, None)
-    socks = [socket.socket(fileno=fd) for fd in range(3, 3 + count)]
+    socks = []
+    for fd in range(3, 3 + count):
+        try:
+            socks.append(socket.socket(fileno=fd))
+        except OSError as e:
+            what = "not open" if e.errno == errno.EBADF else "not a socket"
+            raise ListenError(f"--web.systemd-socket: LISTEN_FDS={count} but descriptor {fd} is {what}") from None
     streams = [
         s for s in socks if s.type == socket.SOCK_STREAM and s.family in (socket.AF_INET, socket.AF_INET6)
     ]
@@ -492,9 +498,20 @@ def listen(
             for s in servers:
                 s.server_close()
             shown = f"[{host}]:{port}" if ":" in host else f"{host}:{port}"
-            why = "is another exporter on that port? set --listen-address"
-            raise ListenError(f"cannot listen on {shown}: {e.strerror or e} ({why})") from None
+            why = _LISTEN_HINTS.get(e.errno or 0, "")
+            if e.errno == errno.EACCES and port >= 1024:
+                why = ""
+            hint = f" ({why})" if why else ""
+            raise ListenError(f"cannot listen on {shown}: {e.strerror or e}{hint}") from None
     return servers
+
+
+# what a listen failure most likely means, by errno (the message alone says what failed)
+_LISTEN_HINTS = {
+    errno.EADDRINUSE: "is another exporter on that port? set --listen-address",
+    errno.EACCES: "a port below 1024 needs root or CAP_NET_BIND_SERVICE",
+    errno.EADDRNOTAVAIL: "no interface of this host has that address",
+}
 
 
 def serve_all(servers: Sequence[Server]) -> None:
