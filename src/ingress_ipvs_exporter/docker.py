@@ -25,6 +25,7 @@ from urllib.parse import urlsplit
 from . import __version__
 from .logonce import LogOnce
 from .refresh import Refreshing, Spawn
+from .webconfig import EncryptedKey, no_password
 
 log = logging.getLogger(__name__)
 
@@ -144,11 +145,6 @@ def _cert_dir(environ: Mapping[str, str]) -> str:
     return folder
 
 
-def _no_password() -> bytes:
-    """load_cert_chain's password callback: an encrypted key.pem is refused, never prompted for."""
-    raise ValueError("encrypted")
-
-
 def tls_context(cert_dir: str) -> ssl.SSLContext:
     """A client context that trusts only cert_dir/ca.pem (host name checked) and presents
     cert_dir/cert.pem with key.pem. ValueError naming the file and DOCKER_CERT_PATH when one
@@ -173,8 +169,8 @@ def tls_context(cert_dir: str) -> ssl.SSLContext:
     except (ssl.SSLError, ValueError) as exc:
         raise ValueError(f"{ca} holds no PEM CA certificate {where}: {_ssl_reason(exc)}; {fix}") from None
     try:
-        context.load_cert_chain(cert, key, password=_no_password)
-    except ValueError:  # our callback: the key is encrypted
+        context.load_cert_chain(cert, key, password=no_password)
+    except EncryptedKey:
         raise ValueError(f"{key} is encrypted {where}; give the docker client's unencrypted key") from None
     except ssl.SSLError as exc:
         if exc.reason == "KEY_VALUES_MISMATCH":

@@ -245,7 +245,7 @@ class BasicAuth:
         self._dummy = bcrypt.gensalt(rounds=cost) + b"." * 31
 
     def _credentials(self, header: str) -> Optional[tuple[str, bytes]]:
-        if not header.startswith("Basic "):
+        if header[:6].lower() != "basic ":  # the scheme is case-insensitive (RFC 7617, as in Go)
             return None
         try:
             user, sep, password = base64.b64decode(header[6:], validate=True).decode().partition(":")

@@ -65,6 +65,19 @@ def test_a_password_over_72_bytes_is_401_not_500(tmp_path):
     assert "Traceback" not in open(exporter_log(url)).read()
 
 
+@pytest.mark.parametrize("scheme", ["basic", "BASIC", "bAsIc"])
+def test_the_basic_scheme_is_case_insensitive(tmp_path, scheme):
+    """RFC 7617 (and Go's net/http): the scheme name is case-insensitive."""
+    config = users_config(tmp_path, 4, u="p")
+    with running_exporter("--namespace-path", NS, "--web.config.file", config, probe=False) as (url, _):
+        token = base64.b64encode(b"u:p").decode()
+        request = f"GET /metrics HTTP/1.0\r\nAuthorization: {scheme} {token}\r\n\r\n".encode()
+        assert raw(url, request)[0].startswith(b"HTTP/1.0 200")
+        wrong = base64.b64encode(b"u:q").decode()
+        request = f"GET /metrics HTTP/1.0\r\nAuthorization: {scheme} {wrong}\r\n\r\n".encode()
+        assert raw(url, request)[0].startswith(b"HTTP/1.0 401")
+
+
 def _median_seconds(fn, n: int) -> float:
     times = []
     for _ in range(n):
