@@ -24,7 +24,7 @@ from dataclasses import dataclass
 from prometheus_client.core import Metric
 
 from .collector import IPVSCollector, Reading, SwarmNames
-from .ipvs import Handle, IPVSError, NamespaceNotFound, NotANamespace
+from .ipvs import Handle, IPVSError, NamespaceNotFound, NotANamespace, shown_path
 from .metrics import Options
 from .portmap import PortMap
 
@@ -53,7 +53,7 @@ def opener(options: Options, swarm: SwarmNames | None) -> Opener:
     def open_namespace(path: str, globbed: bool) -> tuple[IPVSCollector, Callable[[], None]]:
         handle, marks = Handle(path), PortMap(path)
         collector = IPVSCollector(
-            path, handle.snapshot, marks.lookup, options, handle.info, swarm, marks.vips, globbed
+            shown_path(path), handle.snapshot, marks.lookup, options, handle.info, swarm, marks.vips, globbed
         )
 
         def close() -> None:
