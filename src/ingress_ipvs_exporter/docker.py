@@ -10,6 +10,7 @@ Docker is asked from a background thread only; a scrape reads a cache and never 
 from __future__ import annotations
 
 import http.client
+import io
 import json
 import logging
 import os
@@ -41,7 +42,9 @@ _ROUTES = {  # what each route gives, for the log
     "networks": "swarm service names",
     "services": "swarm service IDs (and names by published port)",
 }
-_MAX_BODY = 64 << 20  # an answer this large is not a Docker daemon talking
+# An answer this large is not a Docker daemon talking (GET /services of a few thousand
+# services is a few MiB); parsed, JSON takes about 25 times its size in memory.
+_MAX_BODY = 16 << 20
 _DEFAULT_TCP_PORT = {"tcp": 2375, "http": 80}
 _DEFAULT_TLS_PORT = 2376  # the docker CLI's default for tcp:// with TLS
 _TLS_FILES = ("ca.pem", "cert.pem", "key.pem")  # in DOCKER_CERT_PATH, as the docker CLI names them
@@ -247,7 +250,7 @@ def _one_line(text: str, limit: int = 200) -> str:
     return line if len(line) <= limit else line[: limit - 3] + "..."
 
 
-def _http_error(where: str, status: int, reason: str, body: bytes) -> DockerError:
+def _http_error(where: str, status: int, reason: str, body: bytes | bytearray) -> DockerError:
     """DockerError for a non-200 answer, using the daemon's {"message": ...} when it sent one."""
     try:
         message = json.loads(body).get("message") or ""
@@ -266,7 +269,44 @@ def _http_error(where: str, status: int, reason: str, body: bytes) -> DockerErro
     return DockerError(f"{text}; {fix}", "http", status)
 
 
-def _get(docker_host: str, path: str, timeout: float) -> bytes:
+class _DeadlineReader(io.RawIOBase):
+    """A socket read with the time left to a deadline as the timeout of every recv, so a
+    server that trickles the status line, headers or body cannot stretch an answer past it
+    (a plain socket timeout restarts with each byte)."""
+
+    def __init__(self, sock: socket.socket, deadline: float) -> None:
+        super().__init__()
+        self.sock, self.deadline = sock, deadline
+
+    def readable(self) -> bool:
+        return True
+
+    def readinto(self, buffer: Any) -> int:
+        remaining = self.deadline - time.monotonic()
+        if remaining <= 0:
+            raise socket.timeout
+        self.sock.settimeout(remaining)
+        return self.sock.recv_into(buffer)
+
+
+class _DeadlineSocket:
+    """What http.client reads a response from (it only calls makefile)."""
+
+    def __init__(self, sock: socket.socket, deadline: float) -> None:
+        self.sock, self.deadline = sock, deadline
+
+    def makefile(self, mode: str) -> io.BufferedReader:
+        return io.BufferedReader(_DeadlineReader(self.sock, self.deadline))
+
+
+def _response_by(deadline: float) -> Callable[..., http.client.HTTPResponse]:
+    def response(sock: socket.socket, *args: Any, **kwargs: Any) -> http.client.HTTPResponse:
+        return http.client.HTTPResponse(_DeadlineSocket(sock, deadline), *args, **kwargs)  # type: ignore[arg-type]
+
+    return response
+
+
+def _get(docker_host: str, path: str, timeout: float) -> bytearray:
     """Body of GET path from the Docker API, all within timeout seconds; raises DockerError."""
     try:  # TLS files are read again each time: a renewed certificate needs no restart
         end = endpoint(docker_host)
@@ -281,6 +321,7 @@ def _get(docker_host: str, path: str, timeout: float) -> bytes:
         conn = http.client.HTTPSConnection(end.address, timeout=timeout, context=end.tls)
     else:
         conn = http.client.HTTPConnection(end.address, timeout=timeout)
+    conn.response_class = _response_by(deadline)  # type: ignore[assignment]
     try:
         conn.request(
             "GET",
@@ -292,25 +333,15 @@ def _get(docker_host: str, path: str, timeout: float) -> bytes:
             },
         )
         resp = conn.getresponse()
-        chunks, size = [], 0
-        while True:  # the socket timeout bounds each read; this bounds the whole answer
-            remaining = deadline - time.monotonic()
-            if remaining <= 0:
-                raise socket.timeout
-            if conn.sock is not None:
-                conn.sock.settimeout(remaining)
-            chunk = resp.read1(65536)
-            if not chunk:
-                break
-            chunks.append(chunk)
-            size += len(chunk)
-            if size > _MAX_BODY:
+        body = bytearray()  # grown in place: no list of chunks joined into a second copy
+        while chunk := resp.read1(65536):
+            body += chunk
+            if len(body) > _MAX_BODY:
                 raise DockerError(
                     f"{where}: answer larger than {_MAX_BODY >> 20} MiB; "
                     "check that --docker-host points at a Docker Engine API",
                     "answer",
                 )
-        body = b"".join(chunks)
     except DockerError:
         raise
     except (socket.timeout, TimeoutError):
@@ -340,8 +371,14 @@ def _get(docker_host: str, path: str, timeout: float) -> bytes:
             f"that the daemon accepts {os.path.join(end.cert_dir, 'cert.pem')}",
             "tls",
         ) from None
-    except (OSError, http.client.HTTPException) as exc:
-        detail = _one_line(getattr(exc, "strerror", None) or str(exc) or type(exc).__name__)
+    except http.client.HTTPException as exc:  # its text is the peer's bytes: not for the log
+        raise DockerError(
+            f"{where}: not an HTTP answer ({type(exc).__name__}); check that --docker-host points at "
+            "a Docker Engine API",
+            "answer",
+        ) from None
+    except OSError as exc:
+        detail = _one_line(exc.strerror or str(exc) or type(exc).__name__)
         raise DockerError(
             f"{where}: {detail}; check that Docker is running and --docker-host points at it", "unreachable"
         ) from None

@@ -251,10 +251,10 @@ def load(path: str) -> WebConfig:
         with open(fd, "rb") as f:
             if not stat.S_ISREG(os.fstat(fd).st_mode):
                 raise check.fail("not a regular file")
-            data = f.read(MAX_BYTES + 1)
-        if len(data) > MAX_BYTES:
+            raw = f.read(MAX_BYTES + 1)
+        if len(raw) > MAX_BYTES:
             raise check.fail(f"larger than {MAX_BYTES} bytes: not a web config")
-        text = data.decode("utf-8")
+        text = raw.decode("utf-8")
     except OSError as e:
         raise WebConfigError(f"cannot read --web.config.file {path}: {e.strerror}") from None
     except UnicodeDecodeError as e:
