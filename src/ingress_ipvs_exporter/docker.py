@@ -24,6 +24,7 @@ from typing import Any, Callable, Iterable, Mapping, TypeVar
 from urllib.parse import urlsplit
 
 from . import __version__
+from .deadline import reader
 from .logonce import LogOnce
 from .refresh import Refreshing, Spawn
 from .webconfig import EncryptedKey, no_password
@@ -269,34 +270,15 @@ def _http_error(where: str, status: int, reason: str, body: bytes | bytearray) -
     return DockerError(f"{text}; {fix}", "http", status)
 
 
-class _DeadlineReader(io.RawIOBase):
-    """A socket read with the time left to a deadline as the timeout of every recv, so a
-    server that trickles the status line, headers or body cannot stretch an answer past it
-    (a plain socket timeout restarts with each byte)."""
-
-    def __init__(self, sock: socket.socket, deadline: float) -> None:
-        super().__init__()
-        self.sock, self.deadline = sock, deadline
-
-    def readable(self) -> bool:
-        return True
-
-    def readinto(self, buffer: Any) -> int:
-        remaining = self.deadline - time.monotonic()
-        if remaining <= 0:
-            raise socket.timeout
-        self.sock.settimeout(remaining)
-        return self.sock.recv_into(buffer)
-
-
 class _DeadlineSocket:
-    """What http.client reads a response from (it only calls makefile)."""
+    """What http.client reads a response from (it only calls makefile): every read of the
+    status line, headers and body bounded by the query's deadline (see deadline.py)."""
 
     def __init__(self, sock: socket.socket, deadline: float) -> None:
         self.sock, self.deadline = sock, deadline
 
     def makefile(self, mode: str) -> io.BufferedReader:
-        return io.BufferedReader(_DeadlineReader(self.sock, self.deadline))
+        return reader(self.sock, self.deadline)
 
 
 def _response_by(deadline: float) -> Callable[..., http.client.HTTPResponse]:

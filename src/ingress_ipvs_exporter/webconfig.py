@@ -427,7 +427,8 @@ def build_context(s: TLSSettings) -> ssl.SSLContext:
     needs_openssl = bool(s.curves) or s.client_auth_type in ("RequestClientCert", "RequireAnyClientCert")
     lib, ptr = _ssl_ctx(ctx) if needs_openssl else (None, 0)
     ctx.minimum_version, ctx.maximum_version = s.min_version, s.max_version
-    for what, path in (("cert_file", s.cert_file), ("key_file", s.key_file), ("client_ca_file", s.client_ca_file)):
+    files = (("cert_file", s.cert_file), ("key_file", s.key_file), ("client_ca_file", s.client_ca_file))
+    for what, path in files:
         if path:
             _regular_file(path, what)
     try:

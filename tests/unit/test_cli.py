@@ -242,7 +242,14 @@ def test_listen_errors_say_what_failed(address, said, unsaid):
     if address == "privileged":
         address = f"127.0.0.1:{_privileged_port()}"
     res = subprocess.run(
-        [*_unprivileged(), exporter_command(), "--listen-address", address, "--namespace-path", "/nonexistent"],
+        [
+            *_unprivileged(),
+            exporter_command(),
+            "--listen-address",
+            address,
+            "--namespace-path",
+            "/nonexistent",
+        ],
         capture_output=True,
         text=True,
         timeout=60,

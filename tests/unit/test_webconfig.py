@@ -243,7 +243,9 @@ def test_a_web_config_or_tls_file_that_is_not_a_regular_file_is_one_line(cert, t
         key = _fifo(tmp_path, "key.fifo") if which == "key_file fifo" else "key.pem"
         text = f"tls_server_config:\n  cert_file: cert.pem\n  key_file: {key}\n"
         if which == "client_ca_file fifo":
-            text += f"  client_auth_type: RequireAndVerifyClientCert\n  client_ca_file: {_fifo(tmp_path, 'ca')}\n"
+            text += (
+                f"  client_auth_type: RequireAndVerifyClientCert\n  client_ca_file: {_fifo(tmp_path, 'ca')}\n"
+            )
         (tmp_path / "web.yml").write_text(text)
         config = str(tmp_path / "web.yml")
     res = subprocess.run(
