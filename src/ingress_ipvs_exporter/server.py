@@ -491,7 +491,9 @@ class _RequestHandler(WSGIRequestHandler):
         deadline = time.monotonic() + self.timeout
         super().setup()
         if isinstance(self.request, ssl.SSLSocket):
-            self.request.do_handshake()  # here, in the connection's thread, under its timeout
+            # here, in the connection's thread; CPython's do_handshake counts its timeout for
+            # the whole handshake, not per read, so a trickled ClientHello is cut off too
+            self.request.do_handshake()
             tls: Optional[RotatingTLS] = getattr(self.server, "tls", None)
             if tls is not None and not tls.peer_allowed(self.request):
                 raise ssl.SSLError("client certificate has none of client_allowed_sans")
