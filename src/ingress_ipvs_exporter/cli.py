@@ -11,6 +11,7 @@ from __future__ import annotations
 import dataclasses
 import errno
 import logging
+import os
 import sys
 from typing import Optional
 
@@ -63,6 +64,7 @@ def run(
         "", "--web.config.file", parser=flags.web_config, help=H["web"]
     ),
     web_max_requests: int = typer.Option(40, "--web.max-requests", min=0, help=H["max"]),
+    web_max_connections: int = typer.Option(512, "--web.max-connections", min=0, help=H["conns"]),
     no_self: bool = typer.Option(False, "--web.disable-exporter-metrics", help=H["self"]),
     systemd_socket: bool = typer.Option(False, "--web.systemd-socket", help=H["systemd"]),
     log_level: LogLevel = typer.Option(LogLevel.info, "--log.level", "--log-level", help=H["level"]),  # noqa: B008
@@ -89,17 +91,26 @@ def run(
 
     web = web_config_file
     wsgi = server.build_app(metrics, telemetry_path, web.users, web.headers, web_max_requests)
+    descriptors = server.descriptor_limit()
+    bound = server.connection_bound(web_max_connections, descriptors)
+    if bound != web_max_connections:
+        log.info(
+            "--web.max-connections %d lowered to %d: half the %d file descriptors this process may open",
+            web_max_connections,
+            bound,
+            descriptors,
+        )
     try:
         addresses = [(a.host, a.port) for a in listen_address]
-        servers = server.listen(addresses, systemd_socket, wsgi, web.tls)
+        servers = server.listen(addresses, systemd_socket, wsgi, web.tls, server.Connections(bound))
     except server.ListenError as e:
         log.error("%s", e)
         raise typer.Exit(1) from None
-    bound = ", ".join(flags.ListenAddress.of(s.server_address) for s in servers)
+    where = ", ".join(flags.ListenAddress.of(s.server_address) for s in servers)
     scheme = "https" if web.tls else "http"
     log.info(
         "%s %s listening on %s (%s%s), telemetry path %s, namespace %s",
-        *(PROG, __version__, bound, scheme, ", basic auth" if web.users else "", telemetry_path),
+        *(PROG, __version__, where, scheme, ", basic auth" if web.users else "", telemetry_path),
         ", ".join(p or "(current)" for p in namespaces.patterns),
     )
     if startup_error is not None:
@@ -132,7 +143,22 @@ def main(argv: Optional[list[str]] = None) -> None:
         hint = f" (see '{PROG} --help')" if e.exit_code == 2 else ""
         typer.echo(f"{PROG}: error: {message}{hint}", err=True)
         rc = e.exit_code
+    except OSError as e:  # --help or --version into a full disk or a closed pipe
+        rc = _output_failed(e)
+    try:
+        sys.stdout.flush()
+    except OSError as e:
+        rc = _output_failed(e)
     sys.exit(rc or 0)
+
+
+def _output_failed(e: OSError) -> int:
+    """One line on stderr, exit 1; stdout goes to /dev/null so the exit flush cannot fail again."""
+    devnull = os.open(os.devnull, os.O_WRONLY)
+    os.dup2(devnull, sys.stdout.fileno())
+    os.close(devnull)
+    print(f"{PROG}: error: cannot write to standard output: {e.strerror or e}", file=sys.stderr)
+    return 1
 
 
 if __name__ == "__main__":

@@ -10,6 +10,7 @@ Docker is asked from a background thread only; a scrape reads a cache and never 
 from __future__ import annotations
 
 import http.client
+import io
 import json
 import logging
 import os
@@ -23,8 +24,10 @@ from typing import Any, Callable, Iterable, Mapping, TypeVar
 from urllib.parse import urlsplit
 
 from . import __version__
+from .deadline import reader
 from .logonce import LogOnce
 from .refresh import Refreshing, Spawn
+from .webconfig import EncryptedKey, no_password
 
 log = logging.getLogger(__name__)
 
@@ -40,7 +43,9 @@ _ROUTES = {  # what each route gives, for the log
     "networks": "swarm service names",
     "services": "swarm service IDs (and names by published port)",
 }
-_MAX_BODY = 64 << 20  # an answer this large is not a Docker daemon talking
+# An answer this large is not a Docker daemon talking (GET /services of a few thousand
+# services is a few MiB); parsed, JSON takes about 25 times its size in memory.
+_MAX_BODY = 16 << 20
 _DEFAULT_TCP_PORT = {"tcp": 2375, "http": 80}
 _DEFAULT_TLS_PORT = 2376  # the docker CLI's default for tcp:// with TLS
 _TLS_FILES = ("ca.pem", "cert.pem", "key.pem")  # in DOCKER_CERT_PATH, as the docker CLI names them
@@ -144,11 +149,6 @@ def _cert_dir(environ: Mapping[str, str]) -> str:
     return folder
 
 
-def _no_password() -> bytes:
-    """load_cert_chain's password callback: an encrypted key.pem is refused, never prompted for."""
-    raise ValueError("encrypted")
-
-
 def tls_context(cert_dir: str) -> ssl.SSLContext:
     """A client context that trusts only cert_dir/ca.pem (host name checked) and presents
     cert_dir/cert.pem with key.pem. ValueError naming the file and DOCKER_CERT_PATH when one
@@ -173,8 +173,8 @@ def tls_context(cert_dir: str) -> ssl.SSLContext:
     except (ssl.SSLError, ValueError) as exc:
         raise ValueError(f"{ca} holds no PEM CA certificate {where}: {_ssl_reason(exc)}; {fix}") from None
     try:
-        context.load_cert_chain(cert, key, password=_no_password)
-    except ValueError:  # our callback: the key is encrypted
+        context.load_cert_chain(cert, key, password=no_password)
+    except EncryptedKey:
         raise ValueError(f"{key} is encrypted {where}; give the docker client's unencrypted key") from None
     except ssl.SSLError as exc:
         if exc.reason == "KEY_VALUES_MISMATCH":
@@ -251,7 +251,7 @@ def _one_line(text: str, limit: int = 200) -> str:
     return line if len(line) <= limit else line[: limit - 3] + "..."
 
 
-def _http_error(where: str, status: int, reason: str, body: bytes) -> DockerError:
+def _http_error(where: str, status: int, reason: str, body: bytes | bytearray) -> DockerError:
     """DockerError for a non-200 answer, using the daemon's {"message": ...} when it sent one."""
     try:
         message = json.loads(body).get("message") or ""
@@ -270,7 +270,25 @@ def _http_error(where: str, status: int, reason: str, body: bytes) -> DockerErro
     return DockerError(f"{text}; {fix}", "http", status)
 
 
-def _get(docker_host: str, path: str, timeout: float) -> bytes:
+class _DeadlineSocket:
+    """What http.client reads a response from (it only calls makefile): every read of the
+    status line, headers and body bounded by the query's deadline (see deadline.py)."""
+
+    def __init__(self, sock: socket.socket, deadline: float) -> None:
+        self.sock, self.deadline = sock, deadline
+
+    def makefile(self, mode: str) -> io.BufferedReader:
+        return reader(self.sock, self.deadline)
+
+
+def _response_by(deadline: float) -> Callable[..., http.client.HTTPResponse]:
+    def response(sock: socket.socket, *args: Any, **kwargs: Any) -> http.client.HTTPResponse:
+        return http.client.HTTPResponse(_DeadlineSocket(sock, deadline), *args, **kwargs)  # type: ignore[arg-type]
+
+    return response
+
+
+def _get(docker_host: str, path: str, timeout: float) -> bytearray:
     """Body of GET path from the Docker API, all within timeout seconds; raises DockerError."""
     try:  # TLS files are read again each time: a renewed certificate needs no restart
         end = endpoint(docker_host)
@@ -285,6 +303,7 @@ def _get(docker_host: str, path: str, timeout: float) -> bytes:
         conn = http.client.HTTPSConnection(end.address, timeout=timeout, context=end.tls)
     else:
         conn = http.client.HTTPConnection(end.address, timeout=timeout)
+    conn.response_class = _response_by(deadline)  # type: ignore[assignment]
     try:
         conn.request(
             "GET",
@@ -296,25 +315,15 @@ def _get(docker_host: str, path: str, timeout: float) -> bytes:
             },
         )
         resp = conn.getresponse()
-        chunks, size = [], 0
-        while True:  # the socket timeout bounds each read; this bounds the whole answer
-            remaining = deadline - time.monotonic()
-            if remaining <= 0:
-                raise socket.timeout
-            if conn.sock is not None:
-                conn.sock.settimeout(remaining)
-            chunk = resp.read1(65536)
-            if not chunk:
-                break
-            chunks.append(chunk)
-            size += len(chunk)
-            if size > _MAX_BODY:
+        body = bytearray()  # grown in place: no list of chunks joined into a second copy
+        while chunk := resp.read1(65536):
+            body += chunk
+            if len(body) > _MAX_BODY:
                 raise DockerError(
                     f"{where}: answer larger than {_MAX_BODY >> 20} MiB; "
                     "check that --docker-host points at a Docker Engine API",
                     "answer",
                 )
-        body = b"".join(chunks)
     except DockerError:
         raise
     except (socket.timeout, TimeoutError):
@@ -344,8 +353,14 @@ def _get(docker_host: str, path: str, timeout: float) -> bytes:
             f"that the daemon accepts {os.path.join(end.cert_dir, 'cert.pem')}",
             "tls",
         ) from None
-    except (OSError, http.client.HTTPException) as exc:
-        detail = _one_line(getattr(exc, "strerror", None) or str(exc) or type(exc).__name__)
+    except http.client.HTTPException as exc:  # its text is the peer's bytes: not for the log
+        raise DockerError(
+            f"{where}: not an HTTP answer ({type(exc).__name__}); check that --docker-host points at "
+            "a Docker Engine API",
+            "answer",
+        ) from None
+    except OSError as exc:
+        detail = _one_line(exc.strerror or str(exc) or type(exc).__name__)
         raise DockerError(
             f"{where}: {detail}; check that Docker is running and --docker-host points at it", "unreachable"
         ) from None

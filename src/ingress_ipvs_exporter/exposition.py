@@ -23,7 +23,8 @@ from itertools import accumulate
 from typing import Any, Callable, NamedTuple, Protocol
 
 from prometheus_client.core import Metric
-from prometheus_client.exposition import choose_encoder
+from prometheus_client.exposition import CONTENT_TYPE_PLAIN_0_0_4, generate_latest
+from prometheus_client.openmetrics import exposition as om
 from prometheus_client.registry import Collector, CollectorRegistry
 from prometheus_client.utils import floatToGoString
 
@@ -56,6 +57,27 @@ CHUNK_SERIES = 512
 class Format(Enum):
     TEXT = "text 0.0.4"
     OPENMETRICS = "openmetrics"
+
+    @property
+    def content_type(self) -> str:
+        return CONTENT_TYPE_PLAIN_0_0_4 if self is Format.TEXT else om.CONTENT_TYPE_LATEST
+
+
+def negotiate(accept: str) -> Format:
+    """The format for an Accept header: OpenMetrics 1.0.0 when it lists
+    application/openmetrics-text with no version or version 1.0.0, else text
+    0.0.4, whatever other types, versions or malformed parameters it holds. Only these two
+    are spoken, so the Content-Type never echoes a version from the request; every name
+    here is a legacy one, so an escaping= scheme (dots, values) is not applied to part of
+    the body only: it is applied to none and not named."""
+    for item in accept.split(","):
+        media, *params = (part.strip() for part in item.split(";"))
+        if media.lower() != "application/openmetrics-text":
+            continue
+        named = {k.strip().lower(): v.strip().strip('"') for k, _, v in (p.partition("=") for p in params)}
+        if named.get("version", "1.0.0") == "1.0.0":
+            return Format.OPENMETRICS
+    return Format.TEXT
 
 
 def escape(value: str) -> str:
@@ -343,8 +365,8 @@ class _Families:
 class MetricsApp:
     """The telemetry body: the IPVS families through the Renderer, then the families about
     this scrape's readings (health, IPVS info, swarm) and the `extra` collectors' (build,
-    process) through prometheus_client's encoder, with the content type negotiated as
-    prometheus_client does; one gzip member when asked.
+    process) through prometheus_client's encoder, in the format negotiate() picks; one gzip
+    member when asked.
 
     A scrape is a value: every family of a body comes from the readings that request made,
     so concurrent scrapes (an HA pair of Prometheus servers) never mix their outcomes."""
@@ -359,9 +381,9 @@ class MetricsApp:
     ) -> tuple[Iterator[bytes], str]:
         """The exposition as chunks of bytes (one gzip member when asked), and its content
         type; scrape_timeout: the scraper's, in seconds, when it said (see Source.readings)."""
-        encoder, content_type = choose_encoder(accept)
-        openmetrics = content_type.startswith("application/openmetrics-text")
-        return self._chunks(encoder, openmetrics, gzip, scrape_timeout), content_type
+        form = negotiate(accept)
+        encoder = om.generate_latest if form is Format.OPENMETRICS else generate_latest
+        return self._chunks(encoder, form is Format.OPENMETRICS, gzip, scrape_timeout), form.content_type
 
     def _registry(self, readings: list[tuple[IPVSCollector, Reading]]) -> CollectorRegistry:
         """This scrape's registry: the families about its readings, then the extra collectors."""

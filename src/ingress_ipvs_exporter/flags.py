@@ -56,9 +56,18 @@ def destination_labels(value: str) -> Options:
     return Options(destination_labels=names)
 
 
+# what a request path can hold once decoded and still be compared as given (RFC 3986's path
+# characters but '%'): a space, '?', '#', '%' or a non-ASCII letter could never match
+_PATH = re.compile(r"/[A-Za-z0-9._~!$&'()*+,;=:@/-]*")
+
+
 def telemetry_path(value: str) -> str:
     if not value.startswith("/"):
         raise typer.BadParameter(f"'{value}' must start with '/', e.g. /metrics")
+    if not _PATH.fullmatch(value):
+        raise typer.BadParameter(
+            f"{value!r} can never match a request: use ASCII letters, digits and -._~!$&'()*+,;=:@/"
+        )
     return value
 
 

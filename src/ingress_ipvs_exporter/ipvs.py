@@ -105,6 +105,12 @@ class ReadTimeout(IPVSError):
     reason = "timeout"
 
 
+def shown_path(path: str) -> str:
+    """A path as labels and logs show it: bytes that are not UTF-8 (os.fsdecode keeps them as
+    lone surrogates, which nothing can encode) written as \\xNN."""
+    return os.fsencode(path).decode("utf-8", "backslashreplace")
+
+
 def describe_namespace(path: str) -> str:
     return f"network namespace {path}" if path else "the current network namespace"
 
@@ -472,7 +478,7 @@ class Handle:
 
     def _open(self) -> None:
         out = ffi.new("struct ipvs_handle **")
-        rc = lib.ipvs_open(self.path.encode(), out)
+        rc = lib.ipvs_open(os.fsencode(self.path), out)  # the path's own bytes
         if rc == -errno.ENOTRECOVERABLE:
             # setns() back to our own namespace failed: this thread now lives in the
             # target namespace and every later socket would silently be made there.

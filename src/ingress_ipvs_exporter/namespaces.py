@@ -22,7 +22,7 @@ from concurrent.futures import Future, ThreadPoolExecutor, wait
 from dataclasses import dataclass
 
 from .collector import IPVSCollector, Reading, SwarmNames
-from .ipvs import Handle, IPVSError, NamespaceNotFound, NotANamespace
+from .ipvs import Handle, IPVSError, NamespaceNotFound, NotANamespace, shown_path
 from .metrics import Options
 from .portmap import PortMap
 
@@ -51,7 +51,7 @@ def opener(options: Options, swarm: SwarmNames | None) -> Opener:
     def open_namespace(path: str, globbed: bool) -> tuple[IPVSCollector, Callable[[], None]]:
         handle, marks = Handle(path), PortMap(path)
         collector = IPVSCollector(
-            path, handle.snapshot, marks.lookup, options, handle.info, swarm, marks.vips, globbed
+            shown_path(path), handle.snapshot, marks.lookup, options, handle.info, swarm, marks.vips, globbed
         )
 
         def close() -> None:

@@ -1,6 +1,7 @@
 """HTTP serving: the WSGI apps in front of the telemetry (router, methods, HEAD, gzip
 negotiation, basic auth, response headers, the in-flight request bound) and the threaded
-server under them (listen backlog, TLS per connection, client trouble logged at debug).
+server under them (listen backlog, TLS per connection, the open connection bound, the
+request deadline, back-off when out of descriptors, client trouble logged at debug).
 
 A misbehaving client (a reset, a stall, a failed handshake, plain HTTP to the TLS port) costs
 at most one DEBUG line in the configured log format, never a traceback on stderr.
@@ -10,6 +11,7 @@ from __future__ import annotations
 
 import base64
 import binascii
+import contextlib
 import errno
 import hashlib
 import html
@@ -20,12 +22,14 @@ import socket
 import ssl
 import sys
 import threading
+import time
 from socketserver import ThreadingMixIn
-from typing import IO, TYPE_CHECKING, Any, Iterable, Iterator, Optional, Protocol, Sequence, cast
+from typing import IO, TYPE_CHECKING, Any, Callable, Iterable, Iterator, Optional, Protocol, Sequence, cast
 from wsgiref.simple_server import ServerHandler, WSGIRequestHandler, WSGIServer
 
 import bcrypt
 
+from .deadline import reader
 from .logs import PROG
 from .webconfig import RotatingTLS
 
@@ -245,7 +249,7 @@ class BasicAuth:
         self._dummy = bcrypt.gensalt(rounds=cost) + b"." * 31
 
     def _credentials(self, header: str) -> Optional[tuple[str, bytes]]:
-        if not header.startswith("Basic "):
+        if header[:6].lower() != "basic ":  # the scheme is case-insensitive (RFC 7617, as in Go)
             return None
         try:
             user, sep, password = base64.b64decode(header[6:], validate=True).decode().partition(":")
@@ -363,16 +367,138 @@ def _client_timeout() -> float:
         return 60.0
 
 
+DESCRIPTOR_ERRORS = (errno.EMFILE, errno.ENFILE, errno.ENOBUFS, errno.ENOMEM)
+
+
+def descriptor_limit() -> Optional[int]:
+    """The soft limit on open descriptors (RLIMIT_NOFILE, systemd's LimitNOFILE); None
+    when unlimited or unknown (a seccomp filter may refuse even reading it)."""
+    import resource
+
+    try:
+        soft, _ = resource.getrlimit(resource.RLIMIT_NOFILE)
+    except (OSError, ValueError):
+        return None
+    return None if soft == resource.RLIM_INFINITY else soft
+
+
+class Connections:
+    """The connections every listener holds open, oldest first, with whether each is still
+    sending its request (or TLS handshake). At most `limit` (--web.max-connections; 0: no
+    bound): beyond it the oldest one still sending its request is shut down to make room -
+    a slow or stalled client, never a response in progress - and when every one is being
+    answered the new one is closed instead. The same happens when accept() finds the process
+    out of descriptors (EMFILE), and the accept loop then waits (10 ms, doubling up to 1 s)
+    instead of spinning. Each condition logs one warning per WARN_EVERY seconds at most.
+    A lock guards the table: the accept threads add, the connections' threads update."""
+
+    WARN_EVERY = 60.0
+
+    def __init__(
+        self,
+        limit: int,
+        clock: Callable[[], float] = time.monotonic,
+        sleep: Callable[[float], None] = time.sleep,
+    ) -> None:
+        self.limit = limit
+        self._clock, self._sleep = clock, sleep
+        self._lock = threading.Lock()
+        self._open: dict[socket.socket, bool] = {}  # insertion order is age; True: still reading
+        self._warned: dict[str, float] = {}
+        self._backoff = 0.0
+
+    def __len__(self) -> int:
+        return len(self._open)
+
+    def _warn(self, key: str, msg: str, *args: Any) -> None:
+        now = self._clock()
+        with self._lock:
+            last = self._warned.get(key)
+            if last is not None and now - last < self.WARN_EVERY:
+                return
+            self._warned[key] = now
+        log.warning(msg, *args)
+
+    def _evict(self) -> bool:
+        """Shut down the oldest connection still sending its request (its thread then closes
+        it); False when there is none. Call with the lock held."""
+        for sock, reading in self._open.items():
+            if reading:
+                del self._open[sock]
+                with contextlib.suppress(OSError):  # the plain socket's shutdown, TLS or not
+                    socket.socket.shutdown(sock, socket.SHUT_RDWR)
+                return True
+        return False
+
+    def add(self, sock: socket.socket) -> bool:
+        """Track a new connection, making room if the bound is reached; False: refuse it."""
+        with self._lock:
+            full = 0 < self.limit <= len(self._open)
+            room = not full or self._evict()
+            if room:
+                self._open[sock] = True
+        if full:
+            self._warn(
+                "full",
+                "%d connections open (--web.max-connections): closing the oldest still sending a request%s",
+                self.limit,
+                "" if room else "; all are being answered, so refusing new ones",
+            )
+        return room
+
+    def answering(self, sock: socket.socket) -> None:
+        """The connection's request has been read: it is no longer a candidate to close."""
+        with self._lock:
+            if sock in self._open:
+                self._open[sock] = False
+
+    def remove(self, sock: socket.socket) -> None:
+        with self._lock:
+            self._open.pop(sock, None)
+
+    def out_of_descriptors(self, err: OSError) -> None:
+        """accept() failed for want of descriptors or memory: close the oldest connection
+        still sending its request, and wait before the next accept."""
+        with self._lock:
+            self._evict()
+            self._backoff = min(1.0, max(0.01, self._backoff * 2))
+            wait = self._backoff
+        self._warn(
+            "descriptors",
+            "cannot accept connections: %s; closing the oldest still sending a request and "
+            "accepting more slowly (raise LimitNOFILE or lower --web.max-connections)",
+            err.strerror or err,
+        )
+        self._sleep(wait)
+
+    def accepted(self) -> None:
+        self._backoff = 0.0
+
+
+def connection_bound(flag: int, descriptors: Optional[int]) -> int:
+    """--web.max-connections as it applies here: at most half the descriptors the process
+    may open (the other half for namespaces, netlink, subprocesses, logs); 0 stays 0."""
+    if flag <= 0 or descriptors is None:
+        return flag
+    return max(1, min(flag, descriptors // 2))
+
+
 class _RequestHandler(WSGIRequestHandler):
     timeout = _client_timeout()
 
     def setup(self) -> None:
+        # the whole request line and headers within `timeout`, however slowly they trickle
+        deadline = time.monotonic() + self.timeout
         super().setup()
         if isinstance(self.request, ssl.SSLSocket):
-            self.request.do_handshake()  # here, in the connection's thread, under its timeout
+            # here, in the connection's thread; CPython's do_handshake counts its timeout for
+            # the whole handshake, not per read, so a trickled ClientHello is cut off too
+            self.request.do_handshake()
             tls: Optional[RotatingTLS] = getattr(self.server, "tls", None)
             if tls is not None and not tls.peer_allowed(self.request):
                 raise ssl.SSLError("client certificate has none of client_allowed_sans")
+        self.rfile.close()
+        self.rfile = reader(self.connection, deadline)
 
     def handle(self) -> None:
         # wsgiref's handle(), with the quiet _ServerHandler
@@ -385,6 +511,10 @@ class _RequestHandler(WSGIRequestHandler):
             return
         if not self.parse_request():
             return
+        self.connection.settimeout(self.timeout)  # the answer: `timeout` per send, as before
+        connections: Optional[Connections] = getattr(self.server, "connections", None)
+        if connections is not None:
+            connections.answering(self.request)
         wfile = cast(IO[bytes], self.wfile)
         handler = _ServerHandler(self.rfile, wfile, self.get_stderr(), self.get_environ(), multithread=True)
         handler.request_handler = self  # type: ignore[attr-defined]  # wsgiref's back-reference
@@ -402,6 +532,7 @@ class Server(ThreadingMixIn, WSGIServer):
     allow_reuse_address = True
     request_queue_size = somaxconn()
     tls: Optional[RotatingTLS] = None
+    connections: Optional[Connections] = None
 
     def server_bind(self) -> None:
         if self.address_family == socket.AF_INET6:
@@ -409,12 +540,31 @@ class Server(ThreadingMixIn, WSGIServer):
         super().server_bind()
 
     def get_request(self) -> tuple[socket.socket, Any]:
-        conn, addr = super().get_request()
+        try:
+            conn, addr = super().get_request()
+        except OSError as e:
+            # the listening socket stays readable: without a pause the loop would spin
+            if self.connections is not None and e.errno in DESCRIPTOR_ERRORS:
+                self.connections.out_of_descriptors(e)
+            raise
+        if self.connections is not None:
+            self.connections.accepted()
         if self.tls is not None:
             # the handshake happens in the connection's own thread (_RequestHandler.setup), so
             # a slow or plain-HTTP client cannot hold up the accept loop
             conn = self.tls.context().wrap_socket(conn, server_side=True, do_handshake_on_connect=False)
         return conn, addr
+
+    def process_request(self, request: Any, client_address: Any) -> None:
+        if self.connections is not None and not self.connections.add(request):
+            self.shutdown_request(request)
+            return
+        super().process_request(request, client_address)
+
+    def shutdown_request(self, request: Any) -> None:
+        if self.connections is not None:
+            self.connections.remove(request)
+        super().shutdown_request(request)
 
     def handle_error(self, request: Any, client_address: Any) -> None:
         exc = sys.exc_info()[1]
@@ -435,9 +585,11 @@ class ListenError(OSError):
     """No listening socket could be had; the message is one line naming the address."""
 
 
-def _adopt(sock: socket.socket, app: WSGIApplication, tls: Optional[RotatingTLS]) -> Server:
+def _adopt(
+    sock: socket.socket, app: WSGIApplication, tls: Optional[RotatingTLS], connections: Optional[Connections]
+) -> Server:
     """A server on a socket that is already bound and listening (from systemd)."""
-    cls = type("Server", (Server,), {"address_family": sock.family, "tls": tls})
+    cls = type("Server", (Server,), {"address_family": sock.family, "tls": tls, "connections": connections})
     server: Server = cls(sock.getsockname()[:2], _RequestHandler, bind_and_activate=False)
     server.socket.close()
     server.socket = sock
@@ -464,7 +616,15 @@ def systemd_sockets() -> list[socket.socket]:
         ) from None
     for name in ("LISTEN_PID", "LISTEN_FDS", "LISTEN_FDNAMES"):
         os.environ.pop(name, None)
-    socks = [socket.socket(fileno=fd) for fd in range(3, 3 + count)]
+    socks = []
+    for fd in range(3, 3 + count):
+        try:
+            socks.append(socket.socket(fileno=fd))
+        except OSError as e:
+            what = "not open" if e.errno == errno.EBADF else "not a socket"
+            raise ListenError(
+                f"--web.systemd-socket: LISTEN_FDS={count} but descriptor {fd} is {what}"
+            ) from None
     streams = [
         s for s in socks if s.type == socket.SOCK_STREAM and s.family in (socket.AF_INET, socket.AF_INET6)
     ]
@@ -480,21 +640,34 @@ def listen(
     systemd: bool,
     app: WSGIApplication,
     tls: Optional[RotatingTLS] = None,
+    connections: Optional[Connections] = None,
 ) -> list[Server]:
-    """A server per address (or per socket systemd passed); all or nothing: ListenError."""
+    """A server per address (or per socket systemd passed), all under one Connections
+    bound; all or nothing: ListenError."""
     if systemd:
-        return [_adopt(sock, app, tls) for sock in systemd_sockets()]
+        return [_adopt(sock, app, tls, connections) for sock in systemd_sockets()]
     servers: list[Server] = []
     for host, port in addresses:
         try:
-            servers.append(serve(host, port, app, tls))
+            servers.append(serve(host, port, app, tls, connections))
         except OSError as e:
             for s in servers:
                 s.server_close()
             shown = f"[{host}]:{port}" if ":" in host else f"{host}:{port}"
-            why = "is another exporter on that port? set --listen-address"
-            raise ListenError(f"cannot listen on {shown}: {e.strerror or e} ({why})") from None
+            why = _LISTEN_HINTS.get(e.errno or 0, "")
+            if e.errno == errno.EACCES and port >= 1024:
+                why = ""
+            hint = f" ({why})" if why else ""
+            raise ListenError(f"cannot listen on {shown}: {e.strerror or e}{hint}") from None
     return servers
+
+
+# what a listen failure most likely means, by errno (the message alone says what failed)
+_LISTEN_HINTS = {
+    errno.EADDRINUSE: "is another exporter on that port? set --listen-address",
+    errno.EACCES: "a port below 1024 needs root or CAP_NET_BIND_SERVICE",
+    errno.EADDRNOTAVAIL: "no interface of this host has that address",
+}
 
 
 def serve_all(servers: Sequence[Server]) -> None:
@@ -511,12 +684,18 @@ def serve_all(servers: Sequence[Server]) -> None:
             s.server_close()
 
 
-def serve(host: str, port: int, app: WSGIApplication, tls: Optional[RotatingTLS] = None) -> Server:
+def serve(
+    host: str,
+    port: int,
+    app: WSGIApplication,
+    tls: Optional[RotatingTLS] = None,
+    connections: Optional[Connections] = None,
+) -> Server:
     """A bound, listening server; '' serves IPv4 and IPv6 on one socket, IPv4 alone only
     when this host has no IPv6. Errors are OSError."""
 
     def make(bind_host: str, family: socket.AddressFamily) -> Server:
-        cls = type("Server", (Server,), {"address_family": family, "tls": tls})
+        cls = type("Server", (Server,), {"address_family": family, "tls": tls, "connections": connections})
         server: Server = cls((bind_host, port), _RequestHandler)
         server.set_app(app)
         return server

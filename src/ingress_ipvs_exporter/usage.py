@@ -22,6 +22,8 @@ HELP = {  # each flag's help text (cli.py declares the flags)
     "self": "leave out the exporter's own metrics (process_*, ipvs_exporter_build_info)",
     "web": "TLS and basic auth config in the Prometheus exporter-toolkit format (off when empty)",
     "max": "most requests served at once, more get 503 at once (0: no limit)",
+    "conns": "most connections open at once; beyond, the oldest still sending its request is "
+    "closed (0: no limit; at most half of LimitNOFILE)",
     "systemd": "listen on the sockets systemd passes (socket activation) instead of --listen-address",
     "level": "log messages at this level and above: debug, info, warn, error",
     "format": "log line format: logfmt or json",

@@ -13,6 +13,10 @@ Keys (as exporter-toolkit documents them):
   speaks HTTP/1.1 only).
 - basic_auth_users: {user: bcrypt hash}.
 - rate_limit is rejected (not implemented here; --web.max-requests bounds concurrency).
+
+The file and the TLS files must be regular files (a FIFO or a device is one line, not a hang),
+the file at most MAX_BYTES and MAX_NODES values with its YAML aliases expanded; an encrypted key is refused,
+never prompted for.
 """
 
 from __future__ import annotations
@@ -23,7 +27,9 @@ import ipaddress
 import logging
 import os
 import re
+import reprlib
 import ssl
+import stat
 import threading
 from dataclasses import dataclass, field
 from typing import Any, Optional, cast
@@ -110,12 +116,56 @@ class WebConfig:
 # ---- reading the file ----------------------------------------------------------------
 
 
+MAX_BYTES = 1 << 20  # a web config is a few hundred bytes; this bounds what start-up reads
+# YAML nodes with every alias expanded: plenty for any web config, far too few for an alias
+# bomb (nested aliases, each level multiplying the one below)
+MAX_NODES = 10_000
+_MERGE = "tag:yaml.org,2002:merge"
+
+
+def _expanded(node: yaml.Node, sizes: dict[int, int]) -> int:
+    """How many nodes the document holds with its aliases expanded, counted without
+    expanding them (an alias is the same node object: its size is looked up)."""
+    size = sizes.get(id(node))
+    if size is None:
+        children: list[yaml.Node] = []
+        if isinstance(node, yaml.SequenceNode):
+            children = node.value
+        elif isinstance(node, yaml.MappingNode):
+            children = [n for pair in node.value for n in pair]
+        size = 1
+        for child in children:
+            size += _expanded(child, sizes)
+            if size > MAX_NODES:
+                break
+        sizes[id(node)] = size
+    return size
+
+
+def _parse(text: str) -> Any:
+    """The YAML document, refused (yaml.YAMLError) past MAX_NODES once aliases are expanded."""
+    loader = _UniqueKeyLoader(text)
+    try:
+        node = loader.get_single_node()
+        if node is None:
+            return None
+        if _expanded(node, {}) > MAX_NODES:
+            raise yaml.YAMLError(f"more than {MAX_NODES} values once aliases are expanded")
+        return loader.construct_document(node)
+    finally:
+        loader.dispose()
+
+
 class _UniqueKeyLoader(yaml.SafeLoader):
-    """SafeLoader that refuses a key twice in one mapping (YAML would keep the last silently)."""
+    """SafeLoader that refuses a key twice in one mapping (YAML would keep the last silently);
+    merge keys (<<: *base) work as in Go's yaml, a key of the mapping itself overriding a
+    merged one."""
 
     def construct_mapping(self, node: yaml.MappingNode, deep: bool = False) -> dict[Any, Any]:
         seen: set[Any] = set()
         for key_node, _ in node.value:
+            if key_node.tag == _MERGE:
+                continue
             key = self.construct_object(key_node, deep=deep)
             try:
                 duplicate = key in seen
@@ -164,24 +214,57 @@ class _Checker:
             raise self.fail(f"{name} '{value}' must be one of {', '.join(choices)}")
 
 
+_SHORT = reprlib.Repr()
+_SHORT.maxlevel, _SHORT.maxstring, _SHORT.maxother = 2, 40, 40  # never renders a whole value
+
+
 def _describe(value: Any) -> str:
-    return f"{type(value).__name__} {value!r}"[:80]
+    return f"{type(value).__name__} {_SHORT.repr(value)}"[:80]
+
+
+def _regular_file(path: str, what: str) -> None:
+    """ValueError unless path is a regular file: a FIFO or a device would block or never end."""
+    try:
+        mode = os.stat(path).st_mode
+    except OSError:
+        return  # opening it says why, in its own words
+    if not stat.S_ISREG(mode):
+        raise ValueError(f"{what} {path} is not a regular file")
+
+
+class EncryptedKey(ValueError):
+    """What no_password raises."""
+
+
+def no_password() -> bytes:
+    """load_cert_chain's password callback: an encrypted key is refused, never prompted for
+    (OpenSSL would read a pass phrase from the terminal, holding up whatever loads it)."""
+    raise EncryptedKey("encrypted")
 
 
 def load(path: str) -> WebConfig:
     """Parse and check the file now, so that a mistake stops start-up with one line."""
     check = _Checker(path)
     try:
-        with open(path, "rb") as f:
-            text = f.read().decode("utf-8")
+        # O_NONBLOCK: opening a FIFO waits for a writer otherwise (a regular file ignores it)
+        fd = os.open(path, os.O_RDONLY | os.O_NONBLOCK)
+        with open(fd, "rb") as f:
+            if not stat.S_ISREG(os.fstat(fd).st_mode):
+                raise check.fail("not a regular file")
+            raw = f.read(MAX_BYTES + 1)
+        if len(raw) > MAX_BYTES:
+            raise check.fail(f"larger than {MAX_BYTES} bytes: not a web config")
+        text = raw.decode("utf-8")
     except OSError as e:
         raise WebConfigError(f"cannot read --web.config.file {path}: {e.strerror}") from None
     except UnicodeDecodeError as e:
         raise check.fail(f"not UTF-8 text (byte {e.start})") from None
     try:
-        data = yaml.load(text, Loader=_UniqueKeyLoader) or {}
+        data = _parse(text) or {}
     except yaml.YAMLError as e:
         raise check.fail(f"not valid YAML: {' '.join(str(e).split())}") from None
+    except RecursionError:
+        raise check.fail("not a web config: nested too deep") from None
     if not isinstance(data, dict):
         raise check.fail(f"expected a mapping at the top level, not {_describe(data)}")
     if "rate_limit" in data:
@@ -344,8 +427,14 @@ def build_context(s: TLSSettings) -> ssl.SSLContext:
     needs_openssl = bool(s.curves) or s.client_auth_type in ("RequestClientCert", "RequireAnyClientCert")
     lib, ptr = _ssl_ctx(ctx) if needs_openssl else (None, 0)
     ctx.minimum_version, ctx.maximum_version = s.min_version, s.max_version
+    files = (("cert_file", s.cert_file), ("key_file", s.key_file), ("client_ca_file", s.client_ca_file))
+    for what, path in files:
+        if path:
+            _regular_file(path, what)
     try:
-        ctx.load_cert_chain(s.cert_file, s.key_file)
+        ctx.load_cert_chain(s.cert_file, s.key_file, password=no_password)
+    except EncryptedKey:
+        raise ValueError(f"key_file {s.key_file} is encrypted: give an unencrypted key") from None
     except (OSError, ssl.SSLError) as e:
         raise ValueError(f"cannot load cert_file/key_file: {getattr(e, 'strerror', None) or e}") from None
     if s.client_ca_file:

@@ -58,6 +58,11 @@ def test_listen_address_forms(value, expected):
         (["--listen-address", ":99999"], "--listen-address"),
         (["--listen-address", "::1:80"], "brackets"),
         (["--telemetry-path", "metrics"], "--telemetry-path"),
+        (["--telemetry-path", "/my metrics"], "can never match"),
+        (["--telemetry-path", "/metrics?x=1"], "can never match"),
+        (["--telemetry-path", "/metrics#top"], "can never match"),
+        (["--telemetry-path", "/m%20x"], "can never match"),
+        (["--telemetry-path", "/métrics"], "can never match"),
         (["--no-such-flag"], "--no-such-flag"),
     ],
 )
@@ -167,3 +172,87 @@ def test_json_logs_and_the_missing_namespace_is_logged_once():
     assert {r["level"] for r in records} <= {"info", "warning"}
     missing = [r for r in records if "does not exist" in r["msg"]]
     assert len(missing) == 1 and "make demo" in missing[0]["msg"]
+
+
+def _one_error(res) -> str:
+    lines = [line for line in res.stderr.splitlines() if line.strip()]
+    assert res.returncode == 1 and len(lines) == 1 and "Traceback" not in res.stderr, res.stderr
+    return lines[0]
+
+
+@pytest.mark.parametrize("flag", ["--help", "--version"])
+def test_output_into_a_full_disk_is_one_line_and_exit_1(flag):
+    with open("/dev/full", "w") as full:
+        res = subprocess.run(
+            [sys.executable, "-m", "ingress_ipvs_exporter.cli", flag],
+            stdout=full,
+            stderr=subprocess.PIPE,
+            text=True,
+            timeout=60,
+        )
+    assert "cannot write to standard output: No space left on device" in _one_error(res)
+
+
+@pytest.mark.parametrize(
+    "fds,redirect,needle",
+    [
+        ("1", "", "descriptor 3 is not open"),
+        ("1", "3</dev/null", "descriptor 3 is not a socket"),
+        ("2", "3</dev/null", "descriptor 3 is not a socket"),
+    ],
+)
+def test_systemd_descriptors_that_are_not_sockets_are_one_line(fds, redirect, needle):
+    """LISTEN_FDS naming a descriptor that is closed or a plain file (LISTEN_PID set by the
+    shell to the pid the exporter keeps through exec)."""
+    script = f'LISTEN_PID=$$ LISTEN_FDS={fds} exec "$0" -m ingress_ipvs_exporter.cli "$@" {redirect}'
+    res = subprocess.run(
+        ["sh", "-c", script, sys.executable, "--web.systemd-socket", "--namespace-path", "/nonexistent"],
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
+    line = _one_error(res)
+    assert "level=error" in line and needle in line
+
+
+def _privileged_port() -> int:
+    with open("/proc/sys/net/ipv4/ip_unprivileged_port_start") as f:
+        start = int(f.read())
+    assert start > 1, "every port is unprivileged on this host: EACCES cannot be shown"
+    return start - 1
+
+
+def _unprivileged() -> list[str]:
+    import os
+
+    return ["setpriv", "--reuid=65534", "--regid=65534", "--clear-groups"] if os.geteuid() == 0 else []
+
+
+@pytest.mark.parametrize(
+    "address,said,unsaid",
+    [
+        ("privileged", "Permission denied (a port below 1024 needs root", "another exporter"),
+        ("nosuchhost.invalid:9100", "cannot resolve listen host 'nosuchhost.invalid'", "another exporter"),
+        ("192.0.2.1:9100", "(no interface of this host has that address)", "another exporter"),
+    ],
+)
+def test_listen_errors_say_what_failed(address, said, unsaid):
+    from ipvs_testlib import exporter_command
+
+    if address == "privileged":
+        address = f"127.0.0.1:{_privileged_port()}"
+    res = subprocess.run(
+        [
+            *_unprivileged(),
+            exporter_command(),
+            "--listen-address",
+            address,
+            "--namespace-path",
+            "/nonexistent",
+        ],
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
+    line = _one_error(res)
+    assert f"cannot listen on {address}" in line and said in line and unsaid not in line, line

@@ -317,6 +317,87 @@ def test_fetch_services_slow_dribble_is_bounded(tmp_path):
         listener.close()
 
 
+def _one_connection(tmp_path, answer):
+    """A unix socket whose first connection gets answer(conn) after the request; stop() ends it."""
+    path = os.path.join(_short_dir(tmp_path), "one.sock")
+    listener = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+    listener.bind(path)
+    listener.listen(1)
+    stop = threading.Event()
+    cut = threading.Event()  # the client went away before the whole answer was sent
+
+    def serve():
+        conn, _ = listener.accept()
+        with conn:
+            conn.recv(4096)
+            try:
+                answer(conn, stop)
+            except OSError:
+                cut.set()
+
+    thread = threading.Thread(target=serve, daemon=True)
+    thread.start()
+
+    def close():
+        """Whether the client cut the answer short (waits for the answer to end first)."""
+        thread.join(60)
+        stop.set()
+        listener.close()
+        return cut.is_set()
+
+    return f"unix://{path}", close
+
+
+def _docker_error(tmp_path, answer, timeout: float) -> tuple[DockerError, bool]:
+    """The DockerError of fetch_services against _one_connection(answer), and whether the
+    client cut the answer short."""
+    host, close = _one_connection(tmp_path, answer)
+    try:
+        with pytest.raises(DockerError) as info:
+            fetch_services(host, timeout=timeout)
+    finally:
+        cut = close()
+    return info.value, cut
+
+
+def test_a_trickled_status_line_and_headers_are_bounded_by_the_timeout(tmp_path):
+    """One header byte every 0.1 s for up to 10 s: the client gives up at its 0.6 s timeout,
+    before the trickle is over (a per-read socket timeout waited for all of it)."""
+
+    def trickle(conn, stop):
+        for byte in b"HTTP/1.1 200 OK\r\nX-Slow: " + b"a" * 100:
+            time.sleep(0.1)
+            conn.sendall(bytes([byte]))
+
+    error, cut = _docker_error(tmp_path, trickle, 0.6)
+    assert cut, "the client read the whole trickle"
+    assert "no answer within 0.6s" in str(error) and error.kind == "timeout"
+
+
+def test_an_answer_over_the_size_cap_is_refused_before_it_is_parsed(tmp_path):
+    """A 20 MiB JSON list (valid, of no service) is cut at the cap, not read whole and parsed."""
+    block, blocks = b"0," * 32768, 320
+
+    def huge(conn, stop):
+        size = 1 + blocks * len(block) + 2
+        conn.sendall(b"HTTP/1.1 200 OK\r\nContent-Length: %d\r\n\r\n[" % size)
+        for _ in range(blocks):
+            conn.sendall(block)
+        conn.sendall(b"0]")
+
+    error, cut = _docker_error(tmp_path, huge, 30)
+    assert cut and "answer larger than 16 MiB" in str(error) and error.kind == "answer"
+
+
+def test_garbage_for_a_status_line_is_not_copied_into_the_message(tmp_path):
+    def garbage(conn, stop):
+        conn.sendall(b"\x1b[31mEVIL\x07 not http at all\r\n\r\n")
+
+    error, _ = _docker_error(tmp_path, garbage, 5)
+    message = str(error)
+    assert "EVIL" not in message and "\x1b" not in message and "not an HTTP answer" in message, message
+
+
 @pytest.mark.parametrize("body", [b"{not json", b"\xff\xfe", b'{"message": "a dict, not a list"}', b"null"])
 def test_fetch_services_bad_json(fake_docker, body):
     host = fake_docker(200, body)

@@ -137,12 +137,33 @@ def test_whole_app_body_equals_the_registry_rendering(accept):
     reading = collector.read()
     collector.read = lambda: reading  # type: ignore[method-assign]  # one duration for both sides
     body, content_type = MetricsApp(collector).body(accept)
-    encoder, expected_type = choose_encoder(accept)
+    encoder, _ = choose_encoder(accept)
+    # the two formats served, named without prometheus_client's escaping= (names are legacy)
+    expected_type = "application/openmetrics-text" if accept else "text/plain; version=0.0.4"
+    expected_type += "; version=1.0.0; charset=utf-8" if accept else "; charset=utf-8"
     reg = CollectorRegistry(auto_describe=False)
     reg.register(Fixed(ipvs_families(snap, "/ns", PORTS, Options())))
     reg.register(Fixed(collector.families(reading)))
     assert content_type == expected_type
     assert body == encoder(reg)
+
+
+@pytest.mark.parametrize("base", ["text/plain; version=1.0.0", "application/openmetrics-text; version=1.0.0"])
+@pytest.mark.parametrize("escaping", ["dots", "values", "underscores", "allow-utf-8"])
+def test_an_escaping_scheme_changes_no_family(base, escaping):
+    """All or none: the IPVS families and the registry's are written alike whatever escaping
+    the scraper asks for (every name is a legacy one, so none is escaped)."""
+    from ingress_ipvs_exporter.collector import IPVSCollector
+    from ingress_ipvs_exporter.exposition import MetricsApp
+
+    snap = Snapshot.build(EVERY_KIND)
+    collector = IPVSCollector("/ns", lambda: snap, lambda marks: PORTS, info=lambda: (0x010201, 4096))
+    collector._health = lambda state: []  # scrape durations differ between two scrapes
+    app = MetricsApp(collector)
+    plain, plain_type = app.body(base)
+    escaped, escaped_type = app.body(f"{base}; escaping={escaping}")
+    assert escaped == plain and escaped_type == plain_type
+    assert b"ipvs_connections_total" in escaped and b"__" not in escaped
 
 
 def test_chunks_hold_at_most_chunk_series_lines(monkeypatch):

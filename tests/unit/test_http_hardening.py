@@ -65,6 +65,19 @@ def test_a_password_over_72_bytes_is_401_not_500(tmp_path):
     assert "Traceback" not in open(exporter_log(url)).read()
 
 
+@pytest.mark.parametrize("scheme", ["basic", "BASIC", "bAsIc"])
+def test_the_basic_scheme_is_case_insensitive(tmp_path, scheme):
+    """RFC 7617 (and Go's net/http): the scheme name is case-insensitive."""
+    config = users_config(tmp_path, 4, u="p")
+    with running_exporter("--namespace-path", NS, "--web.config.file", config, probe=False) as (url, _):
+        token = base64.b64encode(b"u:p").decode()
+        request = f"GET /metrics HTTP/1.0\r\nAuthorization: {scheme} {token}\r\n\r\n".encode()
+        assert raw(url, request)[0].startswith(b"HTTP/1.0 200")
+        wrong = base64.b64encode(b"u:q").decode()
+        request = f"GET /metrics HTTP/1.0\r\nAuthorization: {scheme} {wrong}\r\n\r\n".encode()
+        assert raw(url, request)[0].startswith(b"HTTP/1.0 401")
+
+
 def _median_seconds(fn, n: int) -> float:
     times = []
     for _ in range(n):
@@ -422,3 +435,45 @@ def test_a_bad_scrape_timeout_header_is_400_with_one_debug_line():
         assert proc.poll() is None
     lines = [line for line in _check_log(url) if SCRAPE_TIMEOUT_HEADER in line]
     assert len(lines) == len(bad) and all("level=debug" in line for line in lines), lines
+
+
+# ---- content negotiation --------------------------------------------------------------------
+
+TEXT_004 = "text/plain; version=0.0.4; charset=utf-8"
+OPENMETRICS_100 = "application/openmetrics-text; version=1.0.0; charset=utf-8"
+
+
+@pytest.mark.parametrize(
+    "accept,content_type",
+    [
+        ("application/openmetrics-text; version=abc", TEXT_004),
+        ("application/openmetrics-text; version=1.x.0", TEXT_004),
+        ("application/openmetrics-text; version=2.0.0", TEXT_004),
+        ("text/plain; version=zzz", TEXT_004),
+        ("text/plain; version=1.0.0; escaping=dots", TEXT_004),
+        ("text/plain; version=7.0.0", TEXT_004),
+        ("application/openmetrics-text; version=1.0.0; escaping=dots", OPENMETRICS_100),
+        ("application/openmetrics-text; version=1.0.0; escaping=values", OPENMETRICS_100),
+        ("application/openmetrics-text; version=9.9.9, text/plain; version=0.0.4", TEXT_004),
+        ("application/openmetrics-text", OPENMETRICS_100),
+        ("APPLICATION/OpenMetrics-Text; Version=1.0.0", OPENMETRICS_100),
+        # what Prometheus 3 sends with metric_name_escaping_scheme: dots
+        (
+            "application/openmetrics-text;version=1.0.0;escaping=dots;q=0.6,"
+            "application/openmetrics-text;version=0.0.1;q=0.5,"
+            "text/plain;version=1.0.0;escaping=dots;q=0.4,text/plain;version=0.0.4;q=0.3,*/*;q=0.2",
+            OPENMETRICS_100,
+        ),
+    ],
+)
+def test_any_accept_header_gets_a_format_the_exporter_speaks(exporter, accept, content_type):
+    """An unknown version falls back to text 0.0.4 (never a 500); the Content-Type names only
+    the two formats served; an escaping scheme escapes no family (not some of them)."""
+    url, proc = exporter
+    status, headers, body = raw(url, f"GET /metrics HTTP/1.0\r\nAccept: {accept}\r\n\r\n".encode())
+    assert status.startswith(b"HTTP/1.0 200"), (status, body[:200])
+    assert headers["content-type"] == content_type
+    assert f'ipvs_up{{namespace="{NS}"}} 0.0'.encode() in body
+    assert b"ipvs__" not in body and b"process__" not in body
+    assert proc.poll() is None
+    assert "level=error" not in open(exporter_log(url)).read()

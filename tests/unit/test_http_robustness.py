@@ -167,3 +167,164 @@ def test_a_stalled_tls_handshake_does_not_block_tls_scrapes(cert):  # noqa: F811
                 with urllib.request.urlopen(https, timeout=10, context=ctx) as r:
                     assert r.status == 200 and "ipvs_up" in r.read().decode()
         assert proc.poll() is None
+
+
+# ---- the whole-request deadline and the connection bound -------------------------------------
+
+
+def _closed_yet(s: socket.socket) -> bool:
+    """Send one more byte; True when the server has closed the connection."""
+    try:
+        s.sendall(b"a")
+        s.setblocking(False)
+        try:
+            return s.recv(1) == b""
+        finally:
+            s.setblocking(True)
+    except BlockingIOError:
+        return False
+    except OSError:
+        return True  # a reset after its close
+
+
+def test_a_request_trickled_a_byte_at_a_time_is_dropped_at_the_client_timeout(monkeypatch):
+    """The client timeout (1 s here) bounds the whole request line and headers, not each
+    read: a header byte every 0.2 s for up to 20 s is cut off well before the end."""
+    monkeypatch.setenv("INGRESS_IPVS_EXPORTER_HTTP_TIMEOUT", "1")
+    with running_exporter("--namespace-path", NS) as (url, proc):
+        u = urlsplit(url)
+        with socket.create_connection((u.hostname, u.port), timeout=10) as s:
+            s.sendall(b"GET /metrics HTTP/1.0\r\nX-Slow: ")
+            sent = 0
+            while sent < 100 and not _closed_yet(s):
+                time.sleep(0.2)
+                sent += 1
+        assert sent < 100, "the server waited for the whole trickle"
+        assert scrape(url)[UP] == 0 and proc.poll() is None
+
+
+def _open_fds(pid: int) -> int:
+    import os
+
+    return len(os.listdir(f"/proc/{pid}/fd"))
+
+
+def test_more_slow_connections_than_descriptors_while_a_scraper_is_answered():
+    """RLIMIT_NOFILE 128 for the exporter, 300 connections trickling a never-ending header
+    (reopened when the exporter closes them): the connection bound (the default 512,
+    lowered to half of 128) keeps the exporter from running out of descriptors, the oldest
+    slow ones make room, and every scrape is answered within a 3 s client timeout."""
+    held = 300
+    prefix = ("prlimit", "--nofile=128")
+    with running_exporter("--namespace-path", NS, prefix=prefix) as (url, proc):
+        u = urlsplit(url)
+        slow: list[socket.socket] = []
+
+        def fill() -> None:  # back up to `held` open slow connections, each a byte further
+            for s in list(slow):
+                try:
+                    s.sendall(b"a")
+                except OSError:
+                    slow.remove(s)
+                    s.close()
+            while len(slow) < held:
+                s = socket.create_connection((u.hostname, u.port), timeout=10)
+                s.sendall(b"GET /metrics HTTP/1.1\r\nHost: x\r\nX-Slow: ")
+                slow.append(s)
+
+        try:
+            most = 0
+            for _ in range(10):
+                fill()
+                with urllib.request.urlopen(url, timeout=3) as r:
+                    assert r.status == 200 and f'ipvs_up{{namespace="{NS}"}} 0.0' in r.read().decode()
+                most = max(most, _open_fds(proc.pid))
+            assert most < 128, most
+            assert proc.poll() is None
+        finally:
+            for s in slow:
+                s.close()
+    with open(f"/tmp/exporter-{u.port}.log") as f:
+        log = f.read()
+    assert "Traceback" not in log and "level=error" not in log, log
+    assert "--web.max-connections 512 lowered to 64" in log, log
+    assert log.count("connections open (--web.max-connections)") == 1, log  # rate-limited
+
+
+class _Clock:
+    def __init__(self) -> None:
+        self.now, self.slept = 0.0, []
+
+    def __call__(self) -> float:
+        return self.now
+
+    def sleep(self, seconds: float) -> None:
+        self.slept.append(seconds)
+        self.now += seconds
+
+
+def _closed_by_server(peer: socket.socket) -> bool:
+    peer.settimeout(5)
+    try:
+        return peer.recv(1) == b""
+    except OSError:
+        return True
+
+
+def test_the_bound_closes_the_oldest_connection_still_sending_its_request(caplog):
+    from ingress_ipvs_exporter.server import Connections
+
+    clock = _Clock()
+    conns = Connections(3, clock=clock, sleep=clock.sleep)
+    pairs = [socket.socketpair() for _ in range(6)]
+    try:
+        ours = [a for a, _ in pairs]
+        assert all(conns.add(s) for s in ours[:3])
+        conns.answering(ours[0])  # a response in progress: never closed to make room
+        assert conns.add(ours[3]) and _closed_by_server(pairs[1][1])  # the oldest still reading
+        clock.now += 30
+        assert conns.add(ours[4]) and _closed_by_server(pairs[2][1])
+        assert len(conns) == 3
+        for s in ours[3:5]:
+            conns.answering(s)
+        clock.now += 30
+        assert not conns.add(ours[5])  # every one is being answered: the new one is refused
+        conns.remove(ours[0])
+        assert conns.add(ours[5])
+    finally:
+        for a, b in pairs:
+            a.close()
+            b.close()
+    said = [r for r in caplog.records if "--web.max-connections" in r.getMessage()]
+    assert len(said) == 2, [r.getMessage() for r in said]  # at t=0 and t=60, not at t=30
+    assert "refusing new ones" in said[1].getMessage()
+
+
+def test_out_of_descriptors_makes_room_backs_off_and_warns_once_a_minute(caplog):
+    import errno
+
+    from ingress_ipvs_exporter.server import Connections
+
+    clock = _Clock()
+    conns = Connections(0, clock=clock, sleep=clock.sleep)  # no bound: only EMFILE limits
+    pairs = [socket.socketpair() for _ in range(2)]
+    emfile = OSError(errno.EMFILE, "Too many open files")
+    try:
+        for a, _ in pairs:
+            assert conns.add(a)
+        conns.out_of_descriptors(emfile)
+        assert _closed_by_server(pairs[0][1]) and len(conns) == 1
+        for _ in range(10):
+            conns.out_of_descriptors(emfile)
+        assert clock.slept[:4] == [0.01, 0.02, 0.04, 0.08] and clock.slept[-1] == 1.0
+        conns.accepted()
+        clock.now += 60
+        conns.out_of_descriptors(emfile)
+        assert clock.slept[-1] == 0.01
+    finally:
+        for a, b in pairs:
+            a.close()
+            b.close()
+    said = [r for r in caplog.records if "cannot accept connections" in r.getMessage()]
+    assert len(said) == 2, [r.getMessage() for r in said]  # the first, then a minute later
+    assert "Too many open files" in said[0].getMessage()

@@ -191,6 +191,21 @@ REFUSED = {
     "client CA without client auth": (TLS + "  client_ca_file: cert.pem\n", "client_ca_file"),
     "inline cert": (TLS + "  cert: '-----BEGIN CERTIFICATE-----'\n", "tls_server_config.cert"),
     "rate_limit": ("rate_limit:\n  interval: 1s\n  burst: 5\n", "rate_limit"),
+    # nine levels of nine aliases: a billion strings if expanded, as its error message once did
+    "alias bomb": (
+        "tls_server_config: [&a [lol, lol, lol, lol, lol, lol, lol, lol, lol], "
+        + ", ".join(f"&{b} [{', '.join(['*' + a] * 9)}]" for a, b in zip("abcdefgh", "bcdefghi"))
+        + "]\n",
+        "aliases are expanded",
+    ),
+    "nested too deep": ("tls_server_config: " + "[" * 5000 + "]" * 5000 + "\n", "nested too deep"),
+    "over 1 MiB": ("#" * (1 << 20) + "\n", "larger than 1048576 bytes"),
+    "a duplicate next to a merge key": (
+        "http_server_config:\n  headers:\n    <<: {X-Frame-Options: deny}\n"
+        "    X-Content-Type-Options: nosniff\n    X-Content-Type-Options: nosniff\n",
+        "duplicate key 'X-Content-Type-Options'",
+    ),
+    "a long value in a message": ("tls_server_config: [" + "x" * 100_000 + "]\n", "must be a mapping"),
 }
 
 
@@ -201,7 +216,85 @@ def test_web_config_fails_closed_with_one_line_naming_the_key(cert, what):
     assert res.returncode == 2, res.stderr
     lines = res.stderr.strip().splitlines()
     assert len(lines) == 1 and needle in lines[0] and "--web.config.file" in lines[0], res.stderr
-    assert "Traceback" not in res.stderr
+    assert "Traceback" not in res.stderr and len(lines[0]) < 400
+
+
+def _fifo(d, name: str) -> str:
+    import os
+
+    path = d / name
+    if not path.exists():
+        os.mkfifo(path)
+    return str(path)
+
+
+@pytest.mark.parametrize("which", ["/dev/zero", "fifo", "client_ca_file fifo", "key_file fifo"])
+def test_a_web_config_or_tls_file_that_is_not_a_regular_file_is_one_line(cert, tmp_path, which):
+    """A device or a FIFO would be read without end or block start-up for good."""
+    import shutil
+
+    if which == "/dev/zero":
+        config = "/dev/zero"
+    elif which == "fifo":
+        config = _fifo(tmp_path, "web.yml")
+    else:
+        for f in ("cert.pem", "key.pem"):
+            shutil.copy(cert / f, tmp_path / f)
+        key = _fifo(tmp_path, "key.fifo") if which == "key_file fifo" else "key.pem"
+        text = f"tls_server_config:\n  cert_file: cert.pem\n  key_file: {key}\n"
+        if which == "client_ca_file fifo":
+            text += (
+                f"  client_auth_type: RequireAndVerifyClientCert\n  client_ca_file: {_fifo(tmp_path, 'ca')}\n"
+            )
+        (tmp_path / "web.yml").write_text(text)
+        config = str(tmp_path / "web.yml")
+    res = subprocess.run(
+        [exporter_command(), "--listen-address", "127.0.0.1:0", "--web.config.file", config],
+        capture_output=True,
+        text=True,
+        timeout=15,
+    )
+    lines = res.stderr.strip().splitlines()
+    assert res.returncode == 2 and len(lines) == 1 and "not a regular file" in lines[0], res.stderr
+
+
+def encrypted_key(d, plain) -> str:
+    out = str(d / "encrypted.key")
+    cmd = ["openssl", "pkey", "-in", str(plain), "-aes256", "-passout", "pass:secret", "-out", out]
+    subprocess.run(cmd, check=True, capture_output=True, timeout=60)
+    return out
+
+
+def test_an_encrypted_key_at_start_up_is_one_line_never_a_prompt(cert, tmp_path):
+    """setsid: no controlling terminal, so OpenSSL's own prompt could neither wait nor hide."""
+    import shutil
+
+    shutil.copy(cert / "cert.pem", tmp_path / "cert.pem")
+    shutil.copy(encrypted_key(tmp_path, cert / "key.pem"), tmp_path / "key.pem")
+    (tmp_path / "web.yml").write_text(TLS)
+    res = subprocess.run(
+        ["setsid", exporter_command(), "--listen-address", "127.0.0.1:0"]
+        + ["--web.config.file", str(tmp_path / "web.yml")],
+        capture_output=True,
+        text=True,
+        timeout=15,
+        stdin=subprocess.DEVNULL,
+    )
+    lines = (res.stdout + res.stderr).strip().splitlines()
+    assert res.returncode == 2 and len(lines) == 1 and "is encrypted" in lines[0], res.stdout + res.stderr
+
+
+def test_a_merge_key_is_accepted_and_overridden_as_in_go(cert):
+    path = cert / "web.yml"
+    path.write_text(
+        "http_server_config:\n  headers:\n"
+        "    <<: {X-Frame-Options: deny, X-Content-Type-Options: nosniff}\n"
+        "    X-Frame-Options: sameorigin\n"
+    )
+    with running_exporter("--namespace-path", "/nonexistent/ns", "--web.config.file", str(path)) as (url, _):
+        with urllib.request.urlopen(url, timeout=10) as r:
+            assert r.headers["X-Frame-Options"] == "sameorigin"
+            assert r.headers["X-Content-Type-Options"] == "nosniff"
 
 
 def openssl_cert(d, name: str, san: str, ca: str | None = None) -> tuple[str, str]:
@@ -406,3 +499,33 @@ def test_certificate_rotation(pki, tmp_path):
     with open(exporter_log(url)) as f:
         said = [line for line in f if "do not load" in line]
     assert len(said) == 1 and "level=warning" in said[0], said
+
+
+def test_a_rotation_to_an_encrypted_key_keeps_the_old_pair(pki, tmp_path):
+    """The accept loop never waits on a pass phrase: the old pair keeps serving, one warning,
+    and a good pair put in place afterwards is taken up (setsid: no terminal to prompt on)."""
+    import shutil
+
+    for f in ("server.crt", "server.key"):
+        shutil.copy(pki / f, tmp_path / f)
+    config = tmp_path / "web.yml"
+    config.write_text("tls_server_config:\n  cert_file: server.crt\n  key_file: server.key\n")
+    args = ("--namespace-path", "/nonexistent/ns", "--web.config.file", str(config))
+    with running_exporter(*args, probe=False, prefix=("setsid",)) as (url, proc):
+        with tls_conn(url, pki) as s:
+            first = s.getpeercert(binary_form=True)
+        shutil.copy(encrypted_key(tmp_path, pki / "server.key"), tmp_path / "server.key")
+        for _ in range(3):
+            with tls_conn(url, pki) as s:
+                assert s.getpeercert(binary_form=True) == first
+        new_crt, new_key = openssl_cert(tmp_path, "server3", "IP:127.0.0.1", str(pki / "ca"))
+        shutil.copy(new_key, tmp_path / "server.key")
+        shutil.copy(new_crt, tmp_path / "server.crt")
+        with tls_conn(url, pki) as s:
+            assert s.getpeercert(binary_form=True) == ssl.PEM_cert_to_DER_cert(open(new_crt).read())
+        assert proc.poll() is None
+    with open(exporter_log(url)) as f:
+        text = f.read()
+    said = [line for line in text.splitlines() if "do not load" in line]
+    assert len(said) == 1 and "is encrypted" in said[0] and "level=warning" in said[0], text
+    assert "pass phrase" not in text.lower()
