@@ -33,6 +33,19 @@
 #define RCVBUF_BYTES   (8 * 1024 * 1024)
 #define MSGBUF_BYTES   (64 * 1024)
 #define RECV_TIMEOUT_S 10
+#define SYSCTL_DIR     "/proc/sys/net/ipv4/vs"
+
+/* The integer settings of /proc/sys/net/ipv4/vs that change how IPVS treats connections
+ * (index = the sysctl arrays' index). Files holding several values or text are left out. */
+static const char *const sysctl_names[IPVS_NSYSCTL] = {
+    "conn_reuse_mode", "expire_nodest_conn", "expire_quiescent_template",
+    "conntrack",       "sloppy_tcp",         "sloppy_sctp",
+    "schedule_icmp",   "ignore_tunneled",    "run_estimation",
+    "backup_only",     "cache_bypass",       "drop_entry",
+    "drop_packet",     "secure_tcp",         "nat_icmp_send",
+    "pmtu_disc",       "snat_reroute",       "sync_version",
+    "sync_ports",      "sync_persist_mode",
+};
 
 struct priv {
     struct nl_sock *sk;
@@ -41,7 +54,9 @@ struct priv {
     int cb_err;       /* first error seen inside a callback (negative errno) */
     uint32_t cur_svc; /* service row that GET_DEST replies belong to */
     uint32_t info_version, info_tab_size;
-    uint32_t *slots, cap_slots; /* hash table reused by the duplicate-dropping passes */
+    uint32_t *slots, cap_slots;  /* hash table reused by the duplicate-dropping passes */
+    int sysctl_fd[IPVS_NSYSCTL]; /* opened in the namespace by ipvs_open; -1: see _err */
+    int sysctl_open_err[IPVS_NSYSCTL];
 };
 
 /* ---- error mapping ------------------------------------------------------ */
@@ -168,6 +183,16 @@ static void move_dest_row(struct ipvs_handle *h, uint32_t w, uint32_t r)
 static struct nla_policy cmd_policy[IPVS_CMD_ATTR_MAX + 1] = {
     [IPVS_CMD_ATTR_SERVICE] = {.type = NLA_NESTED},
     [IPVS_CMD_ATTR_DEST] = {.type = NLA_NESTED},
+    [IPVS_CMD_ATTR_DAEMON] = {.type = NLA_NESTED},
+    [IPVS_CMD_ATTR_TIMEOUT_TCP] = {.type = NLA_U32},
+    [IPVS_CMD_ATTR_TIMEOUT_TCP_FIN] = {.type = NLA_U32},
+    [IPVS_CMD_ATTR_TIMEOUT_UDP] = {.type = NLA_U32},
+};
+
+static struct nla_policy daemon_policy[IPVS_DAEMON_ATTR_MAX + 1] = {
+    [IPVS_DAEMON_ATTR_STATE] = {.type = NLA_U32},
+    [IPVS_DAEMON_ATTR_MCAST_IFN] = {.type = NLA_STRING},
+    [IPVS_DAEMON_ATTR_SYNC_ID] = {.type = NLA_U32},
 };
 
 static struct nla_policy svc_policy[IPVS_SVC_ATTR_MAX + 1] = {
@@ -248,13 +273,13 @@ static int read_row_stats(struct nlattr *stats64, struct nlattr *stats32, uint64
     return 0;
 }
 
-/* A NUL-terminated name into a fixed slot, cut to fit. */
-static void read_name(struct nlattr *a, char *out)
+/* A NUL-terminated name into a fixed slot of `size` bytes, cut to fit. */
+static void read_name_into(struct nlattr *a, char *out, int size)
 {
-    memset(out, 0, IPVS_NAME_LEN);
+    memset(out, 0, size);
     if (a) {
         int n = nla_len(a);
-        memcpy(out, nla_data(a), n >= IPVS_NAME_LEN ? IPVS_NAME_LEN - 1 : n);
+        memcpy(out, nla_data(a), n >= size ? size - 1 : n);
     }
 }
 
@@ -293,7 +318,8 @@ static int parse_service(struct ipvs_handle *h, struct nlattr *nest)
     row[IPVS_SVC_NETMASK] = u32_or0(s[IPVS_SVC_ATTR_NETMASK]);
     row[IPVS_SVC_DEST_FIRST] = h->n_dst;
     read_addr(s[IPVS_SVC_ATTR_ADDR], h->svc_addr + (size_t)i * IPVS_ADDR_LEN);
-    read_name(s[IPVS_SVC_ATTR_SCHED_NAME], h->svc_sched + (size_t)i * IPVS_NAME_LEN);
+    read_name_into(s[IPVS_SVC_ATTR_SCHED_NAME], h->svc_sched + (size_t)i * IPVS_NAME_LEN,
+                   IPVS_NAME_LEN);
     if (read_row_stats(s[IPVS_SVC_ATTR_STATS64], s[IPVS_SVC_ATTR_STATS],
                        h->svc_stats + (size_t)i * IPVS_NSTATS))
         h->stats64 = 1;
@@ -338,7 +364,37 @@ static uint16_t service_af(const struct ipvs_handle *h, uint32_t svc)
     return svc < h->n_svc ? (uint16_t)h->svc_u32[(size_t)svc * IPVS_SVC_NCOLS + IPVS_SVC_AF] : 0;
 }
 
-/* One genetlink message of a GET_SERVICE or GET_DEST reply. */
+/* A GET_CONFIG reply: the three timeouts (an attribute left out reads 0). */
+static int parse_config(struct ipvs_handle *h, struct nlattr **attrs)
+{
+    h->settings.timeout_tcp = u32_or0(attrs[IPVS_CMD_ATTR_TIMEOUT_TCP]);
+    h->settings.timeout_tcp_fin = u32_or0(attrs[IPVS_CMD_ATTR_TIMEOUT_TCP_FIN]);
+    h->settings.timeout_udp = u32_or0(attrs[IPVS_CMD_ATTR_TIMEOUT_UDP]);
+    return 0;
+}
+
+/* One message of a GET_DAEMON reply: a running daemon. */
+static int parse_daemon(struct ipvs_handle *h, struct nlattr *nest)
+{
+    struct nlattr *d[IPVS_DAEMON_ATTR_MAX + 1];
+    struct ipvs_daemon *out;
+    int err;
+    if (!nest)
+        return -EPROTO;
+    if ((err = nla_parse_nested(d, IPVS_DAEMON_ATTR_MAX, nest, daemon_policy)) < 0)
+        return nle_to_errno(err);
+    if (!d[IPVS_DAEMON_ATTR_STATE])
+        return -EPROTO;
+    if (h->settings.n_daemons >= IPVS_MAX_DAEMONS)
+        return -E2BIG;
+    out = &h->settings.daemons[h->settings.n_daemons++];
+    out->state = nla_get_u32(d[IPVS_DAEMON_ATTR_STATE]);
+    out->sync_id = u32_or0(d[IPVS_DAEMON_ATTR_SYNC_ID]);
+    read_name_into(d[IPVS_DAEMON_ATTR_MCAST_IFN], out->mcast_ifn, IPVS_IFNAME_LEN);
+    return 0;
+}
+
+/* One genetlink message of a GET_SERVICE, GET_DEST, GET_CONFIG or GET_DAEMON reply. */
 static int parse_nlmsg(struct ipvs_handle *h, enum ipvs_msg_kind kind, struct nlmsghdr *nlh)
 {
     struct nlattr *attrs[IPVS_CMD_ATTR_MAX + 1];
@@ -346,6 +402,10 @@ static int parse_nlmsg(struct ipvs_handle *h, enum ipvs_msg_kind kind, struct nl
     int err = genlmsg_parse(nlh, 0, attrs, IPVS_CMD_ATTR_MAX, cmd_policy);
     if (err < 0)
         return nle_to_errno(err);
+    if (kind == IPVS_MSG_CONFIG)
+        return parse_config(h, attrs);
+    if (kind == IPVS_MSG_DAEMON)
+        return parse_daemon(h, attrs[IPVS_CMD_ATTR_DAEMON]);
     if (kind == IPVS_MSG_SERVICE) {
         if (!attrs[IPVS_CMD_ATTR_SERVICE])
             return -EPROTO;
@@ -377,6 +437,16 @@ static int on_valid_svc(struct nl_msg *msg, void *arg)
 static int on_valid_dst(struct nl_msg *msg, void *arg)
 {
     return on_valid_row(arg, IPVS_MSG_DEST, msg);
+}
+
+static int on_valid_config(struct nl_msg *msg, void *arg)
+{
+    return on_valid_row(arg, IPVS_MSG_CONFIG, msg);
+}
+
+static int on_valid_daemon(struct nl_msg *msg, void *arg)
+{
+    return on_valid_row(arg, IPVS_MSG_DAEMON, msg);
 }
 
 static int on_valid_info(struct nl_msg *msg, void *arg)
@@ -685,6 +755,76 @@ int ipvs_get_info(struct ipvs_handle *h, uint32_t *version, uint32_t *conn_tab_s
     return 0;
 }
 
+/* One request of ipvs_get_settings: what the kernel refused or a reply failed to parse goes
+ * to *part_err (the reply stream was read to its end); a failure of the socket itself is
+ * returned. */
+static int settings_request(struct ipvs_handle *h, int cmd, int flags, nl_recvmsg_msg_cb_t valid,
+                            int *part_err)
+{
+    struct priv *pv = h->priv;
+    struct nl_msg *msg = new_request(h, cmd, flags);
+    int err;
+    if (!msg)
+        return -ENOMEM;
+    err = transact(h, msg, valid);
+    *part_err = pv->cb_err;
+    return pv->cb_err ? 0 : err;
+}
+
+/* Whole file: one decimal integer and a newline, as the kernel writes an int sysctl. */
+static int read_sysctl(int fd, int64_t *out)
+{
+    char buf[32], *end;
+    ssize_t n = pread(fd, buf, sizeof(buf) - 1, 0);
+    long long v;
+    if (n < 0)
+        return -errno;
+    buf[n] = '\0';
+    errno = 0;
+    v = strtoll(buf, &end, 10);
+    if (end == buf || errno || (*end && strcmp(end, "\n") != 0))
+        return -EINVAL;
+    *out = v;
+    return 0;
+}
+
+int ipvs_get_settings(struct ipvs_handle *h)
+{
+    struct ipvs_settings *s;
+    struct priv *pv;
+    int err;
+    if (!h || !h->priv || !((struct priv *)h->priv)->sk)
+        return -EBADF;
+    pv = h->priv;
+    s = &h->settings;
+    memset(s, 0, sizeof(*s));
+    for (int i = 0; i < IPVS_NSYSCTL; i++)
+        s->sysctl_err[i] = pv->sysctl_fd[i] < 0 ? pv->sysctl_open_err[i]
+                                                : read_sysctl(pv->sysctl_fd[i], &s->sysctl[i]);
+    if ((err = settings_request(h, IPVS_CMD_GET_CONFIG, 0, on_valid_config, &s->config_err)))
+        return err;
+    /* the kernel answers GET_DAEMON as a dump only */
+    return settings_request(h, IPVS_CMD_GET_DAEMON, NLM_F_DUMP, on_valid_daemon, &s->daemon_err);
+}
+
+const char *ipvs_sysctl_name(int i)
+{
+    return i >= 0 && i < IPVS_NSYSCTL ? sysctl_names[i] : "";
+}
+
+/* Open the namespace's sysctl files, from the thread that is in it now; a file that cannot
+ * be opened keeps its errno (-ENOENT: this kernel or namespace has no such setting). */
+static void open_sysctls(struct priv *pv)
+{
+    int dir = open(SYSCTL_DIR, O_RDONLY | O_DIRECTORY | O_CLOEXEC), dir_err = -errno;
+    for (int i = 0; i < IPVS_NSYSCTL; i++) {
+        pv->sysctl_fd[i] = dir < 0 ? -1 : openat(dir, sysctl_names[i], O_RDONLY | O_CLOEXEC);
+        pv->sysctl_open_err[i] = dir < 0 ? dir_err : pv->sysctl_fd[i] < 0 ? -errno : 0;
+    }
+    if (dir >= 0)
+        close(dir);
+}
+
 /* ---- handles ------------------------------------------------------------ */
 
 static int handle_alloc(struct ipvs_handle **out)
@@ -696,6 +836,10 @@ static int handle_alloc(struct ipvs_handle **out)
     if (!h->priv) {
         free(h);
         return -ENOMEM;
+    }
+    for (int i = 0; i < IPVS_NSYSCTL; i++) { /* no sysctl until ipvs_open opens them */
+        ((struct priv *)h->priv)->sysctl_fd[i] = -1;
+        ((struct priv *)h->priv)->sysctl_open_err[i] = h->settings.sysctl_err[i] = -ENOENT;
     }
     *out = h;
     return 0;
@@ -709,8 +853,12 @@ void ipvs_close(struct ipvs_handle *h)
     pv = h->priv;
     if (pv && pv->sk)
         nl_socket_free(pv->sk);
-    if (pv)
+    if (pv) {
         free(pv->slots);
+        for (int i = 0; i < IPVS_NSYSCTL; i++)
+            if (pv->sysctl_fd[i] >= 0)
+                close(pv->sysctl_fd[i]);
+    }
     free(pv);
     free(h->svc_u32);
     free(h->svc_stats);
@@ -801,6 +949,8 @@ int ipvs_open(const char *netns_path, struct ipvs_handle **out)
     h->ns_dev = (uint64_t)st.st_dev;
     h->ns_ino = (uint64_t)st.st_ino;
     err = connect_here(h->priv);
+    if (!err)
+        open_sysctls(h->priv);
     if (switched && setns(self, CLONE_NEWNET) < 0)
         err = -ENOTRECOVERABLE;
 fail:
@@ -827,7 +977,7 @@ int ipvs_handle_new_offline(struct ipvs_handle **out)
 int ipvs_parse_message(struct ipvs_handle *h, enum ipvs_msg_kind kind, const void *msg, size_t len)
 {
     struct nlmsghdr *nlh = (struct nlmsghdr *)msg;
-    if (!h || !msg || (kind != IPVS_MSG_SERVICE && kind != IPVS_MSG_DEST))
+    if (!h || !msg || (unsigned)kind > IPVS_MSG_DAEMON)
         return -EINVAL;
     if (len < NLMSG_HDRLEN || nlh->nlmsg_len < NLMSG_HDRLEN || nlh->nlmsg_len > len)
         return -EMSGSIZE;

@@ -20,9 +20,18 @@ from prometheus_client import ProcessCollector
 from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, Metric
 from prometheus_client.registry import Collector, CollectorRegistry
 
-from .ipvs import IPVSError, NamespaceNotFound, NotANamespace, ReadTimeout, Snapshot, describe_namespace
+from .ipvs import (
+    IPVSError,
+    NamespaceNotFound,
+    NotANamespace,
+    ReadTimeout,
+    Settings,
+    Snapshot,
+    describe_namespace,
+)
 from .logonce import LogOnce
 from .metrics import DEFAULT_OPTIONS, Options, Ports, Vips
+from .settings import settings_families
 
 log = logging.getLogger(__name__)
 
@@ -53,12 +62,14 @@ class SwarmOwner(Protocol):
 
 @dataclass(frozen=True)
 class Reading:
-    """What one scrape read: the snapshot (None when IPVS could not be read) and the
-    fwmark -> published ports and fwmark -> VIPs maps of its fwmarks."""
+    """What one scrape read: the snapshot (None when IPVS could not be read), the
+    fwmark -> published ports and fwmark -> VIPs maps of its fwmarks, and the namespace's
+    settings (None when not read: see settings.settings_families)."""
 
     snapshot: Snapshot | None
     ports: Ports = field(default_factory=dict)
     vips: Vips = field(default_factory=dict)
+    settings: Settings | None = None
 
 
 @dataclass
@@ -70,6 +81,7 @@ class _State:
     ports: Ports = field(default_factory=dict)
     info: tuple[int, int] | None = None
     marks: tuple[int, ...] = ()  # the snapshot's fwmarks, for the swarm names
+    settings: Settings | None = None
 
 
 class IPVSCollector:
@@ -80,6 +92,7 @@ class IPVSCollector:
     snapshot: returns a Snapshot (raises IPVSError when IPVS cannot be read).
     ports: fwmarks -> {fwmark: [PublishedPort, ...]}; vips: fwmarks -> {fwmark: [VIP, ...]}.
     info: returns (IPVS version, connection table size); swarm: names fwmark services.
+    settings: returns the namespace's Settings (not read under original_only).
     optional: a namespace matched by a glob, whose absence is no error worth a log line.
     """
 
@@ -93,6 +106,7 @@ class IPVSCollector:
         swarm: SwarmNames | None = None,
         vips: Callable[[Iterable[int]], Vips] | None = None,
         optional: bool = False,
+        settings: Callable[[], Settings] | None = None,
     ) -> None:
         self.namespace = namespace
         self.options = options
@@ -102,10 +116,12 @@ class IPVSCollector:
         self._swarm = swarm
         self._vips = vips
         self._optional = optional
+        self._settings = settings if not options.original_only else None
         self.last_error: IPVSError | None = None
         self._state = _State()
         self._errors: dict[str, int] = {}
         self._said = LogOnce(log)
+        self._settings_said = LogOnce(log)  # never reset: a setting unreadable is said once
         self._lock = threading.Lock()
 
     def read(self) -> Reading:
@@ -122,11 +138,26 @@ class IPVSCollector:
             with self._lock:
                 self._state = _State(0, time.monotonic() - start)
             return Reading(None)
+        settings = self._read_settings()
         self._said.reset()
         self.last_error = None
         with self._lock:
-            self._state = _State(1, time.monotonic() - start, ports, info, marks)
-        return Reading(snap, ports, vips)
+            self._state = _State(1, time.monotonic() - start, ports, info, marks, settings)
+        return Reading(snap, ports, vips, settings)
+
+    def _read_settings(self) -> Settings | None:
+        """The namespace's settings, or None; what could not be read is logged once per kind
+        (a namespace that has it for good must not fill the log) and costs no other family."""
+        if self._settings is None:
+            return None
+        try:
+            settings = self._settings()
+        except IPVSError as e:
+            self._settings_said.log(("settings", e.errno), logging.WARNING, "%s", e.strerror or e)
+            return None
+        for key, message in settings.problems:
+            self._settings_said.log(key, logging.WARNING, "%s", message)
+        return settings
 
     def readings(self, scrape_timeout: float | None = None) -> list[tuple[IPVSCollector, Reading]]:
         """This one namespace read now (what exposition.MetricsApp asks of its source; one
@@ -151,6 +182,7 @@ class IPVSCollector:
                 yield from self._ipvs_info(*state.info)
             if self._swarm is not None:
                 yield from self._swarm_families(state.marks, state.ports)
+            yield from settings_families(self.namespace, state.settings)
         yield from self._health(state)
 
     def _swarm_families(self, marks: Iterable[int], ports: Ports) -> list[Metric]:

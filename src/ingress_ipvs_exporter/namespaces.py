@@ -53,7 +53,15 @@ def opener(options: Options, swarm: SwarmNames | None) -> Opener:
     def open_namespace(path: str, globbed: bool) -> tuple[IPVSCollector, Callable[[], None]]:
         handle, marks = Handle(path), PortMap(path)
         collector = IPVSCollector(
-            path, handle.snapshot, marks.lookup, options, handle.info, swarm, marks.vips, globbed
+            path,
+            handle.snapshot,
+            marks.lookup,
+            options,
+            handle.info,
+            swarm,
+            marks.vips,
+            globbed,
+            handle.settings,
         )
 
         def close() -> None:

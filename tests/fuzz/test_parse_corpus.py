@@ -343,7 +343,7 @@ def test_truncated_messages_fail_cleanly():
 def test_bad_arguments():
     msg = _real("svc-tcp4-192_0_2_10-80.bin")
     with Offline() as h:
-        assert h.parse(2, msg) == -errno.EINVAL
+        assert h.parse(4, msg) == -errno.EINVAL
         assert h.parse(0xFFFFFFFF, msg) == -errno.EINVAL  # -1 from a C caller
         assert lib.ipvs_parse_message(h.h, 0, ffi.NULL, 0) == -errno.EINVAL
         assert lib.ipvs_parse_message(ffi.NULL, 0, ffi.new("uint8_t[]", msg), len(msg)) == -errno.EINVAL
