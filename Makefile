@@ -126,10 +126,13 @@ test-leaks: deps-test venv
 slowloris: venv
 	SLOWLORIS_SECONDS=$${SLOWLORIS_SECONDS:-600} $(PYTEST) -q -s tests/unit/test_slowloris.py
 
-## 10,000 scrapes of the exporter while IPVS and its namespace churn, in the VM -> build/vm/soak.json
+## in the VM: 10,000 scrapes of the exporter while IPVS and its namespace churn -> build/vm/soak.json,
+## then 10 minutes of an HA pair's concurrent scrapes under traffic and churn -> build/vm/ha-scrapes.json
+## (SOAK_TESTS=tests/kernel/test_ha_scrapes_kernel.py for the second alone)
+SOAK_TESTS ?= tests/kernel/test_soak_kernel.py tests/kernel/test_ha_scrapes_kernel.py
 soak: deps-test venv
-	VM_TIMEOUT=$${VM_TIMEOUT:-5400} $(VM) -- env SOAK_SCRAPES=$${SOAK_SCRAPES:-10000} SOAK_RECREATES=$${SOAK_RECREATES:-5} \
-	  python -m pytest -p no:cacheprovider -q -s -m kernel tests/kernel/test_soak_kernel.py
+	VM_TIMEOUT=$${VM_TIMEOUT:-7200} $(VM) --memory 3G -- env SOAK_SCRAPES=$${SOAK_SCRAPES:-10000} SOAK_RECREATES=$${SOAK_RECREATES:-5} \
+	  HA_SECONDS=$${HA_SECONDS:-600} python -m pytest -p no:cacheprovider -q -s -m kernel $(SOAK_TESTS)
 
 clean:
 	rm -rf build dist src/*.egg-info src/ingress_ipvs_exporter/_ipvs_cffi*.so src/ingress_ipvs_exporter/_ipvs_cffi.c

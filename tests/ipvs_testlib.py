@@ -144,10 +144,11 @@ def running_exporter(
     probe: bool = True,
     listen_flag: str = "--listen-address",
     prefix: tuple = (),
+    env: dict[str, str] | None = None,
 ):
     """Start the exporter on a free loopback port; yield (metrics URL, process).
     probe=False only waits for the port to accept (for TLS or auth set-ups);
-    prefix: a command that runs the exporter (e.g. setpriv ...)."""
+    prefix: a command that runs the exporter (e.g. setpriv ...); env: variables to add."""
     port = free_port()
     url = f"http://127.0.0.1:{port}/metrics"
     log = open(exporter_log(url), "w+")
@@ -155,6 +156,7 @@ def running_exporter(
         [*prefix, exporter_command(), listen_flag, f"127.0.0.1:{port}", *args],
         stdout=log,
         stderr=subprocess.STDOUT,
+        env={**os.environ, **env} if env else None,
     )
     try:
         deadline = time.monotonic() + timeout

@@ -17,7 +17,7 @@ from typing import Optional
 import typer
 
 from . import __version__, flags, memory, server
-from .collector import exporter_registry
+from .collector import exporter_collectors
 from .docker import DockerServices
 from .exposition import MetricsApp
 from .ipvs import NamespaceNotFound, NotANamespace
@@ -81,7 +81,7 @@ def run(
     swarm = DockerServices(docker_host, timeout=10.0) if docker_host else None
 
     namespaces = Namespaces(namespace_path, opener(options, swarm), options)
-    metrics = MetricsApp(namespaces, exporter_registry(namespaces, exporter_metrics=not no_self))
+    metrics = MetricsApp(namespaces, exporter_collectors(exporter_metrics=not no_self))
     try:
         startup_error = namespaces.check()
     except NotANamespace as e:

@@ -1,5 +1,5 @@
-"""One scrape of a namespace: its snapshot and port map for the renderer, and the exporter's
-own families (IPVS info, swarm names, health) as a prometheus_client Collector.
+"""One read of a namespace: its snapshot and port map for the renderer, and the families
+about that read (IPVS info, swarm names, health), built from the read's own Reading.
 
 The data sources are injected: production passes a live Handle's methods, tests pass
 snapshots they made. The IPVS families themselves are rendered by exposition.Renderer.
@@ -18,7 +18,7 @@ from typing import Protocol
 
 from prometheus_client import ProcessCollector
 from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, Metric
-from prometheus_client.registry import Collector, CollectorRegistry
+from prometheus_client.registry import Collector
 
 from .ipvs import (
     IPVSError,
@@ -62,32 +62,35 @@ class SwarmOwner(Protocol):
 
 @dataclass(frozen=True)
 class Reading:
-    """What one scrape read: the snapshot (None when IPVS could not be read), the
-    fwmark -> published ports and fwmark -> VIPs maps of its fwmarks, and the namespace's
-    settings (None when not read: see settings.settings_families)."""
+    """What one read of a namespace found, and how it went: a value that belongs to the scrape
+    that asked for it, so two concurrent scrapes never mix their health families.
+
+    snapshot: None when IPVS could not be read (error says why); ports and vips: fwmark ->
+    published ports and fwmark -> VIPs of the snapshot's fwmarks; info: (IPVS version,
+    connection table size) when read; settings: the namespace's settings (None when not read:
+    see settings.settings_families); seconds: how long the read took.
+    """
 
     snapshot: Snapshot | None
     ports: Ports = field(default_factory=dict)
     vips: Vips = field(default_factory=dict)
-    settings: Settings | None = None
-
-
-@dataclass
-class _State:
-    """The last scrape's outcome, for the families collect() yields."""
-
-    up: int | None = None  # None: no scrape yet
-    seconds: float = 0.0
-    ports: Ports = field(default_factory=dict)
     info: tuple[int, int] | None = None
-    marks: tuple[int, ...] = ()  # the snapshot's fwmarks, for the swarm names
     settings: Settings | None = None
+    seconds: float = 0.0
+    error: IPVSError | None = None
+
+    @property
+    def up(self) -> int:
+        return 0 if self.snapshot is None else 1
 
 
 class IPVSCollector:
-    """Reads one namespace's IPVS per scrape (read()) and yields the families about that
-    read (collect()): ipvs_version_info and ipvs_connection_table_size, the swarm names,
-    ipvs_up, ipvs_scrape_duration_seconds and ipvs_scrape_errors_total.
+    """Reads one namespace's IPVS per scrape (read(), returning a Reading) and builds the
+    families about that reading (families()): ipvs_version_info and ipvs_connection_table_size,
+    the swarm names, ipvs_up, ipvs_scrape_duration_seconds and ipvs_scrape_errors_total.
+
+    The only state shared by scrapes is the error count (a counter across scrapes, under a
+    lock) and what is logged once.
 
     snapshot: returns a Snapshot (raises IPVSError when IPVS cannot be read).
     ports: fwmarks -> {fwmark: [PublishedPort, ...]}; vips: fwmarks -> {fwmark: [VIP, ...]}.
@@ -117,8 +120,6 @@ class IPVSCollector:
         self._vips = vips
         self._optional = optional
         self._settings = settings if not options.original_only else None
-        self.last_error: IPVSError | None = None
-        self._state = _State()
         self._errors: dict[str, int] = {}
         self._said = LogOnce(log)
         self._settings_said = LogOnce(log)  # never reset: a setting unreadable is said once
@@ -135,15 +136,10 @@ class IPVSCollector:
             info = self._info() if self._info else None
         except IPVSError as e:
             self._failed(e)
-            with self._lock:
-                self._state = _State(0, time.monotonic() - start)
-            return Reading(None)
+            return Reading(None, seconds=time.monotonic() - start, error=e)
         settings = self._read_settings()
         self._said.reset()
-        self.last_error = None
-        with self._lock:
-            self._state = _State(1, time.monotonic() - start, ports, info, marks, settings)
-        return Reading(snap, ports, vips, settings)
+        return Reading(snap, ports, vips, info, settings, time.monotonic() - start)
 
     def _read_settings(self) -> Settings | None:
         """The namespace's settings, or None; what could not be read is logged once per kind
@@ -164,26 +160,27 @@ class IPVSCollector:
         namespace is read in the scrape's thread, so there is no deadline to follow)."""
         return [(self, self.read())]
 
-    def overdue(self, seconds: float) -> None:
-        """The read still runs after `seconds`: this scrape reports the namespace down."""
+    def overdue(self, seconds: float) -> Reading:
+        """The read still runs after `seconds`: this scrape's reading of the namespace, down."""
         message = f"reading IPVS in {describe_namespace(self.namespace)} took longer than {seconds:g}s"
-        self._failed(ReadTimeout(errno.ETIMEDOUT, message))
-        with self._lock:
-            self._state = _State(0, seconds)
+        error = ReadTimeout(errno.ETIMEDOUT, message)
+        self._failed(error)
+        return Reading(None, seconds=seconds, error=error)
 
     def describe(self) -> list[Metric]:
         """The families without samples, so that registering does no netlink I/O."""
-        return list(self._health(_State()))
+        return list(self._health(None))
 
-    def collect(self) -> Iterator[Metric]:
-        state = self._state
-        if state.up:
-            if state.info is not None and not self.options.original_only:
-                yield from self._ipvs_info(*state.info)
+    def families(self, reading: Reading) -> list[Metric]:
+        """The families about one reading (this collector's read or overdue())."""
+        out: list[Metric] = []
+        if reading.snapshot is not None:
+            if reading.info is not None and not self.options.original_only:
+                out += self._ipvs_info(*reading.info)
             if self._swarm is not None:
-                yield from self._swarm_families(state.marks, state.ports)
-            yield from settings_families(self.namespace, state.settings)
-        yield from self._health(state)
+                out += self._swarm_families(reading.snapshot.fwmarks(), reading.ports)
+            out += settings_families(self.namespace, reading.settings)
+        return out + self._health(reading)
 
     def _swarm_families(self, marks: Iterable[int], ports: Ports) -> list[Metric]:
         """ipvs_swarm_service_info: one series per named fwmark, with the same port label as the
@@ -220,7 +217,7 @@ class IPVSCollector:
         t.add_metric([self.namespace], table)
         return [v, t]
 
-    def _health(self, state: _State) -> list[Metric]:
+    def _health(self, reading: Reading | None) -> list[Metric]:
         u = GaugeMetricFamily(
             "ipvs_up", "1 when the last scrape read IPVS in the namespace, else 0", labels=NS_LABELS
         )
@@ -234,9 +231,9 @@ class IPVSCollector:
             "Scrapes that could not read IPVS, by reason",
             labels=("namespace", "reason"),
         )
-        if state.up is not None:
-            u.add_metric([self.namespace], state.up)
-            d.add_metric([self.namespace], state.seconds)
+        if reading is not None:
+            u.add_metric([self.namespace], reading.up)
+            d.add_metric([self.namespace], reading.seconds)
             with self._lock:
                 errors = sorted(self._errors.items())
             for reason, n in errors:
@@ -254,7 +251,6 @@ class IPVSCollector:
     def _failed(self, e: IPVSError) -> None:
         """Count the failure by reason; log the first of a kind, not every scrape (at debug
         level for a glob match that is gone or not a namespace: Docker removes them)."""
-        self.last_error = e
         gone = self._optional and isinstance(e, (NamespaceNotFound, NotANamespace))
         with self._lock:
             self._errors[e.reason] = self._errors.get(e.reason, 0) + 1
@@ -285,13 +281,24 @@ def build_info() -> Metric:
     return next(BuildInfoCollector().collect())
 
 
-def exporter_registry(collector: Collector, exporter_metrics: bool = True) -> CollectorRegistry:
-    """The families served after the IPVS ones: the collector's, then (unless
-    exporter_metrics is off, as node_exporter's --web.disable-exporter-metrics does for its
-    own) the exporter's build info and process metrics."""
-    registry = CollectorRegistry(auto_describe=False)
-    registry.register(collector)
-    if exporter_metrics:
-        registry.register(BuildInfoCollector())
-        registry.register(ProcessCollector(registry=None))
-    return registry
+def scrape_families(readings: Iterable[tuple[IPVSCollector, Reading]]) -> list[Metric]:
+    """The families about one scrape's readings, one family per name with every namespace's
+    samples in turn."""
+    merged: dict[str, Metric] = {}
+    for collector, reading in readings:
+        for family in collector.families(reading):
+            have = merged.get(family.name)
+            if have is None:
+                merged[family.name] = family
+            else:
+                have.samples.extend(family.samples)
+    return list(merged.values())
+
+
+def exporter_collectors(exporter_metrics: bool = True) -> list[Collector]:
+    """The families served after those about the scrape: unless exporter_metrics is off (as
+    node_exporter's --web.disable-exporter-metrics does for its own), the exporter's build
+    info and process metrics."""
+    if not exporter_metrics:
+        return []
+    return [BuildInfoCollector(), ProcessCollector(registry=None)]

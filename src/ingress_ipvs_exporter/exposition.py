@@ -15,6 +15,7 @@ in the same stream.
 from __future__ import annotations
 
 import functools
+import threading
 from array import array
 from collections.abc import Iterable, Iterator, Sequence
 from enum import Enum
@@ -27,7 +28,7 @@ from prometheus_client.registry import Collector, CollectorRegistry
 from prometheus_client.utils import floatToGoString
 
 from . import memory
-from .collector import IPVSCollector, Reading
+from .collector import IPVSCollector, Reading, scrape_families
 from .gzipstream import GzipStream, Segment, SegmentCache, deflate
 from .ipvs import Snapshot, format_samples
 from .metrics import (
@@ -243,6 +244,7 @@ class Renderer:
 
     def __init__(self) -> None:
         self._shapes: dict[str, tuple[tuple[Any, ...], Shape]] = {}
+        self._lock = threading.Lock()
 
     def render(
         self, snap: Snapshot, namespace: str, ports: Ports, options: Options, openmetrics: bool = False
@@ -253,9 +255,8 @@ class Renderer:
         """The rendering in chunks of at most CHUNK_SERIES lines, so a large scrape is never
         whole in memory.
 
-        Safe for concurrent scrapes without a lock: each keeps its own reference to the
-        shapes it renders with; a shape's cache entries are replaced whole; at worst two
-        scrapes that see a new shape both build it."""
+        Concurrent scrapes each keep their own reference to the shapes they render with;
+        shapes() and the shapes' caches lock their bookkeeping, not the rendering."""
         if not views:
             return
         shapes = self.shapes(views, options)
@@ -292,7 +293,8 @@ class Renderer:
     def shapes(self, views: Sequence[View], options: Options) -> list[Shape]:
         """The Shape of each view: a namespace's last one while what its series text depends
         on (compared, not hashed; packed, so no old snapshot is kept alive) is unchanged.
-        Shapes of namespaces not in this scrape are let go."""
+        Shapes of namespaces not in this scrape are let go. The lock guards the bookkeeping
+        only: a new Shape is built outside it (two scrapes that see it may both build it)."""
         out = []
         for v in views:
             snap = v.snapshot
@@ -303,15 +305,18 @@ class Renderer:
                 {m: tuple(p) for m, p in v.ports.items()},
                 {m: tuple(a) for m, a in v.vips.items()},
             )
-            last = self._shapes.get(v.namespace)
-            if last is None or last[0] != key:
-                self._shapes.pop(v.namespace, None)  # let the old shape go before building anew
+            with self._lock:
+                last = self._shapes.get(v.namespace)
+                if last is not None and last[0] != key:
+                    del self._shapes[v.namespace]  # let the old shape go before building anew
+                    last = None
+            if last is None:
                 last = (key, Shape(snap, v.namespace, v.ports, options, v.vips))
-                self._shapes[v.namespace] = last
+                with self._lock:
+                    self._shapes[v.namespace] = last
             out.append(last[1])
-        if len(self._shapes) > len(views):
-            shown = {v.namespace for v in views}
-            # list() copies the keys in one step: another scrape may add a shape meanwhile
+        shown = {v.namespace for v in views}
+        with self._lock:
             for gone in [ns for ns in list(self._shapes) if ns not in shown]:
                 self._shapes.pop(gone, None)
         return out
@@ -324,20 +329,29 @@ class Source(Protocol):
 
     def readings(self, scrape_timeout: float | None = None) -> list[tuple[IPVSCollector, Reading]]: ...
 
-    def collect(self) -> Iterable[Metric]: ...
+
+class _Families:
+    """A scrape's own families as a prometheus_client Collector."""
+
+    def __init__(self, families: list[Metric]) -> None:
+        self._families = families
+
+    def collect(self) -> Iterable[Metric]:
+        return self._families
 
 
 class MetricsApp:
-    """The telemetry body: the IPVS families through the Renderer, then the registry's
-    (health, IPVS info, swarm, build, process) through prometheus_client's encoder, with the
-    content type negotiated as prometheus_client does; one gzip member when asked."""
+    """The telemetry body: the IPVS families through the Renderer, then the families about
+    this scrape's readings (health, IPVS info, swarm) and the `extra` collectors' (build,
+    process) through prometheus_client's encoder, with the content type negotiated as
+    prometheus_client does; one gzip member when asked.
 
-    def __init__(self, source: Source, registry: CollectorRegistry | None = None) -> None:
+    A scrape is a value: every family of a body comes from the readings that request made,
+    so concurrent scrapes (an HA pair of Prometheus servers) never mix their outcomes."""
+
+    def __init__(self, source: Source, extra: Sequence[Collector] = ()) -> None:
         self.source = source
-        if registry is None:
-            registry = CollectorRegistry(auto_describe=False)
-            registry.register(source)
-        self.registry = registry
+        self.extra = list(extra)
         self.renderer = Renderer()
 
     def stream(
@@ -349,17 +363,24 @@ class MetricsApp:
         openmetrics = content_type.startswith("application/openmetrics-text")
         return self._chunks(encoder, openmetrics, gzip, scrape_timeout), content_type
 
+    def _registry(self, readings: list[tuple[IPVSCollector, Reading]]) -> CollectorRegistry:
+        """This scrape's registry: the families about its readings, then the extra collectors."""
+        registry = CollectorRegistry(auto_describe=False)
+        registry.register(_Families(scrape_families(readings)))
+        for c in self.extra:
+            registry.register(c)
+        return registry
+
     def _chunks(
         self,
-        encoder: Callable[[Collector], bytes],
+        encoder: Callable[[CollectorRegistry], bytes],
         openmetrics: bool,
         gzip: bool,
         scrape_timeout: float | None,
     ) -> Iterator[bytes]:
+        readings = self.source.readings(scrape_timeout)
         views = [
-            View(c.namespace, r.snapshot, r.ports, r.vips)
-            for c, r in self.source.readings(scrape_timeout)
-            if r.snapshot is not None
+            View(c.namespace, r.snapshot, r.ports, r.vips) for c, r in readings if r.snapshot is not None
         ]
         options = self.source.options
         stream = GzipStream() if gzip else None
@@ -369,13 +390,13 @@ class MetricsApp:
                 # no lock: a slow client must not hold up other scrapes (see Renderer.chunks())
                 for seg in self.renderer.segments(views, options, openmetrics):
                     yield from stream.add(seg)
-                yield from stream.add(deflate([encoder(self.registry)]))
+                yield from stream.add(deflate([encoder(self._registry(readings))]))
                 yield stream.trailer()
             else:
                 yield from self.renderer.chunks(views, options, openmetrics)
-                yield encoder(self.registry)
+                yield encoder(self._registry(readings))
         finally:
-            del views
+            del views, readings
             memory.release()
 
     def body(self, accept: str) -> tuple[bytes, str]:

@@ -12,6 +12,7 @@ from __future__ import annotations
 import logging
 import os
 import struct
+import threading
 import zlib
 from collections.abc import Hashable, Iterable
 from types import ModuleType
@@ -120,11 +121,15 @@ class SegmentCache:
     """The last segment of each family (key), kept chunk by chunk with the packed values it was
     made from, so that a family whose values changed in a few places is made again from its
     unchanged chunks and the few it renders and compresses anew; kept within a budget of
-    compressed bytes (CACHE_BUDGET when not given; 0 turns it off)."""
+    compressed bytes (CACHE_BUDGET when not given; 0 turns it off).
+
+    Concurrent scrapes share it: the lock guards the bookkeeping (lookup, replacement, size),
+    never the rendering and compressing, so `size` is always the bytes held."""
 
     def __init__(self, budget: int | None = None) -> None:
         self.budget = CACHE_BUDGET if budget is None else budget
         self._last: dict[Hashable, tuple[bytes, list[Segment], Segment]] = {}
+        self._lock = threading.Lock()
         self.size = 0
 
     def __len__(self) -> int:
@@ -134,8 +139,10 @@ class SegmentCache:
         """key's segment for these packed values: a one-byte tag (values of another tag never
         compare equal), then `step` bytes per chunk (0: the family is one chunk); make(i)
         renders and deflates chunk i. Chunks whose bytes are those of the last scrape come
-        from the cache; the entry is replaced whole (concurrent scrapes at worst both build)."""
-        last = self._last.get(key)
+        from the cache; the entry is replaced whole (concurrent scrapes at worst both build,
+        and the one that stores last wins)."""
+        with self._lock:
+            last = self._last.get(key)
         if last is not None and last[0] == values:
             return last[2]
         n = max(1, -(-(len(values) - 1) // step)) if step else 1
@@ -149,10 +156,11 @@ class SegmentCache:
                 for i, a in enumerate(range(1, len(values), step))
             ]
         seg = join(chunks)
-        if last is not None:
-            del self._last[key]
-            self.size -= last[2].compressed_size
-        if self.size + seg.compressed_size <= self.budget:
-            self._last[key] = (values, chunks, seg)
-            self.size += seg.compressed_size
+        with self._lock:
+            held = self._last.pop(key, None)
+            if held is not None:
+                self.size -= held[2].compressed_size
+            if self.size + seg.compressed_size <= self.budget:
+                self._last[key] = (values, chunks, seg)
+                self.size += seg.compressed_size
         return seg

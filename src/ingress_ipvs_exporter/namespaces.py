@@ -17,11 +17,9 @@ import glob
 import logging
 import os
 import threading
-from collections.abc import Callable, Iterable, Iterator, Sequence
+from collections.abc import Callable, Iterable, Sequence
 from concurrent.futures import Future, ThreadPoolExecutor, wait
 from dataclasses import dataclass
-
-from prometheus_client.core import Metric
 
 from .collector import IPVSCollector, Reading, SwarmNames
 from .ipvs import Handle, IPVSError, NamespaceNotFound, NotANamespace
@@ -79,15 +77,14 @@ def _closer(close: Callable[[], None]) -> Callable[[Future[Reading]], None]:
 
 @dataclass
 class Member:
-    """One namespace path being read: its collector, how to release it, and what its last
-    read showed (`shown`: whether the scrape includes it)."""
+    """One namespace path being read: its collector, how to release it, and its read while
+    one runs (shared by the scrapes that wait for it; guarded by Namespaces' lock)."""
 
     path: str
     globbed: bool
     collector: IPVSCollector
     close: Callable[[], None]
     running: Future[Reading] | None = None
-    shown: bool = True
 
 
 class Namespaces:
@@ -114,10 +111,6 @@ class Namespaces:
         self._lock = threading.Lock()
         self._pool: ThreadPoolExecutor | None = None
         self._said_empty: set[str] = set()
-
-    @property
-    def globbing(self) -> bool:
-        return any(is_pattern(p) for p in self.patterns)
 
     def _paths(self) -> dict[str, bool]:
         """path -> matched by a glob (not given literally), in the patterns' order."""
@@ -173,7 +166,7 @@ class Namespaces:
     def readings(self, scrape_timeout: float | None = None) -> list[tuple[IPVSCollector, Reading]]:
         """Read every member now (in parallel when there are several, waiting at most
         deadline(scrape_timeout)); those left out of this scrape (see the module's doc) are
-        not returned."""
+        not returned. The list is this scrape's alone: nothing of it is kept for the next."""
         members = self.members()
         if len(members) == 1 and not members[0].globbed:
             m = members[0]
@@ -182,67 +175,48 @@ class Namespaces:
         out = []
         for m in members:
             reading = done.get(m.path)
-            m.shown = self._show(m, reading)
-            if m.shown:
-                out.append((m.collector, reading or Reading(None)))
+            if reading is None:  # overdue, or dropped by a concurrent scrape meanwhile
+                continue
+            if self._show(m, reading):
+                out.append((m.collector, reading))
         return out
 
     def _read_all(self, members: list[Member], deadline: float) -> dict[str, Reading]:
-        """Each member's reading, or none for one still being read at the deadline. A read
-        still running from an earlier scrape is waited for, not started again; concurrent
-        scrapes share the reads that are running."""
+        """Each member's reading (the collector's overdue() one for a read still running at
+        the deadline). A read still running from an earlier scrape is waited for, not
+        started again; concurrent scrapes share the reads that are running. A member that a
+        concurrent scrape dropped (its glob match gone) is not read: its handle is closed."""
         with self._lock:
             if self._pool is None:
                 self._pool = ThreadPoolExecutor(MAX_THREADS, thread_name_prefix="netns-read")
-            for m in members:
+            current = [m for m in members if self._members.get(m.path) is m]
+            for m in current:
                 if m.running is None or m.running.done():
                     m.running = self._pool.submit(m.collector.read)
-            futures = {m.path: m.running for m in members if m.running is not None}
-        wait(futures.values(), timeout=deadline)
-        done: dict[str, Reading] = {}
-        for m in members:
-            future = futures[m.path]
-            if future.done():
-                done[m.path] = future.result()
-            else:
-                m.collector.overdue(deadline)
-        return done
+            futures = {m.path: (m, m.running) for m in current if m.running is not None}
+        wait([f for _, f in futures.values()], timeout=deadline)
+        return {
+            path: future.result() if future.done() else m.collector.overdue(deadline)
+            for path, (m, future) in futures.items()
+        }
 
-    def _show(self, m: Member, reading: Reading | None) -> bool:
+    def _show(self, m: Member, reading: Reading) -> bool:
         """Whether this scrape shows the member: always when given literally; a glob match
         when it holds IPVS services or could not be read for a reason other than not being
-        a namespace (any more)."""
+        a namespace (any more); overdue reads are shown as such."""
         if not m.globbed:
             return True
-        if reading is None:
-            return True  # overdue: reported as such
         if reading.snapshot is not None:
-            if reading.snapshot.n_svc:
-                self._said_empty.discard(m.path)
-                return True
-            if m.path not in self._said_empty:
+            with self._lock:  # what was said is shared by concurrent scrapes
+                if reading.snapshot.n_svc:
+                    self._said_empty.discard(m.path)
+                    return True
+                first = m.path not in self._said_empty
                 self._said_empty.add(m.path)
+            if first:
                 log.debug("network namespace %s holds no IPVS service; left out", m.path)
             return False
-        error = m.collector.last_error
-        return not isinstance(error, (NamespaceNotFound, NotANamespace))
-
-    def collect(self) -> Iterator[Metric]:
-        """The shown members' families, one family per name with every member's samples."""
-        with self._lock:
-            shown = [m for m in self._members.values() if m.shown]
-        merged: dict[str, Metric] = {}
-        for m in shown:
-            for family in m.collector.collect():
-                have = merged.get(family.name)
-                if have is None:
-                    merged[family.name] = family
-                else:
-                    have.samples.extend(family.samples)
-        yield from merged.values()
-
-    def describe(self) -> list[Metric]:
-        return []
+        return not isinstance(reading.error, (NamespaceNotFound, NotANamespace))
 
     def close(self) -> None:
         with self._lock:

@@ -311,11 +311,11 @@ def test_series_per_service_and_per_real_server_as_documented():
 
 
 def test_exporter_metrics_can_be_left_out():
-    from ingress_ipvs_exporter.collector import exporter_registry
+    from ingress_ipvs_exporter.collector import exporter_collectors
 
     collector = IPVSCollector(NS, lambda: Snapshot.build(SEED_EXAMPLE), lambda m: {})
-    full = MetricsApp(collector, exporter_registry(collector)).body("")[0].decode()
+    full = MetricsApp(collector, exporter_collectors()).body("")[0].decode()
     assert "\nipvs_exporter_build_info{" in full and "\nprocess_cpu_seconds_total " in full
-    bare = MetricsApp(collector, exporter_registry(collector, exporter_metrics=False)).body("")[0].decode()
+    bare = MetricsApp(collector, exporter_collectors(exporter_metrics=False)).body("")[0].decode()
     assert "ipvs_exporter_build_info" not in bare and "process_" not in bare
     assert f'\nipvs_up{{namespace="{NS}"}} 1.0' in bare
