@@ -1,6 +1,6 @@
 """What reading a namespace's IPVS settings costs a scrape: Handle.settings() (GET_CONFIG,
-GET_DAEMON and the kept sysctl files, one shim call) timed in fresh namespaces, as root in the
-IPVS VM. Prints one line per namespace count and writes build/vm/bench/settings-cost.json.
+GET_DAEMON and the sysctl files read inside the namespace, one shim call) timed in fresh
+namespaces, as root in the IPVS VM. Prints one line per namespace count and writes build/vm/bench/settings-cost.json.
 
     tests/vm/vm-run -- python bench/settings_cost.py [ROUNDS]
 """
@@ -34,7 +34,7 @@ def main(rounds: int) -> None:
         for count in (1, 10):
             handles = [Handle(f"/run/netns/{n}") for n in names[:count]]
             for h in handles:
-                h.settings()  # opened (setns, sysctl files) outside the timing
+                h.settings()  # the handle opened (setns, socket) outside the timing
             per_ns = []
             for _ in range(rounds):
                 start = time.perf_counter()

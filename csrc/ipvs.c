@@ -54,9 +54,8 @@ struct priv {
     int cb_err;       /* first error seen inside a callback (negative errno) */
     uint32_t cur_svc; /* service row that GET_DEST replies belong to */
     uint32_t info_version, info_tab_size;
-    uint32_t *slots, cap_slots;  /* hash table reused by the duplicate-dropping passes */
-    int sysctl_fd[IPVS_NSYSCTL]; /* opened in the namespace by ipvs_open; -1: see _err */
-    int sysctl_open_err[IPVS_NSYSCTL];
+    uint32_t *slots, cap_slots; /* hash table reused by the duplicate-dropping passes */
+    char *path;                 /* the namespace file ipvs_open entered ("" = the caller's) */
 };
 
 /* ---- error mapping ------------------------------------------------------ */
@@ -771,14 +770,23 @@ static int settings_request(struct ipvs_handle *h, int cmd, int flags, nl_recvms
     return pv->cb_err ? 0 : err;
 }
 
-/* Whole file: one decimal integer and a newline, as the kernel writes an int sysctl. */
-static int read_sysctl(int fd, int64_t *out)
+/* Whole file: one decimal integer and a newline, as the kernel writes an int sysctl. Read
+ * from the namespace the calling thread is in: /proc/sys/net resolves it at open(). */
+static int read_sysctl(const char *name, int64_t *out)
 {
-    char buf[32], *end;
-    ssize_t n = pread(fd, buf, sizeof(buf) - 1, 0);
+    char path[96], buf[32], *end;
+    int fd;
+    ssize_t n;
     long long v;
+    snprintf(path, sizeof(path), "%s/%s", SYSCTL_DIR, name);
+    if ((fd = open(path, O_RDONLY | O_CLOEXEC)) < 0)
+        return -errno; /* -ENOENT: this kernel or namespace has no such setting */
+    n = read(fd, buf, sizeof(buf) - 1);
     if (n < 0)
-        return -errno;
+        n = -errno;
+    close(fd);
+    if (n < 0)
+        return (int)n;
     buf[n] = '\0';
     errno = 0;
     v = strtoll(buf, &end, 10);
@@ -788,19 +796,97 @@ static int read_sysctl(int fd, int64_t *out)
     return 0;
 }
 
+/* ---- namespaces --------------------------------------------------------- */
+
+/* Open the file at `path` as a network namespace to enter: *fd and its fstat in *st, or a
+ * negative errno. Never blocks: a FIFO would wait in open() for a writer, a device could be a
+ * terminal, so open without blocking, then accept only a regular file (what nsfs files and
+ * Docker's placeholder are). NS_GET_NSTYPE (Linux 4.11+) tells a namespace of another type
+ * (mnt, pid...) from a network one before setns(); ENOTTY means no nsfs file, or an older
+ * kernel, and setns() decides. An empty regular file setns() refuses is the file Docker
+ * creates before it bind-mounts the namespace on it: -ENOMEDIUM, "not there yet". */
+static int open_netns(const char *path, int *fd, struct stat *st)
+{
+    int type;
+    *fd = open(path, O_RDONLY | O_NONBLOCK | O_NOCTTY | O_CLOEXEC);
+    if (*fd < 0)
+        return errno == ENXIO ? -EINVAL : -errno; /* ENXIO: a socket or a device without driver */
+    if (fstat(*fd, st) < 0)
+        return -errno;
+    if (!S_ISREG(st->st_mode))
+        return -EINVAL;
+    type = ioctl(*fd, NS_GET_NSTYPE);
+    if (type >= 0 && type != CLONE_NEWNET)
+        return -EINVAL;
+    return 0;
+}
+
+/* Move the calling thread into the namespace `target` (open_netns's fd and fstat); *self
+ * gets a descriptor of the thread's own namespace for leave_netns. */
+static int enter_netns(int target, const struct stat *st, int *self)
+{
+    char own[64];
+    /* setns(2) moves the calling thread only: remember this thread's namespace. */
+    snprintf(own, sizeof(own), "/proc/self/task/%ld/ns/net", (long)syscall(SYS_gettid));
+    *self = open(own, O_RDONLY | O_CLOEXEC);
+    if (*self < 0)
+        return -errno;
+    if (setns(target, CLONE_NEWNET) < 0) {
+        int err = errno == EINVAL && st->st_size == 0 ? -ENOMEDIUM : -errno;
+        close(*self);
+        *self = -1;
+        return err;
+    }
+    return 0;
+}
+
+/* Back to the namespace enter_netns left (self < 0: never left). -ENOTRECOVERABLE when
+ * setns fails: the thread stays in the other namespace, and every socket it made after
+ * would silently belong there. */
+static int leave_netns(int self)
+{
+    return self >= 0 && setns(self, CLONE_NEWNET) < 0 ? -ENOTRECOVERABLE : 0;
+}
+
+/* Read the sysctls in the handle's namespace: entered for this call only, so that a handle
+ * keeps one descriptor (its socket), not one per sysctl. -ESTALE: the path names another
+ * namespace now (the caller reopens); -ENOTRECOVERABLE: the thread could not return. */
+static int read_sysctls(struct ipvs_handle *h)
+{
+    struct priv *pv = h->priv;
+    struct stat st;
+    int err, self = -1, target = -1;
+    if (*pv->path) {
+        if ((err = open_netns(pv->path, &target, &st)))
+            goto out;
+        if ((uint64_t)st.st_dev != h->ns_dev || (uint64_t)st.st_ino != h->ns_ino) {
+            err = -ESTALE;
+            goto out;
+        }
+        if ((err = enter_netns(target, &st, &self)))
+            goto out;
+    }
+    for (int i = 0; i < IPVS_NSYSCTL; i++)
+        h->settings.sysctl_err[i] = read_sysctl(sysctl_names[i], &h->settings.sysctl[i]);
+    err = leave_netns(self);
+out:
+    if (self >= 0)
+        close(self);
+    if (target >= 0)
+        close(target);
+    return err;
+}
+
 int ipvs_get_settings(struct ipvs_handle *h)
 {
     struct ipvs_settings *s;
-    struct priv *pv;
     int err;
     if (!h || !h->priv || !((struct priv *)h->priv)->sk)
         return -EBADF;
-    pv = h->priv;
     s = &h->settings;
     memset(s, 0, sizeof(*s));
-    for (int i = 0; i < IPVS_NSYSCTL; i++)
-        s->sysctl_err[i] = pv->sysctl_fd[i] < 0 ? pv->sysctl_open_err[i]
-                                                : read_sysctl(pv->sysctl_fd[i], &s->sysctl[i]);
+    if ((err = read_sysctls(h)))
+        return err;
     if ((err = settings_request(h, IPVS_CMD_GET_CONFIG, 0, on_valid_config, &s->config_err)))
         return err;
     /* the kernel answers GET_DAEMON as a dump only */
@@ -810,19 +896,6 @@ int ipvs_get_settings(struct ipvs_handle *h)
 const char *ipvs_sysctl_name(int i)
 {
     return i >= 0 && i < IPVS_NSYSCTL ? sysctl_names[i] : "";
-}
-
-/* Open the namespace's sysctl files, from the thread that is in it now; a file that cannot
- * be opened keeps its errno (-ENOENT: this kernel or namespace has no such setting). */
-static void open_sysctls(struct priv *pv)
-{
-    int dir = open(SYSCTL_DIR, O_RDONLY | O_DIRECTORY | O_CLOEXEC), dir_err = -errno;
-    for (int i = 0; i < IPVS_NSYSCTL; i++) {
-        pv->sysctl_fd[i] = dir < 0 ? -1 : openat(dir, sysctl_names[i], O_RDONLY | O_CLOEXEC);
-        pv->sysctl_open_err[i] = dir < 0 ? dir_err : pv->sysctl_fd[i] < 0 ? -errno : 0;
-    }
-    if (dir >= 0)
-        close(dir);
 }
 
 /* ---- handles ------------------------------------------------------------ */
@@ -837,10 +910,8 @@ static int handle_alloc(struct ipvs_handle **out)
         free(h);
         return -ENOMEM;
     }
-    for (int i = 0; i < IPVS_NSYSCTL; i++) { /* no sysctl until ipvs_open opens them */
-        ((struct priv *)h->priv)->sysctl_fd[i] = -1;
-        ((struct priv *)h->priv)->sysctl_open_err[i] = h->settings.sysctl_err[i] = -ENOENT;
-    }
+    for (int i = 0; i < IPVS_NSYSCTL; i++) /* no sysctl until ipvs_get_settings reads them */
+        h->settings.sysctl_err[i] = -ENOENT;
     *out = h;
     return 0;
 }
@@ -855,9 +926,7 @@ void ipvs_close(struct ipvs_handle *h)
         nl_socket_free(pv->sk);
     if (pv) {
         free(pv->slots);
-        for (int i = 0; i < IPVS_NSYSCTL; i++)
-            if (pv->sysctl_fd[i] >= 0)
-                close(pv->sysctl_fd[i]);
+        free(pv->path);
     }
     free(pv);
     free(h->svc_u32);
@@ -896,63 +965,29 @@ static int connect_here(struct priv *pv)
     return 0;
 }
 
-/* Open the file at `path` as a network namespace to enter: *fd and its fstat in *st, or a
- * negative errno. Never blocks: a FIFO would wait in open() for a writer, a device could be a
- * terminal, so open without blocking, then accept only a regular file (what nsfs files and
- * Docker's placeholder are). NS_GET_NSTYPE (Linux 4.11+) tells a namespace of another type
- * (mnt, pid...) from a network one before setns(); ENOTTY means no nsfs file, or an older
- * kernel, and setns() decides. An empty regular file setns() refuses is the file Docker
- * creates before it bind-mounts the namespace on it: -ENOMEDIUM, "not there yet". */
-static int open_netns(const char *path, int *fd, struct stat *st)
-{
-    int type;
-    *fd = open(path, O_RDONLY | O_NONBLOCK | O_NOCTTY | O_CLOEXEC);
-    if (*fd < 0)
-        return errno == ENXIO ? -EINVAL : -errno; /* ENXIO: a socket or a device without driver */
-    if (fstat(*fd, st) < 0)
-        return -errno;
-    if (!S_ISREG(st->st_mode))
-        return -EINVAL;
-    type = ioctl(*fd, NS_GET_NSTYPE);
-    if (type >= 0 && type != CLONE_NEWNET)
-        return -EINVAL;
-    return 0;
-}
-
 int ipvs_open(const char *netns_path, struct ipvs_handle **out)
 {
     struct ipvs_handle *h = NULL;
     struct stat st;
-    int err, self = -1, target = -1, switched = 0;
+    int err, left, self = -1, target = -1;
     *out = NULL;
     if ((err = handle_alloc(&h)))
         return err;
+    if (!(((struct priv *)h->priv)->path = strdup(netns_path ? netns_path : ""))) {
+        err = -ENOMEM;
+        goto fail;
+    }
     if (netns_path && *netns_path) {
-        char own[64];
-        if ((err = open_netns(netns_path, &target, &st)))
+        if ((err = open_netns(netns_path, &target, &st)) || (err = enter_netns(target, &st, &self)))
             goto fail;
-        /* setns(2) moves the calling thread only: remember this thread's namespace. */
-        snprintf(own, sizeof(own), "/proc/self/task/%ld/ns/net", (long)syscall(SYS_gettid));
-        self = open(own, O_RDONLY | O_CLOEXEC);
-        if (self < 0) {
-            err = -errno;
-            goto fail;
-        }
-        if (setns(target, CLONE_NEWNET) < 0) {
-            err = errno == EINVAL && st.st_size == 0 ? -ENOMEDIUM : -errno;
-            goto fail;
-        }
-        switched = 1;
     } else if (stat("/proc/self/ns/net", &st) < 0) {
         memset(&st, 0, sizeof(st));
     }
     h->ns_dev = (uint64_t)st.st_dev;
     h->ns_ino = (uint64_t)st.st_ino;
     err = connect_here(h->priv);
-    if (!err)
-        open_sysctls(h->priv);
-    if (switched && setns(self, CLONE_NEWNET) < 0)
-        err = -ENOTRECOVERABLE;
+    if ((left = leave_netns(self)))
+        err = left;
 fail:
     if (self >= 0)
         close(self);

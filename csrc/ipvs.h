@@ -112,10 +112,8 @@ struct ipvs_handle {
  * the path), -EPERM (no CAP_SYS_ADMIN/CAP_NET_ADMIN),
  * -EPROTONOSUPPORT (no IPVS family in that kernel: ip_vs not loaded),
  * -ENOTRECOVERABLE (could not return to the original namespace: the thread is lost).
- * While in the namespace it also opens the namespace's IPVS sysctl files and keeps them
- * open: /proc/sys/net shows the network namespace of the thread that opens a file, and an
- * open file keeps reading that namespace's value. One missing or unreadable is no error
- * (see ipvs_settings.sysctl_err). */
+ * The handle keeps one descriptor, its socket, and remembers the path and the namespace's
+ * identity (ns_dev/ns_ino) for ipvs_get_settings. */
 int ipvs_open(const char *netns_path, struct ipvs_handle **out);
 void ipvs_close(struct ipvs_handle *h);
 
@@ -126,10 +124,15 @@ int ipvs_dump(struct ipvs_handle *h);
 int ipvs_get_info(struct ipvs_handle *h, uint32_t *version, uint32_t *conn_tab_size);
 
 /* Fill h->settings: the timeouts (IPVS_CMD_GET_CONFIG), the sync daemons
- * (IPVS_CMD_GET_DAEMON) and the sysctls opened by ipvs_open(). A request the kernel refuses
- * is no failure of the call: its errno goes to config_err or daemon_err and the rest is
- * still read. Returns a negative errno only when the socket failed (no answer, a broken
- * reply stream): the handle should then be closed and opened again. */
+ * (IPVS_CMD_GET_DAEMON) and the sysctls. /proc/sys/net shows the namespace of the thread
+ * that looks a file up, so the sysctls are read with the calling thread moved into the
+ * handle's namespace for this call (setns in, open/read/close each file, setns back): no
+ * file stays open. One missing or unreadable is no error (see ipvs_settings.sysctl_err), nor
+ * is a request the kernel refuses: its errno goes to config_err or daemon_err and the rest
+ * is still read. Returns a negative errno when the socket failed (no answer, a broken reply
+ * stream), when the path is gone or names another namespace than the handle's now
+ * (-ESTALE), or when entering it failed: the handle should then be closed and opened again;
+ * -ENOTRECOVERABLE as for ipvs_open (the thread could not return). */
 int ipvs_get_settings(struct ipvs_handle *h);
 
 /* The name of sysctl i under /proc/sys/net/ipv4/vs ("" when i is out of range). */

@@ -180,6 +180,9 @@ def error_for(err: int, path: str, entering: bool = False) -> IPVSError:
             f"{denied}: IPVS netlink requests need CAP_NET_ADMIN: give the exporter "
             "CAP_NET_ADMIN or run it as root",
         )
+    if err == errno.ESTALE:
+        # ipvs_get_settings found the path naming another namespace than the handle's
+        return DumpFailed(err, f"{where} was replaced while it was read: reopening it")
     if err == errno.EPROTONOSUPPORT:
         return IPVSUnavailable(
             err, f"IPVS is not available in the kernel of {where}: load it with 'modprobe ip_vs'"
@@ -538,17 +541,20 @@ class Handle:
         self._h = None
         self._lock = threading.Lock()
 
-    def _open(self) -> None:
-        out = ffi.new("struct ipvs_handle **")
-        rc = lib.ipvs_open(self.path.encode(), out)
+    def _exit_if_lost(self, rc: int) -> None:
+        """Exit 70 when the shim could not setns() the thread back to our own namespace: it
+        now lives in the target namespace and every later socket would silently be made there."""
         if rc == -errno.ENOTRECOVERABLE:
-            # setns() back to our own namespace failed: this thread now lives in the
-            # target namespace and every later socket would silently be made there.
             log.critical(
                 "could not return from %s to the exporter's own network namespace; exiting",
                 describe_namespace(self.path),
             )
             os._exit(70)
+
+    def _open(self) -> None:
+        out = ffi.new("struct ipvs_handle **")
+        rc = lib.ipvs_open(self.path.encode(), out)
+        self._exit_if_lost(rc)
         if rc:
             raise error_for(-rc, self.path, entering=True)
         self._h = out[0]
@@ -574,6 +580,7 @@ class Handle:
     def _call(self, fn: Callable[..., int], *args: Any) -> None:
         self._ensure_open()
         rc = fn(self._h, *args)
+        self._exit_if_lost(rc)  # ipvs_get_settings enters the namespace too
         if rc:
             self._close()  # the socket may hold a half-read reply: start afresh
             raise error_for(-rc, self.path)

@@ -1,15 +1,20 @@
 """The namespace's IPVS settings against the real kernel: timeouts, sync daemons and net.ipv4.vs
-sysctls as the exporter serves them, each compared with ipvsadm and sysctl in that namespace."""
+sysctls as the exporter serves them, each compared with ipvsadm and sysctl in that namespace;
+a handle keeps one descriptor however often they are read, and never reads a namespace that
+replaced its own at the same path."""
 
 from __future__ import annotations
 
+import errno
+import os
 import re
 from collections.abc import Iterator
 
 import pytest
+from ingress_ipvs_exporter._ipvs_cffi import lib
 from ipvs_testlib import running_exporter, samples, scrape, sh
 
-from ingress_ipvs_exporter.ipvs import SYSCTLS
+from ingress_ipvs_exporter.ipvs import SYSCTLS, Handle
 
 pytestmark = pytest.mark.kernel
 
@@ -98,7 +103,7 @@ def test_a_sysctl_changed_in_a_namespace_shows_there_only(netns, second_netns):
     (name, path), (other, other_path) = netns, second_netns
     with running_exporter("--namespace-path", path, "--namespace-path", other_path) as (url, _):
         before = scrape(url)
-        # changed while the exporter runs: its files, opened when it entered the namespace, read it
+        # changed while the exporter runs: each scrape reads the files inside the namespace
         sh("sysctl", "-qw", "net.ipv4.vs.conn_reuse_mode=0", "net.ipv4.vs.expire_nodest_conn=1", ns=name)
         after = scrape(url)
     for scraped, ns, ns_path in (
@@ -115,6 +120,46 @@ def test_a_sysctl_changed_in_a_namespace_shows_there_only(netns, second_netns):
     was = {dict(k)["name"]: v for k, v in _of(before, "ipvs_sysctl", path).items()}
     assert (was["conn_reuse_mode"], was["expire_nodest_conn"]) == (1, 0)
     assert {"conn_reuse_mode", "expire_nodest_conn", "sloppy_tcp", "schedule_icmp"} <= set(changed)
+
+
+def _fds() -> int:
+    return len(os.listdir("/proc/self/fd"))
+
+
+def test_a_handle_keeps_one_descriptor_however_often_its_settings_are_read(netns, second_netns):
+    # a node's exporter holds a handle on each of up to a hundred namespaces under a soft
+    # limit of 1024 descriptors: a handle is its socket, nothing per sysctl
+    (name, path), (other, other_path) = netns, second_netns
+    sh("sysctl", "-qw", "net.ipv4.vs.expire_nodest_conn=1", ns=name)
+    before = _fds()
+    handles = [Handle(path), Handle(other_path)]
+    try:
+        for _ in range(3):
+            read = [(h.snapshot(), h.settings()) for h in handles]
+            assert _fds() - before == len(handles)
+        assert read[0][1].sysctls == {k: int(v) for k, v in _sysctls(name).items()}
+        assert read[1][1].sysctls == {k: int(v) for k, v in _sysctls(other).items()}
+        assert (read[0][1].sysctls["expire_nodest_conn"], read[1][1].sysctls["expire_nodest_conn"]) == (1, 0)
+    finally:
+        for h in handles:
+            h.close()
+    assert _fds() == before
+
+
+def test_settings_of_a_replaced_namespace_are_refused_then_read_from_the_new_one(netns):
+    # Docker recreates a namespace at the same path: the shim must not read the new one's
+    # sysctls for a handle (a socket) still bound to the old one
+    name, path = netns
+    h = Handle(path)
+    try:
+        h.snapshot()
+        sh("ip", "netns", "del", name)
+        sh("ip", "netns", "add", name)
+        sh("sysctl", "-qw", "net.ipv4.vs.expire_nodest_conn=1", ns=name)
+        assert lib.ipvs_get_settings(h._h) == -errno.ESTALE  # as a read racing the swap sees it
+        assert h.settings().sysctls["expire_nodest_conn"] == 1  # the binding reopened
+    finally:
+        h.close()
 
 
 def test_original_metrics_only_leaves_the_settings_out(netns):
