@@ -33,6 +33,19 @@
 #define RCVBUF_BYTES   (8 * 1024 * 1024)
 #define MSGBUF_BYTES   (64 * 1024)
 #define RECV_TIMEOUT_S 10
+#define SYSCTL_DIR     "/proc/sys/net/ipv4/vs"
+
+/* The integer settings of /proc/sys/net/ipv4/vs that change how IPVS treats connections
+ * (index = the sysctl arrays' index). Files holding several values or text are left out. */
+static const char *const sysctl_names[IPVS_NSYSCTL] = {
+    "conn_reuse_mode", "expire_nodest_conn", "expire_quiescent_template",
+    "conntrack",       "sloppy_tcp",         "sloppy_sctp",
+    "schedule_icmp",   "ignore_tunneled",    "run_estimation",
+    "backup_only",     "cache_bypass",       "drop_entry",
+    "drop_packet",     "secure_tcp",         "nat_icmp_send",
+    "pmtu_disc",       "snat_reroute",       "sync_version",
+    "sync_ports",      "sync_persist_mode",
+};
 
 struct priv {
     struct nl_sock *sk;
@@ -42,6 +55,7 @@ struct priv {
     uint32_t cur_svc; /* service row that GET_DEST replies belong to */
     uint32_t info_version, info_tab_size;
     uint32_t *slots, cap_slots; /* hash table reused by the duplicate-dropping passes */
+    char *path;                 /* the namespace file ipvs_open entered ("" = the caller's) */
 };
 
 /* ---- error mapping ------------------------------------------------------ */
@@ -168,6 +182,16 @@ static void move_dest_row(struct ipvs_handle *h, uint32_t w, uint32_t r)
 static struct nla_policy cmd_policy[IPVS_CMD_ATTR_MAX + 1] = {
     [IPVS_CMD_ATTR_SERVICE] = {.type = NLA_NESTED},
     [IPVS_CMD_ATTR_DEST] = {.type = NLA_NESTED},
+    [IPVS_CMD_ATTR_DAEMON] = {.type = NLA_NESTED},
+    [IPVS_CMD_ATTR_TIMEOUT_TCP] = {.type = NLA_U32},
+    [IPVS_CMD_ATTR_TIMEOUT_TCP_FIN] = {.type = NLA_U32},
+    [IPVS_CMD_ATTR_TIMEOUT_UDP] = {.type = NLA_U32},
+};
+
+static struct nla_policy daemon_policy[IPVS_DAEMON_ATTR_MAX + 1] = {
+    [IPVS_DAEMON_ATTR_STATE] = {.type = NLA_U32},
+    [IPVS_DAEMON_ATTR_MCAST_IFN] = {.type = NLA_STRING},
+    [IPVS_DAEMON_ATTR_SYNC_ID] = {.type = NLA_U32},
 };
 
 static struct nla_policy svc_policy[IPVS_SVC_ATTR_MAX + 1] = {
@@ -248,13 +272,13 @@ static int read_row_stats(struct nlattr *stats64, struct nlattr *stats32, uint64
     return 0;
 }
 
-/* A NUL-terminated name into a fixed slot, cut to fit. */
-static void read_name(struct nlattr *a, char *out)
+/* A NUL-terminated name into a fixed slot of `size` bytes, cut to fit. */
+static void read_name_into(struct nlattr *a, char *out, int size)
 {
-    memset(out, 0, IPVS_NAME_LEN);
+    memset(out, 0, size);
     if (a) {
         int n = nla_len(a);
-        memcpy(out, nla_data(a), n >= IPVS_NAME_LEN ? IPVS_NAME_LEN - 1 : n);
+        memcpy(out, nla_data(a), n >= size ? size - 1 : n);
     }
 }
 
@@ -293,7 +317,8 @@ static int parse_service(struct ipvs_handle *h, struct nlattr *nest)
     row[IPVS_SVC_NETMASK] = u32_or0(s[IPVS_SVC_ATTR_NETMASK]);
     row[IPVS_SVC_DEST_FIRST] = h->n_dst;
     read_addr(s[IPVS_SVC_ATTR_ADDR], h->svc_addr + (size_t)i * IPVS_ADDR_LEN);
-    read_name(s[IPVS_SVC_ATTR_SCHED_NAME], h->svc_sched + (size_t)i * IPVS_NAME_LEN);
+    read_name_into(s[IPVS_SVC_ATTR_SCHED_NAME], h->svc_sched + (size_t)i * IPVS_NAME_LEN,
+                   IPVS_NAME_LEN);
     if (read_row_stats(s[IPVS_SVC_ATTR_STATS64], s[IPVS_SVC_ATTR_STATS],
                        h->svc_stats + (size_t)i * IPVS_NSTATS))
         h->stats64 = 1;
@@ -338,7 +363,37 @@ static uint16_t service_af(const struct ipvs_handle *h, uint32_t svc)
     return svc < h->n_svc ? (uint16_t)h->svc_u32[(size_t)svc * IPVS_SVC_NCOLS + IPVS_SVC_AF] : 0;
 }
 
-/* One genetlink message of a GET_SERVICE or GET_DEST reply. */
+/* A GET_CONFIG reply: the three timeouts (an attribute left out reads 0). */
+static int parse_config(struct ipvs_handle *h, struct nlattr **attrs)
+{
+    h->settings.timeout_tcp = u32_or0(attrs[IPVS_CMD_ATTR_TIMEOUT_TCP]);
+    h->settings.timeout_tcp_fin = u32_or0(attrs[IPVS_CMD_ATTR_TIMEOUT_TCP_FIN]);
+    h->settings.timeout_udp = u32_or0(attrs[IPVS_CMD_ATTR_TIMEOUT_UDP]);
+    return 0;
+}
+
+/* One message of a GET_DAEMON reply: a running daemon. */
+static int parse_daemon(struct ipvs_handle *h, struct nlattr *nest)
+{
+    struct nlattr *d[IPVS_DAEMON_ATTR_MAX + 1];
+    struct ipvs_daemon *out;
+    int err;
+    if (!nest)
+        return -EPROTO;
+    if ((err = nla_parse_nested(d, IPVS_DAEMON_ATTR_MAX, nest, daemon_policy)) < 0)
+        return nle_to_errno(err);
+    if (!d[IPVS_DAEMON_ATTR_STATE])
+        return -EPROTO;
+    if (h->settings.n_daemons >= IPVS_MAX_DAEMONS)
+        return -E2BIG;
+    out = &h->settings.daemons[h->settings.n_daemons++];
+    out->state = nla_get_u32(d[IPVS_DAEMON_ATTR_STATE]);
+    out->sync_id = u32_or0(d[IPVS_DAEMON_ATTR_SYNC_ID]);
+    read_name_into(d[IPVS_DAEMON_ATTR_MCAST_IFN], out->mcast_ifn, IPVS_IFNAME_LEN);
+    return 0;
+}
+
+/* One genetlink message of a GET_SERVICE, GET_DEST, GET_CONFIG or GET_DAEMON reply. */
 static int parse_nlmsg(struct ipvs_handle *h, enum ipvs_msg_kind kind, struct nlmsghdr *nlh)
 {
     struct nlattr *attrs[IPVS_CMD_ATTR_MAX + 1];
@@ -346,6 +401,10 @@ static int parse_nlmsg(struct ipvs_handle *h, enum ipvs_msg_kind kind, struct nl
     int err = genlmsg_parse(nlh, 0, attrs, IPVS_CMD_ATTR_MAX, cmd_policy);
     if (err < 0)
         return nle_to_errno(err);
+    if (kind == IPVS_MSG_CONFIG)
+        return parse_config(h, attrs);
+    if (kind == IPVS_MSG_DAEMON)
+        return parse_daemon(h, attrs[IPVS_CMD_ATTR_DAEMON]);
     if (kind == IPVS_MSG_SERVICE) {
         if (!attrs[IPVS_CMD_ATTR_SERVICE])
             return -EPROTO;
@@ -377,6 +436,16 @@ static int on_valid_svc(struct nl_msg *msg, void *arg)
 static int on_valid_dst(struct nl_msg *msg, void *arg)
 {
     return on_valid_row(arg, IPVS_MSG_DEST, msg);
+}
+
+static int on_valid_config(struct nl_msg *msg, void *arg)
+{
+    return on_valid_row(arg, IPVS_MSG_CONFIG, msg);
+}
+
+static int on_valid_daemon(struct nl_msg *msg, void *arg)
+{
+    return on_valid_row(arg, IPVS_MSG_DAEMON, msg);
 }
 
 static int on_valid_info(struct nl_msg *msg, void *arg)
@@ -685,6 +754,150 @@ int ipvs_get_info(struct ipvs_handle *h, uint32_t *version, uint32_t *conn_tab_s
     return 0;
 }
 
+/* One request of ipvs_get_settings: what the kernel refused or a reply failed to parse goes
+ * to *part_err (the reply stream was read to its end); a failure of the socket itself is
+ * returned. */
+static int settings_request(struct ipvs_handle *h, int cmd, int flags, nl_recvmsg_msg_cb_t valid,
+                            int *part_err)
+{
+    struct priv *pv = h->priv;
+    struct nl_msg *msg = new_request(h, cmd, flags);
+    int err;
+    if (!msg)
+        return -ENOMEM;
+    err = transact(h, msg, valid);
+    *part_err = pv->cb_err;
+    return pv->cb_err ? 0 : err;
+}
+
+/* Whole file: one decimal integer and a newline, as the kernel writes an int sysctl. Read
+ * from the namespace the calling thread is in: /proc/sys/net resolves it at open(). */
+static int read_sysctl(const char *name, int64_t *out)
+{
+    char path[96], buf[32], *end;
+    int fd;
+    ssize_t n;
+    long long v;
+    snprintf(path, sizeof(path), "%s/%s", SYSCTL_DIR, name);
+    if ((fd = open(path, O_RDONLY | O_CLOEXEC)) < 0)
+        return -errno; /* -ENOENT: this kernel or namespace has no such setting */
+    n = read(fd, buf, sizeof(buf) - 1);
+    if (n < 0)
+        n = -errno;
+    close(fd);
+    if (n < 0)
+        return (int)n;
+    buf[n] = '\0';
+    errno = 0;
+    v = strtoll(buf, &end, 10);
+    if (end == buf || errno || (*end && strcmp(end, "\n") != 0))
+        return -EINVAL;
+    *out = v;
+    return 0;
+}
+
+/* ---- namespaces --------------------------------------------------------- */
+
+/* Open the file at `path` as a network namespace to enter: *fd and its fstat in *st, or a
+ * negative errno. Never blocks: a FIFO would wait in open() for a writer, a device could be a
+ * terminal, so open without blocking, then accept only a regular file (what nsfs files and
+ * Docker's placeholder are). NS_GET_NSTYPE (Linux 4.11+) tells a namespace of another type
+ * (mnt, pid...) from a network one before setns(); ENOTTY means no nsfs file, or an older
+ * kernel, and setns() decides. An empty regular file setns() refuses is the file Docker
+ * creates before it bind-mounts the namespace on it: -ENOMEDIUM, "not there yet". */
+static int open_netns(const char *path, int *fd, struct stat *st)
+{
+    int type;
+    *fd = open(path, O_RDONLY | O_NONBLOCK | O_NOCTTY | O_CLOEXEC);
+    if (*fd < 0)
+        return errno == ENXIO ? -EINVAL : -errno; /* ENXIO: a socket or a device without driver */
+    if (fstat(*fd, st) < 0)
+        return -errno;
+    if (!S_ISREG(st->st_mode))
+        return -EINVAL;
+    type = ioctl(*fd, NS_GET_NSTYPE);
+    if (type >= 0 && type != CLONE_NEWNET)
+        return -EINVAL;
+    return 0;
+}
+
+/* Move the calling thread into the namespace `target` (open_netns's fd and fstat); *self
+ * gets a descriptor of the thread's own namespace for leave_netns. */
+static int enter_netns(int target, const struct stat *st, int *self)
+{
+    char own[64];
+    /* setns(2) moves the calling thread only: remember this thread's namespace. */
+    snprintf(own, sizeof(own), "/proc/self/task/%ld/ns/net", (long)syscall(SYS_gettid));
+    *self = open(own, O_RDONLY | O_CLOEXEC);
+    if (*self < 0)
+        return -errno;
+    if (setns(target, CLONE_NEWNET) < 0) {
+        int err = errno == EINVAL && st->st_size == 0 ? -ENOMEDIUM : -errno;
+        close(*self);
+        *self = -1;
+        return err;
+    }
+    return 0;
+}
+
+/* Back to the namespace enter_netns left (self < 0: never left). -ENOTRECOVERABLE when
+ * setns fails: the thread stays in the other namespace, and every socket it made after
+ * would silently belong there. */
+static int leave_netns(int self)
+{
+    return self >= 0 && setns(self, CLONE_NEWNET) < 0 ? -ENOTRECOVERABLE : 0;
+}
+
+/* Read the sysctls in the handle's namespace: entered for this call only, so that a handle
+ * keeps one descriptor (its socket), not one per sysctl. -ESTALE: the path names another
+ * namespace now (the caller reopens); -ENOTRECOVERABLE: the thread could not return. */
+static int read_sysctls(struct ipvs_handle *h)
+{
+    struct priv *pv = h->priv;
+    struct stat st;
+    int err, self = -1, target = -1;
+    if (*pv->path) {
+        if ((err = open_netns(pv->path, &target, &st)))
+            goto out;
+        if ((uint64_t)st.st_dev != h->ns_dev || (uint64_t)st.st_ino != h->ns_ino) {
+            err = -ESTALE;
+            goto out;
+        }
+        if ((err = enter_netns(target, &st, &self)))
+            goto out;
+    }
+    for (int i = 0; i < IPVS_NSYSCTL; i++)
+        h->settings.sysctl_err[i] = read_sysctl(sysctl_names[i], &h->settings.sysctl[i]);
+    err = leave_netns(self);
+out:
+    if (self >= 0)
+        close(self);
+    if (target >= 0)
+        close(target);
+    return err;
+}
+
+int ipvs_get_settings(struct ipvs_handle *h)
+{
+    struct ipvs_settings *s;
+    int err;
+    if (!h || !h->priv || !((struct priv *)h->priv)->sk)
+        return -EBADF;
+    s = &h->settings;
+    memset(s, 0, sizeof(*s));
+    if ((err = read_sysctls(h)))
+        return err;
+    if ((err = settings_request(h, IPVS_CMD_GET_CONFIG, 0, on_valid_config, &s->config_err)))
+        return err;
+    /* the kernel answers GET_DAEMON as a dump only */
+    return settings_request(h, IPVS_CMD_GET_DAEMON, NLM_F_DUMP, on_valid_daemon, &s->daemon_err);
+}
+
+const char *ipvs_sysctl_name(int i)
+{
+    return i >= 0 && i < IPVS_NSYSCTL ? sysctl_names[i] : "";
+}
+
 /* ---- handles ------------------------------------------------------------ */
 
 static int handle_alloc(struct ipvs_handle **out)
@@ -697,6 +910,8 @@ static int handle_alloc(struct ipvs_handle **out)
         free(h);
         return -ENOMEM;
     }
+    for (int i = 0; i < IPVS_NSYSCTL; i++) /* no sysctl until ipvs_get_settings reads them */
+        h->settings.sysctl_err[i] = -ENOENT;
     *out = h;
     return 0;
 }
@@ -709,8 +924,10 @@ void ipvs_close(struct ipvs_handle *h)
     pv = h->priv;
     if (pv && pv->sk)
         nl_socket_free(pv->sk);
-    if (pv)
+    if (pv) {
         free(pv->slots);
+        free(pv->path);
+    }
     free(pv);
     free(h->svc_u32);
     free(h->svc_stats);
@@ -748,61 +965,29 @@ static int connect_here(struct priv *pv)
     return 0;
 }
 
-/* Open the file at `path` as a network namespace to enter: *fd and its fstat in *st, or a
- * negative errno. Never blocks: a FIFO would wait in open() for a writer, a device could be a
- * terminal, so open without blocking, then accept only a regular file (what nsfs files and
- * Docker's placeholder are). NS_GET_NSTYPE (Linux 4.11+) tells a namespace of another type
- * (mnt, pid...) from a network one before setns(); ENOTTY means no nsfs file, or an older
- * kernel, and setns() decides. An empty regular file setns() refuses is the file Docker
- * creates before it bind-mounts the namespace on it: -ENOMEDIUM, "not there yet". */
-static int open_netns(const char *path, int *fd, struct stat *st)
-{
-    int type;
-    *fd = open(path, O_RDONLY | O_NONBLOCK | O_NOCTTY | O_CLOEXEC);
-    if (*fd < 0)
-        return errno == ENXIO ? -EINVAL : -errno; /* ENXIO: a socket or a device without driver */
-    if (fstat(*fd, st) < 0)
-        return -errno;
-    if (!S_ISREG(st->st_mode))
-        return -EINVAL;
-    type = ioctl(*fd, NS_GET_NSTYPE);
-    if (type >= 0 && type != CLONE_NEWNET)
-        return -EINVAL;
-    return 0;
-}
-
 int ipvs_open(const char *netns_path, struct ipvs_handle **out)
 {
     struct ipvs_handle *h = NULL;
     struct stat st;
-    int err, self = -1, target = -1, switched = 0;
+    int err, left, self = -1, target = -1;
     *out = NULL;
     if ((err = handle_alloc(&h)))
         return err;
+    if (!(((struct priv *)h->priv)->path = strdup(netns_path ? netns_path : ""))) {
+        err = -ENOMEM;
+        goto fail;
+    }
     if (netns_path && *netns_path) {
-        char own[64];
-        if ((err = open_netns(netns_path, &target, &st)))
+        if ((err = open_netns(netns_path, &target, &st)) || (err = enter_netns(target, &st, &self)))
             goto fail;
-        /* setns(2) moves the calling thread only: remember this thread's namespace. */
-        snprintf(own, sizeof(own), "/proc/self/task/%ld/ns/net", (long)syscall(SYS_gettid));
-        self = open(own, O_RDONLY | O_CLOEXEC);
-        if (self < 0) {
-            err = -errno;
-            goto fail;
-        }
-        if (setns(target, CLONE_NEWNET) < 0) {
-            err = errno == EINVAL && st.st_size == 0 ? -ENOMEDIUM : -errno;
-            goto fail;
-        }
-        switched = 1;
     } else if (stat("/proc/self/ns/net", &st) < 0) {
         memset(&st, 0, sizeof(st));
     }
     h->ns_dev = (uint64_t)st.st_dev;
     h->ns_ino = (uint64_t)st.st_ino;
     err = connect_here(h->priv);
-    if (switched && setns(self, CLONE_NEWNET) < 0)
-        err = -ENOTRECOVERABLE;
+    if ((left = leave_netns(self)))
+        err = left;
 fail:
     if (self >= 0)
         close(self);
@@ -827,7 +1012,7 @@ int ipvs_handle_new_offline(struct ipvs_handle **out)
 int ipvs_parse_message(struct ipvs_handle *h, enum ipvs_msg_kind kind, const void *msg, size_t len)
 {
     struct nlmsghdr *nlh = (struct nlmsghdr *)msg;
-    if (!h || !msg || (kind != IPVS_MSG_SERVICE && kind != IPVS_MSG_DEST))
+    if (!h || !msg || (unsigned)kind > IPVS_MSG_DAEMON)
         return -EINVAL;
     if (len < NLMSG_HDRLEN || nlh->nlmsg_len < NLMSG_HDRLEN || nlh->nlmsg_len > len)
         return -EMSGSIZE;

@@ -49,6 +49,36 @@
 #define IPVS_ADDR_LEN 16 /* an IPv4 address uses the first 4 bytes */
 #define IPVS_NAME_LEN 16 /* scheduler name, NUL-terminated */
 
+/* The namespace's settings (ipvs_get_settings). A daemon is a master or a backup: at most
+ * one of each. The sysctls are the integer files of /proc/sys/net/ipv4/vs that
+ * ipvs_sysctl_name() names, index 0 .. IPVS_NSYSCTL - 1. */
+#define IPVS_MAX_DAEMONS 2
+#define IPVS_IFNAME_LEN  16 /* multicast interface name, NUL-terminated */
+#define IPVS_NSYSCTL     20
+
+struct ipvs_daemon {
+    uint32_t state; /* 1 master, 2 backup (IP_VS_STATE_*) */
+    uint32_t sync_id;
+    char mcast_ifn[IPVS_IFNAME_LEN];
+};
+
+struct ipvs_settings {
+    /* IPVS_CMD_GET_CONFIG: 0, or the negative errno the kernel answered; then the
+     * timeouts in seconds (what `ipvsadm --set` changes) */
+    int config_err;
+    uint32_t timeout_tcp;
+    uint32_t timeout_tcp_fin;
+    uint32_t timeout_udp;
+    /* IPVS_CMD_GET_DAEMON: 0 or the kernel's negative errno; then the running daemons */
+    int daemon_err;
+    uint32_t n_daemons;
+    struct ipvs_daemon daemons[IPVS_MAX_DAEMONS];
+    /* each sysctl's value, valid where its sysctl_err is 0; else -ENOENT (the kernel has no
+     * such setting in the namespace) or the errno opening or reading it gave */
+    int64_t sysctl[IPVS_NSYSCTL];
+    int sysctl_err[IPVS_NSYSCTL];
+};
+
 struct ipvs_handle {
     /* filled by ipvs_dump(); valid until the next dump or close */
     uint32_t n_svc;
@@ -65,6 +95,8 @@ struct ipvs_handle {
     uint64_t ns_ino;
     /* 1 when the last dump's stats came from the 64-bit blocks */
     int stats64;
+    /* filled by ipvs_get_settings(); valid until the next call or close */
+    struct ipvs_settings settings;
     /* private to the shim */
     void *priv;
 };
@@ -79,7 +111,9 @@ struct ipvs_handle {
  * namespace on it; on kernels before 4.11 also another namespace type), -EACCES (cannot open
  * the path), -EPERM (no CAP_SYS_ADMIN/CAP_NET_ADMIN),
  * -EPROTONOSUPPORT (no IPVS family in that kernel: ip_vs not loaded),
- * -ENOTRECOVERABLE (could not return to the original namespace: the thread is lost). */
+ * -ENOTRECOVERABLE (could not return to the original namespace: the thread is lost).
+ * The handle keeps one descriptor, its socket, and remembers the path and the namespace's
+ * identity (ns_dev/ns_ino) for ipvs_get_settings. */
 int ipvs_open(const char *netns_path, struct ipvs_handle **out);
 void ipvs_close(struct ipvs_handle *h);
 
@@ -89,10 +123,32 @@ int ipvs_dump(struct ipvs_handle *h);
 /* IPVS_CMD_GET_INFO: version (0x010201 = 1.2.1) and connection hash table size. */
 int ipvs_get_info(struct ipvs_handle *h, uint32_t *version, uint32_t *conn_tab_size);
 
-/* Parse one raw netlink message (as the kernel sends for GET_SERVICE / GET_DEST) into
- * the handle's arrays, appending a row. For the fuzzer and unit tests; no socket use.
- * A destination is attached to the last service row. */
-enum ipvs_msg_kind { IPVS_MSG_SERVICE = 0, IPVS_MSG_DEST = 1 };
+/* Fill h->settings: the timeouts (IPVS_CMD_GET_CONFIG), the sync daemons
+ * (IPVS_CMD_GET_DAEMON) and the sysctls. /proc/sys/net shows the namespace of the thread
+ * that looks a file up, so the sysctls are read with the calling thread moved into the
+ * handle's namespace for this call (setns in, open/read/close each file, setns back): no
+ * file stays open. One missing or unreadable is no error (see ipvs_settings.sysctl_err), nor
+ * is a request the kernel refuses: its errno goes to config_err or daemon_err and the rest
+ * is still read. Returns a negative errno when the socket failed (no answer, a broken reply
+ * stream), when the path is gone or names another namespace than the handle's now
+ * (-ESTALE), or when entering it failed: the handle should then be closed and opened again;
+ * -ENOTRECOVERABLE as for ipvs_open (the thread could not return). */
+int ipvs_get_settings(struct ipvs_handle *h);
+
+/* The name of sysctl i under /proc/sys/net/ipv4/vs ("" when i is out of range). */
+const char *ipvs_sysctl_name(int i);
+
+/* Parse one raw netlink message (as the kernel sends for GET_SERVICE / GET_DEST, or for
+ * GET_CONFIG / GET_DAEMON) into the handle: a service or destination appends a row (a
+ * destination is attached to the last service row), a config reply sets the timeouts of
+ * h->settings, a daemon reply appends a daemon (one past IPVS_MAX_DAEMONS: -E2BIG). For the
+ * fuzzer and unit tests; no socket use. */
+enum ipvs_msg_kind {
+    IPVS_MSG_SERVICE = 0,
+    IPVS_MSG_DEST = 1,
+    IPVS_MSG_CONFIG = 2,
+    IPVS_MSG_DAEMON = 3
+};
 int ipvs_parse_message(struct ipvs_handle *h, enum ipvs_msg_kind kind, const void *msg, size_t len);
 int ipvs_handle_new_offline(struct ipvs_handle **out);
 

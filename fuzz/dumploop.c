@@ -4,10 +4,10 @@
  *   dumploop NETNS_PATH DUMPS [REOPENS]
  *
  * Opens one handle on NETNS_PATH ("" = this namespace) and dumps DUMPS times (plus
- * ipvs_get_info every 100th), closes it, then REOPENS times opens a fresh handle, dumps
- * once and closes it again. Every dump must see the same number of services and
- * destinations as the first. Prints one summary line; exits 0 on success, 1 on any
- * shim error or disagreement, 2 on bad usage. Built with -g and no sanitizer by
+ * ipvs_get_info and ipvs_get_settings every 100th, the kernel answering both queries), closes it,
+ * then REOPENS times opens a fresh handle, dumps once and closes it again. Every dump must see the
+ * same number of services and destinations as the first. Prints one summary line; exits 0 on
+ * success, 1 on any shim error or disagreement, 2 on bad usage. Built with -g and no sanitizer by
  * tests/kernel/test_leaks_kernel.py, which runs it under valgrind; it links
  * csrc/ipvs.c directly (gcc -Icsrc fuzz/dumploop.c csrc/ipvs.c -lnl-genl-3 -lnl-3).
  */
@@ -69,6 +69,12 @@ int main(int argc, char **argv)
         }
         if (i % 100 == 0 && (rc = ipvs_get_info(h, &version, &tab))) {
             fprintf(stderr, "dumploop: get_info: %s\n", strerror(-rc));
+            ipvs_close(h);
+            return 1;
+        }
+        if (i % 100 == 0 && ((rc = ipvs_get_settings(h)) || (rc = h->settings.config_err) ||
+                             (rc = h->settings.daemon_err))) {
+            fprintf(stderr, "dumploop: get_settings: %s\n", strerror(-rc));
             ipvs_close(h);
             return 1;
         }

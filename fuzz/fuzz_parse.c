@@ -6,10 +6,11 @@
  *
  * Input format (the seed corpus in tests/fuzz/corpus/ uses it too):
  *
- *   byte 0, bit 7 clear - one message: kind = bit 0 (0 service, 1 destination),
- *                         the rest of the input is the message.
+ *   byte 0, bit 7 clear - one message: kind = bits 0-1 (0 service, 1 destination,
+ *                         2 GET_CONFIG reply, 3 GET_DAEMON reply), the rest of the
+ *                         input is the message.
  *   byte 0, bit 7 set   - several messages: bits 0-6 = extra passes (0..127); then
- *                         records [kind:1 (bit 0)][len:2, little endian][len bytes]
+ *                         records [kind:1 (bits 0-1)][len:2, little endian][len bytes]
  *                         (a short last record takes what is left). Every pass feeds
  *                         all records again into the same handle, so rows accumulate
  *                         and the arrays grow past their first capacity (64 services,
@@ -21,9 +22,9 @@
  *   - from a copy that ends at a PROT_NONE guard page (start kept 4-aligned, so at most
  *     3 bytes of slack): libnl itself is not instrumented, and a read by genlmsg_parse /
  *     nla_parse past the message's end faults there (SEGV, which libFuzzer reports).
- * Both handles must end with the same return codes and identical arrays, and the
- * arrays must satisfy the shim's invariants (else abort()). Handles are closed every
- * iteration, so LeakSanitizer sees any leak.
+ * Both handles must end with the same return codes and identical arrays and settings, and
+ * the arrays and settings must satisfy the shim's invariants (else abort()). Handles are closed
+ * every iteration, so LeakSanitizer sees any leak.
  */
 #include <stddef.h>
 #include <stdint.h>
@@ -110,6 +111,15 @@ static uint64_t check_handle(const struct ipvs_handle *h)
     }
     if (dests > h->n_dst)
         fail("more destinations counted than rows");
+    if (h->settings.n_daemons > IPVS_MAX_DAEMONS)
+        fail("more daemons than the settings hold");
+    for (i = 0; i < h->settings.n_daemons; i++) {
+        const struct ipvs_daemon *d = &h->settings.daemons[i];
+        if (memchr(d->mcast_ifn, 0, IPVS_IFNAME_LEN) == NULL)
+            fail("daemon interface name not NUL-terminated");
+        sum += d->state + d->sync_id;
+    }
+    sum += h->settings.timeout_tcp + h->settings.timeout_tcp_fin + h->settings.timeout_udp;
     for (i = 0; i < h->n_dst; i++) {
         const uint32_t *row = h->dst_u32 + (size_t)i * IPVS_DST_NCOLS;
         for (j = 0; j < IPVS_DST_NCOLS; j++)
@@ -132,6 +142,8 @@ static int same_arrays(const struct ipvs_handle *a, const struct ipvs_handle *b)
 {
     size_t ns = a->n_svc, nd = a->n_dst;
     if (a->n_svc != b->n_svc || a->n_dst != b->n_dst || a->stats64 != b->stats64)
+        return 0;
+    if (memcmp(&a->settings, &b->settings, sizeof(a->settings)))
         return 0;
     if (ns && (memcmp(a->svc_u32, b->svc_u32, ns * IPVS_SVC_NCOLS * 4) ||
                memcmp(a->svc_stats, b->svc_stats, ns * IPVS_NSTATS * 8) ||
@@ -183,13 +195,13 @@ int LLVMFuzzerTestOneInput(const uint8_t *data, size_t size)
         abort();
 
     if (!(data[0] & 0x80)) {
-        feed(a, b, data[0] & 1, data + 1, size - 1);
+        feed(a, b, data[0] & 3, data + 1, size - 1);
     } else {
         unsigned passes = (data[0] & 0x7f) + 1u, p, fed = 0;
         for (p = 0; p < passes; p++) {
             size_t off = 1;
             while (off + 3 <= size && fed++ < MAX_MESSAGES) {
-                int kind = data[off] & 1;
+                int kind = data[off] & 3;
                 size_t len = (size_t)data[off + 1] | ((size_t)data[off + 2] << 8);
                 off += 3;
                 if (len > size - off)

@@ -26,6 +26,12 @@ def rec(kind, m):
     return struct.pack("<BH", kind, len(m)) + m
 
 
+def daemon(state, ifname, sync_id):
+    """A GET_DAEMON reply: one daemon, nested in IPVS_CMD_ATTR_DAEMON."""
+    inner = A(1, struct.pack("=I", state)) + A(2, ifname) + A(3, struct.pack("=I", sync_id))
+    return msg(A(3 | 0x8000, inner), cmd=16)
+
+
 AF4 = A(1, struct.pack("=H", 2))
 svc_min = msg(A(1, AF4))
 dst_min = msg(A(2, b""), cmd=5)
@@ -90,6 +96,17 @@ files = {
     # nested flag and byte-order flag set on the outer and inner types
     "edge-type-flag-bits.bin": b"\x00"
     + msg(struct.pack("=HH", 4 + 8, 1 | 0x8000) + struct.pack("=HH", 6, 1 | 0x4000) + b"\x02\x00\x00\x00"),
+    # a GET_CONFIG reply (100 20 30) and GET_DAEMON replies: three daemons (the shim holds two;
+    # the second's name is longer than its slot), one without a state, an unterminated name
+    "edge-config.bin": b"\x02"
+    + msg(A(4, struct.pack("=I", 100)) + A(5, struct.pack("=I", 20)) + A(6, struct.pack("=I", 30)), cmd=13),
+    "edge-daemons-three.bin": b"\x80"
+    + rec(3, daemon(1, b"eth0\0", 1))
+    + rec(3, daemon(2, b"x" * 30 + b"\0", 2))
+    + rec(3, daemon(1, b"eth1\0", 3)),
+    "edge-daemon-without-state.bin": b"\x03"
+    + msg(A(3 | 0x8000, A(2, b"eth0\0") + A(3, struct.pack("=I", 1))), cmd=16),
+    "edge-daemon-ifname-unterminated.bin": b"\x03" + daemon(1, b"eth0eth0", 1),
 }
 for name, data in files.items():
     open(os.path.join(out, name), "wb").write(data)

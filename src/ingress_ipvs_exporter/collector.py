@@ -20,9 +20,18 @@ from prometheus_client import ProcessCollector
 from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, Metric
 from prometheus_client.registry import Collector
 
-from .ipvs import IPVSError, NamespaceNotFound, NotANamespace, ReadTimeout, Snapshot, describe_namespace
+from .ipvs import (
+    IPVSError,
+    NamespaceNotFound,
+    NotANamespace,
+    ReadTimeout,
+    Settings,
+    Snapshot,
+    describe_namespace,
+)
 from .logonce import LogOnce
 from .metrics import DEFAULT_OPTIONS, Options, Ports, Vips
+from .settings import settings_families
 
 log = logging.getLogger(__name__)
 
@@ -58,13 +67,15 @@ class Reading:
 
     snapshot: None when IPVS could not be read (error says why); ports and vips: fwmark ->
     published ports and fwmark -> VIPs of the snapshot's fwmarks; info: (IPVS version,
-    connection table size) when read; seconds: how long the read took.
+    connection table size) when read; settings: the namespace's settings (None when not read:
+    see settings.settings_families); seconds: how long the read took.
     """
 
     snapshot: Snapshot | None
     ports: Ports = field(default_factory=dict)
     vips: Vips = field(default_factory=dict)
     info: tuple[int, int] | None = None
+    settings: Settings | None = None
     seconds: float = 0.0
     error: IPVSError | None = None
 
@@ -84,6 +95,7 @@ class IPVSCollector:
     snapshot: returns a Snapshot (raises IPVSError when IPVS cannot be read).
     ports: fwmarks -> {fwmark: [PublishedPort, ...]}; vips: fwmarks -> {fwmark: [VIP, ...]}.
     info: returns (IPVS version, connection table size); swarm: names fwmark services.
+    settings: returns the namespace's Settings (not read under original_only).
     optional: a namespace matched by a glob, whose absence is no error worth a log line.
     """
 
@@ -97,6 +109,7 @@ class IPVSCollector:
         swarm: SwarmNames | None = None,
         vips: Callable[[Iterable[int]], Vips] | None = None,
         optional: bool = False,
+        settings: Callable[[], Settings] | None = None,
     ) -> None:
         self.namespace = namespace
         self.options = options
@@ -106,8 +119,10 @@ class IPVSCollector:
         self._swarm = swarm
         self._vips = vips
         self._optional = optional
+        self._settings = settings if not options.original_only else None
         self._errors: dict[str, int] = {}
         self._said = LogOnce(log)
+        self._settings_said = LogOnce(log)  # never reset: a setting unreadable is said once
         self._lock = threading.Lock()
 
     def read(self) -> Reading:
@@ -122,8 +137,23 @@ class IPVSCollector:
         except IPVSError as e:
             self._failed(e)
             return Reading(None, seconds=time.monotonic() - start, error=e)
+        settings = self._read_settings()
         self._said.reset()
-        return Reading(snap, ports, vips, info, time.monotonic() - start)
+        return Reading(snap, ports, vips, info, settings, time.monotonic() - start)
+
+    def _read_settings(self) -> Settings | None:
+        """The namespace's settings, or None; what could not be read is logged once per kind
+        (a namespace that has it for good must not fill the log) and costs no other family."""
+        if self._settings is None:
+            return None
+        try:
+            settings = self._settings()
+        except IPVSError as e:
+            self._settings_said.log(("settings", e.errno), logging.WARNING, "%s", e.strerror or e)
+            return None
+        for key, message in settings.problems:
+            self._settings_said.log(key, logging.WARNING, "%s", message)
+        return settings
 
     def readings(self, scrape_timeout: float | None = None) -> list[tuple[IPVSCollector, Reading]]:
         """This one namespace read now (what exposition.MetricsApp asks of its source; one
@@ -149,6 +179,7 @@ class IPVSCollector:
                 out += self._ipvs_info(*reading.info)
             if self._swarm is not None:
                 out += self._swarm_families(reading.snapshot.fwmarks(), reading.ports)
+            out += settings_families(self.namespace, reading.settings)
         return out + self._health(reading)
 
     def _swarm_families(self, marks: Iterable[int], ports: Ports) -> list[Metric]:

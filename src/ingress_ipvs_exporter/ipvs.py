@@ -28,6 +28,11 @@ _DST_NCOLS: int = lib.IPVS_DST_NCOLS
 _NSTATS: int = lib.IPVS_NSTATS
 _ADDR_LEN: int = lib.IPVS_ADDR_LEN
 _NAME_LEN: int = lib.IPVS_NAME_LEN
+SYSCTLS: tuple[str, ...] = tuple(
+    ffi.string(lib.ipvs_sysctl_name(i)).decode() for i in range(lib.IPVS_NSYSCTL)
+)
+SYSCTL_DIR = "/proc/sys/net/ipv4/vs"
+DAEMON_STATES: dict[int, str] = {1: "master", 2: "backup"}  # IP_VS_STATE_*
 
 
 class Stats(NamedTuple):
@@ -71,6 +76,27 @@ class Service(NamedTuple):
     netmask: int
     stats: Stats
     destinations: tuple[Destination, ...]
+
+
+class SyncDaemon(NamedTuple):
+    """A running connection sync daemon: "master" or "backup", its multicast interface, sync ID."""
+
+    state: str
+    mcast_interface: str
+    sync_id: int
+
+
+class Settings(NamedTuple):
+    """A namespace's IPVS settings. timeouts: {"tcp", "tcp_fin", "udp"} -> seconds, None when
+    the kernel refused the query; daemons: the running sync daemons, None when refused;
+    sysctls: name -> value of each setting this namespace has and the exporter could read;
+    problems: (key, message) for each query refused or setting unreadable (a setting the
+    kernel lacks is no problem), the key telling one kind of problem from another."""
+
+    timeouts: dict[str, int] | None
+    daemons: tuple[SyncDaemon, ...] | None
+    sysctls: dict[str, int]
+    problems: tuple[tuple[tuple[str, str, int], str], ...] = ()
 
 
 class IPVSError(OSError):
@@ -160,11 +186,56 @@ def error_for(err: int, path: str, entering: bool = False) -> IPVSError:
             f"{denied}: IPVS netlink requests need CAP_NET_ADMIN: give the exporter "
             "CAP_NET_ADMIN or run it as root",
         )
+    if err == errno.ESTALE:
+        # ipvs_get_settings found the path naming another namespace than the handle's
+        return DumpFailed(err, f"{where} was replaced while it was read: reopening it")
     if err == errno.EPROTONOSUPPORT:
         return IPVSUnavailable(
             err, f"IPVS is not available in the kernel of {where}: load it with 'modprobe ip_vs'"
         )
     return DumpFailed(err, f"reading IPVS in {where} failed: {os.strerror(err)}")
+
+
+def settings_from(h: Any, path: str) -> Settings:
+    """The Settings a handle on `path`'s namespace holds (its struct ipvs_settings)."""
+    s = h.settings
+    where = describe_namespace(path)
+    problems: list[tuple[tuple[str, str, int], str]] = []
+
+    def refused(what: str, err: int) -> None:
+        why = os.strerror(err) + (": IPVS netlink requests need CAP_NET_ADMIN" if err == errno.EPERM else "")
+        problems.append(((what, "", err), f"{what} in {where} failed ({why}): left out"))
+
+    timeouts = None
+    if s.config_err:
+        refused("reading the IPVS timeouts", -s.config_err)
+    else:
+        timeouts = {"tcp": s.timeout_tcp, "tcp_fin": s.timeout_tcp_fin, "udp": s.timeout_udp}
+    daemons = None
+    if s.daemon_err:
+        refused("reading the IPVS sync daemons", -s.daemon_err)
+    else:
+        daemons = tuple(
+            SyncDaemon(
+                DAEMON_STATES.get(d.state, str(d.state)),
+                ffi.string(d.mcast_ifn).decode("ascii", "replace"),
+                d.sync_id,
+            )
+            for d in s.daemons[0 : s.n_daemons]
+        )
+    sysctls = {}
+    for i, name in enumerate(SYSCTLS):
+        err = -s.sysctl_err[i]
+        if not err:
+            sysctls[name] = s.sysctl[i]
+        elif err != errno.ENOENT:  # ENOENT: this kernel has no such setting
+            problems.append(
+                (
+                    ("sysctl", name, err),
+                    f"cannot read {SYSCTL_DIR}/{name} in {where} ({os.strerror(err)}): left out",
+                )
+            )
+    return Settings(timeouts, daemons, sysctls, tuple(problems))
 
 
 def _copy(ptr: Any, n: int, width: int) -> bytes:
@@ -476,17 +547,20 @@ class Handle:
         self._h = None
         self._lock = threading.Lock()
 
-    def _open(self) -> None:
-        out = ffi.new("struct ipvs_handle **")
-        rc = lib.ipvs_open(os.fsencode(self.path), out)  # the path's own bytes
+    def _exit_if_lost(self, rc: int) -> None:
+        """Exit 70 when the shim could not setns() the thread back to our own namespace: it
+        now lives in the target namespace and every later socket would silently be made there."""
         if rc == -errno.ENOTRECOVERABLE:
-            # setns() back to our own namespace failed: this thread now lives in the
-            # target namespace and every later socket would silently be made there.
             log.critical(
                 "could not return from %s to the exporter's own network namespace; exiting",
                 describe_namespace(self.path),
             )
             os._exit(70)
+
+    def _open(self) -> None:
+        out = ffi.new("struct ipvs_handle **")
+        rc = lib.ipvs_open(os.fsencode(self.path), out)  # the path's own bytes
+        self._exit_if_lost(rc)
         if rc:
             raise error_for(-rc, self.path, entering=True)
         self._h = out[0]
@@ -512,6 +586,7 @@ class Handle:
     def _call(self, fn: Callable[..., int], *args: Any) -> None:
         self._ensure_open()
         rc = fn(self._h, *args)
+        self._exit_if_lost(rc)  # ipvs_get_settings enters the namespace too
         if rc:
             self._close()  # the socket may hold a half-read reply: start afresh
             raise error_for(-rc, self.path)
@@ -529,6 +604,14 @@ class Handle:
         with self._lock:
             self._call(lib.ipvs_get_info, v, s)
         return v[0], s[0]
+
+    def settings(self) -> Settings:
+        """The namespace's timeouts, sync daemons and IPVS sysctls now. A query the kernel
+        refuses or a setting that cannot be read is in Settings.problems; raises only when
+        the socket failed."""
+        with self._lock:
+            self._call(lib.ipvs_get_settings)
+            return settings_from(self._h, self.path)
 
     def __enter__(self) -> Handle:
         return self

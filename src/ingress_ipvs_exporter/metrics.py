@@ -304,12 +304,17 @@ def series_labels(
 
 
 @dataclass(frozen=True)
-class InfoDef:
-    """An info family (value always 1): name, help, label names."""
+class GaugeDef:
+    """A gauge family: name, help, label names."""
 
     name: str
     help: str
     labels: tuple[str, ...]
+
+
+@dataclass(frozen=True)
+class InfoDef(GaugeDef):
+    """An info family (value always 1)."""
 
 
 SERVICE_INFO = InfoDef(
@@ -357,3 +362,24 @@ def info_rows(
         rows = dict.fromkeys((*key, m) for key, m in zip(labels, methods) if key is not None)
         out.append((BACKEND_INFO, (*options.label_names(_D), "forwarding"), list(rows)))
     return out
+
+
+# The namespace's settings (ipvs.Settings); left out under original_only like every added family.
+TIMEOUT = GaugeDef(
+    "ipvs_timeout_seconds",
+    "IPVS connection timeout of the namespace by protocol state, as ipvsadm --set changes it",
+    ("namespace", "protocol"),
+)
+SYNC_DAEMON_INFO = InfoDef(
+    "ipvs_sync_daemon_info",
+    "A running IPVS connection sync daemon: master or backup, its multicast interface and sync ID (always 1)",
+    ("mcast_interface", "namespace", "state", "sync_id"),
+)
+SYNC_DAEMONS = GaugeDef(
+    "ipvs_sync_daemons", "IPVS connection sync daemons running in the namespace", ("namespace",)
+)
+SYSCTL = GaugeDef(
+    "ipvs_sysctl",
+    "Value of the namespace's setting net.ipv4.vs.<name> (integer sysctls)",
+    ("name", "namespace"),
+)

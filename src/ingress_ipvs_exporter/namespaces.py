@@ -51,7 +51,15 @@ def opener(options: Options, swarm: SwarmNames | None) -> Opener:
     def open_namespace(path: str, globbed: bool) -> tuple[IPVSCollector, Callable[[], None]]:
         handle, marks = Handle(path), PortMap(path)
         collector = IPVSCollector(
-            shown_path(path), handle.snapshot, marks.lookup, options, handle.info, swarm, marks.vips, globbed
+            shown_path(path),
+            handle.snapshot,
+            marks.lookup,
+            options,
+            handle.info,
+            swarm,
+            marks.vips,
+            globbed,
+            handle.settings,
         )
 
         def close() -> None:

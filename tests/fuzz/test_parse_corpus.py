@@ -19,7 +19,7 @@ import struct
 import pytest
 from ingress_ipvs_exporter._ipvs_cffi import ffi, lib
 
-from ingress_ipvs_exporter.ipvs import Snapshot
+from ingress_ipvs_exporter.ipvs import Settings, Snapshot, SyncDaemon, settings_from
 
 HERE = os.path.dirname(os.path.abspath(__file__))
 CORPUS = os.path.join(HERE, "corpus")
@@ -62,12 +62,12 @@ def messages(data: bytes) -> list[tuple[int, bytes]]:
     if not data:
         return []
     if not data[0] & 0x80:
-        return [(data[0] & 1, data[1:])]
+        return [(data[0] & 3, data[1:])]
     out: list[tuple[int, bytes]] = []
     for _ in range((data[0] & 0x7F) + 1):
         off = 1
         while off + 3 <= len(data) and len(out) < MAX_MESSAGES:
-            kind, n = data[off] & 1, data[off + 1] | data[off + 2] << 8
+            kind, n = data[off] & 3, data[off + 1] | data[off + 2] << 8
             off += 3
             out.append((kind, data[off : off + n]))
             off += len(out[-1][1])
@@ -92,15 +92,30 @@ def check_invariants(snap: Snapshot) -> None:
         assert snap.n_svc == 0 or d.service[j] < snap.n_svc
 
 
-def feed(path: str) -> tuple[list[int], Snapshot]:
+def check_settings(s) -> None:
+    """The settings' invariants (a struct ipvs_settings), as fuzz_parse.c checks them."""
+    assert s.n_daemons <= lib.IPVS_MAX_DAEMONS
+    for d in s.daemons[0 : s.n_daemons]:
+        assert b"\0" in bytes(ffi.buffer(d.mcast_ifn))
+
+
+def parse_file(path: str) -> tuple[list[int], Snapshot, Settings]:
+    """Feed a fuzzer input to an offline handle: the return codes, the rows and the settings."""
     with open(path, "rb") as f:
         data = f.read()
     with Offline() as h:
         rcs = [h.parse(kind, msg) for kind, msg in messages(data)]
         snap = h.snapshot()
+        check_settings(h.h.settings)
+        settings = settings_from(h.h, "")
     for rc in rcs:
         assert -4095 <= rc <= 0, f"{os.path.basename(path)}: return code {rc} is not 0 or a negative errno"
     check_invariants(snap)
+    return rcs, snap, settings
+
+
+def feed(path: str) -> tuple[list[int], Snapshot]:
+    rcs, snap, _ = parse_file(path)
     return rcs, snap
 
 
@@ -162,6 +177,13 @@ def test_hand_made_edge_cases():
     assert set(rcs) == {0} and (snap.n_svc, snap.n_dst) == (70, 280)
     assert all(len(s.destinations) == 4 for s in snap.as_services())
     assert run("edge-type-flag-bits.bin")[0] == [0]
+    rcs, _, settings = parse_file(os.path.join(REGRESSIONS, "edge-config.bin"))
+    assert rcs == [0] and settings.timeouts == {"tcp": 100, "tcp_fin": 20, "udp": 30}
+    rcs, _, settings = parse_file(os.path.join(REGRESSIONS, "edge-daemons-three.bin"))
+    assert rcs == [0, 0, -errno.E2BIG]  # a master and a backup at most
+    assert settings.daemons == (SyncDaemon("master", "eth0", 1), SyncDaemon("backup", "x" * 15, 2))
+    assert run("edge-daemon-without-state.bin")[0] == [-errno.EPROTO]
+    assert run("edge-daemon-ifname-unterminated.bin")[0] == [-errno.EINVAL]  # NLA_STRING without NUL
 
 
 # ---- real messages give the right rows ------------------------------------------------
@@ -343,7 +365,7 @@ def test_truncated_messages_fail_cleanly():
 def test_bad_arguments():
     msg = _real("svc-tcp4-192_0_2_10-80.bin")
     with Offline() as h:
-        assert h.parse(2, msg) == -errno.EINVAL
+        assert h.parse(4, msg) == -errno.EINVAL
         assert h.parse(0xFFFFFFFF, msg) == -errno.EINVAL  # -1 from a C caller
         assert lib.ipvs_parse_message(h.h, 0, ffi.NULL, 0) == -errno.EINVAL
         assert lib.ipvs_parse_message(ffi.NULL, 0, ffi.new("uint8_t[]", msg), len(msg)) == -errno.EINVAL

@@ -120,3 +120,41 @@ def test_every_per_service_panel_names_services():
     assert len(per_service) >= 7, sorted(per_service)
     for key, expr in per_service.items():
         assert "label_replace(" in expr and '"service_name", ":$1", "port"' in expr, f"{key}: no fallback"
+
+
+def test_settings_panel_lists_every_setting_of_each_namespace(tmp_path):
+    on = 'instance="n1:10320", namespace="ingress_sbox"'
+    series = [
+        {"series": f'ipvs_timeout_seconds{{{on}, protocol="tcp"}}', "values": "100x5"},
+        {"series": f'ipvs_timeout_seconds{{{on}, protocol="udp"}}', "values": "30x5"},
+        {"series": f'ipvs_sysctl{{{on}, name="conn_reuse_mode"}}', "values": "0x5"},
+        {"series": f"ipvs_sync_daemons{{{on}}}", "values": "1x5"},
+        {
+            "series": f'ipvs_sync_daemon_info{{{on}, state="master", mcast_interface="eth1", sync_id="7"}}',
+            "values": "1x5",
+        },
+    ]
+    expected = {"timeout_tcp": 100, "timeout_udp": 30, "net.ipv4.vs.conn_reuse_mode": 0}
+    expected |= {"sync_daemons": 1, "sync_daemon master eth1 7": 1}
+    run_promtool(
+        tmp_path,
+        {
+            "rule_files": ["none.yml"],
+            "tests": [
+                {
+                    "interval": "1m",
+                    "input_series": series,
+                    "promql_expr_test": [
+                        {
+                            "expr": panel_expr("Settings"),
+                            "eval_time": "3m",
+                            "exp_samples": [
+                                {"labels": f'{{{on}, setting="{name}"}}', "value": value}
+                                for name, value in expected.items()
+                            ],
+                        }
+                    ],
+                }
+            ],
+        },
+    )
