@@ -31,7 +31,7 @@ bench.delete_namespace(f"{ns}c")
 bench.run(["ip", "netns", "add", ns])
 bench.run(["ip", "-n", ns, "link", "set", "lo", "up"])
 bench.fill_namespace(ns, args.services)
-traffic = bench.Traffic(bench.add_client(ns), args.services, args.live) if args.live else None
+traffic = bench.Traffic(bench.add_client(ns, args.services), args.services, args.live) if args.live else None
 procs = []
 
 

@@ -21,6 +21,7 @@ CONTENDERS = [
     ("exporter_gzip", "exporter, full scrape (gzip)"),
     ("exporter_gzip_nocache", "exporter, gzip, family cache off"),
     ("exporter_plain", "exporter, full scrape (plain)"),
+    ("cdump", "C floor: bare libnl dump"),
     ("shim_dump", "shim bare dump (in-process)"),
     ("ipvsadm", "ipvsadm -Ln --stats --exact"),
     ("node_exporter_gzip", "node_exporter ipvs (gzip)"),
@@ -31,6 +32,7 @@ PRIMARY = "exporter_gzip"  # what Prometheus does: Accept-Encoding: gzip
 # The live rows (counters moving between scrapes): key live{percent}_{contender}.
 LIVE_CONTENDERS = [
     ("exporter_gzip", "exporter (gzip)"),
+    ("cdump", "C floor"),
     ("shim_dump", "bare dump"),
     ("ipvsadm", "ipvsadm"),
     ("node_exporter_gzip", "node_exporter (gzip)"),
@@ -57,14 +59,19 @@ def _ratio(c: dict | None, base: dict | None) -> float | None:
 
 
 def add_ratios(doc: dict) -> None:
-    """ratio_to_ipvsadm (median / ipvsadm's median) on every contender with a time, and on
-    the live rows ratio_to_dump too; a live row is compared with the same share's rows."""
+    """ratio_to_ipvsadm (median / ipvsadm's median) and ratio_to_cdump (to the C floor's) on
+    every contender with a time, and on the live rows ratio_to_dump too; a live row is
+    compared with the same share's rows."""
     for r in doc.get("results", []):
         cs = r.get("contenders", {})
         for key, c in cs.items():
             prefix = key.split("_", 1)[0] + "_" if key.startswith("live") else ""
-            for name, base in (("ratio_to_ipvsadm", "ipvsadm"), ("ratio_to_dump", "shim_dump")):
-                ratio = _ratio(c, cs.get(prefix + base)) if prefix or name == "ratio_to_ipvsadm" else None
+            for name, base in (
+                ("ratio_to_ipvsadm", "ipvsadm"),
+                ("ratio_to_cdump", "cdump"),
+                ("ratio_to_dump", "shim_dump"),
+            ):
+                ratio = _ratio(c, cs.get(prefix + base)) if prefix or name != "ratio_to_dump" else None
                 if ratio is None:
                     c.pop(name, None)
                 else:
@@ -111,6 +118,122 @@ def _live_checks(doc: dict) -> list[dict]:
 
 
 NOCACHE = "exporter_gzip_nocache"
+
+# The targets against the C floor of the same run: (size, row prefix, limit) for the gzip
+# scrape's time; idle is the row without traffic, liveP_ the row with P% of services moving.
+FLOOR_TIME_TARGETS = [
+    (10000, "", 1.1),
+    (10000, "live10_", 1.2),
+    (10000, "live100_", 1.5),
+    (50000, "", 2.0),
+]
+RSS_TARGETS_MB = [(10000, 100.0), (50000, 400.0)]
+CPU_PER_DUMP_S = 1.0  # CPU seconds of the exporter per second of the C floor's dump
+VS_IPVSADM = (1000, "live100_", 0.5)
+
+
+def _row_name(prefix: str) -> str:
+    return f"{prefix[4:-1]}% moving" if prefix else "idle"
+
+
+def floor_targets(doc: dict) -> list[dict]:
+    """The scrape targets, each {name, result: met | not met | no data, detail}: the
+    exporter's gzip scrape against the C floor (bare libnl dump) of the same run and size,
+    its CPU per scrape against that dump's time, its RSS, and 1000 x 10 against ipvsadm.
+    Informational: a run on a busy machine says what it saw, it does not fail."""
+    out = []
+
+    def add(name, value, limit, detail):
+        result = "no data" if value is None else ("met" if value <= limit else "not met")
+        out.append({"name": name, "result": result, "detail": detail if value is not None else ""})
+
+    for n, prefix, limit in FLOOR_TIME_TARGETS:
+        e, f = _get(doc, n, prefix + PRIMARY), _get(doc, n, prefix + "cdump")
+        r = _ratio(e, f)
+        detail = f"{_fmt_t(e['median_s'])} vs {_fmt_t(f['median_s'])} = {r:.2f}x" if r is not None else ""
+        add(f"{n}x10 {_row_name(prefix)}: gzip scrape <= {limit:g}x the C floor", r, limit, detail)
+    for n, prefix, _ in FLOOR_TIME_TARGETS:
+        if n != 10000:
+            continue
+        e, f = _get(doc, n, prefix + PRIMARY), _get(doc, n, prefix + "cdump")
+        cpu = e.get("cpu_s_per_run") if _ok(e) else None
+        per = cpu / f["median_s"] if cpu is not None and _ok(f) and f["median_s"] > 0 else None
+        detail = (
+            f"{cpu:.3f} CPU s per scrape / {_fmt_t(f['median_s'])} dump = {per:.2f}"
+            if per is not None
+            else ""
+        )
+        add(
+            f"{n}x10 {_row_name(prefix)}: <= {CPU_PER_DUMP_S:g} CPU-second per second of the C floor's dump",
+            per,
+            CPU_PER_DUMP_S,
+            detail,
+        )
+    for n, limit in RSS_TARGETS_MB:
+        e = _get(doc, n, PRIMARY)
+        rss = e.get("rss_mb") if _ok(e) else None
+        add(f"{n}x10: exporter RSS <= {limit:g} MB", rss, limit, f"{rss:.1f} MB" if rss is not None else "")
+    n, prefix, limit = VS_IPVSADM
+    e, a = _get(doc, n, prefix + PRIMARY), _get(doc, n, prefix + "ipvsadm")
+    r = _ratio(e, a)
+    add(
+        f"{n}x10 {_row_name(prefix)}: gzip scrape <= {limit:g}x ipvsadm",
+        r,
+        limit,
+        f"{_fmt_t(e['median_s'])} vs {_fmt_t(a['median_s'])} = {r:.2f}x" if r is not None else "",
+    )
+    return out
+
+
+GROWTH_KEYS = [(PRIMARY, "exporter gzip"), ("cdump", "C floor"), ("shim_dump", "shim dump")]
+
+
+def growth(doc: dict, base_n: int = 1000) -> list[dict]:
+    """How time and the exporter's RSS grow with size, from base_n services up (idle rows):
+    per size >= base_n, {n, KEY: {median_s, x_time}, rss_mb, x_rss}, x_* relative to base_n."""
+    rows = []
+    sizes = sorted(r["n_services"] for r in doc.get("results", []) if r["n_services"] >= base_n)
+    if base_n not in sizes or len(sizes) < 2:
+        return []
+    for n in sizes:
+        row: dict = {"n": n}
+        for key, _ in GROWTH_KEYS:
+            c, b = _get(doc, n, key), _get(doc, base_n, key)
+            row[key] = {"median_s": c["median_s"] if _ok(c) else None, "x_time": _ratio(c, b)}
+        e, b = _get(doc, n, PRIMARY), _get(doc, base_n, PRIMARY)
+        rss = e.get("rss_mb") if _ok(e) else None
+        base_rss = b.get("rss_mb") if _ok(b) else None
+        row["rss_mb"] = rss
+        row["x_rss"] = rss / base_rss if rss is not None and base_rss else None
+        rows.append(row)
+    return rows
+
+
+def growth_table(doc: dict) -> list[str]:
+    rows = growth(doc)
+    if not rows:
+        return []
+    head = " | ".join(f"{label} | x" for _, label in GROWTH_KEYS)
+    lines = [
+        "",
+        f"Growth with size (idle rows; x = relative to {rows[0]['n']} x 10):",
+        "",
+        f"| N services x 10 dests | {head} | exporter RSS | x |",
+        "|---:|" + "---:|---:|" * (len(GROWTH_KEYS) + 1),
+    ]
+
+    def x(v):
+        return "" if v is None else f"{v:.2f}x"
+
+    for row in rows:
+        cells = " | ".join(f"{_fmt_t(row[k]['median_s'])} | {x(row[k]['x_time'])}" for k, _ in GROWTH_KEYS)
+        rss = "" if row["rss_mb"] is None else f"{row['rss_mb']:.1f} MB"
+        lines.append(f"| {row['n']} | {cells} | {rss} | {x(row['x_rss'])} |")
+    return lines
+
+
+def _cpu(c: dict) -> str:
+    return f"{c['cpu_s_per_run']:.3f} s" if c.get("cpu_s_per_run") is not None else ""
 
 
 def _checks(doc: dict, key: str, prefix: str = "") -> list[dict]:
@@ -230,12 +353,14 @@ def live_table(doc: dict) -> list[str]:
                 if c is None:
                     continue
                 if not _ok(c):
-                    rows.append(f"| {n} | {percent}% | {label} | {c.get('status')} | | | |")
+                    rows.append(f"| {n} | {percent}% | {label} | {c.get('status')} | | | | | |")
                     continue
-                to_dump, to_adm = c.get("ratio_to_dump"), c.get("ratio_to_ipvsadm")
+                ratios = " | ".join(
+                    "" if c.get(k) is None else f"{c[k]:.2f}x"
+                    for k in ("ratio_to_cdump", "ratio_to_dump", "ratio_to_ipvsadm")
+                )
                 rows.append(
-                    f"| {n} | {percent}% | {label} | {_fmt_t(c['median_s'])} | {c['runs']} | "
-                    f"{'' if to_dump is None else f'{to_dump:.2f}x'} | {'' if to_adm is None else f'{to_adm:.2f}x'} |"
+                    f"| {n} | {percent}% | {label} | {_fmt_t(c['median_s'])} | {_cpu(c)} | {c['runs']} | {ratios} |"
                 )
     if not rows:
         return []
@@ -243,8 +368,9 @@ def live_table(doc: dict) -> list[str]:
         "Live: counters moving between every two scrapes (a round of traffic through IPVS to the "
         "share of services, untimed, before each run).",
         "",
-        "| N services x 10 dests | moving | contender | median | runs | x bare dump | x ipvsadm |",
-        "|---:|---:|---|---:|---:|---:|---:|",
+        "| N services x 10 dests | moving | contender | median | CPU/run | runs | x C floor | x shim dump "
+        "| x ipvsadm |",
+        "|---:|---:|---|---:|---:|---:|---:|---:|---:|",
         *rows,
         "",
         "Idle (no traffic; the exporter's cache of compressed families serves unchanged families):",
@@ -297,8 +423,9 @@ def namespaces_table(doc: dict) -> list[str]:
 
 def markdown(doc: dict) -> str:
     rows = [
-        "| N services x 10 dests | contender | median | min | runs | x ipvsadm | samples | RSS |",
-        "|---:|---|---:|---:|---:|---:|---:|---:|",
+        "| N services x 10 dests | contender | median | min | CPU/run | runs | x C floor | x ipvsadm | samples "
+        "| RSS |",
+        "|---:|---|---:|---:|---:|---:|---:|---:|---:|---:|",
     ]
     notes = []
     for r in doc.get("results", []):
@@ -309,7 +436,7 @@ def markdown(doc: dict) -> str:
             if c is None:
                 continue
             if c.get("status") != "ok":
-                rows.append(f"| {n} | {label} | {c.get('status')} | | | | | |")
+                rows.append(f"| {n} | {label} | {c.get('status')} | | | | | | | |")
                 continue
             samples = c.get("samples")
             if samples is not None and c.get("samples_ipvs") is not None:
@@ -320,19 +447,31 @@ def markdown(doc: dict) -> str:
                 rss_s = f"{rss:.1f} MB"
                 if c.get("rss_after_extra_mb") is not None and key == PRIMARY:
                     rss_s += f" -> {c['rss_after_extra_mb']:.1f}"
-            ratio = c.get("ratio_to_ipvsadm")
+            ratios = " | ".join(
+                "" if c.get(k) is None else f"{c[k]:.2f}x" for k in ("ratio_to_cdump", "ratio_to_ipvsadm")
+            )
             rows.append(
-                f"| {n} | {label} | {_fmt_t(c['median_s'])} | {_fmt_t(c['min_s'])} | {c['runs']} | "
-                f"{'' if ratio is None else f'{ratio:.2f}x'} | {'' if samples is None else samples} | {rss_s} |"
+                f"| {n} | {label} | {_fmt_t(c['median_s'])} | {_fmt_t(c['min_s'])} | {_cpu(c)} | {c['runs']} | "
+                f"{ratios} | {'' if samples is None else samples} | {rss_s} |"
             )
             if c.get("runs_note"):
                 notes.append(f"- N={n}, {label}: {c['runs_note']}")
-    lines = [f"Machine: {machine_line(doc)}", "", *live_table(doc), *rows, *namespaces_table(doc), ""]
+    lines = [
+        f"Machine: {machine_line(doc)}",
+        "",
+        *live_table(doc),
+        *rows,
+        *growth_table(doc),
+        *namespaces_table(doc),
+        "",
+    ]
     lines.append(
         "Times are per scrape or dump, wall-clock, median and min of `runs` after one warm-up. "
         "RSS is VmRSS after the timed scrapes; on the exporter's gzip row `-> X` is after "
         f"{doc.get('config', {}).get('extra_scrapes', 20)} more scrapes. samples = non-comment lines "
-        "of the (decoded) body; node_exporter: all of them, then its `node_ipvs_*` ones."
+        "of the (decoded) body; node_exporter: all of them, then its `node_ipvs_*` ones. "
+        "CPU/run: the process's user + system CPU seconds (its process_cpu_seconds_total) over the "
+        "timed runs, per run. C floor: bench/cdump.c, one bare libnl dump, timed inside its process."
     )
     setup = []
     for r in doc.get("results", []):
@@ -344,9 +483,11 @@ def markdown(doc: dict) -> str:
             if e.get("start_to_answer_s") is not None
             else ""
         )
+        st = r["setup"]
+        restore = st.get("iptables_restore_s", st.get("iptables_nft_restore_s", 0.0))
         setup.append(
-            f"N={r['n_services']}: ipvsadm -R {r['setup']['ipvsadm_restore_s']:.1f} s, "
-            f"iptables-nft-restore {r['setup']['iptables_nft_restore_s']:.1f} s{answer}, "
+            f"N={r['n_services']}: ipvsadm -R {st['ipvsadm_restore_s']:.1f} s, "
+            f"iptables-{st.get('mangle', 'nft')}-restore ({st.get('proto', 'tcp')}) {restore:.1f} s{answer}, "
             f"whole size {r.get('wall_s', 0):.0f} s"
         )
     if setup:
@@ -359,6 +500,13 @@ def markdown(doc: dict) -> str:
     if notes:
         lines += ["", "Fewer runs:", *notes]
     lines += ["", "Targets (informational):", "", *[f"- {line}" for line in check_lines(doc)]]
+    targets = doc.get("targets") or floor_targets(doc)
+    lines += [
+        "",
+        "Scrape targets against the C floor of this run (informational):",
+        "",
+        *[f"- {t['result']}: {t['name']}" + (f" ({t['detail']})" if t["detail"] else "") for t in targets],
+    ]
     if doc.get("duration_s") is not None:
         total = doc.get("make_bench_total_s")
         lines += [

@@ -5,25 +5,31 @@
 
 For each size N it makes a fresh network namespace holding N fwmark services x 10
 destinations (one `ipvsadm -R`) and the matching swarm-style mangle rules (one
-`iptables-nft-restore --noflush`), then times, one contender after the other in the same
-boot (1 warm-up, then --runs timed runs each):
+`iptables-nft-restore --noflush`, or `iptables-legacy-restore` with --mangle legacy), then
+times, one contender after the other in the same boot (1 warm-up, then --runs timed runs each):
 
   exporter_gzip, exporter_plain  the installed exporter: GET /metrics over loopback, with and
                                  without `Accept-Encoding: gzip`, whole body read
   exporter_gzip_nocache          the same (gzip) with its cache of compressed families off: every
                                  family rendered and compressed on every scrape, as under traffic
-  shim_dump                      Handle(path).snapshot() in this process: the design's floor
+  cdump                          the floor: bench/cdump.c, a bare libnl dump (one GET_SERVICE dump,
+                                 one GET_DEST dump per service, nothing stored), timed in its process
+  shim_dump                      Handle(path).snapshot() in this process: the shim's own dump
   ipvsadm                        `ipvsadm -Ln --stats --exact` run inside the namespace, to a pipe
   node_exporter_gzip             Debian's prometheus-node-exporter, only its ipvs collector,
                                  running inside the namespace, scraped there with gzip
   pyroute2                       pyroute2's IPVS API: one service dump, one dest dump per service
 
 and then, live (contender group `live`, --live-shares): before every run of each contender,
-one TCP SYN from a client namespace through IPVS to each of a fixed, random share of the
-services (1%, 10%, 100%), and a wait for the kernel's estimator, so that those services'
-and their real servers' counters differ between any two scrapes, as on a node carrying
-traffic. The live rows time the exporter (gzip, its default cache on), the bare dump,
-ipvsadm and node_exporter; the targets are ratios to the live bare dump.
+a round of traffic from a client namespace through a veth and IPVS to a random share of the
+services (1%, 10%, 100%): one TCP SYN each, or with --traffic udp one datagram each (packets
+and bytes move too); the same share every round, or with --live-vary a new one every round;
+then a wait for the kernel's 2 s estimator, so that those services' and their real servers'
+counters differ between any two scrapes, as on a node carrying traffic. The live rows time
+the exporter (gzip, its default cache on), the C floor, the shim's dump, ipvsadm and
+node_exporter, --live-runs (5) rounds each, medians; the targets are ratios to the C floor.
+The exporters' rows also carry their CPU seconds per scrape. --mangle legacy loads the mark
+rules with iptables-legacy-restore, as swarm writes them on many nodes.
 
 Last, the namespaces row (group `namespaces`, --namespaces KxN, default 50x200): K
 namespaces of N services x 10 each, read by one exporter through one glob, scraped in one
@@ -135,6 +141,8 @@ def measure(
     warmup: int = 1,
     prior_warm: list[float] | None = None,
     before=None,
+    self_timed: bool = False,
+    cpu_pid: int | None = None,
 ) -> dict:
     """Warm up, then time fn() `runs` times; fewer when they would not fit in budget_s:
     `reduced_runs` when warm-up x runs exceeds it, 1 when even warm-up x reduced_runs does.
@@ -142,15 +150,24 @@ def measure(
     fn's last return value is kept under "last" (bodies, snapshots: for counting).
     prior_warm: warm-up times the caller already spent (its own probing run).
     before: called, untimed, before every run (the live rows' traffic).
+    self_timed: fn returns (seconds it measured itself, value): the C floor times its dump
+    inside its own process, so the pipe round trip to it is not in its figure.
+    cpu_pid: that process's CPU seconds over the timed runs, per run, go in "cpu_s_per_run".
     """
+
+    def timed():
+        t0 = time.perf_counter()
+        got = fn()
+        wall = time.perf_counter() - t0
+        return got if self_timed else (wall, got)
+
     warm = list(prior_warm or [])
     last = None
     for _ in range(warmup):
         if before is not None:
             before()
-        t0 = time.perf_counter()
-        last = fn()
-        warm.append(time.perf_counter() - t0)
+        t, last = timed()
+        warm.append(t)
     n = runs
     w = max(warm) if warm else 0.0
     note = None
@@ -162,12 +179,13 @@ def measure(
                 f"{runs} runs would exceed the {budget_s:g} s budget"
             )
     times = []
+    cpu0 = cpu_seconds(cpu_pid) if cpu_pid is not None else None
     for _ in range(n):
         if before is not None:
             before()
-        t0 = time.perf_counter()
-        last = fn()
-        times.append(time.perf_counter() - t0)
+        t, last = timed()
+        times.append(t)
+    cpu1 = cpu_seconds(cpu_pid) if cpu_pid is not None else None
     out = {
         "status": "ok",
         "median_s": statistics.median(times),
@@ -178,9 +196,23 @@ def measure(
         "times_s": times,
         "last": last,
     }
+    if cpu0 is not None and cpu1 is not None:
+        out["cpu_s_per_run"] = (cpu1 - cpu0) / n
     if note:
         out["runs_note"] = note
     return out
+
+
+def cpu_seconds(pid: int) -> float | None:
+    """User + system CPU seconds of the process, all its threads: what its
+    process_cpu_seconds_total reports (prometheus_client reads the same /proc/PID/stat),
+    read here without a scrape of its own."""
+    try:
+        with open(f"/proc/{pid}/stat") as f:
+            fields = f.read().rsplit(")", 1)[1].split()
+    except OSError:
+        return None
+    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
 
 
 def plan(label: str, n: int, args, prev: tuple[int, float] | None) -> dict:
@@ -313,6 +345,20 @@ def addr(k: int) -> str:
     return socket.inet_ntoa((ADDR_BASE + k).to_bytes(4, "big"))
 
 
+def real_server(k: int) -> str:
+    """The k-th real server: a unique address of 198.18.0.0/15, then (past 131072 of them,
+    the 50000 x 10 size) the same addresses again on port 1, 2, ...: unique as address:port."""
+    return f"{addr(k % ADDR_SPACE)}:{k // ADDR_SPACE}"
+
+
+def frontend(i: int) -> tuple[str, int]:
+    """Where the client sends service i's traffic: BALANCER_ADDR on port 30000+i, and past
+    the last port (more than 35536 services) the next balancer address, ports again from 30000."""
+    span = 65536 - PORT_BASE
+    host = BALANCER_ADDR.rsplit(".", 1)
+    return f"{host[0]}.{int(host[1]) + 2 * (i // span)}", PORT_BASE + i % span
+
+
 def ipvsadm_script(n: int) -> str:
     """`ipvsadm -R` input: N fwmark services, 10 masqueraded real servers each, every address unique."""
     lines = []
@@ -320,30 +366,40 @@ def ipvsadm_script(n: int) -> str:
         mark = MARK_BASE + i
         lines.append(f"-A -f {mark} -s rr")
         lines.extend(
-            f"-a -f {mark} -r {addr(1 + i * DESTS_PER_SERVICE + j)}:0 -m" for j in range(DESTS_PER_SERVICE)
+            f"-a -f {mark} -r {real_server(1 + i * DESTS_PER_SERVICE + j)} -m"
+            for j in range(DESTS_PER_SERVICE)
         )
     return "\n".join(lines) + "\n"
 
 
-def mangle_script(n: int) -> str:
-    """`iptables-restore` input: the mark rules swarm writes for published ports 30000+i."""
+def mangle_script(n: int, proto: str = "tcp") -> str:
+    """`iptables-restore` input: the mark rules swarm writes for published ports 30000+i
+    (past port 65535 also matching the destination address: see frontend())."""
     lines = ["*mangle"]
-    lines.extend(
-        f"-A PREROUTING -p tcp -m tcp --dport {PORT_BASE + i} -j MARK --set-xmark {MARK_BASE + i:#x}/0xffffffff"
-        for i in range(n)
-    )
+    for i in range(n):
+        host, port = frontend(i)
+        match = f"-d {host}/32 " if i >= 65536 - PORT_BASE else ""
+        lines.append(
+            f"-A PREROUTING {match}-p {proto} -m {proto} --dport {port} "
+            f"-j MARK --set-xmark {MARK_BASE + i:#x}/0xffffffff"
+        )
     lines.append("COMMIT")
     return "\n".join(lines) + "\n"
 
 
-def fill_namespace(name: str, n: int) -> dict:
-    assert n * DESTS_PER_SERVICE < ADDR_SPACE and PORT_BASE + n <= 65536
+IPTABLES_RESTORE = {"nft": "iptables-nft-restore", "legacy": "iptables-legacy-restore"}
+
+
+def fill_namespace(name: str, n: int, mangle: str = "nft", proto: str = "tcp") -> dict:
+    """N services (one `ipvsadm -R`) and their N mark rules, loaded with the iptables backend
+    `mangle` (nft, or legacy as swarm writes them on many nodes) for protocol proto."""
+    assert n * DESTS_PER_SERVICE < 16 * ADDR_SPACE and n < 8 * (65536 - PORT_BASE)
     t0 = time.perf_counter()
     run(["ip", "netns", "exec", name, "ipvsadm", "-R"], ipvsadm_script(n))
     t1 = time.perf_counter()
-    run(["ip", "netns", "exec", name, "iptables-nft-restore", "--noflush"], mangle_script(n))
+    run(["ip", "netns", "exec", name, IPTABLES_RESTORE[mangle], "--noflush"], mangle_script(n, proto))
     t2 = time.perf_counter()
-    return {"ipvsadm_restore_s": t1 - t0, "iptables_nft_restore_s": t2 - t1}
+    return {"ipvsadm_restore_s": t1 - t0, "iptables_restore_s": t2 - t1, "mangle": mangle, "proto": proto}
 
 
 def delete_namespace(name: str) -> None:
@@ -477,7 +533,13 @@ def bench_exporter(
         start_s = started.wait()
         res = {}
         for variant, gz in variants:
-            m = measure(lambda gz=gz: scrape(host, port, gz), args.runs, args.reduced_runs, args.budget_s)
+            m = measure(
+                lambda gz=gz: scrape(host, port, gz),
+                args.runs,
+                args.reduced_runs,
+                args.budget_s,
+                cpu_pid=p.pid,
+            )
             text = scrape_stats(m)
             res[f"exporter_{variant}{suffix}"] = m
         (outdir / f"exporter{suffix}-{n}.head.txt").write_bytes(
@@ -543,6 +605,47 @@ def bench_shim(ns: str | list[str], n: int, args, before=None) -> dict:
         return {**m, "services": sum(x.n_svc for x in snaps), "destinations": sum(x.n_dst for x in snaps)}
     except Exception as e:
         return {"status": f"failed: {type(e).__name__}: {e}"}
+
+
+def bench_cdump(ns: str, n: int, args, before=None) -> dict:
+    """The floor: bench/cdump.c (built by bench/make-bench) joined to the namespace, one bare
+    libnl dump per run, timed inside that process; its CPU seconds per dump too."""
+    exe = args.cdump
+    if not exe or not os.access(exe, os.X_OK):
+        return {"status": f"failed: no C floor binary at {exe!r} (bench/make-bench builds it)"}
+    p = subprocess.Popen(
+        [exe, f"/run/netns/{ns}"],
+        stdin=subprocess.PIPE,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+    )
+
+    def once():
+        p.stdin.write("\n")
+        p.stdin.flush()
+        line = p.stdout.readline().split()
+        if len(line) < 3:
+            raise RuntimeError(f"cdump: {p.stderr.read().strip() or 'no answer'}")
+        return float(line[0]), (int(line[1]), int(line[2]))
+
+    try:
+        m = measure(
+            once, args.runs, args.reduced_runs, args.budget_s, before=before, self_timed=True, cpu_pid=p.pid
+        )
+        n_svc, n_dst = m.pop("last")
+        if (n_svc, n_dst) != (n, n * DESTS_PER_SERVICE):
+            raise RuntimeError(f"the C dump saw {n_svc} services / {n_dst} destinations")
+        return {**m, "services": n_svc, "destinations": n_dst}
+    except Exception as e:
+        return {"status": f"failed: {type(e).__name__}: {e}"}
+    finally:
+        p.stdin.close()
+        try:
+            p.wait(30)
+        except subprocess.TimeoutExpired:
+            p.kill()
+            p.wait(30)
 
 
 def bench_ipvsadm(ns: str, n: int, args, prev, before=None) -> dict:
@@ -763,14 +866,15 @@ BALANCER_ADDR, CLIENT_ADDR = "198.51.100.1", "198.51.100.2"  # TEST-NET-2, insid
 ESTIMATOR_WAIT_S = 2.5  # the kernel refreshes the totals that netlink reports every 2 s
 
 
-def add_client(ns: str) -> str:
-    """A client namespace joined to the bench namespace by a veth pair: its SYNs to
-    BALANCER_ADDR:30000+i are marked by the swarm-style mangle rules and scheduled by IPVS
+def add_client(ns: str, n: int) -> str:
+    """A client namespace joined to the bench namespace by a veth pair: its packets to
+    frontend(i) are marked by the swarm-style mangle rules and scheduled by IPVS
     (to real servers that do not exist: the counters move, nothing leaves the namespace)."""
     client = f"{ns}c"
     run(["ip", "netns", "add", client])
     run(["ip", "-n", ns, "link", "add", "lb0", "type", "veth", "peer", "name", "cl0", "netns", client])
-    run(["ip", "-n", ns, "addr", "add", f"{BALANCER_ADDR}/24", "dev", "lb0"])
+    for host in sorted({frontend(i)[0] for i in range(0, n, 65536 - PORT_BASE)}):
+        run(["ip", "-n", ns, "addr", "add", f"{host}/24", "dev", "lb0"])
     run(["ip", "-n", ns, "link", "set", "lb0", "up"])
     run(["ip", "-n", client, "addr", "add", f"{CLIENT_ADDR}/24", "dev", "cl0"])
     run(["ip", "-n", client, "link", "set", "cl0", "up"])
@@ -778,23 +882,36 @@ def add_client(ns: str) -> str:
     return client
 
 
-class Traffic:
-    """One TCP SYN to each of a fixed random share of the services (seeded: the same services
-    in every run), then a wait for the estimator; called untimed before every run."""
+UDP_PAYLOAD = b"x" * 512  # a datagram's bytes: inbytes moves with inpkts and conns
 
-    def __init__(self, client: str, n: int, percent: int):
+
+class Traffic:
+    """A round of traffic to a random share of the services, then a wait for the estimator;
+    called untimed before every run. tcp: one SYN each. udp: one datagram each, so packets and
+    bytes move as well as connections. vary: a new random share every round (the rates of the
+    services keep changing, as on a node carrying traffic), else the same share every round
+    (seeded)."""
+
+    def __init__(self, client: str, n: int, percent: int, proto: str = "tcp", vary: bool = False):
         import random
 
-        k = max(1, round(n * percent / 100))
-        self.client = client
-        self.services = sorted(random.Random(percent).sample(range(n), k))
+        self.k = max(1, round(n * percent / 100))
+        self.client, self.n, self.proto, self.vary = client, n, proto, vary
+        self.rng = random.Random(percent)
+        self.services = sorted(self.rng.sample(range(n), self.k))
 
     def __call__(self) -> None:
+        if self.vary:
+            self.services = sorted(self.rng.sample(range(self.n), self.k))
+        kind = socket.SOCK_DGRAM if self.proto == "udp" else socket.SOCK_STREAM
         with InNetns(self.client):
-            for i in self.services:  # bounded: one connection attempt per moving service
-                with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as s:
+            for i in self.services:  # bounded: one connection attempt or datagram per moving service
+                with socket.socket(socket.AF_INET, kind) as s:
                     s.setblocking(False)
-                    s.connect_ex((BALANCER_ADDR, PORT_BASE + i))  # the SYN leaves now
+                    if self.proto == "udp":
+                        s.sendto(UDP_PAYLOAD, frontend(i))
+                    else:
+                        s.connect_ex(frontend(i))  # the SYN leaves now
         time.sleep(ESTIMATOR_WAIT_S)
 
 
@@ -804,10 +921,12 @@ def check_moving(ns: str, traffic: Traffic) -> int:
     from ingress_ipvs_exporter.ipvs import Handle
 
     with Handle(f"/run/netns/{ns}") as h:
-        before = list(h.snapshot().services.conns)
+        s0 = h.snapshot().services
+        before = list(zip(s0.conns, s0.inpkts))
         traffic()
-        after = list(h.snapshot().services.conns)
-    moved = sum(1 for a, b in zip(before, after) if a != b)
+        s1 = h.snapshot().services
+        after = list(zip(s1.conns, s1.inpkts))
+    moved = sum(1 for a, b in zip(before, after) if a[0] != b[0] and a[1] != b[1])
     if moved < len(traffic.services):
         raise RuntimeError(f"{len(traffic.services)} services sent traffic, but only {moved} counters moved")
     return moved
@@ -820,7 +939,7 @@ def bench_live(ns: str, client: str, n: int, percent: int, args, procs, outdir, 
     import argparse
 
     args = argparse.Namespace(**{**vars(args), "runs": args.live_runs})
-    traffic = Traffic(client, n, percent)
+    traffic = Traffic(client, n, percent, args.traffic, args.live_vary)
     tag = f"live{percent}_"
     try:
         moved = check_moving(ns, traffic)
@@ -828,7 +947,7 @@ def bench_live(ns: str, client: str, n: int, percent: int, args, procs, outdir, 
         status = f"failed: {type(e).__name__}: {e}"
         return {
             tag + k: {"status": status}
-            for k in ("exporter_gzip", "shim_dump", "ipvsadm", "node_exporter_gzip")
+            for k in ("exporter_gzip", "cdump", "shim_dump", "ipvsadm", "node_exporter_gzip")
         }
     log(f"N={n}: live {percent}%: {moved} services' counters move between scrapes")
     out = {}
@@ -840,12 +959,14 @@ def bench_live(ns: str, client: str, n: int, percent: int, args, procs, outdir, 
             args.reduced_runs,
             args.budget_s,
             before=traffic,
+            cpu_pid=started.p.pid,
         )
         scrape_stats(m)
         m["rss_mb"] = rss_mb(started.p.pid)
         out[tag + "exporter_gzip"] = m
     except Exception as e:
         out[tag + "exporter_gzip"] = {"status": f"failed: {type(e).__name__}: {e}"}
+    out[tag + "cdump"] = bench_cdump(ns, n, args, before=traffic)
     out[tag + "shim_dump"] = bench_shim(ns, n, args, before=traffic)
     out[tag + "ipvsadm"] = bench_ipvsadm(ns, n, args, prev.get(tag + "ipvsadm"), before=traffic)
     if n < args.live_node_exporter_below:
@@ -880,10 +1001,10 @@ def bench_size(n: int, args, procs: Procs, outdir: Path, prev: dict) -> dict:
         )
         live = start_exporter(ns, n, procs, outdir, "_live") if "live" in args.contenders else None
         log(f"N={n}: loading {n} services x {DESTS_PER_SERVICE} destinations and {n} mangle rules into {ns}")
-        entry["setup"] = fill_namespace(ns, n)
+        entry["setup"] = fill_namespace(ns, n, args.mangle, args.traffic)
         log(
             f"N={n}: set-up took {entry['setup']['ipvsadm_restore_s']:.1f} s (ipvsadm -R) + "
-            f"{entry['setup']['iptables_nft_restore_s']:.1f} s (iptables-nft-restore)"
+            f"{entry['setup']['iptables_restore_s']:.1f} s ({IPTABLES_RESTORE[args.mangle]})"
         )
         c: dict = {}
         entry["contender_wall_s"] = walls = {}
@@ -895,6 +1016,7 @@ def bench_size(n: int, args, procs: Procs, outdir: Path, prev: dict) -> dict:
                     ns, n, args, procs, outdir, nocache, (("gzip", True),), NOCACHE, extra_scrapes=0
                 ),
             ),
+            ("cdump", lambda: {"cdump": bench_cdump(ns, n, args)}),
             ("shim", lambda: {"shim_dump": bench_shim(ns, n, args)}),
             ("ipvsadm", lambda: {"ipvsadm": bench_ipvsadm(ns, n, args, prev.get("ipvsadm"))}),
             (
@@ -911,7 +1033,7 @@ def bench_size(n: int, args, procs: Procs, outdir: Path, prev: dict) -> dict:
 
         def live_step(percent: int) -> dict:
             if not clients:
-                clients.append(add_client(ns))
+                clients.append(add_client(ns, n))
             return bench_live(ns, clients[0], n, percent, args, procs, outdir, live, prev)
 
         steps += [(f"live{p}", lambda p=p: live_step(p)) for p in args.live_shares]
@@ -956,8 +1078,11 @@ def bench_namespaces(k: int, n: int, args, procs: Procs, outdir: Path) -> dict:
         started = start_exporter(stem, total, procs, outdir, tag, path=glob)
         nocache = start_exporter(stem, total, procs, outdir, NOCACHE + tag, NOCACHE_ENV, path=glob)
         log(f"{k} namespaces x {n} services: loading")
-        setups = [fill_namespace(name, n) for name in names]
-        entry["setup"] = {key: sum(x[key] for x in setups) for key in setups[0]}
+        setups = [fill_namespace(name, n, args.mangle, args.traffic) for name in names]
+        entry["setup"] = {
+            **setups[0],
+            **{key: sum(x[key] for x in setups) for key in setups[0] if key.endswith("_s")},
+        }
         c = bench_exporter(stem, total, args, procs, outdir, started, (("gzip", True),), tag, namespaces=k)
         c |= bench_exporter(
             stem, total, args, procs, outdir, nocache, (("gzip", True),), NOCACHE + tag, 0, namespaces=k
@@ -985,7 +1110,7 @@ def main(argv=None) -> int:
     )
     ap.add_argument(
         "--contenders",
-        default="exporter,exporter_nocache,shim,ipvsadm,node_exporter,pyroute2,live,namespaces",
+        default="exporter,exporter_nocache,cdump,shim,ipvsadm,node_exporter,pyroute2,live,namespaces",
         help="comma list of the contenders to run",
     )
     ap.add_argument(
@@ -993,7 +1118,30 @@ def main(argv=None) -> int:
         default="1,10,100",
         help="comma list: percent of services whose counters move between scrapes (the live rows)",
     )
-    ap.add_argument("--live-runs", type=int, default=3, help="timed runs of each live contender")
+    ap.add_argument("--live-runs", type=int, default=5, help="timed runs of each live contender")
+    ap.add_argument(
+        "--traffic",
+        choices=("tcp", "udp"),
+        default="tcp",
+        help="live rows: one TCP SYN, or one UDP datagram (packets and bytes move too), per moving "
+        "service and round; the mark rules match this protocol",
+    )
+    ap.add_argument(
+        "--live-vary",
+        action="store_true",
+        help="live rows: a new random share of the services moves every round, not the same one",
+    )
+    ap.add_argument(
+        "--mangle",
+        choices=sorted(IPTABLES_RESTORE),
+        default="nft",
+        help="iptables backend of the N mark rules (swarm writes legacy ones on many nodes)",
+    )
+    ap.add_argument(
+        "--cdump",
+        default=str(HERE.parent / "build" / "bench" / "cdump"),
+        help="the C floor binary (bench/cdump.c; bench/make-bench builds it)",
+    )
     ap.add_argument(
         "--namespaces",
         default="50x200",
@@ -1068,6 +1216,10 @@ def main(argv=None) -> int:
             "extra_scrapes": args.extra_scrapes,
             "contenders": sorted(args.contenders),
             "live_shares_percent": args.live_shares,
+            "live_runs": args.live_runs,
+            "traffic": args.traffic,
+            "live_vary": args.live_vary,
+            "mangle": args.mangle,
             "namespaces": args.namespaces,
             "runs_policy": "1 warm-up + runs; fewer runs when warm-up x runs exceeds budget_s, "
             "or when the previous size's median scaled linearly says so "
@@ -1108,6 +1260,7 @@ def main(argv=None) -> int:
 
     report.add_ratios(doc)
     doc["checks"] = report.checks(doc)
+    doc["targets"] = report.floor_targets(doc)
     (outdir / "bench.json").write_text(json.dumps(doc, indent=2) + "\n")
     report.write_all(doc, outdir, plot_too=args.plot)
     print(report.markdown(doc), flush=True)
