@@ -65,7 +65,7 @@ lint: venv
 	$(BIN)/ruff check .
 	$(BIN)/ruff format --check .
 	$(BIN)/mypy
-	$(BIN)/clang-format --dry-run --Werror csrc/*.c csrc/*.h fuzz/*.c
+	$(BIN)/clang-format --dry-run --Werror csrc/*.c csrc/*.h fuzz/*.c bench/*.c
 	gcc -fsyntax-only -std=gnu11 -Wall -Wextra -Werror $$(pkg-config --cflags libnl-genl-3.0) csrc/ipvs.c
 	for f in fuzz/*.c; do gcc -fsyntax-only -std=gnu11 -Wall -Wextra -Werror -Icsrc $$(pkg-config --cflags libnl-genl-3.0) $$f || exit 1; done
 
@@ -73,7 +73,7 @@ lint: venv
 format: venv
 	$(BIN)/ruff check --fix .
 	$(BIN)/ruff format .
-	$(BIN)/clang-format -i csrc/*.c csrc/*.h fuzz/*.c
+	$(BIN)/clang-format -i csrc/*.c csrc/*.h fuzz/*.c bench/*.c
 
 ## every test: lint, unit and packaging tests here, a minute of fuzzing, then the kernel and
 ## swarm suites in one VM boot
@@ -132,7 +132,7 @@ slowloris: venv
 SOAK_TESTS ?= tests/kernel/test_soak_kernel.py tests/kernel/test_ha_scrapes_kernel.py
 soak: deps-test venv
 	VM_TIMEOUT=$${VM_TIMEOUT:-7200} $(VM) --memory 3G -- env SOAK_SCRAPES=$${SOAK_SCRAPES:-10000} SOAK_RECREATES=$${SOAK_RECREATES:-5} \
-	  HA_SECONDS=$${HA_SECONDS:-600} python -m pytest -p no:cacheprovider -q -s -m kernel $(SOAK_TESTS)
+	  HA_SECONDS=$${HA_SECONDS:-600} HA_SERVICES=$${HA_SERVICES:-2000} HA_PARSE_SAMPLES=$${HA_PARSE_SAMPLES:-2} python -m pytest -p no:cacheprovider -q -s -m kernel $(SOAK_TESTS)
 
 clean:
 	rm -rf build dist src/*.egg-info src/ingress_ipvs_exporter/_ipvs_cffi*.so src/ingress_ipvs_exporter/_ipvs_cffi.c
