@@ -1,23 +1,27 @@
-"""An HA pair under load: two exporters on one namespace, many scrapers at once, every body
-whole and consistent, and counters exact end to end.
+"""An HA pair under load: two exporters on the same namespaces, many scrapers at once, every
+body whole and consistent, and counters exact end to end.
 
 A balancer namespace holds HA_SERVICES (1,000; `make soak`: 2,000) fwmark services with ten
-real servers each (NAT to addresses behind a dummy device, where the packets end). A client namespace sends UDP through
-a veth into them: every second a changing share of the services gets a packet, so counters
-and rates move between scrapes. A churner deletes and re-creates services in a separate mark
-range (CHURN_LO and up). Two exporters read the namespace: one with the default cache of
-compressed text, one with a budget so small (1 MB) that families go over it. Each has
-HA_SCRAPERS scrapers (separate processes, as two Prometheus servers are), gzip and plain
-mixed, back to back for HA_SECONDS seconds.
+real servers each (NAT to addresses behind a dummy device, where the packets end). A client
+namespace sends UDP through a veth into them: every second a changing share of the services
+gets a packet, so counters and rates move between scrapes. A churner deletes and re-creates
+services in a separate mark range (CHURN_LO and up). A second, small namespace is deleted and
+re-created every 1.5 s (what a Docker restart does to ingress_sbox), so reads of it fail and
+succeed in turn. Two exporters read both namespaces: one with the default cache of compressed
+text, one with a budget so small (1 MB) that families go over it. Each has HA_SCRAPERS
+scrapers (separate processes, as two Prometheus servers are), gzip and plain mixed, back to
+back for HA_SECONDS seconds.
 
 Every body must be HTTP 200, decompress with a correct gzip CRC and length, end with a
-newline, hold no series twice, say ipvs_up 1, have ipvs_services_total equal to its
-services' series and each ipvs_destination_total equal to that service's destination series,
-and (within each scraper) no counter of a service outside the churned range may go backwards.
-HA_PARSE_SAMPLES bodies of HA_PARSE_SCRAPERS scrapers of each exporter (one gzip, one plain;
-a body's first, then spread over the run) are kept and, after the run, parsed by prometheus_client's parser and checked by `promtool check metrics`
-(both take tens of seconds on a body of this size under emulation: done during the run they
-would leave the scrapers a body or two each).
+newline, hold no series twice; say ipvs_up 1 for the balancer; for each namespace it shows up,
+have ipvs_services_total equal to its services' series and each ipvs_destination_total equal
+to that service's destination series; show the small namespace's IPVS families exactly when
+its ipvs_up is 1 (one scrape's read, not another's); and within each scraper no counter of a
+balancer service outside the churned range may go backwards. HA_PARSE_SAMPLES bodies of
+HA_PARSE_SCRAPERS scrapers of each exporter (one gzip, one plain; a scraper's first body,
+then spread over the run) are kept and, after the run, parsed by prometheus_client's parser
+and checked by `promtool check metrics` (both take a minute or more on a body of this size
+under emulation: during the run they would leave the scrapers a body or two each).
 
 Meanwhile, exactly K packets (from a new source port: one new connection) go to each of a few
 services that get no other traffic; afterwards each exporter's ipvs_service_packets_in_total
@@ -58,11 +62,13 @@ PARSE_SCRAPERS = int(os.environ.get("HA_PARSE_SCRAPERS", "2"))  # of each export
 FIRST_MARK = 1000
 EXACT = {FIRST_MARK: 7, FIRST_MARK + 1: 13, FIRST_MARK + 2: 29}  # fwmark -> packets sent, once
 CHURN_LO, CHURN_N = 60000, 40
+FLAP_MARKS = (7, 8, 9)  # the services of the small namespace that comes and goes
 FIRST_PORT = 20000  # UDP port FIRST_PORT + i is marked FIRST_MARK + i
 SHARES = (0.1, 0.3, 1.0, 0.05, 0.5)  # of the services that get a packet, round after round
 CLIENT_IP, BALANCER_IP = "198.18.10.2", "198.18.10.1"
 
 _FWMARK = re.compile(r'fwmark="(\d+)"')
+_NAMESPACE = re.compile(r'namespace="([^"]*)"')
 
 
 def dests_of(i: int) -> list[str]:
@@ -92,12 +98,21 @@ class Balancer:
 
     def __init__(self) -> None:
         tag = f"ha{os.getpid() % 10000}"
-        self.lb, self.cl = f"{tag}lb", f"{tag}cl"
+        self.lb, self.cl, self.fl = f"{tag}lb", f"{tag}cl", f"{tag}fl"
         self.path = f"/run/netns/{self.lb}"
+        self.flap_path = f"/run/netns/{self.fl}"
         self.sender: subprocess.Popen | None = None
         self.lock = threading.Lock()
 
+    def flap(self) -> None:
+        """The small namespace away, then back with its FLAP_MARKS services (a Docker restart)."""
+        sh("ip", "netns", "del", self.fl, check=False)
+        sh("ip", "netns", "add", self.fl)
+        lines = "".join(f"-A -f {m} -s rr\n-a -f {m} -r 198.18.40.{m}:0 -m\n" for m in FLAP_MARKS)
+        sh("ipvsadm", "-R", ns=self.fl, input=lines)
+
     def build(self) -> None:
+        self.flap()
         for ns in (self.lb, self.cl):
             sh("ip", "netns", "add", ns)
             sh("ip", "link", "set", "lo", "up", ns=ns)
@@ -182,7 +197,7 @@ class Balancer:
         if self.sender is not None:
             self.sender.stdin.close()
             self.sender.wait(30)
-        for ns in (self.lb, self.cl):
+        for ns in (self.lb, self.cl, self.fl):
             sh("ip", "netns", "del", ns, check=False)
 
 
@@ -210,10 +225,12 @@ _SAMPLE = re.compile(r"^([a-zA-Z_:][a-zA-Z0-9_:]*)(\{[^}\n]*\})? (\S+)$", re.M)
 _COUNTER = re.compile(r"^# TYPE (\S+) counter$", re.M)
 
 
-def check_body(text: str, last: dict[str, float]) -> str:
-    """'' or why the body is bad; updates last (service-level counter series outside the
-    churned range -> value) and says when one went backwards. Regular expressions over the
-    whole text rather than a loop per line: a body has ~10^5 lines and this runs emulated."""
+def check_body(text: str, last: dict[str, float], main: str, flap: str = "") -> str:
+    """'' or why the body is bad; updates last (service-level counter series of the main
+    namespace outside the churned range -> value) and says when one went backwards. The
+    flapping namespace may be up or down, but its ipvs_up must agree with its IPVS families
+    in the same body. Regular expressions over the whole text rather than a loop per line: a
+    body has ~10^5 lines and this runs emulated."""
     if not text.endswith("\n"):
         return "no newline at the end"
     samples = _SAMPLE.findall(text)
@@ -224,29 +241,34 @@ def check_body(text: str, last: dict[str, float]) -> str:
     if len(set(series)) != len(series):
         seen: set[str] = set()
         return next(f"{k} twice" for k in series if k in seen or seen.add(k))  # type: ignore[func-returns-value]
-    by_name: dict[str, list[tuple[str, str]]] = {}
+    by_name: dict[tuple[str, str], list[tuple[str, str]]] = {}  # (name, namespace) -> (labels, value)
     for name, labels, value in samples:
-        by_name.setdefault(name, []).append((labels, value))
-    up = [float(v) for _, v in by_name.get("ipvs_up", [])]
-    if up != [1.0]:
-        return f"ipvs_up {up}"
-    total = [float(v) for _, v in by_name.get("ipvs_services_total", [])]
-    if total != [len(by_name.get("ipvs_service_connections_total", []))]:
-        return f"ipvs_services_total {total}, {len(by_name.get('ipvs_service_connections_total', []))} service series"
-    per_mark: dict[str, int] = {}
-    for labels, _ in by_name.get("ipvs_destination_connections_total", []):
-        mark = _FWMARK.search(labels).group(1)
-        per_mark[mark] = per_mark.get(mark, 0) + 1
-    for labels, value in by_name.get("ipvs_destination_total", []):
-        mark = _FWMARK.search(labels).group(1)
-        if per_mark.get(mark, 0) != float(value):
-            return (
-                f"fwmark {mark}: ipvs_destination_total {value}, {per_mark.get(mark, 0)} destination series"
-            )
-    for name in set(_COUNTER.findall(text)) & by_name.keys():
+        ns = _NAMESPACE.search(labels)
+        by_name.setdefault((name, ns.group(1) if ns else ""), []).append((labels, value))
+    for ns in (main, flap) if flap else (main,):
+        up = [float(v) for _, v in by_name.get(("ipvs_up", ns), [])]
+        total = [float(v) for _, v in by_name.get(("ipvs_services_total", ns), [])]
+        services = len(by_name.get(("ipvs_service_connections_total", ns), []))
+        if up == [0.0] and ns == flap:  # the namespace is away: nothing of it but its health
+            if total or services:
+                return f"{ns}: ipvs_up 0 beside {services} service series of it"
+            continue
+        if up != [1.0]:
+            return f"{ns}: ipvs_up {up}"
+        if total != [services]:
+            return f"{ns}: ipvs_services_total {total}, {services} service series"
+        per_mark: dict[str, int] = {}
+        for labels, _ in by_name.get(("ipvs_destination_connections_total", ns), []):
+            mark = _FWMARK.search(labels).group(1)
+            per_mark[mark] = per_mark.get(mark, 0) + 1
+        for labels, value in by_name.get(("ipvs_destination_total", ns), []):
+            mark = _FWMARK.search(labels).group(1)
+            if per_mark.get(mark, 0) != float(value):
+                return f"{ns} fwmark {mark}: ipvs_destination_total {value}, {per_mark.get(mark, 0)} destination series"
+    for name in set(_COUNTER.findall(text)):
         if not name.startswith("ipvs_"):
             continue
-        for labels, value in by_name[name]:
+        for labels, value in by_name.get((name, main), []):
             m = _FWMARK.search(labels)
             if m is None or int(m.group(1)) >= CHURN_LO or "address=" in labels:
                 continue
@@ -280,7 +302,7 @@ def parse_file(path: str) -> str:
         return parse_check(f.read())
 
 
-def scraper(url: str, gz: bool, start: float, stop, keep: str, out) -> None:
+def scraper(url: str, gz: bool, start: float, stop, keep: str, namespaces: tuple[str, str], out) -> None:
     """One scraper (a process of its own): back to back until stop is set, every body checked; keeps
     PARSE_SAMPLES of its bodies (the first, then spread over the run) as files named keep-N
     for parse_check() after the run; puts its summary on out."""
@@ -297,7 +319,7 @@ def scraper(url: str, gz: bool, start: float, stop, keep: str, out) -> None:
         t0 = time.monotonic()
         try:
             text = body_text(url, gz)
-            why = check_body(text, last)
+            why = check_body(text, last, *namespaces)
             if not why and keep and t0 >= next_keep and len(kept) < PARSE_SAMPLES:
                 kept.append(f"{keep}-{len(kept)}")
                 with open(kept[-1], "w") as f:
@@ -357,7 +379,7 @@ def test_ha_pair_scraping_at_once_gets_whole_consistent_bodies_and_exact_counter
     try:
         lab.build()
         progress(f"{SERVICES} services x {DESTS} real servers loaded")
-        args = ("--namespace-path", lab.path)
+        args = ("--namespace-path", lab.path, "--namespace-path", lab.flap_path)
         with (
             running_exporter(*args, timeout=600) as (url_default, _),
             running_exporter(*args, timeout=600, env={"INGRESS_IPVS_EXPORTER_CACHE_MB": "1"}) as (
@@ -375,7 +397,15 @@ def test_ha_pair_scraping_at_once_gets_whole_consistent_bodies_and_exact_counter
             procs = [
                 ctx.Process(
                     target=scraper,
-                    args=(url, i % 2 == 0, start, stop, f"{keep}/{n}-{i}" if i < PARSE_SCRAPERS else "", out),
+                    args=(
+                        url,
+                        i % 2 == 0,
+                        start,
+                        stop,
+                        f"{keep}/{n}-{i}" if i < PARSE_SCRAPERS else "",
+                        (lab.path, lab.flap_path),
+                        out,
+                    ),
                     daemon=True,
                 )
                 for n, url in enumerate((url_default, url_small))
@@ -422,7 +452,11 @@ def test_ha_pair_scraping_at_once_gets_whole_consistent_bodies_and_exact_counter
 
                 return threading.Thread(target=run, daemon=True)
 
-            workers = [guarded(traffic), guarded(churn)]
+            def flapping() -> None:
+                while not stop_traffic.wait(1.5):
+                    lab.flap()
+
+            workers = [guarded(traffic), guarded(churn), guarded(flapping)]
             for t in workers:
                 t.start()
             # counters exact end to end, while the scrapers run
