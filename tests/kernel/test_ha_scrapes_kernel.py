@@ -112,7 +112,6 @@ class Balancer:
         sh("ipvsadm", "-R", ns=self.fl, input=lines)
 
     def build(self) -> None:
-        self.flap()
         for ns in (self.lb, self.cl):
             sh("ip", "netns", "add", ns)
             sh("ip", "link", "set", "lo", "up", ns=ns)
@@ -169,6 +168,7 @@ class Balancer:
             lines.append(f"-A -f {mark} -s rr")
             lines += [f"-a -f {mark} -r {d} -m" for d in dests_of(i)]
         sh("ipvsadm", "-R", ns=self.lb, input="\n".join(lines) + "\n")
+        self.flap()
         self.sender = subprocess.Popen(
             ["ip", "netns", "exec", self.cl, "python3", "-c", SENDER],
             stdin=subprocess.PIPE,
