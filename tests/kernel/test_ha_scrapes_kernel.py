@@ -108,6 +108,9 @@ class Balancer:
         """The small namespace away, then back with its FLAP_MARKS services (a Docker restart)."""
         sh("ip", "netns", "del", self.fl, check=False)
         sh("ip", "netns", "add", self.fl)
+        # an address of its own first: IPVS refuses a real server (EINVAL) while the
+        # namespace has no local routing table to look the address up in
+        sh("ip", "link", "set", "lo", "up", ns=self.fl)
         lines = "".join(f"-A -f {m} -s rr\n-a -f {m} -r 198.18.40.{m}:0 -m\n" for m in FLAP_MARKS)
         sh("ipvsadm", "-R", ns=self.fl, input=lines)
 
