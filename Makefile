@@ -9,6 +9,10 @@ PYTEST := $(BIN)/python -m pytest -p no:cacheprovider
 VM     := tests/vm/vm-run
 
 BENCH_STAMP := $(VENV)/.bench-installed
+# make run's own venv: the exporter and its runtime dependencies only (no test or lint
+# extras, no VM runner), so running it on a node installs nothing it does not need
+RUN_VENV  := .venv-run
+RUN_STAMP := $(RUN_VENV)/.installed
 
 .PHONY: all deps deps-test venv build wheel run demo bench container-test lint format test test-unit test-packaging test-vm \
         test-kernel test-swarm test-swarm-2node fuzz fuzz-short test-asan test-leaks soak slowloris clean
@@ -36,9 +40,15 @@ build: venv
 wheel: venv
 	scripts/build-wheel
 
+$(RUN_STAMP): pyproject.toml setup.py build_ipvs.py csrc/ipvs.c csrc/ipvs.h $(wildcard src/ingress_ipvs_exporter/*.py)
+	scripts/install-deps build
+	test -x $(RUN_VENV)/bin/python || $(PYTHON) -m venv $(RUN_VENV)
+	$(RUN_VENV)/bin/pip install -q .
+	touch $@
+
 ## run the exporter (root or CAP_SYS_ADMIN+CAP_NET_ADMIN); flags go in ARGS="..."
-run: venv
-	$(BIN)/ingress_ipvs_exporter $(ARGS)
+run: $(RUN_STAMP)
+	$(RUN_VENV)/bin/ingress_ipvs_exporter $(ARGS)
 
 ## the README example live, without a swarm node: a VM with dockerd, a swarm, the exporter
 demo: deps-test venv
@@ -132,4 +142,4 @@ soak: deps-test venv
 	  python -m pytest -p no:cacheprovider -q -s -m kernel tests/kernel/test_soak_kernel.py
 
 clean:
-	rm -rf build dist src/*.egg-info src/ingress_ipvs_exporter/_ipvs_cffi*.so src/ingress_ipvs_exporter/_ipvs_cffi.c
+	rm -rf build dist $(RUN_VENV) src/*.egg-info src/ingress_ipvs_exporter/_ipvs_cffi*.so src/ingress_ipvs_exporter/_ipvs_cffi.c
