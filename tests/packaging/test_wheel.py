@@ -14,6 +14,7 @@ import re
 import shutil
 import subprocess
 import sys
+import sysconfig
 from pathlib import Path
 
 import pytest
@@ -188,15 +189,23 @@ def test_build_info_metric_carries_the_version(venv: Path):
     assert re.fullmatch(r"3\.\d+\.\d+", libnl), libnl
 
 
-def _missing_line(why: str) -> str:
-    """build_ipvs.py's one-line message, read from its source (importing it would run the build)."""
+def _missing_line(need: str, why: str) -> str:
+    """build_ipvs.py's one-line message, from its source (importing it would run the build): its
+    MISSING, NEEDS and missing() alone, evaluated."""
     tree = ast.parse((REPO / "build_ipvs.py").read_text())
-    for node in tree.body:
-        if isinstance(node, ast.Assign) and [t.id for t in node.targets if isinstance(t, ast.Name)] == [
-            "MISSING"
-        ]:
-            return ast.literal_eval(node.value).format(why=why)
-    raise AssertionError("build_ipvs.py has no MISSING message")
+    keep = [
+        node
+        for node in tree.body
+        if (
+            isinstance(node, ast.Assign)
+            and {t.id for t in node.targets if isinstance(t, ast.Name)} & {"MISSING", "NEEDS"}
+        )
+        or (isinstance(node, ast.FunctionDef) and node.name == "missing")
+    ]
+    assert len(keep) == 3, "build_ipvs.py lacks MISSING, NEEDS or missing()"
+    space: dict = {}
+    exec(compile(ast.Module(body=keep, type_ignores=[]), "build_ipvs.py", "exec"), space)
+    return space["missing"](need, why)
 
 
 def _source_copy(tmp_path: Path) -> Path:
@@ -238,27 +247,62 @@ def test_pip_install_from_source_links_the_system_libnl(tmp_path: Path):
     assert res.returncode == 0 and res.stdout.strip() == f"ingress_ipvs_exporter {_project_version()}", res
 
 
-@pytest.mark.parametrize("missing", ["libnl", "pkg-config"])
-def test_source_build_without_libnl_says_what_to_install(tmp_path: Path, missing: str):
-    """Building from source where pkg-config cannot find libnl, or where there is no pkg-config,
-    stops with one actionable line."""
-    src = _source_copy(tmp_path)
-    if missing == "libnl":
-        env, why = (
-            _env(PKG_CONFIG_PATH="/nonexistent", PKG_CONFIG_LIBDIR="/nonexistent"),
-            "pkg-config has no libnl-genl-3.0",
-        )
-    else:  # a PATH without pkg-config (pip and the build backend run by absolute path)
-        (tmp_path / "empty-bin").mkdir()
-        env, why = _env(PATH=str(tmp_path / "empty-bin")), "pkg-config is not installed"
-    res = _run(
-        [sys.executable, "-m", "pip", "wheel", ".", "--no-deps", "-w", tmp_path / "out"], cwd=src, env=env
-    )
+def _fake_cc(tmp_path: Path, body: str) -> str:
+    cc = tmp_path / "fake-cc"
+    cc.write_text(f"#!/bin/sh\n{body}\n")
+    cc.chmod(0o755)
+    return str(cc)
+
+
+def _pip_wheel(src: Path, out: Path, env: dict[str, str]) -> subprocess.CompletedProcess:
+    return _run([sys.executable, "-m", "pip", "wheel", ".", "--no-deps", "-w", out], cwd=src, env=env)
+
+
+def _assert_one_line(res: subprocess.CompletedProcess, want: str, out: Path) -> None:
     output = res.stdout + res.stderr
-    assert res.returncode != 0, f"the build succeeded without {missing}:\n{output}"
-    want = _missing_line(why)
-    assert "apt-get install pkg-config libnl-genl-3-dev" in want and "libnl3-devel" in want
+    assert res.returncode != 0, f"the build succeeded:\n{output}"
     assert want in [line.strip() for line in output.splitlines()], (
         f"pip's output lacks the line\n  {want}\n---\n{output}"
     )
-    assert not list(tmp_path.glob("out/*.whl"))
+    # the line is all the build said: no setuptools log, no traceback
+    assert "Traceback" not in output and "[1 lines of output]" in output, output
+    assert not list(out.glob("*.whl"))
+
+
+@pytest.mark.parametrize("missing", ["libnl", "pkg-config", "compiler", "python-headers"])
+def test_source_build_without_a_prerequisite_says_what_to_install(tmp_path: Path, missing: str):
+    """Building from source without pkg-config, libnl's headers, a compiler or Python's headers
+    stops with one actionable line naming the Debian and Fedora packages."""
+    src = _source_copy(tmp_path)
+    include = sysconfig.get_paths()["include"]
+    if missing == "libnl":
+        env = _env(PKG_CONFIG_PATH="/nonexistent", PKG_CONFIG_LIBDIR="/nonexistent")
+        want = _missing_line("libnl", "pkg-config has no libnl-genl-3.0")
+    elif (
+        missing == "pkg-config"
+    ):  # a PATH without pkg-config (pip and the build backend run by absolute path)
+        (tmp_path / "empty-bin").mkdir()
+        env, want = (
+            _env(PATH=str(tmp_path / "empty-bin")),
+            _missing_line("libnl", "pkg-config is not installed"),
+        )
+    elif missing == "compiler":
+        env = _env(CC="/nonexistent/gcc")
+        want = _missing_line("compiler", "cannot run /nonexistent/gcc: No such file or directory")
+    else:  # the real gcc, without Python's include directory: as on a host without python3-dev
+        cc = _fake_cc(
+            tmp_path, f'for a; do shift; [ "$a" = "-I{include}" ] || set -- "$@" "$a"; done; exec gcc "$@"'
+        )
+        env, want = _env(CC=cc), _missing_line("python", f"{include}/Python.h")
+    assert "apt-get install" in want and "dnf install" in want
+    _assert_one_line(_pip_wheel(src, tmp_path / "out", env), want, tmp_path / "out")
+
+
+def test_a_stale_build_dir_never_hides_a_broken_compiler(tmp_path: Path):
+    """A build/ from an earlier good build is in the tree; the compiler now fails: so does the build."""
+    src = _source_copy(tmp_path)
+    res = _pip_wheel(src, tmp_path / "first", _env())
+    assert res.returncode == 0 and (src / "build").is_dir(), res.stdout + res.stderr
+    cc = _fake_cc(tmp_path, 'echo "cc: fatal error: killed" >&2; exit 1')
+    want = _missing_line("compiler", f"{cc} failed: cc: fatal error: killed")
+    _assert_one_line(_pip_wheel(src, tmp_path / "out", _env(CC=cc)), want, tmp_path / "out")
