@@ -3,7 +3,8 @@ what the capability tests (tests/kernel/test_capabilities_kernel.py) proved it n
 
 `systemd-analyze verify` (Debian package systemd) checks the unit offline; it also checks
 that ExecStart's program exists, so it runs against a throw-away root holding the system's
-unit directory and a stub /usr/local/bin/ingress_ipvs_exporter, with the unit unchanged.
+unit directory and a stub /usr/local/bin/ingress_ipvs_exporter, with the unit unchanged; and
+against a root where the documented pip route and install steps really ran.
 """
 
 from __future__ import annotations
@@ -182,3 +183,48 @@ def test_systemd_analyze_verify_accepts_the_socket_unit_as_shipped(tmp_path):
     )
     assert res.returncode == 0 and (res.stdout + res.stderr).strip() == "", res.stdout + res.stderr
     assert "ListenStream=10320" in socket_unit.read_text()  # the shipped port (docs/prometheus.md)
+
+
+def _documented_unit_steps() -> list[list[str]]:
+    """The `ln` and `install` commands of docs/systemd.md's install block, split into words."""
+    text = (REPO / "docs" / "systemd.md").read_text()
+    block = text[text.index("## The unit") :].split("```sh\n", 1)[1].split("```", 1)[0]
+    return [line.split("#")[0].split() for line in block.splitlines() if line.startswith(("ln ", "install "))]
+
+
+@pytest.mark.usefixtures("systemd_analyze")
+def test_units_verify_as_installed_by_the_documented_pip_route(tmp_path):
+    """The README's pip route (a venv at /opt/ingress_ipvs_exporter, `pip install .`) then
+    docs/systemd.md's steps, each run under a throw-away root: both units verify there."""
+    root = tmp_path / "root"
+    shutil.copytree(SYSTEM_UNITS, root / "usr/lib/systemd/system", symlinks=True)
+    for d in ("etc/systemd/system", "usr/local/bin"):
+        (root / d).mkdir(parents=True)
+    venv = root / "opt/ingress_ipvs_exporter"
+    assert (
+        "python3 -m venv /opt/ingress_ipvs_exporter && /opt/ingress_ipvs_exporter/bin/pip install ."
+        in (REPO / "README.md").read_text()
+    )
+    subprocess.run(["python3", "-m", "venv", venv], check=True, timeout=300)
+    res = subprocess.run(
+        [venv / "bin/pip", "install", "-q", "."], cwd=REPO, capture_output=True, text=True, timeout=900
+    )
+    assert res.returncode == 0, res.stdout + res.stderr
+    steps = _documented_unit_steps()
+    assert [s[0] for s in steps] == ["ln", "install"], steps
+    for argv in steps:
+        # the last word is where it goes: under the root; a link's target stays as written,
+        # since systemd-analyze --root resolves it inside the root
+        subprocess.run([*argv[:-1], f"{root}{argv[-1]}"], cwd=REPO, check=True, timeout=60)
+    (root / "etc/systemd/system" / NAME).with_suffix(".socket").write_text(
+        UNIT.with_suffix(".socket").read_text()
+    )
+    for unit in (NAME, UNIT.with_suffix(".socket").name):
+        res = subprocess.run(
+            ["systemd-analyze", "verify", f"--root={root}", unit],
+            capture_output=True,
+            text=True,
+            timeout=120,
+            check=False,
+        )
+        assert res.returncode == 0 and (res.stdout + res.stderr).strip() == "", unit + res.stdout + res.stderr
