@@ -36,8 +36,9 @@ venv: $(STAMP)
 
 build: venv
 
-## a manylinux wheel with libnl bundled (auditwheel repair) -> dist/
-wheel: venv
+## manylinux2014 wheels (x86_64, aarch64; glibc >= 2.17) with libnl bundled, cross-compiled
+## with zig in a small build venv (build/wheel/venv) -> dist/
+wheel:
 	scripts/build-wheel
 
 $(RUN_STAMP): pyproject.toml setup.py build_ipvs.py csrc/ipvs.c csrc/ipvs.h $(wildcard src/ingress_ipvs_exporter/*.py)
