@@ -14,7 +14,7 @@ BENCH_STAMP := $(VENV)/.bench-installed
 RUN_VENV  := .venv-run
 RUN_STAMP := $(RUN_VENV)/.installed
 
-.PHONY: all deps deps-test venv build wheel run demo bench container-test lint format test test-unit test-packaging test-vm \
+.PHONY: all deps deps-test venv build wheel deb run demo bench container-test lint format test test-unit test-packaging test-vm \
         test-kernel test-swarm test-swarm-2node fuzz fuzz-short test-asan test-leaks soak slowloris clean
 
 all: venv
@@ -40,6 +40,10 @@ build: venv
 ## with zig in a small build venv (build/wheel/venv) -> dist/
 wheel:
 	scripts/build-wheel
+
+## the Debian package (the x86_64 wheel, its dependencies, the units, /etc/default) -> dist/
+deb:
+	scripts/build-deb
 
 $(RUN_STAMP): pyproject.toml setup.py build_ipvs.py csrc/ipvs.c csrc/ipvs.h $(wildcard src/ingress_ipvs_exporter/*.py)
 	scripts/install-deps build
@@ -99,10 +103,10 @@ test-packaging: deps-test venv
 	$(PYTEST) -q tests/packaging
 
 # One VM boot runs every kernel test (tests/kernel, tests/swarm when present).
-test-vm: deps-test venv
+test-vm: deps-test venv deb
 	VM_TIMEOUT=4800 $(VM) -- python -m pytest -p no:cacheprovider -q -m "kernel or swarm" tests/kernel $(wildcard tests/swarm/test_*.py)
 
-test-kernel: deps-test venv
+test-kernel: deps-test venv deb
 	$(VM) -- python -m pytest -p no:cacheprovider -q -m kernel tests/kernel
 
 test-swarm: deps-test venv

@@ -55,6 +55,18 @@ def _analyze(root: Path, *args: str) -> subprocess.CompletedProcess:
     )
 
 
+def _assert_verifies(root: Path, unit: str) -> None:
+    """`systemd-analyze verify` accepts the unit under root without a word (warnings included)."""
+    res = subprocess.run(
+        ["systemd-analyze", "verify", f"--root={root}", unit],
+        capture_output=True,
+        text=True,
+        timeout=120,
+        check=False,
+    )
+    assert res.returncode == 0 and (res.stdout + res.stderr).strip() == "", unit + res.stdout + res.stderr
+
+
 def _service() -> dict[str, list[str]]:
     """[Service] key -> every value it is given (systemd keys may repeat)."""
     values: dict[str, list[str]] = {}
@@ -174,14 +186,7 @@ def test_systemd_analyze_verify_accepts_the_socket_unit_as_shipped(tmp_path):
     socket_unit = UNIT.with_suffix(".socket")
     root = _root(tmp_path, UNIT.read_text())
     (root / "etc/systemd/system" / socket_unit.name).write_text(socket_unit.read_text())
-    res = subprocess.run(
-        ["systemd-analyze", "verify", f"--root={root}", socket_unit.name],
-        capture_output=True,
-        text=True,
-        timeout=120,
-        check=False,
-    )
-    assert res.returncode == 0 and (res.stdout + res.stderr).strip() == "", res.stdout + res.stderr
+    _assert_verifies(root, socket_unit.name)
     assert "ListenStream=10320" in socket_unit.read_text()  # the shipped port (docs/prometheus.md)
 
 
@@ -220,11 +225,43 @@ def test_units_verify_as_installed_by_the_documented_pip_route(tmp_path):
         UNIT.with_suffix(".socket").read_text()
     )
     for unit in (NAME, UNIT.with_suffix(".socket").name):
-        res = subprocess.run(
-            ["systemd-analyze", "verify", f"--root={root}", unit],
-            capture_output=True,
-            text=True,
-            timeout=120,
-            check=False,
-        )
-        assert res.returncode == 0 and (res.stdout + res.stderr).strip() == "", unit + res.stdout + res.stderr
+        _assert_verifies(root, unit)
+
+
+@pytest.mark.usefixtures("systemd_analyze")
+def test_units_verify_as_installed_by_the_deb(tmp_path):
+    """make deb's package unpacked into a throw-away root, its venv made as its postinst makes
+    it (the system's python3, offline from the packaged wheels): both units verify there."""
+    res = subprocess.run(
+        [REPO / "scripts/build-deb"], capture_output=True, text=True, timeout=1800, check=False
+    )
+    assert res.returncode == 0, res.stdout + res.stderr
+    deb = Path(res.stdout.split()[-1])
+    root = tmp_path / "root"
+    shutil.copytree(SYSTEM_UNITS, root / "usr/lib/systemd/system", symlinks=True)
+    subprocess.run(["dpkg-deb", "-x", deb, root], check=True, timeout=120)
+    opt = root / "opt/ingress-ipvs-exporter"
+    subprocess.run(["/usr/bin/python3", "-m", "venv", opt / "venv"], check=True, timeout=300)
+    res = subprocess.run(
+        [
+            opt / "venv/bin/pip",
+            "install",
+            "-q",
+            "--no-index",
+            "--find-links",
+            opt / "wheels",
+            "ingress_ipvs_exporter",
+        ],
+        capture_output=True,
+        text=True,
+        timeout=600,
+        check=False,
+    )
+    assert res.returncode == 0, res.stdout + res.stderr
+    service = (root / "lib/systemd/system/ingress-ipvs-exporter.service").read_text()
+    assert "\nExecStart=/opt/ingress-ipvs-exporter/venv/bin/ingress_ipvs_exporter $ARGS\n" in service
+    assert "\nEnvironmentFile=-/etc/default/ingress-ipvs-exporter\n" in service
+    assert "\nUser=ingress-ipvs-exporter\n" in service and "DynamicUser" not in service
+    assert 'ARGS="--listen-address :10320"' in (root / "etc/default/ingress-ipvs-exporter").read_text()
+    for unit in ("ingress-ipvs-exporter.service", "ingress-ipvs-exporter.socket"):
+        _assert_verifies(root, unit)
