@@ -9,8 +9,12 @@ PYTEST := $(BIN)/python -m pytest -p no:cacheprovider
 VM     := tests/vm/vm-run
 
 BENCH_STAMP := $(VENV)/.bench-installed
+# make run's own venv: the exporter and its runtime dependencies only (no test or lint
+# extras, no VM runner), so running it on a node installs nothing it does not need
+RUN_VENV  := .venv-run
+RUN_STAMP := $(RUN_VENV)/.installed
 
-.PHONY: all deps deps-test venv build wheel run demo bench container-test lint format test test-unit test-packaging test-vm \
+.PHONY: all deps deps-test venv build wheel deb run demo bench container-test lint format test test-unit test-packaging test-vm \
         test-kernel test-swarm test-swarm-2node fuzz fuzz-short test-asan test-leaks soak slowloris clean
 
 all: venv
@@ -32,13 +36,24 @@ venv: $(STAMP)
 
 build: venv
 
-## a manylinux wheel with libnl bundled (auditwheel repair) -> dist/
-wheel: venv
+## manylinux2014 wheels (x86_64, aarch64; glibc >= 2.17) with libnl bundled, cross-compiled
+## with zig in a small build venv (build/wheel/venv) -> dist/
+wheel:
 	scripts/build-wheel
 
+## the Debian package (the x86_64 wheel, its dependencies, the units, /etc/default) -> dist/
+deb:
+	scripts/build-deb
+
+$(RUN_STAMP): pyproject.toml setup.py build_ipvs.py csrc/ipvs.c csrc/ipvs.h $(wildcard src/ingress_ipvs_exporter/*.py)
+	scripts/install-deps build
+	test -x $(RUN_VENV)/bin/python || $(PYTHON) -m venv $(RUN_VENV)
+	$(RUN_VENV)/bin/pip install -q .
+	touch $@
+
 ## run the exporter (root or CAP_SYS_ADMIN+CAP_NET_ADMIN); flags go in ARGS="..."
-run: venv
-	$(BIN)/ingress_ipvs_exporter $(ARGS)
+run: $(RUN_STAMP)
+	$(RUN_VENV)/bin/ingress_ipvs_exporter $(ARGS)
 
 ## the README example live, without a swarm node: a VM with dockerd, a swarm, the exporter
 demo: deps-test venv
@@ -88,10 +103,10 @@ test-packaging: deps-test venv
 	$(PYTEST) -q tests/packaging
 
 # One VM boot runs every kernel test (tests/kernel, tests/swarm when present).
-test-vm: deps-test venv
+test-vm: deps-test venv deb
 	VM_TIMEOUT=4800 $(VM) -- python -m pytest -p no:cacheprovider -q -m "kernel or swarm" tests/kernel $(wildcard tests/swarm/test_*.py)
 
-test-kernel: deps-test venv
+test-kernel: deps-test venv deb
 	$(VM) -- python -m pytest -p no:cacheprovider -q -m kernel tests/kernel
 
 test-swarm: deps-test venv
@@ -135,4 +150,4 @@ soak: deps-test venv
 	  HA_SECONDS=$${HA_SECONDS:-600} HA_SERVICES=$${HA_SERVICES:-2000} HA_PARSE_SAMPLES=$${HA_PARSE_SAMPLES:-2} python -m pytest -p no:cacheprovider -q -s -m kernel $(SOAK_TESTS)
 
 clean:
-	rm -rf build dist src/*.egg-info src/ingress_ipvs_exporter/_ipvs_cffi*.so src/ingress_ipvs_exporter/_ipvs_cffi.c
+	rm -rf build dist $(RUN_VENV) src/*.egg-info src/ingress_ipvs_exporter/_ipvs_cffi*.so src/ingress_ipvs_exporter/_ipvs_cffi.c

@@ -1,7 +1,10 @@
 """cffi builder (API mode) for the C shim: cdef is csrc/ipvs.h, source is csrc/ipvs.c.
 
-libnl-genl-3 is found with pkg-config; when it (or pkg-config) is missing the build
-stops with one line naming the packages to install.
+Before cffi runs, the build checks what it needs - pkg-config, libnl-genl-3's development
+files, a working C compiler, Python's headers - and when one is missing stops with one line
+naming the packages to install (setuptools' own failure is a page of log). The compiler is
+tried on every build, so that a build/ left by an earlier build cannot make a build with a
+broken compiler look successful.
 """
 
 import os
@@ -9,27 +12,73 @@ import shlex
 import shutil
 import subprocess
 import sys
+import sysconfig
+import tempfile
 
 from cffi import FFI
 
 HERE = os.path.dirname(os.path.abspath(__file__))
 CSRC = os.path.join(HERE, "csrc")
 PKG = "libnl-genl-3.0"
+# {what} is missing ({why}): the packages that bring it on Debian/Ubuntu and Fedora/RHEL
 MISSING = (
-    "ingress_ipvs_exporter: cannot build the C shim: libnl-genl-3 development files "
-    "not found via pkg-config ({why}). Install them: Debian/Ubuntu "
-    "'apt-get install pkg-config libnl-genl-3-dev', "
-    "Fedora/RHEL 'dnf install pkgconf-pkg-config libnl3-devel'."
+    "ingress_ipvs_exporter: cannot build the C shim: {what} not found ({why}). Install them: "
+    "Debian/Ubuntu 'apt-get install {deb}', Fedora/RHEL 'dnf install {rpm}'."
 )
+NEEDS = {
+    "libnl": (
+        "libnl-genl-3 development files",
+        "pkg-config libnl-genl-3-dev",
+        "pkgconf-pkg-config libnl3-devel",
+    ),
+    "compiler": ("a working C compiler", "gcc", "gcc"),
+    "python": ("Python's development headers (Python.h)", "python3-dev", "python3-devel"),
+}
+
+
+def missing(need: str, why: str) -> str:
+    what, deb, rpm = NEEDS[need]
+    return MISSING.format(what=what, why=why, deb=deb, rpm=rpm)
 
 
 def _pkg_config(*args: str) -> list[str]:
     if not shutil.which("pkg-config"):
-        sys.exit(MISSING.format(why="pkg-config is not installed"))
+        sys.exit(missing("libnl", "pkg-config is not installed"))
     res = subprocess.run(["pkg-config", *args, PKG], capture_output=True, text=True)
     if res.returncode != 0:
-        sys.exit(MISSING.format(why=f"pkg-config has no {PKG}"))
+        sys.exit(missing("libnl", f"pkg-config has no {PKG}"))
     return shlex.split(res.stdout)
+
+
+def _compiler() -> list[str]:
+    """The compiler setuptools will run: $CC, else the one Python was built with."""
+    return shlex.split(os.environ.get("CC") or sysconfig.get_config_var("CC") or "cc")
+
+
+def _check_compiler(cflags: list[str]) -> None:
+    """Compile two one-line files: a bare one (the compiler works), one that includes Python.h."""
+    cc = _compiler()
+    include = sysconfig.get_paths()["include"]
+    with tempfile.TemporaryDirectory() as tmp:
+        for need, text, flags in (
+            ("compiler", "int main(void) { return 0; }\n", []),
+            ("python", "#include <Python.h>\n", [f"-I{include}", *cflags]),
+        ):
+            src = os.path.join(tmp, f"{need}.c")
+            with open(src, "w") as f:
+                f.write(text)
+            try:
+                res = subprocess.run(
+                    [*cc, *flags, "-c", src, "-o", os.path.join(tmp, f"{need}.o")],
+                    capture_output=True,
+                    text=True,
+                )
+            except OSError as e:
+                sys.exit(missing("compiler", f"cannot run {cc[0]}: {e.strerror}"))
+            if res.returncode != 0:
+                last = (res.stderr.strip().splitlines() or [f"exit status {res.returncode}"])[-1]
+                why = f"{cc[0]} failed: {last.strip()}" if need == "compiler" else f"{include}/Python.h"
+                sys.exit(missing(need, why))
 
 
 def _flags():
@@ -50,6 +99,7 @@ ffibuilder = FFI()
 ffibuilder.cdef(_header)
 
 _inc, _libdirs, _libs, _extra, _extra_link = _flags()
+_check_compiler([f"-I{d}" for d in _inc])
 ffibuilder.set_source(
     "ingress_ipvs_exporter._ipvs_cffi",
     '#include <stdint.h>\n#include "ipvs.h"\n',

@@ -145,15 +145,17 @@ def running_exporter(
     listen_flag: str = "--listen-address",
     prefix: tuple = (),
     env: dict[str, str] | None = None,
+    exe: str | None = None,
 ):
     """Start the exporter on a free loopback port; yield (metrics URL, process).
     probe=False only waits for the port to accept (for TLS or auth set-ups);
-    prefix: a command that runs the exporter (e.g. setpriv ...); env: variables to add."""
+    prefix: a command that runs the exporter (e.g. setpriv ...); env: variables to add;
+    exe: the exporter's program when not this venv's (e.g. one installed in another root)."""
     port = free_port()
     url = f"http://127.0.0.1:{port}/metrics"
     log = open(exporter_log(url), "w+")
     proc = subprocess.Popen(
-        [*prefix, exporter_command(), listen_flag, f"127.0.0.1:{port}", *args],
+        [*prefix, exe or exporter_command(), listen_flag, f"127.0.0.1:{port}", *args],
         stdout=log,
         stderr=subprocess.STDOUT,
         env={**os.environ, **env} if env else None,

@@ -3,7 +3,8 @@ what the capability tests (tests/kernel/test_capabilities_kernel.py) proved it n
 
 `systemd-analyze verify` (Debian package systemd) checks the unit offline; it also checks
 that ExecStart's program exists, so it runs against a throw-away root holding the system's
-unit directory and a stub /usr/local/bin/ingress_ipvs_exporter, with the unit unchanged.
+unit directory and a stub /usr/local/bin/ingress_ipvs_exporter, with the unit unchanged; and
+against a root where the documented pip route and install steps really ran.
 """
 
 from __future__ import annotations
@@ -52,6 +53,18 @@ def _analyze(root: Path, *args: str) -> subprocess.CompletedProcess:
         timeout=120,
         check=False,
     )
+
+
+def _assert_verifies(root: Path, unit: str) -> None:
+    """`systemd-analyze verify` accepts the unit under root without a word (warnings included)."""
+    res = subprocess.run(
+        ["systemd-analyze", "verify", f"--root={root}", unit],
+        capture_output=True,
+        text=True,
+        timeout=120,
+        check=False,
+    )
+    assert res.returncode == 0 and (res.stdout + res.stderr).strip() == "", unit + res.stdout + res.stderr
 
 
 def _service() -> dict[str, list[str]]:
@@ -173,12 +186,82 @@ def test_systemd_analyze_verify_accepts_the_socket_unit_as_shipped(tmp_path):
     socket_unit = UNIT.with_suffix(".socket")
     root = _root(tmp_path, UNIT.read_text())
     (root / "etc/systemd/system" / socket_unit.name).write_text(socket_unit.read_text())
+    _assert_verifies(root, socket_unit.name)
+    assert "ListenStream=10320" in socket_unit.read_text()  # the shipped port (docs/prometheus.md)
+
+
+def _documented_unit_steps() -> list[list[str]]:
+    """The `ln` and `install` commands of docs/systemd.md's install block, split into words."""
+    text = (REPO / "docs" / "systemd.md").read_text()
+    block = text[text.index("## The unit") :].split("```sh\n", 1)[1].split("```", 1)[0]
+    return [line.split("#")[0].split() for line in block.splitlines() if line.startswith(("ln ", "install "))]
+
+
+@pytest.mark.usefixtures("systemd_analyze")
+def test_units_verify_as_installed_by_the_documented_pip_route(tmp_path):
+    """The README's pip route (a venv at /opt/ingress_ipvs_exporter, `pip install .`) then
+    docs/systemd.md's steps, each run under a throw-away root: both units verify there."""
+    root = tmp_path / "root"
+    shutil.copytree(SYSTEM_UNITS, root / "usr/lib/systemd/system", symlinks=True)
+    for d in ("etc/systemd/system", "usr/local/bin"):
+        (root / d).mkdir(parents=True)
+    venv = root / "opt/ingress_ipvs_exporter"
+    assert (
+        "python3 -m venv /opt/ingress_ipvs_exporter && /opt/ingress_ipvs_exporter/bin/pip install ."
+        in (REPO / "README.md").read_text()
+    )
+    subprocess.run(["python3", "-m", "venv", venv], check=True, timeout=300)
     res = subprocess.run(
-        ["systemd-analyze", "verify", f"--root={root}", socket_unit.name],
+        [venv / "bin/pip", "install", "-q", "."], cwd=REPO, capture_output=True, text=True, timeout=900
+    )
+    assert res.returncode == 0, res.stdout + res.stderr
+    steps = _documented_unit_steps()
+    assert [s[0] for s in steps] == ["ln", "install"], steps
+    for argv in steps:
+        # the last word is where it goes: under the root; a link's target stays as written,
+        # since systemd-analyze --root resolves it inside the root
+        subprocess.run([*argv[:-1], f"{root}{argv[-1]}"], cwd=REPO, check=True, timeout=60)
+    (root / "etc/systemd/system" / NAME).with_suffix(".socket").write_text(
+        UNIT.with_suffix(".socket").read_text()
+    )
+    for unit in (NAME, UNIT.with_suffix(".socket").name):
+        _assert_verifies(root, unit)
+
+
+@pytest.mark.usefixtures("systemd_analyze")
+def test_units_verify_as_installed_by_the_deb(tmp_path):
+    """make deb's package unpacked into a throw-away root, its venv made as its postinst makes
+    it (the system's python3, offline from the packaged wheels): both units verify there."""
+    res = subprocess.run(
+        [REPO / "scripts/build-deb"], capture_output=True, text=True, timeout=1800, check=False
+    )
+    assert res.returncode == 0, res.stdout + res.stderr
+    deb = Path(res.stdout.split()[-1])
+    root = tmp_path / "root"
+    shutil.copytree(SYSTEM_UNITS, root / "usr/lib/systemd/system", symlinks=True)
+    subprocess.run(["dpkg-deb", "-x", deb, root], check=True, timeout=120)
+    opt = root / "opt/ingress-ipvs-exporter"
+    subprocess.run(["/usr/bin/python3", "-m", "venv", opt / "venv"], check=True, timeout=300)
+    res = subprocess.run(
+        [
+            opt / "venv/bin/pip",
+            "install",
+            "-q",
+            "--no-index",
+            "--find-links",
+            opt / "wheels",
+            "ingress_ipvs_exporter",
+        ],
         capture_output=True,
         text=True,
-        timeout=120,
+        timeout=600,
         check=False,
     )
-    assert res.returncode == 0 and (res.stdout + res.stderr).strip() == "", res.stdout + res.stderr
-    assert "ListenStream=10320" in socket_unit.read_text()  # the shipped port (docs/prometheus.md)
+    assert res.returncode == 0, res.stdout + res.stderr
+    service = (root / "lib/systemd/system/ingress-ipvs-exporter.service").read_text()
+    assert "\nExecStart=/opt/ingress-ipvs-exporter/venv/bin/ingress_ipvs_exporter $ARGS\n" in service
+    assert "\nEnvironmentFile=-/etc/default/ingress-ipvs-exporter\n" in service
+    assert "\nUser=ingress-ipvs-exporter\n" in service and "DynamicUser" not in service
+    assert 'ARGS="--listen-address :10320"' in (root / "etc/default/ingress-ipvs-exporter").read_text()
+    for unit in ("ingress-ipvs-exporter.service", "ingress-ipvs-exporter.socket"):
+        _assert_verifies(root, unit)

@@ -1,110 +1,87 @@
-"""The binary wheel (scripts/build-wheel) carries its own libnl, and the sdist fails clearly without it.
+"""The binary wheels (scripts/build-wheel) carry their own libnl and need no glibc newer than
+their manylinux2014 tag, and a source build fails with one line when a prerequisite is missing.
 
-Runs on the host, no kernel: builds the wheel (or takes dist/'s when it is newer than every
-source), installs it into a fresh venv and shows that the extension's libnl resolves to the
-copy inside that venv, and that the console script runs. Needs the build packages
-(scripts/install-deps build) and PyPI for the build and the runtime dependencies.
+Runs on the host, no kernel: takes the wheels (conftest.py), checks both, installs the x86_64
+one into a fresh venv and shows that the extension's libnl resolves to the copy inside that
+venv, and that the console script runs. Needs scripts/install-deps test and PyPI.
 """
 
 from __future__ import annotations
 
 import ast
-import os
 import re
 import shutil
 import subprocess
 import sys
+import sysconfig
 from pathlib import Path
 
 import pytest
+from packaging_lib import ARCHES, clean_env, project_version, run
 
 REPO = Path(__file__).resolve().parents[2]
-BUILD_WHEEL = REPO / "scripts" / "build-wheel"
-# What the wheel is built from: a newer one of these makes dist/'s wheel stale.
-SOURCES = [
-    "pyproject.toml",
-    "setup.py",
-    "build_ipvs.py",
-    "csrc/*",
-    "src/ingress_ipvs_exporter/*.py",
-    "LICENSE",
-    "LICENSES/*",
-]
-TIMEOUT = 600
-
-
-def _env(**extra: str) -> dict[str, str]:
-    """The environment without this venv's traces, so the new venv stands alone."""
-    env = {k: v for k, v in os.environ.items() if k not in ("PYTHONPATH", "VIRTUAL_ENV", "PYTHONHOME")}
-    env["PATH"] = os.pathsep.join(
-        p for p in env.get("PATH", "").split(os.pathsep) if not p.startswith(str(REPO / ".venv"))
-    )
-    env["COLUMNS"] = "1000"  # pip renders build errors with rich: no wrapping of long lines
-    env.update(extra)
-    return env
-
-
-def _run(argv, **kw) -> subprocess.CompletedProcess:
-    kw.setdefault("env", _env())
-    return subprocess.run(
-        [str(a) for a in argv], capture_output=True, text=True, timeout=TIMEOUT, check=False, **kw
-    )
-
-
-def _project_version() -> str:
-    text = (REPO / "pyproject.toml").read_text()
-    return re.search(r'(?m)^version\s*=\s*"([^"]+)"', text).group(1)
-
-
-def _fresh_wheel() -> Path | None:
-    """dist/'s manylinux wheel of this version when it is newer than every source, else None."""
-    wheels = sorted(
-        (REPO / "dist").glob(f"ingress_ipvs_exporter-{_project_version()}-*manylinux*.whl"),
-        key=lambda p: p.stat().st_mtime,
-    )
-    if not wheels:
-        return None
-    newest_source = max(p.stat().st_mtime for pattern in SOURCES for p in REPO.glob(pattern))
-    return wheels[-1] if wheels[-1].stat().st_mtime > newest_source else None
 
 
 @pytest.fixture(scope="module")
-def wheel() -> Path:
-    found = _fresh_wheel()
-    if found:
-        return found
-    res = _run([BUILD_WHEEL], cwd=REPO, env=dict(os.environ, COLUMNS="1000"))
-    assert res.returncode == 0, f"scripts/build-wheel failed:\n{res.stdout}\n{res.stderr}"
-    built = Path(res.stdout.strip().splitlines()[-1])
-    assert built.is_file(), f"scripts/build-wheel printed {built!r}, which is not a file"
-    return built
+def wheel(wheels: dict[str, Path]) -> Path:
+    """The x86_64 wheel: the one this host can load."""
+    return wheels["x86_64"]
 
 
 @pytest.fixture(scope="module")
 def venv(wheel: Path, tmp_path_factory) -> Path:
     """A new venv with only the wheel (and its PyPI dependencies) installed."""
     root = tmp_path_factory.mktemp("wheelvenv") / "venv"
-    res = _run([sys.executable, "-m", "venv", root])
+    res = run([sys.executable, "-m", "venv", root])
     assert res.returncode == 0, res.stderr
-    res = _run([root / "bin" / "python", "-m", "pip", "install", "-q", wheel], cwd=root)
+    res = run([root / "bin" / "python", "-m", "pip", "install", "-q", wheel], cwd=root)
     assert res.returncode == 0, f"pip install {wheel.name} failed:\n{res.stdout}\n{res.stderr}"
     return root
 
 
 def _site_packages(venv: Path) -> Path:
-    out = _run([venv / "bin" / "python", "-c", "import sysconfig; print(sysconfig.get_paths()['platlib'])"])
+    out = run([venv / "bin" / "python", "-c", "import sysconfig; print(sysconfig.get_paths()['platlib'])"])
     return Path(out.stdout.strip()).resolve()
 
 
-def test_wheel_is_manylinux_with_libnl_inside(wheel: Path):
-    assert re.search(r"-manylinux_\d+_\d+_x86_64\.whl$", wheel.name), wheel.name
+@pytest.mark.parametrize("arch", ARCHES)
+def test_wheel_is_manylinux2014_with_libnl_inside(wheels: dict[str, Path], arch: str):
+    wheel = wheels[arch]
+    assert wheel.name.endswith(f"-cp39-abi3-manylinux2014_{arch}.manylinux_2_17_{arch}.whl"), wheel.name
     import zipfile
 
     names = zipfile.ZipFile(wheel).namelist()
     libs = [n for n in names if n.startswith("ingress_ipvs_exporter.libs/")]
     assert any(re.search(r"/libnl-3-[0-9a-f]+\.so", n) for n in libs), libs
     assert any(re.search(r"/libnl-genl-3-[0-9a-f]+\.so", n) for n in libs), libs
-    assert any(re.match(r"ingress_ipvs_exporter/_ipvs_cffi.*\.so$", n) for n in names), names
+    assert any(re.match(r"ingress_ipvs_exporter/_ipvs_cffi\.abi3\.so$", n) for n in names), names
+
+
+def _glibc_needs(so: Path) -> set[tuple[int, ...]]:
+    """The GLIBC_ symbol versions an ELF object needs (readelf reads any architecture's)."""
+    res = run(["readelf", "-V", "--wide", so])
+    assert res.returncode == 0, res.stderr
+    return {tuple(map(int, v.split("."))) for v in re.findall(r"Name: GLIBC_([0-9.]+)", res.stdout)}
+
+
+@pytest.mark.parametrize("arch", ARCHES)
+def test_no_object_needs_a_newer_glibc_than_the_tag(wheels: dict[str, Path], arch: str, tmp_path: Path):
+    """Every shared object in the wheel, the shim and the bundled libnl alike, needs at most the
+    glibc its manylinux_2_X tag promises, and is built for the wheel's architecture."""
+    import zipfile
+
+    wheel = wheels[arch]
+    tag = tuple(map(int, re.search(rf"manylinux_(\d+)_(\d+)_{arch}\.whl$", wheel.name).groups()))
+    with zipfile.ZipFile(wheel) as z:
+        objects = [n for n in z.namelist() if re.search(r"\.so(\.|$)", n)]
+        z.extractall(tmp_path, objects)
+    assert len(objects) == 3, objects  # the shim, libnl-3, libnl-genl-3
+    machine = {"x86_64": "Advanced Micro Devices X86-64", "aarch64": "AArch64"}[arch]
+    for name in objects:
+        needs = _glibc_needs(tmp_path / name)
+        assert needs and max(needs) <= tag, f"{name} needs GLIBC_{'.'.join(map(str, max(needs)))} > {tag}"
+        header = run(["readelf", "-h", tmp_path / name]).stdout
+        assert f"Machine:                           {machine}" in header, header
 
 
 def test_wheel_carries_the_libnl_licence(wheel: Path):
@@ -132,7 +109,7 @@ def test_wheel_carries_the_libnl_licence(wheel: Path):
 def test_installed_extension_links_the_bundled_libnl(venv: Path):
     site = _site_packages(venv)
     (ext,) = (site / "ingress_ipvs_exporter").glob("_ipvs_cffi*.so")
-    res = _run(["ldd", ext])
+    res = run(["ldd", ext])
     assert res.returncode == 0, res.stderr
     libnl = {}
     for line in res.stdout.splitlines():
@@ -156,7 +133,7 @@ def test_loaded_process_maps_only_the_bundled_libnl(venv: Path):
         "import ingress_ipvs_exporter._ipvs_cffi\n"
         "print('\\n'.join(sorted({l.split()[-1] for l in open('/proc/self/maps') if 'libnl' in l})))"
     )
-    res = _run([venv / "bin" / "python", "-c", code], cwd=venv)
+    res = run([venv / "bin" / "python", "-c", code], cwd=venv)
     assert res.returncode == 0, res.stderr
     mapped = [Path(p).resolve() for p in res.stdout.split()]
     assert len(mapped) >= 2, res.stdout
@@ -166,13 +143,13 @@ def test_loaded_process_maps_only_the_bundled_libnl(venv: Path):
 
 def test_console_script_runs(venv: Path, wheel: Path):
     exe = venv / "bin" / "ingress_ipvs_exporter"
-    res = _run([exe, "--help"], cwd=venv)
+    res = run([exe, "--help"], cwd=venv)
     assert res.returncode == 0, res.stderr
     for flag in ("--listen-address", "--namespace-path", "--telemetry-path", "--version"):
         assert flag in res.stdout, f"--help lacks {flag}:\n{res.stdout}"
-    res = _run([exe, "--version"], cwd=venv)
+    res = run([exe, "--version"], cwd=venv)
     assert res.returncode == 0, res.stderr
-    assert res.stdout.strip() == f"ingress_ipvs_exporter {_project_version()}"
+    assert res.stdout.strip() == f"ingress_ipvs_exporter {project_version()}"
 
 
 def test_build_info_metric_carries_the_version(venv: Path):
@@ -181,22 +158,30 @@ def test_build_info_metric_carries_the_version(venv: Path):
         "from ingress_ipvs_exporter.collector import build_info\n"
         "s = build_info().samples[0]\nprint(s.name, s.labels['version'], s.labels['libnl_version'])"
     )
-    res = _run([venv / "bin" / "python", "-c", code], cwd=venv)
+    res = run([venv / "bin" / "python", "-c", code], cwd=venv)
     assert res.returncode == 0, res.stderr
     name, version, libnl = res.stdout.split()
-    assert name == "ipvs_exporter_build_info" and version == _project_version()
+    assert name == "ipvs_exporter_build_info" and version == project_version()
     assert re.fullmatch(r"3\.\d+\.\d+", libnl), libnl
 
 
-def _missing_line(why: str) -> str:
-    """build_ipvs.py's one-line message, read from its source (importing it would run the build)."""
+def _missing_line(need: str, why: str) -> str:
+    """build_ipvs.py's one-line message, from its source (importing it would run the build): its
+    MISSING, NEEDS and missing() alone, evaluated."""
     tree = ast.parse((REPO / "build_ipvs.py").read_text())
-    for node in tree.body:
-        if isinstance(node, ast.Assign) and [t.id for t in node.targets if isinstance(t, ast.Name)] == [
-            "MISSING"
-        ]:
-            return ast.literal_eval(node.value).format(why=why)
-    raise AssertionError("build_ipvs.py has no MISSING message")
+    keep = [
+        node
+        for node in tree.body
+        if (
+            isinstance(node, ast.Assign)
+            and {t.id for t in node.targets if isinstance(t, ast.Name)} & {"MISSING", "NEEDS"}
+        )
+        or (isinstance(node, ast.FunctionDef) and node.name == "missing")
+    ]
+    assert len(keep) == 3, "build_ipvs.py lacks MISSING, NEEDS or missing()"
+    space: dict = {}
+    exec(compile(ast.Module(body=keep, type_ignores=[]), "build_ipvs.py", "exec"), space)
+    return space["missing"](need, why)
 
 
 def _source_copy(tmp_path: Path) -> Path:
@@ -219,11 +204,11 @@ def test_pip_install_from_source_links_the_system_libnl(tmp_path: Path):
     """`pip install .` into a fresh venv compiles the shim against the system's libnl-genl-3."""
     src = _source_copy(tmp_path)
     root = tmp_path / "venv"
-    assert _run([sys.executable, "-m", "venv", root]).returncode == 0
-    res = _run([root / "bin" / "python", "-m", "pip", "install", "-q", src], cwd=tmp_path)
+    assert run([sys.executable, "-m", "venv", root]).returncode == 0
+    res = run([root / "bin" / "python", "-m", "pip", "install", "-q", src], cwd=tmp_path)
     assert res.returncode == 0, f"pip install . failed:\n{res.stdout}\n{res.stderr}"
     (ext,) = (_site_packages(root) / "ingress_ipvs_exporter").glob("_ipvs_cffi*.so")
-    ldd = _run(["ldd", ext])
+    ldd = run(["ldd", ext])
     libnl = [
         line.split(" => ")[1].split(" (")[0]
         for line in ldd.stdout.splitlines()
@@ -234,31 +219,66 @@ def test_pip_install_from_source_links_the_system_libnl(tmp_path: Path):
         assert not Path(path).resolve().is_relative_to(root), path
         assert re.fullmatch(r"/(usr/)?lib(64)?/(x86_64-linux-gnu/)?libnl-(genl-)?3\.so\.200", path), path
     assert not (_site_packages(root) / "ingress_ipvs_exporter.libs").exists()
-    res = _run([root / "bin" / "ingress_ipvs_exporter", "--version"], cwd=tmp_path)
-    assert res.returncode == 0 and res.stdout.strip() == f"ingress_ipvs_exporter {_project_version()}", res
+    res = run([root / "bin" / "ingress_ipvs_exporter", "--version"], cwd=tmp_path)
+    assert res.returncode == 0 and res.stdout.strip() == f"ingress_ipvs_exporter {project_version()}", res
 
 
-@pytest.mark.parametrize("missing", ["libnl", "pkg-config"])
-def test_source_build_without_libnl_says_what_to_install(tmp_path: Path, missing: str):
-    """Building from source where pkg-config cannot find libnl, or where there is no pkg-config,
-    stops with one actionable line."""
-    src = _source_copy(tmp_path)
-    if missing == "libnl":
-        env, why = (
-            _env(PKG_CONFIG_PATH="/nonexistent", PKG_CONFIG_LIBDIR="/nonexistent"),
-            "pkg-config has no libnl-genl-3.0",
-        )
-    else:  # a PATH without pkg-config (pip and the build backend run by absolute path)
-        (tmp_path / "empty-bin").mkdir()
-        env, why = _env(PATH=str(tmp_path / "empty-bin")), "pkg-config is not installed"
-    res = _run(
-        [sys.executable, "-m", "pip", "wheel", ".", "--no-deps", "-w", tmp_path / "out"], cwd=src, env=env
-    )
+def _fake_cc(tmp_path: Path, body: str) -> str:
+    cc = tmp_path / "fake-cc"
+    cc.write_text(f"#!/bin/sh\n{body}\n")
+    cc.chmod(0o755)
+    return str(cc)
+
+
+def _pip_wheel(src: Path, out: Path, env: dict[str, str]) -> subprocess.CompletedProcess:
+    return run([sys.executable, "-m", "pip", "wheel", ".", "--no-deps", "-w", out], cwd=src, env=env)
+
+
+def _assert_one_line(res: subprocess.CompletedProcess, want: str, out: Path) -> None:
     output = res.stdout + res.stderr
-    assert res.returncode != 0, f"the build succeeded without {missing}:\n{output}"
-    want = _missing_line(why)
-    assert "apt-get install pkg-config libnl-genl-3-dev" in want and "libnl3-devel" in want
+    assert res.returncode != 0, f"the build succeeded:\n{output}"
     assert want in [line.strip() for line in output.splitlines()], (
         f"pip's output lacks the line\n  {want}\n---\n{output}"
     )
-    assert not list(tmp_path.glob("out/*.whl"))
+    # the line is all the build said: no setuptools log, no traceback
+    assert "Traceback" not in output and "[1 lines of output]" in output, output
+    assert not list(out.glob("*.whl"))
+
+
+@pytest.mark.parametrize("missing", ["libnl", "pkg-config", "compiler", "python-headers"])
+def test_source_build_without_a_prerequisite_says_what_to_install(tmp_path: Path, missing: str):
+    """Building from source without pkg-config, libnl's headers, a compiler or Python's headers
+    stops with one actionable line naming the Debian and Fedora packages."""
+    src = _source_copy(tmp_path)
+    include = sysconfig.get_paths()["include"]
+    if missing == "libnl":
+        env = clean_env(PKG_CONFIG_PATH="/nonexistent", PKG_CONFIG_LIBDIR="/nonexistent")
+        want = _missing_line("libnl", "pkg-config has no libnl-genl-3.0")
+    elif (
+        missing == "pkg-config"
+    ):  # a PATH without pkg-config (pip and the build backend run by absolute path)
+        (tmp_path / "empty-bin").mkdir()
+        env, want = (
+            clean_env(PATH=str(tmp_path / "empty-bin")),
+            _missing_line("libnl", "pkg-config is not installed"),
+        )
+    elif missing == "compiler":
+        env = clean_env(CC="/nonexistent/gcc")
+        want = _missing_line("compiler", "cannot run /nonexistent/gcc: No such file or directory")
+    else:  # the real gcc, without Python's include directory: as on a host without python3-dev
+        cc = _fake_cc(
+            tmp_path, f'for a; do shift; [ "$a" = "-I{include}" ] || set -- "$@" "$a"; done; exec gcc "$@"'
+        )
+        env, want = clean_env(CC=cc), _missing_line("python", f"{include}/Python.h")
+    assert "apt-get install" in want and "dnf install" in want
+    _assert_one_line(_pip_wheel(src, tmp_path / "out", env), want, tmp_path / "out")
+
+
+def test_a_stale_build_dir_never_hides_a_broken_compiler(tmp_path: Path):
+    """A build/ from an earlier good build is in the tree; the compiler now fails: so does the build."""
+    src = _source_copy(tmp_path)
+    res = _pip_wheel(src, tmp_path / "first", clean_env())
+    assert res.returncode == 0 and (src / "build").is_dir(), res.stdout + res.stderr
+    cc = _fake_cc(tmp_path, 'echo "cc: fatal error: killed" >&2; exit 1')
+    want = _missing_line("compiler", f"{cc} failed: cc: fatal error: killed")
+    _assert_one_line(_pip_wheel(src, tmp_path / "out", clean_env(CC=cc)), want, tmp_path / "out")

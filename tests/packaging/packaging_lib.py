@@ -1,0 +1,62 @@
+"""The packaging tests' shared helpers: where the wheels come from, and subprocesses run in
+an environment free of this venv."""
+
+from __future__ import annotations
+
+import os
+import re
+import subprocess
+from pathlib import Path
+
+REPO = Path(__file__).resolve().parents[2]
+BUILD_WHEEL = REPO / "scripts" / "build-wheel"
+ARCHES = ("x86_64", "aarch64")
+# What the wheels are built from: a newer one of these makes dist/'s wheels stale.
+SOURCES = [
+    "pyproject.toml",
+    "setup.py",
+    "build_ipvs.py",
+    "scripts/build-wheel",
+    "csrc/*",
+    "src/ingress_ipvs_exporter/*.py",
+    "LICENSE",
+    "LICENSES/*",
+]
+TIMEOUT = 600
+
+
+def clean_env(**extra: str) -> dict[str, str]:
+    """The environment without this venv's traces, so a new venv stands alone."""
+    env = {k: v for k, v in os.environ.items() if k not in ("PYTHONPATH", "VIRTUAL_ENV", "PYTHONHOME")}
+    env["PATH"] = os.pathsep.join(
+        p for p in env.get("PATH", "").split(os.pathsep) if not p.startswith(str(REPO / ".venv"))
+    )
+    env["COLUMNS"] = "1000"  # pip renders build errors with rich: no wrapping of long lines
+    env.update(extra)
+    return env
+
+
+def run(argv, **kw) -> subprocess.CompletedProcess:
+    kw.setdefault("env", clean_env())
+    kw.setdefault("timeout", TIMEOUT)
+    return subprocess.run([str(a) for a in argv], capture_output=True, text=True, check=False, **kw)
+
+
+def project_version() -> str:
+    text = (REPO / "pyproject.toml").read_text()
+    return re.search(r'(?m)^version\s*=\s*"([^"]+)"', text).group(1)
+
+
+def fresh_wheels() -> dict[str, Path] | None:
+    """dist/'s manylinux wheel per architecture when all are newer than every source, else None."""
+    newest_source = max(p.stat().st_mtime for pattern in SOURCES for p in REPO.glob(pattern))
+    found = {}
+    for arch in ARCHES:
+        wheels = sorted(
+            (REPO / "dist").glob(f"ingress_ipvs_exporter-{project_version()}-*manylinux*_{arch}.whl"),
+            key=lambda p: p.stat().st_mtime,
+        )
+        if not wheels or wheels[-1].stat().st_mtime <= newest_source:
+            return None
+        found[arch] = wheels[-1]
+    return found
