@@ -103,10 +103,10 @@ test-packaging: deps-test venv
 	$(PYTEST) -q tests/packaging
 
 # One VM boot runs every kernel test (tests/kernel, tests/swarm when present).
-test-vm: deps-test venv deb
+test-vm: deps-test venv
 	VM_TIMEOUT=4800 $(VM) -- python -m pytest -p no:cacheprovider -q -m "kernel or swarm" tests/kernel $(wildcard tests/swarm/test_*.py)
 
-test-kernel: deps-test venv deb
+test-kernel: deps-test venv
 	$(VM) -- python -m pytest -p no:cacheprovider -q -m kernel tests/kernel
 
 test-swarm: deps-test venv
