@@ -59,6 +59,7 @@ DESTS = 10
 SCRAPERS = int(os.environ.get("HA_SCRAPERS", "4"))  # per exporter
 PARSE_SAMPLES = int(os.environ.get("HA_PARSE_SAMPLES", "1"))  # bodies per scraper parsed afterwards
 PARSE_SCRAPERS = int(os.environ.get("HA_PARSE_SCRAPERS", "2"))  # of each exporter's, one gzip, one plain
+SCRAPE_TIMEOUT = 120  # seconds, as a scraper under emulation would set it
 FIRST_MARK = 1000
 EXACT = {FIRST_MARK: 7, FIRST_MARK + 1: 13, FIRST_MARK + 2: 29}  # fwmark -> packets sent, once
 CHURN_LO, CHURN_N = 60000, 40
@@ -205,11 +206,15 @@ class Balancer:
 
 
 def fetch(url: str, gz: bool) -> tuple[int, str, bytes]:
-    """One GET as Prometheus makes it: (status, Content-Encoding, raw body)."""
+    """One GET as Prometheus makes it (with its scrape timeout, which sets how long the exporter
+    waits for the namespaces it reads in parallel): (status, Content-Encoding, raw body)."""
     u = urlsplit(url)
     conn = http.client.HTTPConnection(u.hostname, u.port, timeout=300)
+    headers = {"X-Prometheus-Scrape-Timeout-Seconds": str(SCRAPE_TIMEOUT)}
+    if gz:
+        headers["Accept-Encoding"] = "gzip"
     try:
-        conn.request("GET", u.path, headers={"Accept-Encoding": "gzip"} if gz else {})
+        conn.request("GET", u.path, headers=headers)
         resp = conn.getresponse()
         return resp.status, resp.getheader("Content-Encoding") or "", resp.read()
     finally:
