@@ -397,6 +397,11 @@ def test_cardinality_flags_leave_out_what_they_say(netns):
         "ipvs_version_info",
         "ipvs_connection_table_size",
         "ipvs_exporter_build_info",
+        # the namespace's settings: timeouts, sysctls, sync daemons
+        "ipvs_timeout_seconds",
+        "ipvs_sysctl",
+        "ipvs_sync_daemons",
+        "ipvs_sync_daemon_info",
     }
     # the README: 13 per service and 17 per real server; no mangle rule here, so no published port
     assert len([n for n in ipvs_series if n not in per_namespace]) == 13 - 1 + 2 * 17
