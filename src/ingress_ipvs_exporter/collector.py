@@ -167,10 +167,6 @@ class IPVSCollector:
         self._failed(error)
         return Reading(None, seconds=seconds, error=error)
 
-    def describe(self) -> list[Metric]:
-        """The families without samples, so that registering does no netlink I/O."""
-        return list(self._health(None))
-
     def families(self, reading: Reading) -> list[Metric]:
         """The families about one reading (this collector's read or overdue())."""
         out: list[Metric] = []
@@ -217,7 +213,7 @@ class IPVSCollector:
         t.add_metric([self.namespace], table)
         return [v, t]
 
-    def _health(self, reading: Reading | None) -> list[Metric]:
+    def _health(self, reading: Reading) -> list[Metric]:
         u = GaugeMetricFamily(
             "ipvs_up", "1 when the last scrape read IPVS in the namespace, else 0", labels=NS_LABELS
         )
@@ -231,13 +227,12 @@ class IPVSCollector:
             "Scrapes that could not read IPVS, by reason",
             labels=("namespace", "reason"),
         )
-        if reading is not None:
-            u.add_metric([self.namespace], reading.up)
-            d.add_metric([self.namespace], reading.seconds)
-            with self._lock:
-                errors = sorted(self._errors.items())
-            for reason, n in errors:
-                e.add_metric([self.namespace, reason], n)
+        u.add_metric([self.namespace], reading.up)
+        d.add_metric([self.namespace], reading.seconds)
+        with self._lock:
+            errors = sorted(self._errors.items())
+        for reason, n in errors:
+            e.add_metric([self.namespace, reason], n)
         return [u, d, e]
 
     def check(self) -> None:
