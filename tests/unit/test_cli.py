@@ -256,3 +256,28 @@ def test_listen_errors_say_what_failed(address, said, unsaid):
     )
     line = _one_error(res)
     assert f"cannot listen on {address}" in line and said in line and unsaid not in line, line
+
+
+def test_server_header_names_the_exporter_not_python():
+    import socket
+    import urllib.error
+    import urllib.request
+
+    from ipvs_testlib import running_exporter
+
+    from ingress_ipvs_exporter import __version__
+
+    with running_exporter("--namespace-path", "/nonexistent/ns") as (url, proc):
+        base = url.rsplit("/", 1)[0]
+        with urllib.request.urlopen(url) as r:
+            served = [r.headers["Server"]]
+        with pytest.raises(urllib.error.HTTPError) as e:
+            urllib.request.urlopen(base + "/nowhere")
+        served.append(e.value.headers["Server"])
+        port = int(base.rsplit(":", 1)[1])
+        with socket.create_connection(("127.0.0.1", port), timeout=30) as s:  # an error before the app
+            s.sendall(b"GET /" + b"a" * 70000 + b" HTTP/1.1\r\n\r\n")
+            head = s.makefile("rb").read().decode("latin-1")
+        assert head.startswith("HTTP/1.0 414"), head[:100]
+        served += [line.split(":", 1)[1].strip() for line in head.splitlines() if line.startswith("Server:")]
+    assert served == [f"ingress_ipvs_exporter/{__version__}"] * 3
