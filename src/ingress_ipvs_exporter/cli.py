@@ -12,6 +12,7 @@ import dataclasses
 import errno
 import logging
 import os
+import signal
 import sys
 from typing import Optional
 
@@ -120,14 +121,28 @@ def run(
             else ""
         )
         log.warning("%s. Serving ipvs_up 0 until IPVS is readable.%s", startup_error.strerror, hint)
+    for sig in (signal.SIGTERM, signal.SIGINT):
+        signal.signal(sig, _stop)
     try:
         server.serve_all(servers)
-    except KeyboardInterrupt:
-        pass
+    except _Stopped as e:
+        # a stop asked for is a clean exit (0), as node_exporter's; one line says why
+        log.info("received %s, shutting down", e.signal_name)
     finally:
         namespaces.close()
         if swarm is not None:
             swarm.close()
+
+
+class _Stopped(Exception):
+    def __init__(self, signal_name: str) -> None:
+        super().__init__(signal_name)
+        self.signal_name = signal_name
+
+
+def _stop(signum: int, frame: object) -> None:
+    """SIGTERM and SIGINT: leave serve_all (in the main thread) through its finally."""
+    raise _Stopped(signal.Signals(signum).name)
 
 
 def main(argv: Optional[list[str]] = None) -> None:

@@ -281,3 +281,19 @@ def test_server_header_names_the_exporter_not_python():
         assert head.startswith("HTTP/1.0 414"), head[:100]
         served += [line.split(":", 1)[1].strip() for line in head.splitlines() if line.startswith("Server:")]
     assert served == [f"ingress_ipvs_exporter/{__version__}"] * 3
+
+
+@pytest.mark.parametrize("sig", ["SIGTERM", "SIGINT"])
+def test_a_stop_signal_is_logged_once_and_exits_0(sig):
+    import signal
+
+    from ipvs_testlib import exporter_log, running_exporter
+
+    with running_exporter("--namespace-path", "/nonexistent/ns") as (url, proc):
+        proc.send_signal(getattr(signal, sig))
+        rc = proc.wait(timeout=60)
+    assert rc == 0
+    log_text = open(exporter_log(url)).read()
+    said = [line for line in log_text.splitlines() if f"received {sig}" in line]
+    assert len(said) == 1 and said[0].startswith("ts=") and "level=info" in said[0], log_text
+    assert "Traceback" not in log_text
