@@ -153,7 +153,7 @@ def test_an_empty_file_is_a_namespace_not_there_yet(tmp_path):
         == 3
     )
     said = [line for line in open(exporter_log(url)) if "not yet a network namespace" in line]
-    assert len(said) == 1 and "level=warning" in said[0] and path in said[0], said
+    assert len(said) == 1 and "level=warn " in said[0] and path in said[0], said
 
 
 def test_json_logs_and_the_missing_namespace_is_logged_once():
@@ -169,7 +169,7 @@ def test_json_logs_and_the_missing_namespace_is_logged_once():
         time.sleep(0.2)
     log_path = exporter_log(url)
     records = [json.loads(line) for line in open(log_path) if line.strip()]
-    assert {r["level"] for r in records} <= {"info", "warning"}
+    assert {r["level"] for r in records} <= {"info", "warn"}
     missing = [r for r in records if "does not exist" in r["msg"]]
     assert len(missing) == 1 and "make demo" in missing[0]["msg"]
 
@@ -297,3 +297,20 @@ def test_a_stop_signal_is_logged_once_and_exits_0(sig):
     said = [line for line in log_text.splitlines() if f"received {sig}" in line]
     assert len(said) == 1 and said[0].startswith("ts=") and "level=info" in said[0], log_text
     assert "Traceback" not in log_text
+
+
+@pytest.mark.parametrize("fmt", ["logfmt", "json"])
+def test_log_levels_are_named_as_go_names_them(fmt):
+    """warn, not Python's warning: the level names of the original exporter's logs."""
+    from ipvs_testlib import exporter_log, running_exporter
+
+    with running_exporter(
+        "--namespace-path", "/nonexistent/ns", "--log.level", "warn", "--log.format", fmt
+    ) as (
+        url,
+        proc,
+    ):
+        pass
+    lines = [line for line in open(exporter_log(url)) if "does not exist" in line]
+    assert len(lines) == 1, lines
+    assert ("level=warn " if fmt == "logfmt" else '"level": "warn"') in lines[0], lines
