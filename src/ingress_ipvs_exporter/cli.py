@@ -9,7 +9,6 @@ exit 1. Once serving, IPVS or namespace trouble never stops the process: it show
 from __future__ import annotations
 
 import dataclasses
-import errno
 import logging
 import os
 import signal
@@ -22,7 +21,7 @@ from . import __version__, flags, memory, server
 from .collector import exporter_collectors
 from .docker import DockerServices
 from .exposition import MetricsApp
-from .ipvs import NamespaceNotFound, NotANamespace
+from .ipvs import NotANamespace
 from .logs import PROG, LogFormat, LogLevel, setup_logging
 from .metrics import Options
 from .namespaces import Namespaces, opener
@@ -115,12 +114,8 @@ def run(
         ", ".join(p or "(current)" for p in namespaces.patterns),
     )
     if startup_error is not None:
-        hint = (
-            " No swarm here? 'make demo' in the source tree shows it on a real one."
-            if isinstance(startup_error, NamespaceNotFound) and startup_error.errno == errno.ENOENT
-            else ""
-        )
-        log.warning("%s. Serving ipvs_up 0 until IPVS is readable.%s", startup_error.strerror, hint)
+        # the error names the namespace path and --namespace-path: what a node's operator checks
+        log.warning("%s. Serving ipvs_up 0 until IPVS is readable.", startup_error.strerror)
     for sig in (signal.SIGTERM, signal.SIGINT):
         signal.signal(sig, _stop)
     try:

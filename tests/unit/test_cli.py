@@ -171,7 +171,7 @@ def test_json_logs_and_the_missing_namespace_is_logged_once():
     records = [json.loads(line) for line in open(log_path) if line.strip()]
     assert {r["level"] for r in records} <= {"info", "warn"}
     missing = [r for r in records if "does not exist" in r["msg"]]
-    assert len(missing) == 1 and "make demo" in missing[0]["msg"]
+    assert len(missing) == 1 and "--namespace-path" in missing[0]["msg"]
 
 
 def _one_error(res) -> str:
@@ -314,3 +314,14 @@ def test_log_levels_are_named_as_go_names_them(fmt):
     lines = [line for line in open(exporter_log(url)) if "does not exist" in line]
     assert len(lines) == 1, lines
     assert ("level=warn " if fmt == "logfmt" else '"level": "warn"') in lines[0], lines
+
+
+def test_a_missing_namespace_says_what_to_check_not_a_source_tree():
+    from ipvs_testlib import exporter_log, running_exporter
+
+    with running_exporter("--namespace-path", "/nonexistent/ns") as (url, proc):
+        pass
+    said = [line for line in open(exporter_log(url)) if "does not exist" in line]
+    assert len(said) == 1, said
+    assert "source tree" not in said[0] and "make demo" not in said[0]
+    assert "/nonexistent/ns" in said[0] and "--namespace-path" in said[0], said
