@@ -129,7 +129,9 @@ def run(
             swarm.close()
 
 
-class _Stopped(Exception):
+class _Stopped(BaseException):
+    """Not an Exception: socketserver's request handling catches those and would swallow a stop."""
+
     def __init__(self, signal_name: str) -> None:
         super().__init__(signal_name)
         self.signal_name = signal_name
