@@ -9,9 +9,9 @@ exit 1. Once serving, IPVS or namespace trouble never stops the process: it show
 from __future__ import annotations
 
 import dataclasses
-import errno
 import logging
 import os
+import signal
 import sys
 from typing import Optional
 
@@ -21,7 +21,7 @@ from . import __version__, flags, memory, server
 from .collector import exporter_collectors
 from .docker import DockerServices
 from .exposition import MetricsApp
-from .ipvs import NamespaceNotFound, NotANamespace
+from .ipvs import NotANamespace
 from .logs import PROG, LogFormat, LogLevel, setup_logging
 from .metrics import Options
 from .namespaces import Namespaces, opener
@@ -114,20 +114,32 @@ def run(
         ", ".join(p or "(current)" for p in namespaces.patterns),
     )
     if startup_error is not None:
-        hint = (
-            " No swarm here? 'make demo' in the source tree shows it on a real one."
-            if isinstance(startup_error, NamespaceNotFound) and startup_error.errno == errno.ENOENT
-            else ""
-        )
-        log.warning("%s. Serving ipvs_up 0 until IPVS is readable.%s", startup_error.strerror, hint)
+        # the error names the namespace path and --namespace-path: what a node's operator checks
+        log.warning("%s. Serving ipvs_up 0 until IPVS is readable.", startup_error.strerror)
+    for sig in (signal.SIGTERM, signal.SIGINT):
+        signal.signal(sig, _stop)
     try:
         server.serve_all(servers)
-    except KeyboardInterrupt:
-        pass
+    except _Stopped as e:
+        # a stop asked for is a clean exit (0), as node_exporter's; one line says why
+        log.info("received %s, shutting down", e.signal_name)
     finally:
         namespaces.close()
         if swarm is not None:
             swarm.close()
+
+
+class _Stopped(BaseException):
+    """Not an Exception: socketserver's request handling catches those and would swallow a stop."""
+
+    def __init__(self, signal_name: str) -> None:
+        super().__init__(signal_name)
+        self.signal_name = signal_name
+
+
+def _stop(signum: int, frame: object) -> None:
+    """SIGTERM and SIGINT: leave serve_all (in the main thread) through its finally."""
+    raise _Stopped(signal.Signals(signum).name)
 
 
 def main(argv: Optional[list[str]] = None) -> None:

@@ -44,10 +44,18 @@ def _timestamp(record: logging.LogRecord) -> str:
     return time.strftime("%Y-%m-%dT%H:%M:%S", time.gmtime(record.created)) + f".{int(record.msecs):03d}Z"
 
 
+# Go's level names (go-kit/slog), as the original exporter's lines carried them
+_LEVEL_NAMES = {logging.WARNING: "warn", logging.CRITICAL: "error"}
+
+
+def level_name(record: logging.LogRecord) -> str:
+    return _LEVEL_NAMES.get(record.levelno) or record.levelname.lower()
+
+
 class LogfmtFormatter(logging.Formatter):
     def format(self, record: logging.LogRecord) -> str:
         msg = escape_logfmt(record.getMessage())
-        return f'ts={_timestamp(record)} level={record.levelname.lower()} logger={record.name} msg="{msg}"'
+        return f'ts={_timestamp(record)} level={level_name(record)} logger={record.name} msg="{msg}"'
 
 
 class JSONFormatter(logging.Formatter):
@@ -56,7 +64,7 @@ class JSONFormatter(logging.Formatter):
         return json.dumps(
             {
                 "ts": _timestamp(record),
-                "level": record.levelname.lower(),
+                "level": level_name(record),
                 "logger": record.name,
                 "msg": record.getMessage(),
             }

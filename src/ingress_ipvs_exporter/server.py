@@ -29,6 +29,7 @@ from wsgiref.simple_server import ServerHandler, WSGIRequestHandler, WSGIServer
 
 import bcrypt
 
+from . import __version__
 from .deadline import reader
 from .logs import PROG
 from .webconfig import RotatingTLS
@@ -40,6 +41,8 @@ if TYPE_CHECKING:
     ExcInfo = tuple[type[BaseException], BaseException, TracebackType]
 
 log = logging.getLogger(PROG)
+# the Server header: this program and its version, not the Python that runs it
+SOFTWARE = f"{PROG}/{__version__}"
 
 TEXT = "text/plain; charset=utf-8"
 ALLOWED_METHODS = ("GET", "HEAD")
@@ -329,6 +332,7 @@ class _ServerHandler(ServerHandler):
 
     environ: dict[str, Any]
     headers_sent: bool
+    server_software = SOFTWARE
 
     def log_exception(self, exc_info: ExcInfo) -> None:  # type: ignore[override]
         exc = exc_info[1]
@@ -485,6 +489,9 @@ def connection_bound(flag: int, descriptors: Optional[int]) -> int:
 
 class _RequestHandler(WSGIRequestHandler):
     timeout = _client_timeout()
+
+    def version_string(self) -> str:  # errors sent before the app runs (414, 400)
+        return SOFTWARE
 
     def setup(self) -> None:
         # the whole request line and headers within `timeout`, however slowly they trickle

@@ -370,9 +370,7 @@ def test_scrapes_survive_churn_and_namespace_recreation(netns):
             "max": max(rss.values()),
         },
         "fds": {"warm": fds["warm"], "end": fds["end"], "min": min(fds.values()), "max": max(fds.values())},
-        "log_lines": {
-            lvl: len(re.findall(rf"level={lvl}\b", log)) for lvl in ("info", "warning", "error", "critical")
-        },
+        "log_lines": {lvl: len(re.findall(rf"level={lvl}\b", log)) for lvl in ("info", "warn", "error")},
     }
     with open(out + ".json", "w") as f:
         json.dump(figures, f, indent=1)

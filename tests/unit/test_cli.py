@@ -153,7 +153,7 @@ def test_an_empty_file_is_a_namespace_not_there_yet(tmp_path):
         == 3
     )
     said = [line for line in open(exporter_log(url)) if "not yet a network namespace" in line]
-    assert len(said) == 1 and "level=warning" in said[0] and path in said[0], said
+    assert len(said) == 1 and "level=warn " in said[0] and path in said[0], said
 
 
 def test_json_logs_and_the_missing_namespace_is_logged_once():
@@ -169,9 +169,9 @@ def test_json_logs_and_the_missing_namespace_is_logged_once():
         time.sleep(0.2)
     log_path = exporter_log(url)
     records = [json.loads(line) for line in open(log_path) if line.strip()]
-    assert {r["level"] for r in records} <= {"info", "warning"}
+    assert {r["level"] for r in records} <= {"info", "warn"}
     missing = [r for r in records if "does not exist" in r["msg"]]
-    assert len(missing) == 1 and "make demo" in missing[0]["msg"]
+    assert len(missing) == 1 and "--namespace-path" in missing[0]["msg"]
 
 
 def _one_error(res) -> str:
@@ -256,3 +256,72 @@ def test_listen_errors_say_what_failed(address, said, unsaid):
     )
     line = _one_error(res)
     assert f"cannot listen on {address}" in line and said in line and unsaid not in line, line
+
+
+def test_server_header_names_the_exporter_not_python():
+    import socket
+    import urllib.error
+    import urllib.request
+
+    from ipvs_testlib import running_exporter
+
+    from ingress_ipvs_exporter import __version__
+
+    with running_exporter("--namespace-path", "/nonexistent/ns") as (url, proc):
+        base = url.rsplit("/", 1)[0]
+        with urllib.request.urlopen(url) as r:
+            served = [r.headers["Server"]]
+        with pytest.raises(urllib.error.HTTPError) as e:
+            urllib.request.urlopen(base + "/nowhere")
+        served.append(e.value.headers["Server"])
+        port = int(base.rsplit(":", 1)[1])
+        with socket.create_connection(("127.0.0.1", port), timeout=30) as s:  # an error before the app
+            s.sendall(b"GET /" + b"a" * 70000 + b" HTTP/1.1\r\n\r\n")
+            head = s.makefile("rb").read().decode("latin-1")
+        assert head.startswith("HTTP/1.0 414"), head[:100]
+        served += [line.split(":", 1)[1].strip() for line in head.splitlines() if line.startswith("Server:")]
+    assert served == [f"ingress_ipvs_exporter/{__version__}"] * 3
+
+
+@pytest.mark.parametrize("sig", ["SIGTERM", "SIGINT"])
+def test_a_stop_signal_is_logged_once_and_exits_0(sig):
+    import signal
+
+    from ipvs_testlib import exporter_log, running_exporter
+
+    with running_exporter("--namespace-path", "/nonexistent/ns") as (url, proc):
+        proc.send_signal(getattr(signal, sig))
+        rc = proc.wait(timeout=60)
+    assert rc == 0
+    log_text = open(exporter_log(url)).read()
+    said = [line for line in log_text.splitlines() if f"received {sig}" in line]
+    assert len(said) == 1 and said[0].startswith("ts=") and "level=info" in said[0], log_text
+    assert "Traceback" not in log_text
+
+
+@pytest.mark.parametrize("fmt", ["logfmt", "json"])
+def test_log_levels_are_named_as_go_names_them(fmt):
+    """warn, not Python's warning: the level names of the original exporter's logs."""
+    from ipvs_testlib import exporter_log, running_exporter
+
+    with running_exporter(
+        "--namespace-path", "/nonexistent/ns", "--log.level", "warn", "--log.format", fmt
+    ) as (
+        url,
+        proc,
+    ):
+        pass
+    lines = [line for line in open(exporter_log(url)) if "does not exist" in line]
+    assert len(lines) == 1, lines
+    assert ("level=warn " if fmt == "logfmt" else '"level": "warn"') in lines[0], lines
+
+
+def test_a_missing_namespace_says_what_to_check_not_a_source_tree():
+    from ipvs_testlib import exporter_log, running_exporter
+
+    with running_exporter("--namespace-path", "/nonexistent/ns") as (url, proc):
+        pass
+    said = [line for line in open(exporter_log(url)) if "does not exist" in line]
+    assert len(said) == 1, said
+    assert "source tree" not in said[0] and "make demo" not in said[0]
+    assert "/nonexistent/ns" in said[0] and "--namespace-path" in said[0], said

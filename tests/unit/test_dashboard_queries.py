@@ -158,3 +158,13 @@ def test_settings_panel_lists_every_setting_of_each_namespace(tmp_path):
             ],
         },
     )
+
+
+def test_a_panel_of_ipvs_up_says_so():
+    """ipvs_up is whether IPVS could be read, not whether the exporter is up (Prometheus's `up`)."""
+    for panel in DASHBOARD["panels"]:
+        plotted = " ".join(t["expr"] for t in panel.get("targets", []))
+        if "ipvs_up" in plotted:
+            assert "ipvs_up" in panel["title"] and "IPVS" in panel["title"], panel["title"]
+        if "exporter" in panel["title"].lower():
+            assert "up{" in plotted.replace("ipvs_up", ""), panel["title"]

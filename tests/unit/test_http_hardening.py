@@ -201,7 +201,7 @@ def test_max_requests_answers_503_beyond_the_limit():
 
 # ---- quiet logs for misbehaving clients ----------------------------------------------------
 
-LOGFMT = re.compile(r'ts=\S+ level=(debug|info|warning|error) logger=\S+ msg="(?:[^"\\\x00-\x1f\x7f]|\\.)*"')
+LOGFMT = re.compile(r'ts=\S+ level=(debug|info|warn|error) logger=\S+ msg="(?:[^"\\\x00-\x1f\x7f]|\\.)*"')
 
 
 def _check_log(url: str) -> list[str]:

@@ -30,7 +30,7 @@ def test_toolkit_log_spellings_and_the_old_ones():
             get(url)
         # at warn, the "listening" info line is not logged; the namespace warning is, in JSON
         out = open(f"/tmp/exporter-{url.split(':')[2].split('/')[0]}.log").read()
-        assert '"level": "warning"' in out and "listening on" not in out, out
+        assert '"level": "warn"' in out and "listening on" not in out, out
 
 
 def test_bad_log_level_is_a_usage_error():

@@ -498,7 +498,7 @@ def test_certificate_rotation(pki, tmp_path):
         assert proc.poll() is None
     with open(exporter_log(url)) as f:
         said = [line for line in f if "do not load" in line]
-    assert len(said) == 1 and "level=warning" in said[0], said
+    assert len(said) == 1 and "level=warn " in said[0], said
 
 
 def test_a_rotation_to_an_encrypted_key_keeps_the_old_pair(pki, tmp_path):
@@ -527,5 +527,5 @@ def test_a_rotation_to_an_encrypted_key_keeps_the_old_pair(pki, tmp_path):
     with open(exporter_log(url)) as f:
         text = f.read()
     said = [line for line in text.splitlines() if "do not load" in line]
-    assert len(said) == 1 and "is encrypted" in said[0] and "level=warning" in said[0], text
+    assert len(said) == 1 and "is encrypted" in said[0] and "level=warn " in said[0], text
     assert "pass phrase" not in text.lower()
