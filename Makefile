@@ -25,7 +25,7 @@ deps:
 deps-test:
 	scripts/install-deps test
 
-$(STAMP): pyproject.toml setup.py build_ipvs.py csrc/ipvs.c csrc/ipvs.h
+$(STAMP): pyproject.toml setup.py build_ipvs.py $(wildcard csrc/*.c csrc/*.h)
 	scripts/install-deps build
 	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
 	$(BIN)/pip install -q --upgrade pip
@@ -45,7 +45,7 @@ wheel:
 deb:
 	scripts/build-deb
 
-$(RUN_STAMP): pyproject.toml setup.py build_ipvs.py csrc/ipvs.c csrc/ipvs.h $(wildcard src/ingress_ipvs_exporter/*.py)
+$(RUN_STAMP): pyproject.toml setup.py build_ipvs.py $(wildcard csrc/*.c csrc/*.h) $(wildcard src/ingress_ipvs_exporter/*.py)
 	scripts/install-deps build
 	test -x $(RUN_VENV)/bin/python || $(PYTHON) -m venv $(RUN_VENV)
 	$(RUN_VENV)/bin/pip install -q .
@@ -81,7 +81,7 @@ lint: venv
 	$(BIN)/ruff format --check .
 	$(BIN)/mypy
 	$(BIN)/clang-format --dry-run --Werror csrc/*.c csrc/*.h fuzz/*.c bench/*.c
-	gcc -fsyntax-only -std=gnu11 -Wall -Wextra -Werror $$(pkg-config --cflags libnl-genl-3.0) csrc/ipvs.c
+	gcc -fsyntax-only -std=gnu11 -Wall -Wextra -Werror $$(pkg-config --cflags libnl-genl-3.0) csrc/ipvs.c csrc/speedups.c
 	for f in fuzz/*.c; do gcc -fsyntax-only -std=gnu11 -Wall -Wextra -Werror -Icsrc $$(pkg-config --cflags libnl-genl-3.0) $$f || exit 1; done
 
 ## format the tree in place (what lint checks)
@@ -150,4 +150,4 @@ soak: deps-test venv
 	  HA_SECONDS=$${HA_SECONDS:-600} HA_SERVICES=$${HA_SERVICES:-2000} HA_PARSE_SAMPLES=$${HA_PARSE_SAMPLES:-2} python -m pytest -p no:cacheprovider -q -s -m kernel $(SOAK_TESTS)
 
 clean:
-	rm -rf build dist $(RUN_VENV) src/*.egg-info src/ingress_ipvs_exporter/_ipvs_cffi*.so src/ingress_ipvs_exporter/_ipvs_cffi.c
+	rm -rf build dist $(RUN_VENV) src/*.egg-info src/ingress_ipvs_exporter/_*_cffi*.so src/ingress_ipvs_exporter/_*_cffi.c

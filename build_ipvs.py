@@ -1,4 +1,6 @@
-"""cffi builder (API mode) for the C shim: cdef is csrc/ipvs.h, source is csrc/ipvs.c.
+"""cffi builders (API mode) for the two C units: the netlink shim (cdef csrc/ipvs.h, source
+csrc/ipvs.c, linked to libnl-genl-3) and the renderer's speedups (csrc/speedups.h and .c, no
+library), each its own extension module.
 
 Before cffi runs, the build checks what it needs - pkg-config, libnl-genl-3's development
 files, a working C compiler, Python's headers - and when one is missing stops with one line
@@ -92,24 +94,45 @@ def _flags():
     return include_dirs, library_dirs, libraries, extra, extra_link
 
 
-with open(os.path.join(CSRC, "ipvs.h")) as f:
-    _header = f.read()
+def _cdef(name: str) -> str:
+    with open(os.path.join(CSRC, name)) as f:
+        return f.read()
+
+
+def _source(name: str) -> list[str]:
+    """A C file of csrc/, relative to here: setuptools wants relative source paths."""
+    return [os.path.relpath(os.path.join(CSRC, name), HERE)]
+
+
+CFLAGS = ["-O2", "-Wall", "-Wextra", "-Wno-unused-parameter"]
 
 ffibuilder = FFI()
-ffibuilder.cdef(_header)
+ffibuilder.cdef(_cdef("ipvs.h"))
 
 _inc, _libdirs, _libs, _extra, _extra_link = _flags()
 _check_compiler([f"-I{d}" for d in _inc])
 ffibuilder.set_source(
     "ingress_ipvs_exporter._ipvs_cffi",
     '#include <stdint.h>\n#include "ipvs.h"\n',
-    sources=[os.path.relpath(os.path.join(CSRC, "ipvs.c"), HERE)],
+    sources=_source("ipvs.c"),
     include_dirs=[CSRC, *_inc],
     library_dirs=_libdirs,
     libraries=_libs,
-    extra_compile_args=["-O2", "-Wall", "-Wextra", "-Wno-unused-parameter", *_extra],
+    extra_compile_args=[*CFLAGS, *_extra],
+    extra_link_args=_extra_link,
+)
+
+speedups_builder = FFI()
+speedups_builder.cdef(_cdef("speedups.h"))
+speedups_builder.set_source(
+    "ingress_ipvs_exporter._speedups_cffi",
+    '#include <stddef.h>\n#include <stdint.h>\n#include "speedups.h"\n',
+    sources=_source("speedups.c"),
+    include_dirs=[CSRC],
+    extra_compile_args=[*CFLAGS, *_extra],
     extra_link_args=_extra_link,
 )
 
 if __name__ == "__main__":
     ffibuilder.compile(verbose=True)
+    speedups_builder.compile(verbose=True)

@@ -2,8 +2,8 @@
  * ipvs.c - read IPVS over generic netlink (libnl-genl-3) into flat arrays.
  *
  * All attribute parsing happens here; Python only reads the arrays. Every function
- * returns 0 or a negative errno (libnl's NLE_* codes are mapped), never prints and
- * never exits. libnl's callbacks are C functions: no Python callbacks.
+ * returning int returns 0 or a negative errno (libnl's NLE_* codes are mapped); none
+ * prints or exits. libnl's callbacks are C functions: no Python callbacks.
  */
 #define _GNU_SOURCE
 #include <arpa/inet.h>
@@ -34,6 +34,20 @@
 #define MSGBUF_BYTES   (64 * 1024)
 #define RECV_TIMEOUT_S 10
 #define SYSCTL_DIR     "/proc/sys/net/ipv4/vs"
+
+/* read_stats stores attribute type t at column t - 1: the columns ipvs.h names must be the
+ * kernel's attribute types minus one, and IPVS_NSTATS must cover the last of them. */
+_Static_assert(IPVS_ST_CONNS == IPVS_STATS_ATTR_CONNS - 1, "stats column: conns");
+_Static_assert(IPVS_ST_INPKTS == IPVS_STATS_ATTR_INPKTS - 1, "stats column: inpkts");
+_Static_assert(IPVS_ST_OUTPKTS == IPVS_STATS_ATTR_OUTPKTS - 1, "stats column: outpkts");
+_Static_assert(IPVS_ST_INBYTES == IPVS_STATS_ATTR_INBYTES - 1, "stats column: inbytes");
+_Static_assert(IPVS_ST_OUTBYTES == IPVS_STATS_ATTR_OUTBYTES - 1, "stats column: outbytes");
+_Static_assert(IPVS_ST_CPS == IPVS_STATS_ATTR_CPS - 1, "stats column: cps");
+_Static_assert(IPVS_ST_INPPS == IPVS_STATS_ATTR_INPPS - 1, "stats column: inpps");
+_Static_assert(IPVS_ST_OUTPPS == IPVS_STATS_ATTR_OUTPPS - 1, "stats column: outpps");
+_Static_assert(IPVS_ST_INBPS == IPVS_STATS_ATTR_INBPS - 1, "stats column: inbps");
+_Static_assert(IPVS_ST_OUTBPS == IPVS_STATS_ATTR_OUTBPS - 1, "stats column: outbps");
+_Static_assert(IPVS_NSTATS == IPVS_STATS_ATTR_OUTBPS, "IPVS_NSTATS: one column per counter");
 
 /* The integer settings of /proc/sys/net/ipv4/vs that change how IPVS treats connections
  * (index = the sysctl arrays' index). Files holding several values or text are left out. */
@@ -950,11 +964,15 @@ static int connect_here(struct priv *pv)
     if ((err = genl_connect(pv->sk)) < 0)
         return nle_to_errno(err);
     fd = nl_socket_get_fd(pv->sk);
-    (void)fcntl(fd, F_SETFD, FD_CLOEXEC);
-    nl_socket_set_buffer_size(pv->sk, RCVBUF_BYTES, 0);
-    nl_socket_set_msg_buf_size(pv->sk, MSGBUF_BYTES);
+    /* Each result counts: a socket without its receive timeout could block a dump, with the
+     * binding's lock held, for as long as the kernel does not answer. */
+    if (fcntl(fd, F_SETFD, FD_CLOEXEC) < 0 ||
+        setsockopt(fd, SOL_SOCKET, SO_RCVTIMEO, &tv, sizeof(tv)) < 0)
+        return -errno;
+    if ((err = nl_socket_set_buffer_size(pv->sk, RCVBUF_BYTES, 0)) < 0 ||
+        (err = nl_socket_set_msg_buf_size(pv->sk, MSGBUF_BYTES)) < 0)
+        return nle_to_errno(err);
     nl_socket_enable_msg_peek(pv->sk);
-    (void)setsockopt(fd, SOL_SOCKET, SO_RCVTIMEO, &tv, sizeof(tv));
     err = genl_ctrl_resolve(pv->sk, IPVS_GENL_NAME);
     if (err < 0)
         return err == -NLE_OBJ_NOTFOUND ? -EPROTONOSUPPORT : nle_to_errno(err);
@@ -1024,128 +1042,4 @@ int ipvs_parse_message(struct ipvs_handle *h, enum ipvs_msg_kind kind, const voi
 const char *ipvs_libnl_version(void)
 {
     return LIBNL_VERSION;
-}
-
-/* Reads in order and writes width streams: at swarm sizes width is at most a dozen. */
-void ipvs_transpose(void *out, const void *in, uint32_t rows, uint32_t width, uint32_t size)
-{
-    if (size == 8) {
-        const uint64_t *src = in;
-        uint64_t *dst = out;
-        for (size_t r = 0; r < rows; r++)
-            for (size_t c = 0; c < width; c++)
-                dst[c * rows + r] = *src++;
-    } else {
-        const uint32_t *src = in;
-        uint32_t *dst = out;
-        for (size_t r = 0; r < rows; r++)
-            for (size_t c = 0; c < width; c++)
-                dst[c * rows + r] = *src++;
-    }
-}
-
-/* a * b modulo the CRC-32 generator, both polynomials over GF(2) in reflected order (bit 31
- * is the coefficient of x^0): multiplying by x is a right shift, reduced by the generator
- * (0xEDB88320 in this order) when x^31's coefficient falls off. */
-static uint32_t crc32_mul(uint32_t a, uint32_t b)
-{
-    uint32_t product = 0, bit = (uint32_t)1 << 31;
-    while (a) {
-        if (a & bit) {
-            product ^= b;
-            a ^= bit;
-        }
-        bit >>= 1;
-        b = (b & 1) ? (b >> 1) ^ 0xEDB88320u : b >> 1;
-    }
-    return product;
-}
-
-/* crc(A+B) = crc(A) * x^(8 len(B)) + crc(B) (the register's initial and final inversions
- * cancel out in this form); x^(8 len(B)) by squaring, over the binary digits of 8 len(B). */
-uint32_t ipvs_crc32_combine(uint32_t crc_a, uint32_t crc_b, uint64_t len_b)
-{
-    uint32_t shift = (uint32_t)1 << 31, power = (uint32_t)1 << 30; /* 1 and x */
-    for (uint64_t n = len_b << 3; n; n >>= 1) {
-        if (n & 1)
-            shift = crc32_mul(power, shift);
-        power = crc32_mul(power, power);
-    }
-    return crc32_mul(shift, crc_a) ^ crc_b;
-}
-
-/* One value as prometheus_client's floatToGoString writes the float of an integer: "<int>.0"
- * below 1e6 in magnitude; from 1e6 up, Python's repr of the float with the point moved after
- * the first digit, trailing zeros dropped and exponent "e+<digits-1>" in two digits at least
- * ("e+06", "e+12"; "e+012" with zero_exponent, as older prometheus_client versions); below
- * -1e6, repr itself. Only integers below 2^53 in magnitude, where the float is exact and repr
- * is fixed-point; returns 0 for the rest (the caller formats those). */
-static size_t format_value(char *out, int64_t v, int zero_exponent)
-{
-    char digits[24];
-    uint64_t u = v < 0 ? -(uint64_t)v : (uint64_t)v;
-    size_t n = 0, len = 0;
-    if (u >= ((uint64_t)1 << 53))
-        return 0;
-    do {
-        digits[n++] = (char)('0' + u % 10);
-        u /= 10;
-    } while (u);
-    if (v >= 1000000) {
-        size_t low = 0; /* the lowest digit after the point: trailing zeros are dropped */
-        while (low < n - 1 && digits[low] == '0')
-            low++;
-        out[len++] = digits[n - 1];
-        if (low < n - 1) {
-            out[len++] = '.';
-            for (size_t i = n - 1; i-- > low;)
-                out[len++] = digits[i];
-        }
-        memcpy(out + len, "e+0", 3);
-        len += n - 1 < 10 || zero_exponent ? 3 : 2;
-        if (n - 1 >= 10)
-            out[len++] = (char)('0' + (n - 1) / 10);
-        out[len++] = (char)('0' + (n - 1) % 10);
-        return len;
-    }
-    if (v < 0)
-        out[len++] = '-';
-    while (n)
-        out[len++] = digits[--n];
-    out[len++] = '.';
-    out[len++] = '0';
-    return len;
-}
-
-long ipvs_format_samples(char *out, size_t cap, const char *name, size_t name_len,
-                         const char *labels, const uint32_t *offsets, const void *values, char kind,
-                         size_t n, int zero_exponent)
-{
-    size_t len = 0;
-    for (size_t i = 0; i < n; i++) {
-        size_t label_len = offsets[i + 1] - offsets[i];
-        int64_t v;
-        switch (kind) {
-        case 'Q':
-            if (((const uint64_t *)values)[i] >> 63)
-                return -1;
-            v = (int64_t)((const uint64_t *)values)[i];
-            break;
-        case 'q': v = ((const int64_t *)values)[i]; break;
-        case 'I': v = ((const uint32_t *)values)[i]; break;
-        case 'i': v = ((const int32_t *)values)[i]; break;
-        default: return -1;
-        }
-        if (cap - len < name_len + label_len + IPVS_VALUE_MAX + 1)
-            return -1;
-        memcpy(out + len, name, name_len);
-        memcpy(out + len + name_len, labels + offsets[i], label_len);
-        len += name_len + label_len;
-        size_t w = format_value(out + len, v, zero_exponent);
-        if (!w)
-            return -1;
-        len += w;
-        out[len++] = '\n';
-    }
-    return (long)len;
 }

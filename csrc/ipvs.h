@@ -5,10 +5,11 @@
  * A handle owns a generic netlink socket bound to one network namespace and a set of
  * flat arrays (row-major, one row per service or destination) that every dump refills.
  * Arrays grow geometrically and are reused: a dump of the same shape allocates nothing.
- * Every function returns 0 or a negative errno.
+ * Every function returning int returns 0 or a negative errno; ipvs_close returns nothing,
+ * ipvs_sysctl_name and ipvs_libnl_version a static string.
  */
 
-/* Stats columns, in IPVS_STATS_ATTR_* order (attribute type minus one). */
+/* Stats columns, in IPVS_STATS_ATTR_* order (attribute type minus one: ipvs.c asserts it). */
 #define IPVS_ST_CONNS    0
 #define IPVS_ST_INPKTS   1
 #define IPVS_ST_OUTPKTS  2
@@ -160,26 +161,5 @@ int ipvs_handle_new_offline(struct ipvs_handle **out);
  * destination added between two batches repeats one. Returns 0 or -ENOMEM. */
 int ipvs_drop_duplicates(struct ipvs_handle *h);
 
-/* A block of rows x width items of size bytes (4 or 8) laid out row by row, written column
- * by column into out (item (r, c) to out[c * rows + r]), so that a column is contiguous.
- * Transposing back is the same call with rows and width swapped. No allocation, no libnl. */
-void ipvs_transpose(void *out, const void *in, uint32_t rows, uint32_t width, uint32_t size);
-
 /* The libnl version this shim was built against, e.g. "3.7.0". */
 const char *ipvs_libnl_version(void);
-
-/* The CRC-32 (zlib's) of A+B from crc(A), crc(B) and len(B), as zlib's crc32_combine: for a
- * gzip member laid together from text compressed in separate pieces. Pure arithmetic. */
-uint32_t ipvs_crc32_combine(uint32_t crc_a, uint32_t crc_b, uint64_t len_b);
-
-/* Sample lines "<name><labels[i]><value>\n" for n series into out (cap bytes): label i is
- * labels[offsets[i] .. offsets[i + 1]), value i is values[i], an array of kind 'Q' (uint64),
- * 'q' (int64), 'I' (uint32) or 'i' (int32), written as prometheus_client writes the float of
- * an integer (zero_exponent: a 0 before every exponent, "e+012", as older versions write it).
- * Returns the bytes written, or -1 when a value is 2^53 or more in magnitude (its float is not
- * exact: the caller formats those) or out is too small; cap >= n * (name_len + IPVS_VALUE_MAX + 1)
- * + the labels' length is always enough. No allocation, no libnl. */
-#define IPVS_VALUE_MAX 24
-long ipvs_format_samples(char *out, size_t cap, const char *name, size_t name_len,
-                         const char *labels, const uint32_t *offsets, const void *values, char kind,
-                         size_t n, int zero_exponent);

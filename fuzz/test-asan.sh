@@ -28,16 +28,17 @@ libasan=$(gcc -print-file-name=libasan.so)
 
 rm -rf "$out/tmp" "$out/pkg"
 mkdir -p "$out/tmp" "$out/pkg/ingress_ipvs_exporter"
-# cffi compiles inside its tmpdir and build_ipvs.py names csrc/ipvs.c relative to the repo
+# cffi compiles inside its tmpdir and build_ipvs.py names csrc/*.c relative to the repo
 ln -s "$repo/csrc" "$out/tmp/csrc"
 IPVS_SHIM_CFLAGS="-g -O1 -fno-omit-frame-pointer -fsanitize=address,undefined -fno-sanitize-recover=all" \
 IPVS_SHIM_LDFLAGS="-fsanitize=address,undefined" \
-  "$py" -c "import sys; sys.path.insert(0, '.'); import build_ipvs; print(build_ipvs.ffibuilder.compile(tmpdir='$out/tmp'))" \
+  "$py" -c "import sys; sys.path.insert(0, '.'); import build_ipvs as b; [print(f.compile(tmpdir='$out/tmp')) for f in (b.ffibuilder, b.speedups_builder)]" \
   > "$out/build.log" 2>&1 || { cat "$out/build.log" >&2; exit 1; }
-so=$(ls "$out"/tmp/ingress_ipvs_exporter/_ipvs_cffi*.so)
 cp src/ingress_ipvs_exporter/*.py "$out/pkg/ingress_ipvs_exporter/"
-cp "$so" "$out/pkg/ingress_ipvs_exporter/"
-ldd "$so" | grep -q libasan || { echo "fuzz/test-asan.sh: $so is not linked with libasan" >&2; exit 1; }
+for so in "$out"/tmp/ingress_ipvs_exporter/_ipvs_cffi*.so "$out"/tmp/ingress_ipvs_exporter/_speedups_cffi*.so; do
+  cp "$so" "$out/pkg/ingress_ipvs_exporter/"
+  ldd "$so" | grep -q libasan || { echo "fuzz/test-asan.sh: $so is not linked with libasan" >&2; exit 1; }
+done
 # Only Python processes (which load the shim) carry the ASan runtime: other programs the
 # tests start (curl, ip, iptables, ...) are not under test, and curl hung under it.
 # Python run without it (the exporter, started by the tests) re-executes itself with it.

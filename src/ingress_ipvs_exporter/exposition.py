@@ -31,7 +31,7 @@ from prometheus_client.utils import floatToGoString
 from . import memory
 from .collector import IPVSCollector, Reading, scrape_families
 from .gzipstream import GzipStream, Segment, SegmentCache, deflate
-from .ipvs import Snapshot, format_samples
+from .ipvs import Snapshot
 from .metrics import (
     METRICS,
     InfoDef,
@@ -45,8 +45,9 @@ from .metrics import (
     series_labels,
     service_labels,
 )
+from .speedups import format_samples
 
-# how the installed prometheus_client writes exponents, which the shim's sample lines follow
+# how the installed prometheus_client writes exponents, which the C sample lines follow
 _ZERO_EXPONENT = floatToGoString(10**12) == "1e+012"
 # Series per chunk: bounds the text a scrape holds at once; also what the cache of compressed
 # text keeps apart, so what one moving counter makes a scrape render and compress again.
@@ -129,7 +130,7 @@ class _Series:
         index: dict[tuple[str, ...], int] = {}
         groups = array("i", (-1 if k is None else index.setdefault(k, len(index)) for k in keys))
         # every series' label text (and the space before its value) in one bytes value, series
-        # i at text[ends[i]:ends[i + 1]], for the shim to write sample lines from
+        # i at text[ends[i]:ends[i + 1]], for the C speedups to write sample lines from
         texts = [(label_text(names, k) + " ").encode() for k in index]
         self.text = b"".join(texts)
         self.ends = array("I", accumulate(map(len, texts), initial=0))
@@ -190,7 +191,7 @@ class Shape:
         return [self.lines(d, values, i, i + CHUNK_SERIES) for i in range(0, len(values), CHUNK_SERIES)]
 
     def lines(self, d: MetricDef, values: Sequence[int], start: int, stop: int) -> bytes:
-        """The sample lines of series start..stop-1, written by the shim from the cached label
+        """The sample lines of series start..stop-1, written by the C speedups from the cached label
         text; values it leaves to Python (2^53 or more) as prometheus_client writes them."""
         series, vs = self.series[d.level], values[start:stop]
         name = _sample_name(d).encode()

@@ -4,7 +4,7 @@ Each chunk of a family is deflated on its own (raw deflate, byte-aligned at its 
 that segments can be laid end to end into one gzip member in any combination: a chunk whose
 values did not change since the last scrape is sent from the cache without being rendered
 or compressed again. The member's CRC-32 is joined from the segments' own by GF(2)
-arithmetic (in the C shim), never recomputed over the text.
+arithmetic (ISA-L's crc32_combine, else the C speedups'), never recomputed over the text.
 """
 
 from __future__ import annotations
@@ -18,7 +18,7 @@ from collections.abc import Hashable, Iterable
 from types import ModuleType
 from typing import Callable, NamedTuple
 
-from .ipvs import crc32_combine
+from . import speedups
 
 CACHE_ENV = "INGRESS_IPVS_EXPORTER_CACHE_MB"
 
@@ -66,9 +66,15 @@ class Segment(NamedTuple):
         return sum(map(len, self.data))
 
 
-def crc_join(crc_a: int, crc_b: int, length_b: int) -> int:
-    """The CRC-32 of A+B from crc(A), crc(B) and len(B) (what zlib's crc32_combine computes)."""
-    return crc32_combine(crc_a, crc_b, length_b)
+def _crc_join() -> Callable[[int, int, int], int]:
+    """zlib's crc32_combine: the deflate backend's where it has one (isal_zlib in recent isal),
+    else the C speedups' (the standard library's zlib has none)."""
+    combine: Callable[[int, int, int], int] | None = getattr(BACKEND, "crc32_combine", None)
+    return combine if combine is not None else speedups.crc32_combine
+
+
+crc_join = _crc_join()
+"""The CRC-32 of A+B from crc(A), crc(B) and len(B)."""
 
 
 def deflate(chunks: Iterable[bytes]) -> Segment:

@@ -20,6 +20,7 @@ from collections.abc import Sequence
 from typing import Any, Callable, NamedTuple
 
 from ._ipvs_cffi import ffi, lib
+from .speedups import transposed
 
 log = logging.getLogger(__name__)
 
@@ -243,18 +244,6 @@ def _copy(ptr: Any, n: int, width: int) -> bytes:
     return bytes(ffi.buffer(ptr, n * width)) if n else b""
 
 
-def _transposed(block: Any, rows: int, width: int, size: int) -> bytearray:
-    """A private copy of a block of rows x width items of `size` bytes, laid out row by row
-    (a shim array, or bytes), column by column: a column is then one contiguous slice, which
-    a scrape copies, compares and formats at memcpy speed (a strided one costs ~13 ns an item
-    in memoryview.tobytes)."""
-    out = bytearray(rows * width * size)
-    if out:
-        src = block if isinstance(block, ffi.CData) else ffi.from_buffer(block)
-        lib.ipvs_transpose(ffi.from_buffer(out), src, rows, width, size)
-    return out
-
-
 def format_addr(af: int, raw: bytes) -> str:
     """The text form of a 16-byte address slot (IPv4 uses the first 4 bytes)."""
     if af == socket.AF_INET6:
@@ -294,16 +283,16 @@ class _Rows:
         shim array or bytes)."""
         self.count = count
         self._ncols = ncols
-        u32_cols = _transposed(u32, count, ncols, 4)
+        u32_cols = transposed(u32, count, ncols, 4)
         self._u32 = memoryview(u32_cols).cast("I")
         self._u32s = memoryview(u32_cols).cast("i")
-        self._stats = memoryview(_transposed(stats, count, _NSTATS, 8)).cast("Q")
+        self._stats = memoryview(transposed(stats, count, _NSTATS, 8)).cast("Q")
         self._addr = addr
 
     def blocks(self) -> tuple[bytes, bytes]:
         """The uint32 and stats blocks row by row, as __init__ takes them (for tools)."""
         n, u32, stats = self.count, self._u32, self._stats
-        return bytes(_transposed(u32, self._ncols, n, 4)), bytes(_transposed(stats, _NSTATS, n, 8))
+        return bytes(transposed(u32, self._ncols, n, 4)), bytes(transposed(stats, _NSTATS, n, 8))
 
     # Kernel counters (totals since the entry was created) and rate estimates (per second).
     conns = _stat_column(lib.IPVS_ST_CONNS)
@@ -626,34 +615,3 @@ class Handle:
 
 def libnl_version() -> str:
     return str(ffi.string(lib.ipvs_libnl_version()).decode())
-
-
-def crc32_combine(crc_a: int, crc_b: int, length_b: int) -> int:
-    """The CRC-32 of A+B from crc(A), crc(B) and len(B) (zlib's crc32_combine), in the shim:
-    a scrape joins one per chunk of text it compresses apart."""
-    return int(lib.ipvs_crc32_combine(crc_a, crc_b, length_b))
-
-
-def format_samples(
-    name: bytes, labels: bytes, offsets: array[int], start: int, values: Sequence[int], zero_exponent: bool
-) -> bytes | None:
-    """The sample lines of series start.. (one per value) in the shim: name, the series' label
-    text (labels[offsets[i]:offsets[i + 1]]) and its value as prometheus_client writes it
-    (zero_exponent: "1e+012" for 10^12, as older versions of it write). values: a column
-    slice, or a list of ints. None when a value is one the shim leaves to the caller (2^53 or
-    more in magnitude)."""
-    raw: Any
-    if isinstance(values, memoryview):
-        kind, raw = values.format, values if values.c_contiguous else values.tobytes()
-    else:
-        try:
-            kind, raw = "q", array("q", values).tobytes()
-        except OverflowError:
-            return None
-    n = len(values)
-    cap = n * (len(name) + lib.IPVS_VALUE_MAX + 1) + offsets[start + n] - offsets[start]
-    out = ffi.new("char[]", cap)
-    at = ffi.from_buffer("uint32_t[]", offsets) + start
-    text, vals = ffi.from_buffer(labels), ffi.from_buffer(raw)
-    size = lib.ipvs_format_samples(out, cap, name, len(name), text, at, vals, kind.encode(), n, zero_exponent)
-    return ffi.buffer(out, size)[:] if size >= 0 else None

@@ -54,7 +54,8 @@ def test_wheel_is_manylinux2014_with_libnl_inside(wheels: dict[str, Path], arch:
     libs = [n for n in names if n.startswith("ingress_ipvs_exporter.libs/")]
     assert any(re.search(r"/libnl-3-[0-9a-f]+\.so", n) for n in libs), libs
     assert any(re.search(r"/libnl-genl-3-[0-9a-f]+\.so", n) for n in libs), libs
-    assert any(re.match(r"ingress_ipvs_exporter/_ipvs_cffi\.abi3\.so$", n) for n in names), names
+    for ext in ("_ipvs_cffi", "_speedups_cffi"):  # the netlink shim and the renderer's speedups
+        assert any(re.match(rf"ingress_ipvs_exporter/{ext}\.abi3\.so$", n) for n in names), names
 
 
 def _glibc_needs(so: Path) -> set[tuple[int, ...]]:
@@ -66,7 +67,7 @@ def _glibc_needs(so: Path) -> set[tuple[int, ...]]:
 
 @pytest.mark.parametrize("arch", ARCHES)
 def test_no_object_needs_a_newer_glibc_than_the_tag(wheels: dict[str, Path], arch: str, tmp_path: Path):
-    """Every shared object in the wheel, the shim and the bundled libnl alike, needs at most the
+    """Every shared object in the wheel, the C units and the bundled libnl alike, needs at most the
     glibc its manylinux_2_X tag promises, and is built for the wheel's architecture."""
     import zipfile
 
@@ -75,7 +76,7 @@ def test_no_object_needs_a_newer_glibc_than_the_tag(wheels: dict[str, Path], arc
     with zipfile.ZipFile(wheel) as z:
         objects = [n for n in z.namelist() if re.search(r"\.so(\.|$)", n)]
         z.extractall(tmp_path, objects)
-    assert len(objects) == 3, objects  # the shim, libnl-3, libnl-genl-3
+    assert len(objects) == 4, objects  # the shim, the speedups, libnl-3, libnl-genl-3
     machine = {"x86_64": "Advanced Micro Devices X86-64", "aarch64": "AArch64"}[arch]
     for name in objects:
         needs = _glibc_needs(tmp_path / name)
@@ -195,7 +196,7 @@ def _source_copy(tmp_path: Path) -> Path:
     shutil.copytree(
         REPO / "src",
         src / "src",
-        ignore=shutil.ignore_patterns("*.so", "_ipvs_cffi.c", "__pycache__", "*.egg-info"),
+        ignore=shutil.ignore_patterns("*.so", "_*_cffi.c", "__pycache__", "*.egg-info"),
     )
     return src
 

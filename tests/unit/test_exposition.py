@@ -9,7 +9,7 @@ from prometheus_client import CollectorRegistry
 from reference import Fixed, ipvs_families
 from reference import render as reference
 
-from ingress_ipvs_exporter import gzipstream
+from ingress_ipvs_exporter import gzipstream, speedups
 from ingress_ipvs_exporter.exposition import Renderer, View, fmt
 from ingress_ipvs_exporter.ipvs import Destination, Service, Snapshot, Stats
 from ingress_ipvs_exporter.metrics import Options
@@ -284,11 +284,12 @@ def test_cache_budget_from_the_environment(monkeypatch, caplog, raw, expected):
     assert ("not a whole number" in caplog.text) == (raw.strip() not in ("", "0", "32", "2"))
 
 
-def test_crc_join_equals_zlib_over_the_joined_text():
+@pytest.mark.parametrize(
+    "crc_join", [gzipstream.crc_join, speedups.crc32_combine], ids=["backend", "speedups"]
+)
+def test_crc_join_equals_zlib_over_the_joined_text(crc_join):
     import os
     import zlib
-
-    from ingress_ipvs_exporter.gzipstream import crc_join
 
     for a_len, b_len in [(0, 0), (0, 5), (5, 0), (1, 1), (100, 3), (4096, 65537), (7, 1 << 20)]:
         a, b = os.urandom(a_len), os.urandom(b_len)

@@ -1,18 +1,21 @@
-"""The shim's sample lines: every value as prometheus_client writes the float of an integer,
+"""The C speedups' sample lines: every value as prometheus_client writes the float of an integer,
 for each kind of column; values it cannot write exactly are left to Python."""
 
 from __future__ import annotations
 
+import errno
 from array import array
 
 import pytest
+from ingress_ipvs_exporter._speedups_cffi import ffi, lib
 from prometheus_client.utils import floatToGoString
 from reference import render as reference
 from test_exposition import EVERY_KIND, PORTS
 
 from ingress_ipvs_exporter.exposition import Renderer
-from ingress_ipvs_exporter.ipvs import Snapshot, Stats, format_samples
+from ingress_ipvs_exporter.ipvs import Snapshot, Stats
 from ingress_ipvs_exporter.metrics import Options
+from ingress_ipvs_exporter.speedups import format_samples
 
 EDGES = [
     0,
@@ -70,6 +73,40 @@ def test_values_beyond_exact_floats_are_left_to_the_caller(big):
     assert lines([1, big], "" if big < 0 or big >= 2**63 else "Q") is None
     if big >= 0:
         assert lines([1, big], "Q") is None
+
+
+def _c_lines(values: list[int], kind: str, cap: int) -> int:
+    """speedups_format_samples' return for `values` as one series each, into cap bytes."""
+    ends = array("I", [0] * (len(values) + 1))
+    raw = array(kind, values)
+    out = ffi.new("char[]", max(cap, 1))
+    return lib.speedups_format_samples(
+        out,
+        cap,
+        b"m",
+        1,
+        ffi.from_buffer(b""),
+        ffi.from_buffer("uint32_t[]", ends),
+        ffi.from_buffer(raw),
+        kind.encode(),
+        len(values),
+        0,
+    )
+
+
+def test_the_c_tells_a_value_too_large_from_a_buffer_too_small():
+    enough = 2 * (1 + lib.SPEEDUPS_VALUE_MAX + 1)
+    assert _c_lines([1, 2], "Q", enough) == len(b"m1.0\nm2.0\n")
+    assert _c_lines([1, 2**53], "Q", enough) == -errno.ERANGE
+    assert _c_lines([1, 2**63], "Q", enough) == -errno.ERANGE
+    assert _c_lines([1, 2], "Q", lib.SPEEDUPS_VALUE_MAX) == -errno.ENOBUFS
+    assert _c_lines([1, 2], "d", enough) == -errno.EINVAL
+
+
+def test_a_column_the_c_cannot_read_is_an_error_not_a_fallback():
+    # a float column is no integer kind: the wrapper raises instead of writing it in Python
+    with pytest.raises(RuntimeError, match="Invalid argument"):
+        format_samples(b"m", b"", array("I", [0, 0]), 0, memoryview(array("d", [1.0])), False)
 
 
 def test_a_slice_starts_at_its_series():
