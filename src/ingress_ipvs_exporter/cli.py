@@ -3,7 +3,8 @@
 Flags, defaults and usage text follow the original Go exporter so it can be swapped in.
 Usage errors print one line and exit 2; runtime failures to start print one line and
 exit 1. Once serving, IPVS or namespace trouble never stops the process: it shows as
-`ipvs_up 0` and one log line.
+`ipvs_up 0` and one log line. The one exception is a thread the shim could not bring back
+from a namespace (ipvs.ThreadLost), in any thread: one critical line and exit 70.
 """
 
 from __future__ import annotations
@@ -13,7 +14,8 @@ import logging
 import os
 import signal
 import sys
-from typing import Optional
+import threading
+from typing import NoReturn, Optional
 
 import typer
 
@@ -21,7 +23,7 @@ from . import __version__, flags, memory, server
 from .collector import exporter_collectors
 from .docker import DockerServices
 from .exposition import MetricsApp
-from .ipvs import NotANamespace
+from .ipvs import NotANamespace, ThreadLost
 from .logs import PROG, LogFormat, LogLevel, setup_logging
 from .metrics import Options
 from .namespaces import Namespaces, opener
@@ -76,6 +78,7 @@ def run(
     ),
 ) -> None:
     setup_logging(log_level, log_format)
+    threading.excepthook = _thread_ended
     memory.tune()
     options = dataclasses.replace(
         destination_labels, backends=backend_metrics, original_only=original_only, rates=not no_rates
@@ -142,6 +145,21 @@ def _stop(signum: int, frame: object) -> None:
     raise _Stopped(signal.Signals(signum).name)
 
 
+def _lost(e: ThreadLost) -> NoReturn:
+    """One line and exit 70 (EX_SOFTWARE) at once: os._exit, so that no other thread goes on
+    with a thread that lives in another namespace, and no clean-up runs in one."""
+    log.critical("%s", e)
+    logging.shutdown()
+    os._exit(70)
+
+
+def _thread_ended(args: threading.ExceptHookArgs) -> None:
+    """threading.excepthook: a lost thread ends the process; anything else as Python does."""
+    if isinstance(args.exc_value, ThreadLost):
+        _lost(args.exc_value)
+    threading.__excepthook__(args)
+
+
 def main(argv: Optional[list[str]] = None) -> None:
     """Entry point: one line and exit 2 for usage errors, exit 1 for runtime failures."""
     try:
@@ -150,6 +168,8 @@ def main(argv: Optional[list[str]] = None) -> None:
         rc = e.exit_code
     except typer.Abort:
         rc = 130
+    except ThreadLost as e:  # at start-up, in this thread
+        _lost(e)
     except typer.TyperException as e:  # click's ClickException (UsageError: exit_code 2)
         message = " ".join(e.format_message().split())
         hint = f" (see '{PROG} --help')" if e.exit_code == 2 else ""

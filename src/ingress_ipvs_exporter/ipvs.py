@@ -132,6 +132,13 @@ class ReadTimeout(IPVSError):
     reason = "timeout"
 
 
+class ThreadLost(BaseException):
+    """The shim could not setns() the calling thread back to the exporter's own namespace: the
+    thread now lives in the target namespace, and every socket it made later would silently
+    be made there. No scrape error but the process's end (the CLI exits 70): a BaseException,
+    so that no handler of request or read failures takes it for one of those."""
+
+
 def shown_path(path: str) -> str:
     """A path as labels and logs show it: bytes that are not UTF-8 (os.fsdecode keeps them as
     lone surrogates, which nothing can encode) written as \\xNN."""
@@ -536,20 +543,17 @@ class Handle:
         self._h = None
         self._lock = threading.Lock()
 
-    def _exit_if_lost(self, rc: int) -> None:
-        """Exit 70 when the shim could not setns() the thread back to our own namespace: it
-        now lives in the target namespace and every later socket would silently be made there."""
+    def _raise_if_lost(self, rc: int) -> None:
         if rc == -errno.ENOTRECOVERABLE:
-            log.critical(
-                "could not return from %s to the exporter's own network namespace; exiting",
-                describe_namespace(self.path),
+            raise ThreadLost(
+                f"could not return from {describe_namespace(self.path)} to the exporter's own "
+                "network namespace; exiting"
             )
-            os._exit(70)
 
     def _open(self) -> None:
         out = ffi.new("struct ipvs_handle **")
         rc = lib.ipvs_open(os.fsencode(self.path), out)  # the path's own bytes
-        self._exit_if_lost(rc)
+        self._raise_if_lost(rc)
         if rc:
             raise error_for(-rc, self.path, entering=True)
         self._h = out[0]
@@ -575,7 +579,7 @@ class Handle:
     def _call(self, fn: Callable[..., int], *args: Any) -> None:
         self._ensure_open()
         rc = fn(self._h, *args)
-        self._exit_if_lost(rc)  # ipvs_get_settings enters the namespace too
+        self._raise_if_lost(rc)  # ipvs_get_settings enters the namespace too
         if rc:
             self._close()  # the socket may hold a half-read reply: start afresh
             raise error_for(-rc, self.path)

@@ -22,7 +22,7 @@ from concurrent.futures import Future, ThreadPoolExecutor, wait
 from dataclasses import dataclass
 
 from .collector import IPVSCollector, Reading, SwarmNames
-from .ipvs import Handle, IPVSError, NamespaceNotFound, NotANamespace, shown_path
+from .ipvs import Handle, IPVSError, NamespaceNotFound, NotANamespace, ThreadLost, shown_path
 from .metrics import Options
 from .portmap import PortMap
 
@@ -192,6 +192,9 @@ class Namespaces:
             current = [m for m in members if self._members.get(m.path) is m]
             for m in current:
                 if m.running is None or m.running.done():
+                    lost = m.running.exception() if m.running is not None else None
+                    if isinstance(lost, ThreadLost):
+                        raise lost  # from a read no scrape waited for
                     m.running = self._pool.submit(m.collector.read)
             futures = {m.path: (m, m.running) for m in current if m.running is not None}
         wait([f for _, f in futures.values()], timeout=deadline)

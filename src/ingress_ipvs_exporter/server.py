@@ -345,6 +345,15 @@ class _ServerHandler(ServerHandler):
             _describe(exc),
         )
 
+    def handle_error(self) -> None:
+        # wsgiref answers any failure, BaseExceptions too, with a 500; one that is no Exception
+        # ends the process, not the request (the CLI says how), so it goes on up the thread
+        exc = sys.exc_info()[1]
+        if exc is not None and not isinstance(exc, Exception):
+            self.result = None  # closed by finish_response already, or never made: run() closes it again
+            raise exc
+        super().handle_error()
+
     def _head(self) -> bool:
         return bool(self.environ.get("REQUEST_METHOD") == "HEAD")
 

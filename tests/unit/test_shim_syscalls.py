@@ -1,21 +1,30 @@
-"""The netlink shim checks what setting up its socket returns: a close-on-exec flag or a receive
-timeout that did not take is an error of ipvs_open, not a socket that could block a dump (with
-the binding's lock held) for as long as the kernel stays silent.
+"""System calls of the netlink shim that fail, and what the exporter makes of it.
 
-The system calls are made to fail by an LD_PRELOAD interposer armed (through ctypes) just
-before ipvs_open, in a Python of its own: the shim's calls resolve to it, the rest of the
-process never meets a failing call. The real shim, the real libnl; nothing here needs IPVS,
-since both calls come before the IPVS family is resolved.
+- What setting up the socket returns is checked: a close-on-exec flag or a receive timeout
+  that did not take is an error of ipvs_open, not a socket that could block a dump (with the
+  binding's lock held) for as long as the kernel stays silent.
+- A thread the shim cannot setns() back to the exporter's own namespace ends the process:
+  one critical line and exit 70, whether at start-up or in a scrape's thread.
+
+The calls are made to fail by an LD_PRELOAD interposer, in a process of its own, armed
+(through ctypes, or by a file appearing) just before the call: the shim's calls resolve to
+it, the rest of the process never meets a failing call. The real shim, the real libnl;
+nothing here needs IPVS: every call comes before the IPVS family is resolved, and the
+namespace entered is the exporter's own.
 """
 
 from __future__ import annotations
 
 import errno
+import os
 import subprocess
 import sys
+import urllib.error
+import urllib.request
 from pathlib import Path
 
 import pytest
+from ipvs_testlib import exporter_command, exporter_log, running_exporter, unavailable
 
 INTERPOSER = r"""
 #define _GNU_SOURCE
@@ -23,7 +32,10 @@ INTERPOSER = r"""
 #include <errno.h>
 #include <fcntl.h>
 #include <stdarg.h>
+#include <sched.h>
+#include <stdlib.h>
 #include <sys/socket.h>
+#include <unistd.h>
 
 static int armed; /* 1: fcntl(F_SETFD) fails; 2: setsockopt(SO_RCVTIMEO) fails */
 
@@ -56,6 +68,22 @@ int setsockopt(int fd, int level, int name, const void *value, socklen_t len)
     if (!real)
         real = (int (*)(int, int, int, const void *, socklen_t))dlsym(RTLD_NEXT, "setsockopt");
     return real(fd, level, name, value, len);
+}
+
+/* Once the file $SETNS_FAIL_FILE exists, every second setns() of a thread fails: the shim's
+ * way back out of the namespace it entered. */
+int setns(int fd, int type)
+{
+    static int (*real)(int, int);
+    static __thread int calls;
+    const char *file = getenv("SETNS_FAIL_FILE");
+    if (file && access(file, F_OK) == 0 && ++calls % 2 == 0) {
+        errno = EINVAL;
+        return -1;
+    }
+    if (!real)
+        real = (int (*)(int, int))dlsym(RTLD_NEXT, "setns");
+    return real(fd, type);
 }
 """
 
@@ -120,3 +148,45 @@ def test_unarmed_the_open_gets_past_both(interposer):
     rc, leaked = _open_with(interposer, 0)
     assert rc in (0, -errno.EPROTONOSUPPORT), rc
     assert leaked == "[]", leaked
+
+
+LOST = "could not return from network namespace /proc/self/ns/net to the exporter's own network namespace; exiting"
+
+
+def _said_once(log: str) -> None:
+    """The exit's one line, at the highest level (go-kit's "error"), and no traceback."""
+    lines = [line for line in log.splitlines() if "could not return from" in line]
+    assert len(lines) == 1 and LOST in lines[0] and "level=error" in lines[0], log
+    assert "Traceback" not in log, log
+
+
+@pytest.fixture
+def as_root():
+    if os.geteuid() != 0:
+        unavailable("setns() needs CAP_SYS_ADMIN: run as root")
+
+
+def test_a_thread_lost_at_start_up_exits_70_with_one_line(interposer, as_root, tmp_path):
+    armed = tmp_path / "armed"
+    armed.touch()
+    res = subprocess.run(
+        [exporter_command(), "--namespace-path", "/proc/self/ns/net", "--listen-address", "127.0.0.1:0"],
+        env={**os.environ, "LD_PRELOAD": str(interposer), "SETNS_FAIL_FILE": str(armed)},
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
+    assert res.returncode == 70, res
+    _said_once(res.stderr)
+
+
+def test_a_thread_lost_in_a_scrape_exits_70_with_one_line(interposer, as_root, tmp_path):
+    armed = tmp_path / "armed"
+    env = {"LD_PRELOAD": str(interposer), "SETNS_FAIL_FILE": str(armed)}
+    with running_exporter("--namespace-path", "/proc/self/ns/net", env=env) as (url, proc):
+        armed.touch()
+        with pytest.raises((urllib.error.URLError, ConnectionError)):
+            urllib.request.urlopen(url, timeout=60).read()
+        assert proc.wait(timeout=60) == 70
+        with open(exporter_log(url)) as f:
+            _said_once(f.read())
