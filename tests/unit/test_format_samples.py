@@ -12,9 +12,9 @@ from prometheus_client.utils import floatToGoString
 from reference import render as reference
 from test_exposition import EVERY_KIND, PORTS
 
-from ingress_ipvs_exporter.exposition import Renderer
 from ingress_ipvs_exporter.ipvs import Snapshot, Stats
-from ingress_ipvs_exporter.metrics import Options
+from ingress_ipvs_exporter.render.exposition import Renderer
+from ingress_ipvs_exporter.render.metrics import Options
 from ingress_ipvs_exporter.speedups import format_samples
 
 EDGES = [

@@ -28,10 +28,11 @@ from prometheus_client.openmetrics import exposition as om
 from prometheus_client.registry import Collector, CollectorRegistry
 from prometheus_client.utils import floatToGoString
 
+from ..collector import IPVSCollector, Reading, scrape_families
+from ..ipvs import Snapshot
+from ..speedups import format_samples
 from . import memory
-from .collector import IPVSCollector, Reading, scrape_families
 from .gzipstream import GzipStream, Segment, SegmentCache, deflate
-from .ipvs import Snapshot
 from .metrics import (
     METRICS,
     InfoDef,
@@ -45,7 +46,6 @@ from .metrics import (
     series_labels,
     service_labels,
 )
-from .speedups import format_samples
 
 # how the installed prometheus_client writes exponents, which the C sample lines follow
 _ZERO_EXPONENT = floatToGoString(10**12) == "1e+012"
