@@ -34,7 +34,7 @@ IPVS_SHIM_CFLAGS="-g -O1 -fno-omit-frame-pointer -fsanitize=address,undefined -f
 IPVS_SHIM_LDFLAGS="-fsanitize=address,undefined" \
   "$py" -c "import sys; sys.path.insert(0, '.'); import build_ipvs as b; [print(f.compile(tmpdir='$out/tmp')) for f in (b.ffibuilder, b.speedups_builder)]" \
   > "$out/build.log" 2>&1 || { cat "$out/build.log" >&2; exit 1; }
-cp src/ingress_ipvs_exporter/*.py "$out/pkg/ingress_ipvs_exporter/"
+(cd src && find ingress_ipvs_exporter -name "*.py" -exec cp --parents {} "$repo/$out/pkg/" \;)  # subpackages too
 for so in "$out"/tmp/ingress_ipvs_exporter/_ipvs_cffi*.so "$out"/tmp/ingress_ipvs_exporter/_speedups_cffi*.so; do
   cp "$so" "$out/pkg/ingress_ipvs_exporter/"
   ldd "$so" | grep -q libasan || { echo "fuzz/test-asan.sh: $so is not linked with libasan" >&2; exit 1; }
