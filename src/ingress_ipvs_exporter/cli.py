@@ -25,7 +25,7 @@ from .namespaces import Namespaces, opener
 from .render import memory
 from .render.exposition import MetricsApp
 from .render.metrics import Options
-from .swarm.docker import DockerServices
+from .swarm.names import DockerServices
 from .usage import HELP as H
 from .usage import OriginalUsageCommand
 from .web import server

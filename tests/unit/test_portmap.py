@@ -15,7 +15,7 @@ from ingress_ipvs_exporter.swarm.portmap import (
     PortMap,
     PortMapError,
     PublishedPort,
-    parse_mangle_rules,
+    parse_marks,
     read_mangle_rules,
 )
 
@@ -58,7 +58,7 @@ COMMIT
 
 
 def test_nft_swarm_output():
-    assert parse_mangle_rules(NFT_SWARM) == {
+    assert parse_marks(NFT_SWARM).ports == {
         0x100: [TCP(30002)],
         0x101: [TCP(30000), UDP(30000)],
         0x102: [TCP(8080), TCP(30001)],
@@ -67,7 +67,7 @@ def test_nft_swarm_output():
 
 def test_both_backends_merge_and_dedupe():
     text = "# Warning: iptables-legacy tables present, use iptables-legacy-save to see them\n"
-    ports = parse_mangle_rules(text + NFT_SWARM + LEGACY_SWARM)
+    ports = parse_marks(text + NFT_SWARM + LEGACY_SWARM).ports
     assert ports[0x100] == [TCP(30002)]  # the same rule in both backends counts once
     assert ports[0x103] == [TCP(30005)]
     assert list(ports) == [0x100, 0x101, 0x102, 0x103]
@@ -87,7 +87,7 @@ COMMIT
 COMMIT
 -A PREROUTING -p tcp -m tcp --dport 444 -j MARK --set-mark 0x6
 """
-    assert parse_mangle_rules(text) == {6: [TCP(80)]}
+    assert parse_marks(text).ports == {6: [TCP(80)]}
 
 
 @pytest.mark.parametrize(
@@ -123,12 +123,12 @@ COMMIT
     ],
 )
 def test_rule_forms(rule, expected):
-    assert parse_mangle_rules(f"*mangle\n-A PREROUTING {rule}\nCOMMIT\n") == expected
+    assert parse_marks(f"*mangle\n-A PREROUTING {rule}\nCOMMIT\n").ports == expected
 
 
 def test_any_chain_counts():
     text = "*mangle\n:DOCKER-X - [0:0]\n-A DOCKER-X -p tcp --dport 81 -j MARK --set-mark 5\nCOMMIT\n"
-    assert parse_mangle_rules(text) == {5: [TCP(81)]}
+    assert parse_marks(text).ports == {5: [TCP(81)]}
 
 
 def test_junk_is_tolerated():
@@ -147,8 +147,8 @@ def test_junk_is_tolerated():
             "*",
         ]
     )
-    assert parse_mangle_rules(text) == {5: [TCP(82)]}
-    assert parse_mangle_rules("") == {}
+    assert parse_marks(text).ports == {5: [TCP(82)]}
+    assert parse_marks("").ports == {}
 
 
 def test_published_port_orders_by_protocol_then_port():
@@ -207,14 +207,14 @@ def test_reads_every_backend_with_table_argument(bindir):
     v6 = "*mangle\n-A PREROUTING -p udp --dport 9 -j MARK --set-mark 0x104\nCOMMIT\n"
     _fake(bindir, "ip6tables-nft-save", _print(v6))
     _fake(bindir, "iptables-save", "exit 7")  # not used when a backend-specific one exists
-    ports = parse_mangle_rules(read_mangle_rules(""))
+    ports = parse_marks(read_mangle_rules("")).ports
     assert ports[0x103] == [TCP(30005)] and ports[0x101] == [TCP(30000), UDP(30000)]
     assert ports[0x104] == [UDP(9)]
 
 
 def test_falls_back_to_plain_iptables_save(bindir):
     _fake(bindir, "iptables-save", _print(LEGACY_SWARM))
-    assert parse_mangle_rules(read_mangle_rules(""))[0x103] == [TCP(30005)]
+    assert parse_marks(read_mangle_rules("")).ports[0x103] == [TCP(30005)]
 
 
 def test_missing_table_is_not_an_error(bindir):
@@ -230,7 +230,7 @@ def test_missing_table_is_not_an_error(bindir):
 def test_one_failing_backend_is_not_an_error(bindir, caplog):
     _fake(bindir, "iptables-nft-save", "echo 'Failed to initialize nft: Protocol not supported' >&2; exit 1")
     _fake(bindir, "iptables-legacy-save", _print(LEGACY_SWARM))
-    assert parse_mangle_rules(read_mangle_rules(""))[0x100] == [TCP(30002)]
+    assert parse_marks(read_mangle_rules("")).ports[0x100] == [TCP(30002)]
     assert _warnings(caplog) == []  # a backend the kernel lacks is not the user's to fix
 
 
@@ -245,7 +245,7 @@ def test_a_backend_denied_its_capability_is_warned_once(bindir, caplog):
         "Permission denied (you must be root)' >&2; exit 1",
     )
     for _ in range(3):
-        assert parse_mangle_rules(read_mangle_rules("")) == parse_mangle_rules(NFT_SWARM)
+        assert parse_marks(read_mangle_rules("")).ports == parse_marks(NFT_SWARM).ports
     (said,) = _warnings(caplog)
     assert "iptables-legacy-save" in said and "empty port label" in said
     assert "CAP_NET_RAW" in said and "CAP_NET_ADMIN" in said and "CAP_SYS_ADMIN" not in said
@@ -261,7 +261,7 @@ def test_an_unreadable_legacy_table_list_is_warned_once(bindir, legacy_lists, ca
         _fake(bindir, "iptables-nft-save", _print(NFT_SWARM))
         _fake(bindir, "iptables-legacy-save", "exit 9")  # must not run
         for _ in range(3):
-            assert parse_mangle_rules(read_mangle_rules("")) == parse_mangle_rules(NFT_SWARM)
+            assert parse_marks(read_mangle_rules("")).ports == parse_marks(NFT_SWARM).ports
     finally:
         unopenable.close()
     (said,) = _warnings(caplog)
@@ -303,7 +303,7 @@ def test_legacy_not_read_when_its_table_does_not_exist(bindir, legacy_lists):
     _fake(bindir, "iptables-nft-save", _print(NFT_SWARM))
     _fake(bindir, "iptables-legacy-save", "exit 9")
     _fake(bindir, "ip6tables-legacy-save", "exit 9")
-    assert parse_mangle_rules(read_mangle_rules("")) == parse_mangle_rules(NFT_SWARM)
+    assert parse_marks(read_mangle_rules("")).ports == parse_marks(NFT_SWARM).ports
 
 
 def test_legacy_only_host_without_tables_is_empty_not_an_error(bindir, legacy_lists):
@@ -316,7 +316,7 @@ def test_legacy_read_anyway_when_its_tables_are_unknown(bindir, legacy_lists, mo
     monkeypatch.setattr(portmap, "_legacy_mangle_families", lambda prefix, timeout: None)
     legacy_lists["iptables"].write_text("")
     _fake(bindir, "iptables-legacy-save", _print(LEGACY_SWARM))
-    assert parse_mangle_rules(read_mangle_rules(""))[0x103] == [TCP(30005)]
+    assert parse_marks(read_mangle_rules("")).ports[0x103] == [TCP(30005)]
 
 
 def test_all_failing_raises_one_line_naming_each(bindir):
@@ -535,7 +535,7 @@ def test_helpers_come_from_the_system_path_never_from_the_inherited_one(bindir, 
     namespace = tmp_path / "ns"
     namespace.write_text("")
     for _ in range(2):  # resolved at first use, and the same on the next read
-        assert parse_mangle_rules(read_mangle_rules(str(namespace))) == parse_mangle_rules(NFT_SWARM)
+        assert parse_marks(read_mangle_rules(str(namespace))).ports == parse_marks(NFT_SWARM).ports
     assert not ran.exists(), "a helper from the inherited PATH ran"
 
 
