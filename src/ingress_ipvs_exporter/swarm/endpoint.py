@@ -11,7 +11,7 @@ from typing import Mapping
 from urllib.parse import urlsplit
 
 from ..logs import one_line
-from ..web.webconfig import EncryptedKey, no_password
+from ..web.tls import EncryptedKey, no_password
 
 _DEFAULT_TCP_PORT = {"tcp": 2375, "http": 80}
 _DEFAULT_TLS_PORT = 2376  # the docker CLI's default for tcp:// with TLS

@@ -24,7 +24,7 @@ from wsgiref.simple_server import ServerHandler, WSGIRequestHandler, WSGIServer
 from .. import __version__
 from ..logs import PROG
 from .deadline import reader
-from .webconfig import RotatingTLS
+from .tls import RotatingTLS
 
 if TYPE_CHECKING:
     from types import TracebackType
