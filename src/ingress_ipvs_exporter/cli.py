@@ -56,7 +56,10 @@ def run(
     ),
     namespace_path: list[str] = typer.Option([NETNS], "--namespace-path", help=H["ns"]),  # noqa: B008
     destination_labels: Options = typer.Option(  # noqa: B008
-        flags.LABELS, "--destination-labels", parser=flags.destination_labels, help=H["labels"]
+        flags.DEFAULT_DESTINATION_LABELS,
+        "--destination-labels",
+        parser=flags.destination_labels,
+        help=H["labels"],
     ),
     docker_host: str = typer.Option("", "--docker-host", callback=flags.docker_host, help=H["docker"]),
     backend_metrics: bool = typer.Option(False, "--backend-metrics", help=H["backend"]),

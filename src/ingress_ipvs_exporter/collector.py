@@ -84,7 +84,7 @@ class Reading:
         return 0 if self.snapshot is None else 1
 
 
-class IPVSCollector:
+class NamespaceReader:
     """Reads one namespace's IPVS per scrape (read(), returning a Reading) and builds the
     families about that reading (families()): ipvs_version_info and ipvs_connection_table_size,
     the swarm names, ipvs_up, ipvs_scrape_duration_seconds and ipvs_scrape_errors_total.
@@ -155,7 +155,7 @@ class IPVSCollector:
             self._settings_said.log(key, logging.WARNING, "%s", message)
         return settings
 
-    def readings(self, scrape_timeout: float | None = None) -> list[tuple[IPVSCollector, Reading]]:
+    def readings(self, scrape_timeout: float | None = None) -> list[tuple[NamespaceReader, Reading]]:
         """This one namespace read now (what exposition.MetricsApp asks of its source; one
         namespace is read in the scrape's thread, so there is no deadline to follow)."""
         return [(self, self.read())]
@@ -271,7 +271,7 @@ class BuildInfoCollector:
         yield f
 
 
-def scrape_families(readings: Iterable[tuple[IPVSCollector, Reading]]) -> list[Metric]:
+def scrape_families(readings: Iterable[tuple[NamespaceReader, Reading]]) -> list[Metric]:
     """The families about one scrape's readings, one family per name with every namespace's
     samples in turn."""
     merged: dict[str, Metric] = {}

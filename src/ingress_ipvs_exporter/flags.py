@@ -14,7 +14,7 @@ from .render.metrics import DEST_LABEL_CHOICES, Options
 from .swarm.endpoint import endpoint
 from .web.webconfig import WebConfig, WebConfigError, load
 
-LABELS = ",".join(DEST_LABEL_CHOICES)  # --destination-labels' default
+DEFAULT_DESTINATION_LABELS = ",".join(DEST_LABEL_CHOICES)  # --destination-labels' default
 
 
 @dataclasses.dataclass(frozen=True)

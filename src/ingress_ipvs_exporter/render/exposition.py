@@ -28,7 +28,7 @@ from prometheus_client.openmetrics import exposition as om
 from prometheus_client.registry import Collector, CollectorRegistry
 from prometheus_client.utils import floatToGoString
 
-from ..collector import IPVSCollector, Reading, scrape_families
+from ..collector import NamespaceReader, Reading, scrape_families
 from ..ipvs import Snapshot, format_samples
 from . import memory
 from .gzipstream import GzipStream, Segment, SegmentCache, deflate
@@ -345,11 +345,11 @@ class Renderer:
 
 
 class Source(Protocol):
-    """What MetricsApp scrapes: an IPVSCollector (one namespace) or namespaces.Namespaces."""
+    """What MetricsApp scrapes: an NamespaceReader (one namespace) or namespaces.Namespaces."""
 
     options: Options
 
-    def readings(self, scrape_timeout: float | None = None) -> list[tuple[IPVSCollector, Reading]]: ...
+    def readings(self, scrape_timeout: float | None = None) -> list[tuple[NamespaceReader, Reading]]: ...
 
 
 class _Families:
@@ -385,7 +385,7 @@ class MetricsApp:
         encoder = om.generate_latest if form is Format.OPENMETRICS else generate_latest
         return self._chunks(encoder, form is Format.OPENMETRICS, gzip, scrape_timeout), form.content_type
 
-    def _registry(self, readings: list[tuple[IPVSCollector, Reading]]) -> CollectorRegistry:
+    def _registry(self, readings: list[tuple[NamespaceReader, Reading]]) -> CollectorRegistry:
         """This scrape's registry: the families about its readings, then the extra collectors."""
         registry = CollectorRegistry(auto_describe=False)
         registry.register(_Families(scrape_families(readings)))

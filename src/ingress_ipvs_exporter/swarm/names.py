@@ -167,7 +167,7 @@ def fetch_network_names(
 
 
 def _port_key(port: Any) -> Port:
-    """(protocol, port) of a tuple or of anything with .protocol and .port (portmap.PublishedPort)."""
+    """(protocol, port) of a tuple or of anything with .protocol and .port (marks.PublishedPort)."""
     if hasattr(port, "protocol") and hasattr(port, "port"):
         return str(port.protocol), int(port.port)
     protocol, number = port

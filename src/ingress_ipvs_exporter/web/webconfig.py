@@ -1,5 +1,5 @@
 """--web.config.file: reading and checking the exporter-toolkit web config (TLS, basic auth
-users, response headers), and the TLS context that follows the certificate files.
+users, response headers); tls.py makes the TLS context from its settings.
 
 The file fails closed: an unknown, misspelt, duplicated, unsupported or mistyped key stops
 start-up with one line naming it, so a typo never silently weakens what the file asks for.
