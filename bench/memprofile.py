@@ -32,9 +32,9 @@ sys.path.insert(0, str(Path(__file__).resolve().parent.parent / "tests"))
 
 from reference import render as reference_render
 
+from ingress_ipvs_exporter import memory
 from ingress_ipvs_exporter.collector import NamespaceReader
 from ingress_ipvs_exporter.ipvs import Destination, Service, Snapshot, Stats
-from ingress_ipvs_exporter.render import memory
 from ingress_ipvs_exporter.render.exposition import MetricsApp, Renderer, View
 from ingress_ipvs_exporter.render.metrics import Options
 from ingress_ipvs_exporter.swarm.marks import PublishedPort
@@ -154,7 +154,11 @@ def main() -> int:
             return last[0]
 
     collector = NamespaceReader("ingress_sbox", read, lambda marks: ports, Options())
-    httpd = server.serve("127.0.0.1", 0, apps.build_app(MetricsApp(collector), "/metrics", {}, [], 0))
+    httpd = server.serve(
+        "127.0.0.1",
+        0,
+        apps.build_app(MetricsApp(collector, after_scrape=memory.release), "/metrics", {}, [], 0),
+    )
     threading.Thread(target=httpd.serve_forever, daemon=True).start()
     url = f"http://127.0.0.1:{httpd.server_address[1]}/metrics"
     if args.trace:

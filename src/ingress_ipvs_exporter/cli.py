@@ -17,12 +17,11 @@ from typing import Optional
 
 import typer
 
-from . import __version__, flags
+from . import __version__, flags, memory
 from .collector import exporter_collectors
 from .ipvs import NotANamespace
 from .logs import PROG, LogFormat, LogLevel, setup_logging
 from .namespaces import Namespaces, opener
-from .render import memory
 from .render.exposition import MetricsApp
 from .render.metrics import Options
 from .swarm.names import DockerServices
@@ -88,7 +87,7 @@ def run(
     swarm = DockerServices(docker_host, timeout=10.0) if docker_host else None
 
     namespaces = Namespaces(namespace_path, opener(options, swarm), options)
-    metrics = MetricsApp(namespaces, exporter_collectors(exporter_metrics=not no_self))
+    metrics = MetricsApp(namespaces, exporter_collectors(exporter_metrics=not no_self), memory.release)
     try:
         startup_error = namespaces.check()
     except NotANamespace as e:

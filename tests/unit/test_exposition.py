@@ -245,15 +245,16 @@ def test_unchanged_families_are_neither_rendered_nor_compressed_again(monkeypatc
     assert again == first
 
 
-def test_every_scrape_hands_memory_back_even_when_the_client_leaves_early(monkeypatch):
+def test_after_scrape_runs_after_every_body_even_when_the_client_leaves_early():
+    """The CLI hands memory back (memory.release) there."""
     from ingress_ipvs_exporter.collector import NamespaceReader
-    from ingress_ipvs_exporter.render import memory
     from ingress_ipvs_exporter.render.exposition import MetricsApp
 
     calls = []
-    monkeypatch.setattr(memory, "release", lambda: calls.append(1))
     snap = Snapshot.build(EVERY_KIND)
-    app = MetricsApp(NamespaceReader("/ns", lambda: snap, lambda marks: PORTS))
+    app = MetricsApp(
+        NamespaceReader("/ns", lambda: snap, lambda marks: PORTS), after_scrape=lambda: calls.append(1)
+    )
     chunks, _ = app.stream("")
     assert b"ipvs_up" in b"".join(chunks)
     assert calls == [1]
@@ -266,7 +267,7 @@ def test_every_scrape_hands_memory_back_even_when_the_client_leaves_early(monkey
 def test_malloc_tuning_takes_on_glibc():
     import os
 
-    from ingress_ipvs_exporter.render import memory
+    from ingress_ipvs_exporter import memory
 
     if not os.confstr("CS_GNU_LIBC_VERSION"):
         pytest.fail("these hosts run glibc; the tuning would be a no-op here")

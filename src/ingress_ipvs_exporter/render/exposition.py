@@ -30,7 +30,6 @@ from prometheus_client.utils import floatToGoString
 
 from ..collector import NamespaceReader, Reading, scrape_families
 from ..ipvs import Snapshot, format_samples
-from . import memory
 from .gzipstream import GzipStream, Segment, SegmentCache, deflate
 from .metrics import (
     METRICS,
@@ -369,11 +368,15 @@ class MetricsApp:
     member when asked.
 
     A scrape is a value: every family of a body comes from the readings that request made,
-    so concurrent scrapes (an HA pair of Prometheus servers) never mix their outcomes."""
+    so concurrent scrapes (an HA pair of Prometheus servers) never mix their outcomes.
+    after_scrape runs when a body has been sent or abandoned (the CLI trims the heap there)."""
 
-    def __init__(self, source: Source, extra: Sequence[Collector] = ()) -> None:
+    def __init__(
+        self, source: Source, extra: Sequence[Collector] = (), after_scrape: Callable[[], None] = lambda: None
+    ) -> None:
         self.source = source
         self.extra = list(extra)
+        self.after_scrape = after_scrape
         self.renderer = Renderer()
 
     def stream(
@@ -419,7 +422,7 @@ class MetricsApp:
                 yield encoder(self._registry(readings))
         finally:
             del views, readings
-            memory.release()
+            self.after_scrape()
 
     def body(self, accept: str) -> tuple[bytes, str]:
         chunks, content_type = self.stream(accept)
