@@ -30,11 +30,19 @@ def test_help_shows_the_original_usage():
             "[default: :9100]",
             "endpoint to receive scrape requests from prometheus",
             "[default: /metrics]",
-            "absolute path to the network namespace where ipv is configured",
+            "absolute path to the network namespace where ipvs is configured",
             "[default: /var/run/docker/netns/ingress_sbox]",
             "--help, -h             display this help and exit",
         ):
             assert line in out, line
+
+
+def test_no_shell_completion_options():
+    """typer's --install-completion/--show-completion are off: not in --help, refused as any unknown flag."""
+    assert "completion" not in run("--help").stdout
+    for flag in ("--install-completion", "--show-completion"):
+        res = run(flag)
+        assert res.returncode == 2 and flag in res.stderr and "Traceback" not in res.stderr, res.stderr
 
 
 @pytest.mark.parametrize(
