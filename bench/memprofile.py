@@ -32,13 +32,13 @@ sys.path.insert(0, str(Path(__file__).resolve().parent.parent / "tests"))
 
 from reference import render as reference_render
 
-from ingress_ipvs_exporter import memory
-from ingress_ipvs_exporter import server as http
 from ingress_ipvs_exporter.collector import IPVSCollector
-from ingress_ipvs_exporter.exposition import MetricsApp, Renderer, View
 from ingress_ipvs_exporter.ipvs import Destination, Service, Snapshot, Stats
-from ingress_ipvs_exporter.metrics import Options
-from ingress_ipvs_exporter.portmap import PublishedPort
+from ingress_ipvs_exporter.render import memory
+from ingress_ipvs_exporter.render.exposition import MetricsApp, Renderer, View
+from ingress_ipvs_exporter.render.metrics import Options
+from ingress_ipvs_exporter.swarm.portmap import PublishedPort
+from ingress_ipvs_exporter.web import server as http
 
 DESTS = 10
 # what one SYN moves: connections, packets and bytes in, and the estimator's rates of those

@@ -26,11 +26,11 @@ def main() -> int:
     ap.add_argument("--services", type=int, default=10000)
     ap.add_argument("--out", default="build/vm/bench")
     args = ap.parse_args()
-    from ingress_ipvs_exporter import exposition, memory
     from ingress_ipvs_exporter.collector import IPVSCollector
     from ingress_ipvs_exporter.ipvs import Handle
-    from ingress_ipvs_exporter.metrics import Options
-    from ingress_ipvs_exporter.portmap import PortMap
+    from ingress_ipvs_exporter.render import exposition, memory
+    from ingress_ipvs_exporter.render.metrics import Options
+    from ingress_ipvs_exporter.swarm.portmap import PortMap
 
     memory.tune()
     n, ns = args.services, f"ipvsprof{args.services}"

@@ -43,7 +43,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 from memprofile import DESTS, moved, synthetic
 
 from ingress_ipvs_exporter.ipvs import Snapshot
-from ingress_ipvs_exporter.metrics import Options
+from ingress_ipvs_exporter.render.metrics import Options
 
 
 class Contender:
@@ -109,9 +109,9 @@ def main() -> int:
     ap.add_argument("--level", type=int, help="this checkout's zlib level (GZIP_LEVEL)")
     args = ap.parse_args()
     if args.level is not None:
-        importlib.import_module("ingress_ipvs_exporter.gzipstream").GZIP_LEVEL = args.level
+        importlib.import_module("ingress_ipvs_exporter.render.gzipstream").GZIP_LEVEL = args.level
     if args.chunk_series:
-        importlib.import_module("ingress_ipvs_exporter.exposition").CHUNK_SERIES = args.chunk_series
+        importlib.import_module("ingress_ipvs_exporter.render.exposition").CHUNK_SERIES = args.chunk_series
     contenders = []
     if args.only != "old":
         contenders.append(Contender("this", "ingress_ipvs_exporter"))

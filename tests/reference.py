@@ -8,7 +8,7 @@ from prometheus_client import CollectorRegistry, generate_latest
 from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, Metric
 from prometheus_client.openmetrics.exposition import generate_latest as generate_openmetrics
 
-from ingress_ipvs_exporter.metrics import (
+from ingress_ipvs_exporter.render.metrics import (
     METRICS,
     Kind,
     info_rows,

@@ -17,19 +17,21 @@ from typing import Optional
 
 import typer
 
-from . import __version__, flags, memory, server
+from . import __version__, flags
 from .collector import exporter_collectors
-from .docker import DockerServices
-from .exposition import MetricsApp
 from .ipvs import NotANamespace
 from .logs import PROG, LogFormat, LogLevel, setup_logging
-from .metrics import Options
 from .namespaces import Namespaces, opener
+from .render import memory
+from .render.exposition import MetricsApp
+from .render.metrics import Options
+from .swarm.docker import DockerServices
 from .usage import HELP as H
 from .usage import OriginalUsageCommand
-from .webconfig import WebConfig
+from .web import server
+from .web.webconfig import WebConfig
 
-log = logging.getLogger(PROG)
+log = logging.getLogger(__name__)
 
 
 def _version(value: bool) -> None:

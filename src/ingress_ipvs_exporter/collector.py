@@ -30,7 +30,7 @@ from .ipvs import (
     describe_namespace,
 )
 from .logonce import LogOnce
-from .metrics import DEFAULT_OPTIONS, Options, Ports, Vips
+from .render.metrics import DEFAULT_OPTIONS, Options, Ports, Vips
 from .settings import settings_families
 
 log = logging.getLogger(__name__)

@@ -10,9 +10,9 @@ from typing import Any, Optional
 
 import typer
 
-from .docker import endpoint
-from .metrics import DEST_LABEL_CHOICES, Options
-from .webconfig import WebConfig, WebConfigError, load
+from .render.metrics import DEST_LABEL_CHOICES, Options
+from .swarm.docker import endpoint
+from .web.webconfig import WebConfig, WebConfigError, load
 
 LABELS = ",".join(DEST_LABEL_CHOICES)  # --destination-labels' default
 

@@ -23,8 +23,8 @@ from dataclasses import dataclass
 
 from .collector import IPVSCollector, Reading, SwarmNames
 from .ipvs import Handle, IPVSError, NamespaceNotFound, NotANamespace, shown_path
-from .metrics import Options
-from .portmap import PortMap
+from .render.metrics import Options
+from .swarm.portmap import PortMap
 
 log = logging.getLogger(__name__)
 

@@ -5,7 +5,7 @@ from __future__ import annotations
 from prometheus_client.core import GaugeMetricFamily, Metric
 
 from .ipvs import Settings
-from .metrics import SYNC_DAEMON_INFO, SYNC_DAEMONS, SYSCTL, TIMEOUT, GaugeDef
+from .render.metrics import SYNC_DAEMON_INFO, SYNC_DAEMONS, SYSCTL, TIMEOUT, GaugeDef
 
 
 def _family(d: GaugeDef) -> GaugeMetricFamily:

@@ -3,7 +3,7 @@
 import pytest
 from ipvs_testlib import sh
 
-from ingress_ipvs_exporter.portmap import (
+from ingress_ipvs_exporter.swarm.portmap import (
     PortMap,
     PortMapError,
     PublishedPort,

@@ -3,7 +3,7 @@ host's iptables alternative set to nft and once to legacy.
 
 Per backend the tests share one swarm and run in file order: the README example (three
 services, ten requests, every seed sample equal to ipvsadm, ports as docker reports them),
-swarm service names through the exporter and through docker.py, churn, east-west VIP traffic
+swarm service names through the exporter and through swarm/docker.py, churn, east-west VIP traffic
 read with the lb_* glob, names of VIP and ingress fwmarks with their network from a manager and
 from a worker's answers, a frozen dockerd, and dockerd stopped last, since it ends the swarm.
 """
@@ -40,7 +40,7 @@ from ipvs_testlib import (
 )
 from swarmlib import API_TIMEOUT, IMAGE, WAIT, diag, wait_for
 
-from ingress_ipvs_exporter.docker import DockerError, fetch_services
+from ingress_ipvs_exporter.swarm.docker import DockerError, fetch_services
 
 pytestmark = pytest.mark.swarm
 

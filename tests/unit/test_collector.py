@@ -8,10 +8,10 @@ from prometheus_client import CollectorRegistry
 from prometheus_client.parser import text_string_to_metric_families
 
 from ingress_ipvs_exporter.collector import IPVSCollector
-from ingress_ipvs_exporter.exposition import MetricsApp
 from ingress_ipvs_exporter.ipvs import Destination, NamespaceNotFound, Service, Snapshot, Stats
-from ingress_ipvs_exporter.metrics import METRICS, Kind, Level, Options
-from ingress_ipvs_exporter.portmap import PublishedPort
+from ingress_ipvs_exporter.render.exposition import MetricsApp
+from ingress_ipvs_exporter.render.metrics import METRICS, Kind, Level, Options
+from ingress_ipvs_exporter.swarm.portmap import PublishedPort
 
 NS = "/var/run/docker/netns/ingress_sbox"
 
@@ -219,7 +219,7 @@ def test_registering_does_no_io():
 
 
 def test_swarm_service_names_join_on_fwmark():
-    from ingress_ipvs_exporter.docker import SwarmService
+    from ingress_ipvs_exporter.swarm.docker import SwarmService
 
     asked = []
 

@@ -14,9 +14,9 @@ from prometheus_client.parser import text_string_to_metric_families
 from test_exposition import EVERY_KIND, PORTS
 
 from ingress_ipvs_exporter.collector import IPVSCollector
-from ingress_ipvs_exporter.exposition import MetricsApp
-from ingress_ipvs_exporter.gzipstream import Segment, SegmentCache, deflate
 from ingress_ipvs_exporter.ipvs import NamespaceNotFound, Snapshot
+from ingress_ipvs_exporter.render.exposition import MetricsApp
+from ingress_ipvs_exporter.render.gzipstream import Segment, SegmentCache, deflate
 
 NS = "/run/netns/x"
 

@@ -19,8 +19,9 @@ import types
 import pytest
 import typer
 
-from ingress_ipvs_exporter import docker, flags
-from ingress_ipvs_exporter.docker import (
+from ingress_ipvs_exporter import flags
+from ingress_ipvs_exporter.swarm import docker
+from ingress_ipvs_exporter.swarm.docker import (
     DockerError,
     DockerServices,
     SwarmService,
@@ -1053,7 +1054,7 @@ def test_docker_services_says_a_tls_failure_and_keeps_going(tls_docker, tls_env,
     tls_env("wrong_ca")
     services = DockerServices(host, timeout=10)
     try:
-        with caplog.at_level(logging.WARNING, logger="ingress_ipvs_exporter.docker"):
+        with caplog.at_level(logging.WARNING, logger="ingress_ipvs_exporter.swarm.docker"):
             assert services.names("/run/docker/netns/ingress_sbox", [256], {256: [("tcp", 30000)]}) == {}
             assert services.wait_idle(30)
         assert services.up is False

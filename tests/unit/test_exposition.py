@@ -9,11 +9,11 @@ from prometheus_client import CollectorRegistry
 from reference import Fixed, ipvs_families
 from reference import render as reference
 
-from ingress_ipvs_exporter import gzipstream
-from ingress_ipvs_exporter.exposition import Renderer, View, fmt
 from ingress_ipvs_exporter.ipvs import Destination, Service, Snapshot, Stats
-from ingress_ipvs_exporter.metrics import Options
-from ingress_ipvs_exporter.portmap import PublishedPort
+from ingress_ipvs_exporter.render import gzipstream
+from ingress_ipvs_exporter.render.exposition import Renderer, View, fmt
+from ingress_ipvs_exporter.render.metrics import Options
+from ingress_ipvs_exporter.swarm.portmap import PublishedPort
 
 V4, V6 = socket.AF_INET, socket.AF_INET6
 TCP, UDP, SCTP = socket.IPPROTO_TCP, socket.IPPROTO_UDP, 132
@@ -130,7 +130,7 @@ def test_whole_app_body_equals_the_registry_rendering(accept):
     from prometheus_client.exposition import choose_encoder
 
     from ingress_ipvs_exporter.collector import IPVSCollector
-    from ingress_ipvs_exporter.exposition import MetricsApp
+    from ingress_ipvs_exporter.render.exposition import MetricsApp
 
     snap = Snapshot.build(EVERY_KIND)
     collector = IPVSCollector("/ns", lambda: snap, lambda marks: PORTS, info=lambda: (0x010201, 4096))
@@ -154,7 +154,7 @@ def test_an_escaping_scheme_changes_no_family(base, escaping):
     """All or none: the IPVS families and the registry's are written alike whatever escaping
     the scraper asks for (every name is a legacy one, so none is escaped)."""
     from ingress_ipvs_exporter.collector import IPVSCollector
-    from ingress_ipvs_exporter.exposition import MetricsApp
+    from ingress_ipvs_exporter.render.exposition import MetricsApp
 
     snap = Snapshot.build(EVERY_KIND)
     collector = IPVSCollector("/ns", lambda: snap, lambda marks: PORTS, info=lambda: (0x010201, 4096))
@@ -167,7 +167,7 @@ def test_an_escaping_scheme_changes_no_family(base, escaping):
 
 
 def test_chunks_hold_at_most_chunk_series_lines(monkeypatch):
-    from ingress_ipvs_exporter import exposition
+    from ingress_ipvs_exporter.render import exposition
 
     monkeypatch.setattr(exposition, "CHUNK_SERIES", 2)
     snap, options = Snapshot.build(EVERY_KIND), Options(backends=True)
@@ -202,9 +202,9 @@ def test_gzip_body_is_one_valid_member_equal_to_the_plain_body(monkeypatch, acce
     import importlib
     import zlib
 
-    from ingress_ipvs_exporter import exposition
     from ingress_ipvs_exporter.collector import IPVSCollector
-    from ingress_ipvs_exporter.exposition import MetricsApp
+    from ingress_ipvs_exporter.render import exposition
+    from ingress_ipvs_exporter.render.exposition import MetricsApp
 
     lib = importlib.import_module("isal.isal_zlib" if backend == "isal" else "zlib")
     monkeypatch.setattr(gzipstream, "BACKEND", lib)
@@ -234,7 +234,7 @@ def test_gzip_body_is_one_valid_member_equal_to_the_plain_body(monkeypatch, acce
 
 
 def test_unchanged_families_are_neither_rendered_nor_compressed_again(monkeypatch):
-    from ingress_ipvs_exporter import exposition
+    from ingress_ipvs_exporter.render import exposition
 
     r, snap, options = Renderer(), Snapshot.build(EVERY_KIND), Options()
     first = list(r.segments([View("/ns", snap, PORTS)], options))
@@ -246,9 +246,9 @@ def test_unchanged_families_are_neither_rendered_nor_compressed_again(monkeypatc
 
 
 def test_every_scrape_hands_memory_back_even_when_the_client_leaves_early(monkeypatch):
-    from ingress_ipvs_exporter import memory
     from ingress_ipvs_exporter.collector import IPVSCollector
-    from ingress_ipvs_exporter.exposition import MetricsApp
+    from ingress_ipvs_exporter.render import memory
+    from ingress_ipvs_exporter.render.exposition import MetricsApp
 
     calls = []
     monkeypatch.setattr(memory, "release", lambda: calls.append(1))
@@ -266,7 +266,7 @@ def test_every_scrape_hands_memory_back_even_when_the_client_leaves_early(monkey
 def test_malloc_tuning_takes_on_glibc():
     import os
 
-    from ingress_ipvs_exporter import memory
+    from ingress_ipvs_exporter.render import memory
 
     if not os.confstr("CS_GNU_LIBC_VERSION"):
         pytest.fail("these hosts run glibc; the tuning would be a no-op here")
@@ -288,7 +288,7 @@ def test_crc_join_equals_zlib_over_the_joined_text():
     import os
     import zlib
 
-    from ingress_ipvs_exporter.gzipstream import crc_join
+    from ingress_ipvs_exporter.render.gzipstream import crc_join
 
     for a_len, b_len in [(0, 0), (0, 5), (5, 0), (1, 1), (100, 3), (4096, 65537), (7, 1 << 20)]:
         a, b = os.urandom(a_len), os.urandom(b_len)

@@ -10,9 +10,9 @@ from prometheus_client.utils import floatToGoString
 from reference import render as reference
 from test_exposition import EVERY_KIND, PORTS
 
-from ingress_ipvs_exporter.exposition import Renderer
 from ingress_ipvs_exporter.ipvs import Snapshot, Stats, format_samples
-from ingress_ipvs_exporter.metrics import Options
+from ingress_ipvs_exporter.render.exposition import Renderer
+from ingress_ipvs_exporter.render.metrics import Options
 
 EDGES = [
     0,

@@ -9,11 +9,11 @@ import pytest
 from reference import render as reference
 from test_exposition import EVERY_KIND, PORTS, st
 
-from ingress_ipvs_exporter import exposition, gzipstream
-from ingress_ipvs_exporter.exposition import Renderer, View
-from ingress_ipvs_exporter.gzipstream import Segment, SegmentCache, deflate, join
 from ingress_ipvs_exporter.ipvs import Snapshot
-from ingress_ipvs_exporter.metrics import Options
+from ingress_ipvs_exporter.render import exposition, gzipstream
+from ingress_ipvs_exporter.render.exposition import Renderer, View
+from ingress_ipvs_exporter.render.gzipstream import Segment, SegmentCache, deflate, join
+from ingress_ipvs_exporter.render.metrics import Options
 
 
 def text_of(seg: Segment) -> bytes:

@@ -272,7 +272,7 @@ def _closed_by_server(peer: socket.socket) -> bool:
 
 
 def test_the_bound_closes_the_oldest_connection_still_sending_its_request(caplog):
-    from ingress_ipvs_exporter.server import Connections
+    from ingress_ipvs_exporter.web.server import Connections
 
     clock = _Clock()
     conns = Connections(3, clock=clock, sleep=clock.sleep)
@@ -303,7 +303,7 @@ def test_the_bound_closes_the_oldest_connection_still_sending_its_request(caplog
 def test_out_of_descriptors_makes_room_backs_off_and_warns_once_a_minute(caplog):
     import errno
 
-    from ingress_ipvs_exporter.server import Connections
+    from ingress_ipvs_exporter.web.server import Connections
 
     clock = _Clock()
     conns = Connections(0, clock=clock, sleep=clock.sleep)  # no bound: only EMFILE limits

@@ -15,11 +15,11 @@ from reference import render as reference
 from test_exposition import EVERY_KIND, PORTS
 
 from ingress_ipvs_exporter.collector import IPVSCollector
-from ingress_ipvs_exporter.exposition import MetricsApp, View
 from ingress_ipvs_exporter.ipvs import DumpFailed, NamespaceNotFound, NotANamespace, Snapshot
-from ingress_ipvs_exporter.metrics import Options, service_labels
 from ingress_ipvs_exporter.namespaces import Namespaces
-from ingress_ipvs_exporter.portmap import PublishedPort, parse_marks
+from ingress_ipvs_exporter.render.exposition import MetricsApp, View
+from ingress_ipvs_exporter.render.metrics import Options, service_labels
+from ingress_ipvs_exporter.swarm.portmap import PublishedPort, parse_marks
 
 VIPS = {256: ["10.0.1.2", "fd00::2"], 257: ["10.0.1.3"]}
 LB_RULES = """*mangle

@@ -9,9 +9,9 @@ import time
 
 import pytest
 
-from ingress_ipvs_exporter import portmap
 from ingress_ipvs_exporter.logonce import LogOnce
-from ingress_ipvs_exporter.portmap import (
+from ingress_ipvs_exporter.swarm import portmap
+from ingress_ipvs_exporter.swarm.portmap import (
     PortMap,
     PortMapError,
     PublishedPort,

@@ -5,7 +5,7 @@ import threading
 
 import pytest
 
-from ingress_ipvs_exporter.refresh import Refreshing
+from ingress_ipvs_exporter.swarm.refresh import Refreshing
 
 
 class Clock:

@@ -13,9 +13,9 @@ from prometheus_client import CollectorRegistry, generate_latest
 from prometheus_client.parser import text_string_to_metric_families
 
 from ingress_ipvs_exporter.collector import IPVSCollector
-from ingress_ipvs_exporter.exposition import MetricsApp
 from ingress_ipvs_exporter.ipvs import SYSCTLS, DumpFailed, Settings, Snapshot, SyncDaemon, settings_from
-from ingress_ipvs_exporter.metrics import Options
+from ingress_ipvs_exporter.render.exposition import MetricsApp
+from ingress_ipvs_exporter.render.metrics import Options
 from ingress_ipvs_exporter.settings import settings_families
 
 NS = "/run/netns/lab"

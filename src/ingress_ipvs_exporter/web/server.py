@@ -29,9 +29,9 @@ from wsgiref.simple_server import ServerHandler, WSGIRequestHandler, WSGIServer
 
 import bcrypt
 
-from . import __version__
+from .. import __version__
+from ..logs import PROG
 from .deadline import reader
-from .logs import PROG
 from .webconfig import RotatingTLS
 
 if TYPE_CHECKING:
@@ -40,7 +40,7 @@ if TYPE_CHECKING:
 
     ExcInfo = tuple[type[BaseException], BaseException, TracebackType]
 
-log = logging.getLogger(PROG)
+log = logging.getLogger(__name__)
 # the Server header: this program and its version, not the Python that runs it
 SOFTWARE = f"{PROG}/{__version__}"
 
@@ -112,7 +112,7 @@ def scrape_timeout(value: Optional[str]) -> Optional[float]:
 def landing_page(telemetry_path: str) -> bytes:
     """What exporter-toolkit's landing page shows: the name, what it is, the version, links
     to the metrics and to the documentation."""
-    from . import __version__
+    from .. import __version__
 
     return (
         '<!DOCTYPE html>\n<html><head><meta charset="utf-8"><title>'

@@ -19,7 +19,7 @@ import time
 from dataclasses import dataclass
 from typing import Callable, Iterable, NamedTuple
 
-from .logonce import LogOnce
+from ..logonce import LogOnce
 from .refresh import Refreshing, Spawn
 
 log = logging.getLogger(__name__)

@@ -18,7 +18,7 @@ from collections.abc import Hashable, Iterable
 from types import ModuleType
 from typing import Callable, NamedTuple
 
-from .ipvs import crc32_combine
+from ..ipvs import crc32_combine
 
 CACHE_ENV = "INGRESS_IPVS_EXPORTER_CACHE_MB"
 

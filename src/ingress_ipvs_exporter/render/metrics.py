@@ -14,7 +14,7 @@ from dataclasses import dataclass
 from enum import Enum
 from typing import NamedTuple, Protocol
 
-from .ipvs import Snapshot
+from ..ipvs import Snapshot
 
 
 class Kind(str, Enum):

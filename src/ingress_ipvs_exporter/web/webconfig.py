@@ -36,7 +36,7 @@ from typing import Any, Optional, cast
 
 import yaml
 
-log = logging.getLogger("ingress_ipvs_exporter")
+log = logging.getLogger(__name__)
 
 _TLS_VERSIONS = {
     "TLS10": ssl.TLSVersion.TLSv1,

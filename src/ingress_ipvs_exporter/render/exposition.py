@@ -28,10 +28,10 @@ from prometheus_client.openmetrics import exposition as om
 from prometheus_client.registry import Collector, CollectorRegistry
 from prometheus_client.utils import floatToGoString
 
+from ..collector import IPVSCollector, Reading, scrape_families
+from ..ipvs import Snapshot, format_samples
 from . import memory
-from .collector import IPVSCollector, Reading, scrape_families
 from .gzipstream import GzipStream, Segment, SegmentCache, deflate
-from .ipvs import Snapshot, format_samples
 from .metrics import (
     METRICS,
     InfoDef,

@@ -23,11 +23,11 @@ from dataclasses import dataclass
 from typing import Any, Callable, Iterable, Mapping, TypeVar
 from urllib.parse import urlsplit
 
-from . import __version__
-from .deadline import reader
-from .logonce import LogOnce
+from .. import __version__
+from ..logonce import LogOnce
+from ..web.deadline import reader
+from ..web.webconfig import EncryptedKey, no_password
 from .refresh import Refreshing, Spawn
-from .webconfig import EncryptedKey, no_password
 
 log = logging.getLogger(__name__)
 
