@@ -7,14 +7,13 @@ from __future__ import annotations
 
 import json
 import pathlib
-import subprocess
-
 import re
+import subprocess
 
 import yaml
 from test_prometheus_rules import promtool
 
-from ingress_ipvs_exporter.metrics import METRICS, Level
+from ingress_ipvs_exporter.render.metrics import METRICS, Level
 
 ROOT = pathlib.Path(__file__).parents[2]
 DASHBOARD = json.loads((ROOT / "packaging/grafana/ipvs.json").read_text())
