@@ -32,13 +32,13 @@ sys.path.insert(0, str(Path(__file__).resolve().parent.parent / "tests"))
 
 from reference import render as reference_render
 
-from ingress_ipvs_exporter.collector import IPVSCollector
+from ingress_ipvs_exporter import memory
+from ingress_ipvs_exporter.collector import NamespaceReader
 from ingress_ipvs_exporter.ipvs import Destination, Service, Snapshot, Stats
-from ingress_ipvs_exporter.render import memory
 from ingress_ipvs_exporter.render.exposition import MetricsApp, Renderer, View
 from ingress_ipvs_exporter.render.metrics import Options
-from ingress_ipvs_exporter.swarm.portmap import PublishedPort
-from ingress_ipvs_exporter.web import server as http
+from ingress_ipvs_exporter.swarm.marks import PublishedPort
+from ingress_ipvs_exporter.web import apps, server
 
 DESTS = 10
 # what one SYN moves: connections, packets and bytes in, and the estimator's rates of those
@@ -153,10 +153,14 @@ def main() -> int:
             last[0] = moved(last[0], chosen, rnd)
             return last[0]
 
-    collector = IPVSCollector("ingress_sbox", read, lambda marks: ports, Options())
-    server = http.serve("127.0.0.1", 0, http.build_app(MetricsApp(collector), "/metrics", {}, [], 0))
-    threading.Thread(target=server.serve_forever, daemon=True).start()
-    url = f"http://127.0.0.1:{server.server_address[1]}/metrics"
+    collector = NamespaceReader("ingress_sbox", read, lambda marks: ports, Options())
+    httpd = server.serve(
+        "127.0.0.1",
+        0,
+        apps.build_app(MetricsApp(collector, after_scrape=memory.release), "/metrics", {}, [], 0),
+    )
+    threading.Thread(target=httpd.serve_forever, daemon=True).start()
+    url = f"http://127.0.0.1:{httpd.server_address[1]}/metrics"
     if args.trace:
         tracemalloc.start(5)
     for k in range(args.scrapes):
@@ -183,7 +187,7 @@ def main() -> int:
     if args.trace:
         for stat in tracemalloc.take_snapshot().statistics("lineno")[:12]:
             print(f"  {stat}")
-    server.shutdown()
+    httpd.shutdown()
     return 0
 
 

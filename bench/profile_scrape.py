@@ -26,11 +26,12 @@ def main() -> int:
     ap.add_argument("--services", type=int, default=10000)
     ap.add_argument("--out", default="build/vm/bench")
     args = ap.parse_args()
-    from ingress_ipvs_exporter.collector import IPVSCollector
+    from ingress_ipvs_exporter import memory
+    from ingress_ipvs_exporter.collector import NamespaceReader
     from ingress_ipvs_exporter.ipvs import Handle
-    from ingress_ipvs_exporter.render import exposition, memory
+    from ingress_ipvs_exporter.render import exposition
     from ingress_ipvs_exporter.render.metrics import Options
-    from ingress_ipvs_exporter.swarm.portmap import PortMap
+    from ingress_ipvs_exporter.swarm.marks import SwarmMarks
 
     memory.tune()
     n, ns = args.services, f"ipvsprof{args.services}"
@@ -46,9 +47,9 @@ def main() -> int:
     say(f"set-up: {bench.fill_namespace(ns, n)}")
     try:
         path = f"/run/netns/{ns}"
-        handle, ports = Handle(path), PortMap(path)
-        collector = IPVSCollector(path, handle.snapshot, ports.lookup, Options(), info=handle.info)
-        app = exposition.MetricsApp(collector)
+        handle, ports = Handle(path), SwarmMarks(path)
+        collector = NamespaceReader(path, handle.snapshot, ports.lookup, Options(), info=handle.info)
+        app = exposition.MetricsApp(collector, after_scrape=memory.release)
 
         def timed(label, fn, repeat=3):
             times = []

@@ -365,10 +365,10 @@ def namespaces_shown(scraped: dict) -> set[str]:
     return {dict(labels)["namespace"] for labels in samples(scraped, "ipvs_up")}
 
 
-def assert_seed_samples_match(
+def assert_original_samples_match(
     scraped: dict, adm: dict[str, AdmService], namespace: str, ports: dict[int, str]
 ) -> None:
-    """Every seed sample equals ipvsadm: per fwmark service and per destination.
+    """Every original sample equals ipvsadm: per fwmark service and per destination.
     ports: fwmark -> expected port label."""
     fwm = {s.fwmark: s for s in adm.values() if s.kind == "FWM"}
     assert scraped[("ipvs_services_total", frozenset({("namespace", namespace)}))] == len(adm)

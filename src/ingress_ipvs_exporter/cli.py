@@ -17,18 +17,17 @@ from typing import Optional
 
 import typer
 
-from . import __version__, flags
+from . import __version__, flags, memory
 from .collector import exporter_collectors
 from .ipvs import NotANamespace
 from .logs import PROG, LogFormat, LogLevel, setup_logging
 from .namespaces import Namespaces, opener
-from .render import memory
 from .render.exposition import MetricsApp
 from .render.metrics import Options
-from .swarm.docker import DockerServices
+from .swarm.names import DockerServices
 from .usage import HELP as H
 from .usage import OriginalUsageCommand
-from .web import server
+from .web import apps, server
 from .web.webconfig import WebConfig
 
 log = logging.getLogger(__name__)
@@ -56,7 +55,10 @@ def run(
     ),
     namespace_path: list[str] = typer.Option([NETNS], "--namespace-path", help=H["ns"]),  # noqa: B008
     destination_labels: Options = typer.Option(  # noqa: B008
-        flags.LABELS, "--destination-labels", parser=flags.destination_labels, help=H["labels"]
+        flags.DEFAULT_DESTINATION_LABELS,
+        "--destination-labels",
+        parser=flags.destination_labels,
+        help=H["labels"],
     ),
     docker_host: str = typer.Option("", "--docker-host", callback=flags.docker_host, help=H["docker"]),
     backend_metrics: bool = typer.Option(False, "--backend-metrics", help=H["backend"]),
@@ -85,14 +87,14 @@ def run(
     swarm = DockerServices(docker_host, timeout=10.0) if docker_host else None
 
     namespaces = Namespaces(namespace_path, opener(options, swarm), options)
-    metrics = MetricsApp(namespaces, exporter_collectors(exporter_metrics=not no_self))
+    metrics = MetricsApp(namespaces, exporter_collectors(exporter_metrics=not no_self), memory.release)
     try:
         startup_error = namespaces.check()
     except NotANamespace as e:
         raise typer.BadParameter(str(e.strerror), param_hint="--namespace-path") from None
 
     web = web_config_file
-    wsgi = server.build_app(metrics, telemetry_path, web.users, web.headers, web_max_requests)
+    wsgi = apps.build_app(metrics, telemetry_path, web.users, web.headers, web_max_requests)
     descriptors = server.descriptor_limit()
     bound = server.connection_bound(web_max_connections, descriptors)
     if bound != web_max_connections:

@@ -39,7 +39,7 @@ NS_LABELS = ("namespace",)
 
 
 class SwarmNames(Protocol):
-    """What docker.DockerServices offers: the service behind each fwmark of a namespace (named
+    """What swarm.names.DockerServices offers: the service behind each fwmark of a namespace (named
     by its file and the mark, else by the mark's published ports), and whether the last query
     of the Docker Engine API worked."""
 
@@ -84,7 +84,7 @@ class Reading:
         return 0 if self.snapshot is None else 1
 
 
-class IPVSCollector:
+class NamespaceReader:
     """Reads one namespace's IPVS per scrape (read(), returning a Reading) and builds the
     families about that reading (families()): ipvs_version_info and ipvs_connection_table_size,
     the swarm names, ipvs_up, ipvs_scrape_duration_seconds and ipvs_scrape_errors_total.
@@ -155,7 +155,7 @@ class IPVSCollector:
             self._settings_said.log(key, logging.WARNING, "%s", message)
         return settings
 
-    def readings(self, scrape_timeout: float | None = None) -> list[tuple[IPVSCollector, Reading]]:
+    def readings(self, scrape_timeout: float | None = None) -> list[tuple[NamespaceReader, Reading]]:
         """This one namespace read now (what exposition.MetricsApp asks of its source; one
         namespace is read in the scrape's thread, so there is no deadline to follow)."""
         return [(self, self.read())]
@@ -271,12 +271,7 @@ class BuildInfoCollector:
         yield f
 
 
-def build_info() -> Metric:
-    """The build info family on its own (for packaging checks)."""
-    return next(BuildInfoCollector().collect())
-
-
-def scrape_families(readings: Iterable[tuple[IPVSCollector, Reading]]) -> list[Metric]:
+def scrape_families(readings: Iterable[tuple[NamespaceReader, Reading]]) -> list[Metric]:
     """The families about one scrape's readings, one family per name with every namespace's
     samples in turn."""
     merged: dict[str, Metric] = {}

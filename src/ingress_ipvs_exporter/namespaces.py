@@ -21,10 +21,10 @@ from collections.abc import Callable, Iterable, Sequence
 from concurrent.futures import Future, ThreadPoolExecutor, wait
 from dataclasses import dataclass
 
-from .collector import IPVSCollector, Reading, SwarmNames
+from .collector import NamespaceReader, Reading, SwarmNames
 from .ipvs import Handle, IPVSError, NamespaceNotFound, NotANamespace, shown_path
 from .render.metrics import Options
-from .swarm.portmap import PortMap
+from .swarm.marks import SwarmMarks
 
 log = logging.getLogger(__name__)
 
@@ -42,15 +42,15 @@ def is_pattern(path: str) -> bool:
     return glob.has_magic(path)
 
 
-Opener = Callable[[str, bool], tuple[IPVSCollector, Callable[[], None]]]
+Opener = Callable[[str, bool], tuple[NamespaceReader, Callable[[], None]]]
 
 
 def opener(options: Options, swarm: SwarmNames | None) -> Opener:
-    """What production reads a namespace with: a netlink Handle and a PortMap of its own."""
+    """What production reads a namespace with: a netlink Handle and a SwarmMarks of its own."""
 
-    def open_namespace(path: str, globbed: bool) -> tuple[IPVSCollector, Callable[[], None]]:
-        handle, marks = Handle(path), PortMap(path)
-        collector = IPVSCollector(
+    def open_namespace(path: str, globbed: bool) -> tuple[NamespaceReader, Callable[[], None]]:
+        handle, marks = Handle(path), SwarmMarks(path)
+        collector = NamespaceReader(
             shown_path(path),
             handle.snapshot,
             marks.lookup,
@@ -82,7 +82,7 @@ class Member:
 
     path: str
     globbed: bool
-    collector: IPVSCollector
+    collector: NamespaceReader
     close: Callable[[], None]
     running: Future[Reading] | None = None
 
@@ -163,7 +163,7 @@ class Namespaces:
             return self._deadline
         return min(LONGEST_DEADLINE, max(SHORTEST_DEADLINE, scrape_timeout - SCRAPE_TIMEOUT_MARGIN))
 
-    def readings(self, scrape_timeout: float | None = None) -> list[tuple[IPVSCollector, Reading]]:
+    def readings(self, scrape_timeout: float | None = None) -> list[tuple[NamespaceReader, Reading]]:
         """Read every member now (in parallel when there are several, waiting at most
         deadline(scrape_timeout)); those left out of this scrape (see the module's doc) are
         not returned. The list is this scrape's alone: nothing of it is kept for the next."""

@@ -35,7 +35,7 @@ from pathlib import Path
 
 import pytest
 from ipvs_testlib import (
-    assert_seed_samples_match,
+    assert_original_samples_match,
     exporter_log,
     free_port,
     ipvsadm,
@@ -179,7 +179,7 @@ def _lines(log_path: Path, needle: str) -> list[str]:
     ids=["nft-unit-caps", "legacy-unit-caps", "nft-minimum"],
 )
 def test_unprivileged_with_these_caps_reads_everything(request, backend, caps):
-    """nobody + the unit's capabilities: ipvs_up 1 and every seed sample, port labels included,
+    """nobody + the unit's capabilities: ipvs_up 1 and every original sample, port labels included,
     equal to ipvsadm's - the port labels prove nsenter and iptables-*-save inherited the caps."""
     path, _ = _namespace(request, backend)
     with exporter_as(caps, "--namespace-path", path) as (url, pid, log_path):
@@ -187,7 +187,7 @@ def test_unprivileged_with_these_caps_reads_everything(request, backend, caps):
         scraped = scrape(url)
         scrape(url)  # a second scrape logs nothing new
     assert _up(scraped, path) == 1, log_path.read_text()
-    assert_seed_samples_match(scraped, ipvsadm(path), path, EXPECTED_PORTS)
+    assert_original_samples_match(scraped, ipvsadm(path), path, EXPECTED_PORTS)
     assert samples(scraped, "ipvs_service_published_port_info")
     noise = [
         line
@@ -241,7 +241,7 @@ def test_legacy_host_without_a_port_cap_reads_ipvs_without_ports(request, missin
         for _ in range(2):
             scraped = scrape(url)
     assert _up(scraped, path) == 1, log_path.read_text()
-    assert_seed_samples_match(scraped, ipvsadm(path), path, {})  # every port label empty
+    assert_original_samples_match(scraped, ipvsadm(path), path, {})  # every port label empty
     assert set(_ports_seen(scraped, path).values()) == {""}
     said = [line for line in log_path.read_text().splitlines() if re.search(r"level=(warning|error)", line)]
     assert len(said) == 1, f"want one warning, got:\n{log_path.read_text()}"
@@ -408,7 +408,7 @@ def test_shipped_unit_under_systemd_serves_docker_namespace_created_after_start(
     RestrictNamespaces=net, MemoryDenyWriteExecute, ProtectSystem=strict...) under systemd 252:
     started before Docker's namespace exists it serves ipvs_up 0; once ingress_sbox is bind-mounted
     in the host's mount namespace (as dockerd does) the mount propagates into the unit's own, and
-    it serves the seed metrics with port labels. The exporter is installed in a venv under /opt,
+    it serves the original metrics with port labels. The exporter is installed in a venv under /opt,
     as the README says (see _install_exporter); the drop-in only routes output to a file and drops
     the default boot dependencies."""
     if not os.access("/lib/systemd/systemd", os.X_OK):
@@ -505,7 +505,7 @@ def test_shipped_unit_under_systemd_serves_docker_namespace_created_after_start(
                 "ingress_ipvs_exporter.service",
             )
             assert "ActiveState=active" in props and "NRestarts=0" in props, props
-        assert_seed_samples_match(
+        assert_original_samples_match(
             scraped,
             ipvsadm(f"/run/netns/{name}"),
             ns_path,

@@ -10,7 +10,7 @@ import time
 
 import pytest
 from ipvs_testlib import (
-    assert_seed_samples_match,
+    assert_original_samples_match,
     exporter_command,
     free_port,
     ipvsadm,
@@ -47,7 +47,7 @@ def test_scrape_equals_ipvsadm_in_a_swarm_like_namespace(backend):
             == 10
         )
         assert before["FWM 256"].inbytes > 0 and before["FWM 256"].outbytes > 0
-        assert_seed_samples_match(scraped, before, lab.ns_path, expected_ports)
+        assert_original_samples_match(scraped, before, lab.ns_path, expected_ports)
         assert scraped[("ipvs_up", frozenset({("namespace", lab.ns_path)}))] == 1
 
 

@@ -12,7 +12,7 @@ import time
 
 import pytest
 from ipvs_testlib import (
-    assert_seed_samples_match,
+    assert_original_samples_match,
     exporter_log,
     get_text,
     namespaces_shown,
@@ -27,7 +27,7 @@ from ipvs_testlib import (
 from lab import SWARM_PORTS, swarm_like_lab
 
 from ingress_ipvs_exporter.namespaces import SCRAPE_TIMEOUT_MARGIN, SHORTEST_DEADLINE
-from ingress_ipvs_exporter.web.server import SCRAPE_TIMEOUT_HEADER
+from ingress_ipvs_exporter.web.apps import SCRAPE_TIMEOUT_HEADER
 
 pytestmark = pytest.mark.kernel
 
@@ -70,11 +70,11 @@ def test_every_glob_match_equals_ipvsadm_in_its_namespace():
             assert namespaces_shown(scraped) == set(paths)
             assert "level=error" not in log and "level=warn" not in log, log
             ports = {mark: str(port) for port, mark in SWARM_PORTS.items()}
-            assert_seed_samples_match(
+            assert_original_samples_match(
                 of_namespace(scraped, lab.ns_path), before[lab.ns_path], lab.ns_path, ports
             )
             assert before[lab.ns_path]["FWM 256"].conns == 5
-            assert_seed_samples_match(
+            assert_original_samples_match(
                 of_namespace(scraped, lb), before[lb], lb, dict.fromkeys(VIPS.values(), "")
             )
             for vip, mark in VIPS.items():

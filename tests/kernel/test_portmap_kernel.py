@@ -1,13 +1,13 @@
-"""portmap against real iptables (nf_tables and legacy backends) in throw-away namespaces."""
+"""swarm/marks.py against real iptables (nf_tables and legacy backends) in throw-away namespaces."""
 
 import pytest
 from ipvs_testlib import sh
 
-from ingress_ipvs_exporter.swarm.portmap import (
-    PortMap,
-    PortMapError,
+from ingress_ipvs_exporter.swarm.marks import (
+    MarksError,
     PublishedPort,
-    parse_mangle_rules,
+    SwarmMarks,
+    parse_marks,
     read_mangle_rules,
 )
 
@@ -76,8 +76,8 @@ def test_one_backend(netns, backend):
     name, path = netns
     add_rules(name, backend, SWARM)
     add_vip_rule(name, backend, "10.0.0.5", 0x100)
-    assert parse_mangle_rules(read_mangle_rules(path)) == SWARM_PORTS
-    pm = PortMap(path)
+    assert parse_marks(read_mangle_rules(path)).ports == SWARM_PORTS
+    pm = SwarmMarks(path)
     assert pm.lookup([0x102, 0x100, 0x101, 0x1FF]) == SWARM_PORTS
     assert pm.last_error is None
     # The other backend really does not see them: a one-backend reader would find nothing.
@@ -90,21 +90,21 @@ def test_both_backends_hold_different_rules(netns):
     add_rules(name, "nft", SWARM[:3])
     add_rules(name, "legacy", SWARM[2:])  # SWARM[2] in both: merged, not doubled
     add_vip_rule(name, "legacy", "10.0.0.7", 0x102)
-    assert PortMap(path).lookup([0x100, 0x101, 0x102]) == SWARM_PORTS
+    assert SwarmMarks(path).lookup([0x100, 0x101, 0x102]) == SWARM_PORTS
 
 
 @pytest.mark.parametrize("backend", BACKENDS)
 def test_ipv6_rules(netns, backend):
     name, path = netns
     add_rules(name, backend, [("tcp", 30010, 0x110)], family="ip6tables")
-    assert PortMap(path).lookup([0x110]) == {0x110: [PublishedPort("tcp", 30010)]}
+    assert SwarmMarks(path).lookup([0x110]) == {0x110: [PublishedPort("tcp", 30010)]}
 
 
 @pytest.mark.parametrize("backend", BACKENDS)
 def test_refresh_sees_a_new_service(netns, backend):
     name, path = netns
     add_rules(name, backend, SWARM[:1])
-    pm = PortMap(path)
+    pm = SwarmMarks(path)
     assert pm.lookup([0x100]) == {0x100: SWARM_PORTS[0x100]}
     add_rules(name, backend, [("tcp", 30007, 0x107)])
     assert pm.lookup([0x100, 0x107]) == {0x100: SWARM_PORTS[0x100], 0x107: [PublishedPort("tcp", 30007)]}
@@ -114,7 +114,7 @@ def test_reading_creates_no_legacy_table(netns):
     # Reading a legacy table creates it, and then every iptables-nft call there warns.
     name, path = netns
     add_rules(name, "nft", SWARM)
-    assert PortMap(path).lookup([0x100, 0x101, 0x102]) == SWARM_PORTS
+    assert SwarmMarks(path).lookup([0x100, 0x101, 0x102]) == SWARM_PORTS
     tables = sh(
         "sh",
         "-c",
@@ -128,7 +128,7 @@ def test_reading_creates_no_legacy_table(netns):
 
 def test_empty_namespace(netns):
     _, path = netns
-    assert parse_mangle_rules(read_mangle_rules(path)) == {}
+    assert parse_marks(read_mangle_rules(path)).ports == {}
 
 
 @pytest.mark.parametrize("backend", BACKENDS)
@@ -139,7 +139,7 @@ def test_current_namespace(backend):
     sh(ipt, "-t", "mangle", "-N", chain)
     try:
         add_rules(None, backend, [("tcp", 31000, 0x1F0), ("sctp", 31001, 0x1F0)], chain=chain)
-        assert PortMap("").lookup([0x1F0]) == {
+        assert SwarmMarks("").lookup([0x1F0]) == {
             0x1F0: [PublishedPort("sctp", 31001), PublishedPort("tcp", 31000)]
         }
     finally:
@@ -149,10 +149,10 @@ def test_current_namespace(backend):
 
 def test_nonexistent_namespace_names_the_path():
     path = "/run/netns/portmap-no-such-namespace"
-    with pytest.raises(PortMapError) as err:
+    with pytest.raises(MarksError) as err:
         read_mangle_rules(path)
     assert path in str(err.value)
-    pm = PortMap(path)
+    pm = SwarmMarks(path)
     assert pm.lookup([0x100]) == {}
     assert path in pm.last_error
 
@@ -160,6 +160,6 @@ def test_nonexistent_namespace_names_the_path():
 def test_path_that_is_not_a_namespace(tmp_path):
     path = tmp_path / "not-a-netns"
     path.write_text("")
-    with pytest.raises(PortMapError) as err:
+    with pytest.raises(MarksError) as err:
         read_mangle_rules(str(path))
     assert str(path) in str(err.value)

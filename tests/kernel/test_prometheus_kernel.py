@@ -29,7 +29,7 @@ pytestmark = pytest.mark.kernel
 EMPTY_FWMARK, QUIESCED_FWMARK = 4242, 4243
 ROOT = pathlib.Path(__file__).parents[2]
 # The original exporter named these gauges *_total; they keep their names for compatibility.
-SEED_GAUGES_NAMED_TOTAL = {
+ORIGINAL_GAUGES_NAMED_TOTAL = {
     "ipvs_services_total",
     "ipvs_destination_total",
     "ipvs_destination_active_connections_total",
@@ -120,7 +120,7 @@ def test_promtool_finds_nothing_but_the_original_names(prometheus_and_exporter):
     res = subprocess.run(["promtool", "check", "metrics"], input=text, capture_output=True, timeout=60)
     reported = [line for line in (res.stdout + res.stderr).decode().splitlines() if line.strip()]
     names = {line.split()[0] for line in reported}
-    assert names <= SEED_GAUGES_NAMED_TOTAL, reported
+    assert names <= ORIGINAL_GAUGES_NAMED_TOTAL, reported
     assert all('non-counter metrics should not have "_total" suffix' in line for line in reported), reported
 
 

@@ -2,8 +2,8 @@
 host's iptables alternative set to nft and once to legacy.
 
 Per backend the tests share one swarm and run in file order: the README example (three
-services, ten requests, every seed sample equal to ipvsadm, ports as docker reports them),
-swarm service names through the exporter and through swarm/docker.py, churn, east-west VIP traffic
+services, ten requests, every original sample equal to ipvsadm, ports as docker reports them),
+swarm service names through the exporter and through swarm/names.py, churn, east-west VIP traffic
 read with the lb_* glob, names of VIP and ingress fwmarks with their network from a manager and
 from a worker's answers, a frozen dockerd, and dockerd stopped last, since it ends the swarm.
 """
@@ -26,7 +26,7 @@ from pathlib import Path
 
 import pytest
 from ipvs_testlib import (
-    assert_seed_samples_match,
+    assert_original_samples_match,
     exporter_log,
     ipvsadm,
     namespaces_shown,
@@ -40,7 +40,8 @@ from ipvs_testlib import (
 )
 from swarmlib import API_TIMEOUT, IMAGE, WAIT, diag, wait_for
 
-from ingress_ipvs_exporter.swarm.docker import DockerError, fetch_services
+from ingress_ipvs_exporter.swarm.client import DockerError
+from ingress_ipvs_exporter.swarm.names import fetch_services
 
 pytestmark = pytest.mark.swarm
 
@@ -88,11 +89,11 @@ def save_example(url: str, mark: int, backend: str) -> None:
     import urllib.request
 
     text = urllib.request.urlopen(url, timeout=60).read().decode()
-    seed = re.compile(r"^ipvs_(bytes_(in|out)|connections|destination_[a-z_]+|services)_total\{")
+    original = re.compile(r"^ipvs_(bytes_(in|out)|connections|destination_[a-z_]+|services)_total\{")
     lines = [
         line
         for line in text.splitlines()
-        if seed.match(line) and (f'fwmark="{mark}"' in line or line.startswith("ipvs_services_total"))
+        if original.match(line) and (f'fwmark="{mark}"' in line or line.startswith("ipvs_services_total"))
     ]
     out = Path(__file__).parents[2] / "build" / "vm"
     if out.is_dir():
@@ -121,7 +122,7 @@ def test_readme_example_seed_metrics_equal_ipvsadm(lab):
             ("ipvs_connections_total", frozenset(ns | {("fwmark", str(marks[first])), ("port", str(first))}))
         ]
         assert conns == 10
-        assert_seed_samples_match(scraped, before, lab.ingress_ns, {m: str(p) for p, m in marks.items()})
+        assert_original_samples_match(scraped, before, lab.ingress_ns, {m: str(p) for p, m in marks.items()})
 
 
 def test_fetch_services_names_each_published_port(lab):
@@ -277,10 +278,10 @@ def test_east_west_vip_traffic_is_counted_in_its_load_balancer_namespace(lab):
                 svc_labels = {"family": "ipv4", "port": "", "protocol": "", "vip": vip, **mine}
                 got = scraped[("ipvs_service_connections_total", frozenset(svc_labels.items()))]
                 assert got == before[lb][f"FWM {mark}"].conns
-                assert_seed_samples_match(of_namespace(scraped, lb), before[lb], lb, {})
+                assert_original_samples_match(of_namespace(scraped, lb), before[lb], lb, {})
                 ingress_ports = {m: str(p) for p, m in marks_by_port(lab).items()}
                 ingress = of_namespace(scraped, lab.ingress_ns)
-                assert_seed_samples_match(ingress, before[lab.ingress_ns], lab.ingress_ns, ingress_ports)
+                assert_original_samples_match(ingress, before[lab.ingress_ns], lab.ingress_ns, ingress_ports)
                 # the network goes while scraping: its lb_ namespace (stale for a while, then
                 # deleted) never fails a scrape and its series go with it
                 with scraping(url) as seen:

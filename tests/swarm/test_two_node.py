@@ -25,7 +25,7 @@ import pytest
 import swarmlib
 from ipvs_testlib import (
     api,
-    assert_seed_samples_match,
+    assert_original_samples_match,
     exporter_command,
     ipvsadm,
     samples,
@@ -261,8 +261,8 @@ class TestProcessExporters:
             assert svc.conns == REQUESTS, svc
             assert list(svc.dests) == [(task["EndpointIP"], 0)], svc.dests
             assert svc.dests[(task["EndpointIP"], 0)].conns == REQUESTS, svc
-            # and the worker's exporter counts exactly that (every seed sample equals ipvsadm)
-            assert_seed_samples_match(scraped, adm, ns, {mark: str(port)})
+            # and the worker's exporter counts exactly that (every original sample equals ipvsadm)
+            assert_original_samples_match(scraped, adm, ns, {mark: str(port)})
             conns = scraped[
                 (
                     "ipvs_connections_total",

@@ -7,16 +7,16 @@ import socket
 from prometheus_client import CollectorRegistry
 from prometheus_client.parser import text_string_to_metric_families
 
-from ingress_ipvs_exporter.collector import IPVSCollector
+from ingress_ipvs_exporter.collector import NamespaceReader
 from ingress_ipvs_exporter.ipvs import Destination, NamespaceNotFound, Service, Snapshot, Stats
 from ingress_ipvs_exporter.render.exposition import MetricsApp
 from ingress_ipvs_exporter.render.metrics import METRICS, Kind, Level, Options
-from ingress_ipvs_exporter.swarm.portmap import PublishedPort
+from ingress_ipvs_exporter.swarm.marks import PublishedPort
 
 NS = "/var/run/docker/netns/ingress_sbox"
 
-# The seed README's metric list: name -> help, verbatim.
-SEED_HELP = {
+# The original exporter's README's metric list: name -> help, verbatim.
+ORIGINAL_HELP = {
     "ipvs_bytes_in_total": "The total number of incoming bytes a virtual server",
     "ipvs_bytes_out_total": "The total number of outgoing bytes from a virtual server",
     "ipvs_connections_total": "The total number of connections made to a virtual server",
@@ -44,7 +44,7 @@ def fwm(mark, *dests, conns=0, inb=0, outb=0):
     )
 
 
-SEED_EXAMPLE = [
+ORIGINAL_EXAMPLE = [
     fwm(260, dest("10.255.0.12", 10, 4510, 11190, 0, 10), conns=10, inb=4510, outb=11190),
     fwm(261, dest("10.255.0.14"), dest("10.255.0.15")),
     fwm(262),
@@ -52,14 +52,14 @@ SEED_EXAMPLE = [
 PORTS = {260: [PublishedPort("tcp", 30000)], 261: [PublishedPort("tcp", 30002), PublishedPort("udp", 30001)]}
 
 
-def scrape(collector: IPVSCollector) -> str:
+def scrape(collector: NamespaceReader) -> str:
     """What the exporter serves for this collector (no gzip)."""
     return MetricsApp(collector).body("")[0].decode()
 
 
 def render(services, ports=PORTS, ns=NS, options=Options(backends=True)) -> str:
     return scrape(
-        IPVSCollector(
+        NamespaceReader(
             ns,
             lambda: Snapshot.build(services),
             lambda marks: {m: ports[m] for m in marks if m in ports},
@@ -68,24 +68,24 @@ def render(services, ports=PORTS, ns=NS, options=Options(backends=True)) -> str:
     )
 
 
-def test_seed_names_help_and_types():
-    fams = {f.name: f for f in text_string_to_metric_families(render(SEED_EXAMPLE))}
+def test_original_names_help_and_types():
+    fams = {f.name: f for f in text_string_to_metric_families(render(ORIGINAL_EXAMPLE))}
     kinds = {d.name: d.kind for d in METRICS}
-    assert set(SEED_HELP) <= set(kinds)
+    assert set(ORIGINAL_HELP) <= set(kinds)
     original = (Level.ORIGINAL_SERVICE, Level.ORIGINAL_DESTINATION, Level.NAMESPACE)
-    assert [d.name for d in METRICS if d.level in original] == sorted(SEED_HELP)
-    for name, help_text in SEED_HELP.items():
+    assert [d.name for d in METRICS if d.level in original] == sorted(ORIGINAL_HELP)
+    for name, help_text in ORIGINAL_HELP.items():
         # the parser names a counter family without its _total suffix
         fam = fams[name[: -len("_total")]] if kinds[name] is Kind.COUNTER else fams[name]
         assert (fam.type, fam.documentation) == (kinds[name].value, help_text)
     assert (
         "# HELP ipvs_connections_total The total number of connections made to a virtual server"
-        in render(SEED_EXAMPLE).splitlines()
+        in render(ORIGINAL_EXAMPLE).splitlines()
     )
 
 
-def test_seed_example_lines_appear_verbatim():
-    text = render(SEED_EXAMPLE)
+def test_original_example_lines_appear_verbatim():
+    text = render(ORIGINAL_EXAMPLE)
     for line in (
         'ipvs_bytes_in_total{fwmark="260",namespace="/var/run/docker/netns/ingress_sbox",port="30000"} 4510.0',
         'ipvs_connections_total{fwmark="260",namespace="/var/run/docker/netns/ingress_sbox",port="30000"} 10.0',
@@ -99,7 +99,7 @@ def test_seed_example_lines_appear_verbatim():
 
 
 def test_port_is_lowest_published_port_and_empty_without_rule():
-    text = render(SEED_EXAMPLE)
+    text = render(ORIGINAL_EXAMPLE)
     assert f'ipvs_destination_total{{fwmark="261",namespace="{NS}",port="30001"}} 2.0' in text
     assert f'ipvs_destination_total{{fwmark="262",namespace="{NS}",port=""}} 0.0' in text
 
@@ -125,11 +125,11 @@ def test_address_port_services_are_in_the_full_families_only():
         stats(5),
         (dest("2001:db8::10", 5, af=socket.AF_INET6),),
     )
-    text = render([svc] + SEED_EXAMPLE[:1])
+    text = render([svc] + ORIGINAL_EXAMPLE[:1])
     full = f'family="ipv6",fwmark="0",namespace="{NS}",port="443",protocol="tcp",vip="2001:db8::1"'
     assert f"ipvs_service_connections_total{{{full}}} 5.0" in text
     assert f'ipvs_backend_connections_total{{address="2001:db8::10",destination_port="0",{full}}} 5.0' in text
-    # the seed families stay as the original exporter had them: fwmark services only
+    # the original families stay as the original exporter had them: fwmark services only
     assert 'ipvs_connections_total{fwmark="0"' not in text
     assert f'ipvs_services_total{{namespace="{NS}"}} 2.0' in text
     fwm_full = f'family="ipv4",fwmark="260",namespace="{NS}",port="30000",protocol="",vip=""'
@@ -137,7 +137,7 @@ def test_address_port_services_are_in_the_full_families_only():
 
 
 def test_every_published_port_is_exported_and_info_metrics():
-    text = render(SEED_EXAMPLE)
+    text = render(ORIGINAL_EXAMPLE)
     for port, proto in (("30002", "tcp"), ("30001", "udp")):
         assert (
             f'ipvs_service_published_port_info{{fwmark="261",namespace="{NS}",port="{port}",protocol="{proto}"}} 1.0'
@@ -164,16 +164,16 @@ def test_negative_weight_and_rates():
 
 
 def test_backend_families_only_with_the_flag():
-    assert "ipvs_backend_weight{" not in render(SEED_EXAMPLE, options=Options())
-    assert "ipvs_backend_info{" not in render(SEED_EXAMPLE, options=Options())
-    assert "ipvs_service_info{" in render(SEED_EXAMPLE, options=Options())
-    assert "ipvs_backend_weight{" in render(SEED_EXAMPLE, options=Options(backends=True))
+    assert "ipvs_backend_weight{" not in render(ORIGINAL_EXAMPLE, options=Options())
+    assert "ipvs_backend_info{" not in render(ORIGINAL_EXAMPLE, options=Options())
+    assert "ipvs_service_info{" in render(ORIGINAL_EXAMPLE, options=Options())
+    assert "ipvs_backend_weight{" in render(ORIGINAL_EXAMPLE, options=Options(backends=True))
 
 
 def test_cardinality_options_sum_merged_series_or_drop_them():
     svc = fwm(270, dest("10.0.0.1", 3, 100, 200), dest("10.0.0.2", 4, 10, 20))
     text = scrape(
-        IPVSCollector(
+        NamespaceReader(
             NS,
             lambda: Snapshot.build([svc]),
             lambda m: {},
@@ -187,7 +187,7 @@ def test_cardinality_options_sum_merged_series_or_drop_them():
     )
     assert "address=" not in text
     text = scrape(
-        IPVSCollector(
+        NamespaceReader(
             NS,
             lambda: Snapshot.build([svc]),
             lambda m: {},
@@ -202,7 +202,7 @@ def test_failed_read_gives_up_0_and_no_ipvs_series(caplog):
     def broken():
         raise NamespaceNotFound(2, "network namespace /x does not exist (yet)")
 
-    app = MetricsApp(IPVSCollector("/x", broken, lambda m: {}))
+    app = MetricsApp(NamespaceReader("/x", broken, lambda m: {}))
     for _ in range(3):
         text = app.body("")[0].decode()
     assert 'ipvs_up{namespace="/x"} 0.0' in text
@@ -214,12 +214,12 @@ def test_failed_read_gives_up_0_and_no_ipvs_series(caplog):
 def test_registering_does_no_io():
     calls = []
     reg = CollectorRegistry()
-    reg.register(IPVSCollector(NS, lambda: calls.append(1), lambda m: {}))
+    reg.register(NamespaceReader(NS, lambda: calls.append(1), lambda m: {}))
     assert calls == []
 
 
 def test_swarm_service_names_join_on_fwmark():
-    from ingress_ipvs_exporter.swarm.docker import SwarmService
+    from ingress_ipvs_exporter.swarm.names import SwarmService
 
     asked = []
 
@@ -237,9 +237,9 @@ def test_swarm_service_names_join_on_fwmark():
             return {m: known[m] for m in marks if m in known}
 
     text = scrape(
-        IPVSCollector(
+        NamespaceReader(
             NS,
-            lambda: Snapshot.build(SEED_EXAMPLE),
+            lambda: Snapshot.build(ORIGINAL_EXAMPLE),
             lambda marks: {m: PORTS[m] for m in marks if m in PORTS},
             swarm=FakeSwarm(),
         )
@@ -273,7 +273,7 @@ def test_same_fwmark_in_both_families_is_one_original_series_not_two():
         stats(5, 50, 70),
         (dest("2001:db8::9", af=socket.AF_INET6),),
     )
-    text = render([*SEED_EXAMPLE, v6])
+    text = render([*ORIGINAL_EXAMPLE, v6])
     lines = [line for line in text.splitlines() if not line.startswith("#")]
     assert len(lines) == len(set(lines)) and len({line.rsplit(" ", 1)[0] for line in lines}) == len(lines)
     assert f'ipvs_connections_total{{fwmark="260",namespace="{NS}",port="30000"}} 15.0' in lines
@@ -313,7 +313,7 @@ def test_series_per_service_and_per_real_server_as_documented():
 def test_exporter_metrics_can_be_left_out():
     from ingress_ipvs_exporter.collector import exporter_collectors
 
-    collector = IPVSCollector(NS, lambda: Snapshot.build(SEED_EXAMPLE), lambda m: {})
+    collector = NamespaceReader(NS, lambda: Snapshot.build(ORIGINAL_EXAMPLE), lambda m: {})
     full = MetricsApp(collector, exporter_collectors()).body("")[0].decode()
     assert "\nipvs_exporter_build_info{" in full and "\nprocess_cpu_seconds_total " in full
     bare = MetricsApp(collector, exporter_collectors(exporter_metrics=False)).body("")[0].decode()

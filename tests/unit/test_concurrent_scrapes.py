@@ -13,7 +13,7 @@ from collections.abc import Callable
 from prometheus_client.parser import text_string_to_metric_families
 from test_exposition import EVERY_KIND, PORTS
 
-from ingress_ipvs_exporter.collector import IPVSCollector
+from ingress_ipvs_exporter.collector import NamespaceReader
 from ingress_ipvs_exporter.ipvs import NamespaceNotFound, Snapshot
 from ingress_ipvs_exporter.render.exposition import MetricsApp
 from ingress_ipvs_exporter.render.gzipstream import Segment, SegmentCache, deflate
@@ -104,7 +104,7 @@ def test_a_body_holds_the_health_of_its_own_read_only():
             raise NamespaceNotFound(2, f"network namespace {NS} does not exist")
         return snap
 
-    app = MetricsApp(IPVSCollector(NS, snapshot, lambda marks: PORTS))
+    app = MetricsApp(NamespaceReader(NS, snapshot, lambda marks: PORTS))
     bodies: dict[str, str] = {}
 
     def scrape_a() -> None:

@@ -13,7 +13,7 @@ from ingress_ipvs_exporter.ipvs import Destination, Service, Snapshot, Stats
 from ingress_ipvs_exporter.render import gzipstream
 from ingress_ipvs_exporter.render.exposition import Renderer, View, fmt
 from ingress_ipvs_exporter.render.metrics import Options
-from ingress_ipvs_exporter.swarm.portmap import PublishedPort
+from ingress_ipvs_exporter.swarm.marks import PublishedPort
 
 V4, V6 = socket.AF_INET, socket.AF_INET6
 TCP, UDP, SCTP = socket.IPPROTO_TCP, socket.IPPROTO_UDP, 132
@@ -129,11 +129,11 @@ def test_value_format_matches_prometheus_client(v):
 def test_whole_app_body_equals_the_registry_rendering(accept):
     from prometheus_client.exposition import choose_encoder
 
-    from ingress_ipvs_exporter.collector import IPVSCollector
+    from ingress_ipvs_exporter.collector import NamespaceReader
     from ingress_ipvs_exporter.render.exposition import MetricsApp
 
     snap = Snapshot.build(EVERY_KIND)
-    collector = IPVSCollector("/ns", lambda: snap, lambda marks: PORTS, info=lambda: (0x010201, 4096))
+    collector = NamespaceReader("/ns", lambda: snap, lambda marks: PORTS, info=lambda: (0x010201, 4096))
     reading = collector.read()
     collector.read = lambda: reading  # type: ignore[method-assign]  # one duration for both sides
     body, content_type = MetricsApp(collector).body(accept)
@@ -153,11 +153,11 @@ def test_whole_app_body_equals_the_registry_rendering(accept):
 def test_an_escaping_scheme_changes_no_family(base, escaping):
     """All or none: the IPVS families and the registry's are written alike whatever escaping
     the scraper asks for (every name is a legacy one, so none is escaped)."""
-    from ingress_ipvs_exporter.collector import IPVSCollector
+    from ingress_ipvs_exporter.collector import NamespaceReader
     from ingress_ipvs_exporter.render.exposition import MetricsApp
 
     snap = Snapshot.build(EVERY_KIND)
-    collector = IPVSCollector("/ns", lambda: snap, lambda marks: PORTS, info=lambda: (0x010201, 4096))
+    collector = NamespaceReader("/ns", lambda: snap, lambda marks: PORTS, info=lambda: (0x010201, 4096))
     collector._health = lambda state: []  # scrape durations differ between two scrapes
     app = MetricsApp(collector)
     plain, plain_type = app.body(base)
@@ -202,7 +202,7 @@ def test_gzip_body_is_one_valid_member_equal_to_the_plain_body(monkeypatch, acce
     import importlib
     import zlib
 
-    from ingress_ipvs_exporter.collector import IPVSCollector
+    from ingress_ipvs_exporter.collector import NamespaceReader
     from ingress_ipvs_exporter.render import exposition
     from ingress_ipvs_exporter.render.exposition import MetricsApp
 
@@ -215,7 +215,7 @@ def test_gzip_body_is_one_valid_member_equal_to_the_plain_body(monkeypatch, acce
     services[2] = services[2]._replace(stats=st(3))  # one family's values change, the others not
     snaps.append(Snapshot.build(services))
     current = iter(snaps)
-    collector = IPVSCollector("/ns", lambda: next(current), lambda marks: PORTS, Options(backends=True))
+    collector = NamespaceReader("/ns", lambda: next(current), lambda marks: PORTS, Options(backends=True))
     collector._health = lambda state: []  # scrape durations differ between two scrapes
     app = MetricsApp(collector)
     for snap in snaps:
@@ -228,7 +228,7 @@ def test_gzip_body_is_one_valid_member_equal_to_the_plain_body(monkeypatch, acce
         shape = app.renderer._shapes["/ns"][1]
         assert shape.cache.size <= budget
         assert bool(len(shape.cache)) == (budget > 0)
-    plain_collector = IPVSCollector("/ns", lambda: snaps[-1], lambda marks: PORTS, Options(backends=True))
+    plain_collector = NamespaceReader("/ns", lambda: snaps[-1], lambda marks: PORTS, Options(backends=True))
     plain_collector._health = lambda state: []
     assert _body(MetricsApp(plain_collector), accept, gzip=False) == text
 
@@ -245,15 +245,16 @@ def test_unchanged_families_are_neither_rendered_nor_compressed_again(monkeypatc
     assert again == first
 
 
-def test_every_scrape_hands_memory_back_even_when_the_client_leaves_early(monkeypatch):
-    from ingress_ipvs_exporter.collector import IPVSCollector
-    from ingress_ipvs_exporter.render import memory
+def test_after_scrape_runs_after_every_body_even_when_the_client_leaves_early():
+    """The CLI hands memory back (memory.release) there."""
+    from ingress_ipvs_exporter.collector import NamespaceReader
     from ingress_ipvs_exporter.render.exposition import MetricsApp
 
     calls = []
-    monkeypatch.setattr(memory, "release", lambda: calls.append(1))
     snap = Snapshot.build(EVERY_KIND)
-    app = MetricsApp(IPVSCollector("/ns", lambda: snap, lambda marks: PORTS))
+    app = MetricsApp(
+        NamespaceReader("/ns", lambda: snap, lambda marks: PORTS), after_scrape=lambda: calls.append(1)
+    )
     chunks, _ = app.stream("")
     assert b"ipvs_up" in b"".join(chunks)
     assert calls == [1]
@@ -266,7 +267,7 @@ def test_every_scrape_hands_memory_back_even_when_the_client_leaves_early(monkey
 def test_malloc_tuning_takes_on_glibc():
     import os
 
-    from ingress_ipvs_exporter.render import memory
+    from ingress_ipvs_exporter import memory
 
     if not os.confstr("CS_GNU_LIBC_VERSION"):
         pytest.fail("these hosts run glibc; the tuning would be a no-op here")

@@ -27,7 +27,7 @@ import pytest
 from ipvs_testlib import exporter_command, exporter_log, free_port, running_exporter
 from test_webconfig import cert  # noqa: F401 - a fixture
 
-from ingress_ipvs_exporter.web.server import SCRAPE_TIMEOUT_HEADER
+from ingress_ipvs_exporter.web.apps import SCRAPE_TIMEOUT_HEADER
 
 NS = "/nonexistent/ns"
 

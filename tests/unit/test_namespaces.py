@@ -14,12 +14,12 @@ import pytest
 from reference import render as reference
 from test_exposition import EVERY_KIND, PORTS
 
-from ingress_ipvs_exporter.collector import IPVSCollector
+from ingress_ipvs_exporter.collector import NamespaceReader
 from ingress_ipvs_exporter.ipvs import DumpFailed, NamespaceNotFound, NotANamespace, Snapshot
 from ingress_ipvs_exporter.namespaces import Namespaces
 from ingress_ipvs_exporter.render.exposition import MetricsApp, View
 from ingress_ipvs_exporter.render.metrics import Options, service_labels
-from ingress_ipvs_exporter.swarm.portmap import PublishedPort, parse_marks
+from ingress_ipvs_exporter.swarm.marks import PublishedPort, parse_marks
 
 VIPS = {256: ["10.0.1.2", "fd00::2"], 257: ["10.0.1.3"]}
 LB_RULES = """*mangle
@@ -77,7 +77,7 @@ class Fake:
                 raise NamespaceNotFound(2, f"network namespace {path} does not exist")
             return snap() if callable(snap) else snap
 
-        collector = IPVSCollector(
+        collector = NamespaceReader(
             path, read, lambda m: PORTS, Options(), vips=lambda m: VIPS, optional=globbed
         )
         return collector, lambda: self.closed.append(path)

@@ -1,4 +1,4 @@
-"""Unit tests for portmap: parsing iptables-save text, choosing readers, and the PortMap cache."""
+"""Unit tests for swarm/marks.py: parsing iptables-save text, choosing readers, and the SwarmMarks cache."""
 
 import logging
 import os
@@ -10,12 +10,12 @@ import time
 import pytest
 
 from ingress_ipvs_exporter.logonce import LogOnce
-from ingress_ipvs_exporter.swarm import portmap
-from ingress_ipvs_exporter.swarm.portmap import (
-    PortMap,
-    PortMapError,
+from ingress_ipvs_exporter.swarm import marks
+from ingress_ipvs_exporter.swarm.marks import (
+    MarksError,
     PublishedPort,
-    parse_mangle_rules,
+    SwarmMarks,
+    parse_marks,
     read_mangle_rules,
 )
 
@@ -58,7 +58,7 @@ COMMIT
 
 
 def test_nft_swarm_output():
-    assert parse_mangle_rules(NFT_SWARM) == {
+    assert parse_marks(NFT_SWARM).ports == {
         0x100: [TCP(30002)],
         0x101: [TCP(30000), UDP(30000)],
         0x102: [TCP(8080), TCP(30001)],
@@ -67,7 +67,7 @@ def test_nft_swarm_output():
 
 def test_both_backends_merge_and_dedupe():
     text = "# Warning: iptables-legacy tables present, use iptables-legacy-save to see them\n"
-    ports = parse_mangle_rules(text + NFT_SWARM + LEGACY_SWARM)
+    ports = parse_marks(text + NFT_SWARM + LEGACY_SWARM).ports
     assert ports[0x100] == [TCP(30002)]  # the same rule in both backends counts once
     assert ports[0x103] == [TCP(30005)]
     assert list(ports) == [0x100, 0x101, 0x102, 0x103]
@@ -87,7 +87,7 @@ COMMIT
 COMMIT
 -A PREROUTING -p tcp -m tcp --dport 444 -j MARK --set-mark 0x6
 """
-    assert parse_mangle_rules(text) == {6: [TCP(80)]}
+    assert parse_marks(text).ports == {6: [TCP(80)]}
 
 
 @pytest.mark.parametrize(
@@ -123,12 +123,12 @@ COMMIT
     ],
 )
 def test_rule_forms(rule, expected):
-    assert parse_mangle_rules(f"*mangle\n-A PREROUTING {rule}\nCOMMIT\n") == expected
+    assert parse_marks(f"*mangle\n-A PREROUTING {rule}\nCOMMIT\n").ports == expected
 
 
 def test_any_chain_counts():
     text = "*mangle\n:DOCKER-X - [0:0]\n-A DOCKER-X -p tcp --dport 81 -j MARK --set-mark 5\nCOMMIT\n"
-    assert parse_mangle_rules(text) == {5: [TCP(81)]}
+    assert parse_marks(text).ports == {5: [TCP(81)]}
 
 
 def test_junk_is_tolerated():
@@ -147,8 +147,8 @@ def test_junk_is_tolerated():
             "*",
         ]
     )
-    assert parse_mangle_rules(text) == {5: [TCP(82)]}
-    assert parse_mangle_rules("") == {}
+    assert parse_marks(text).ports == {5: [TCP(82)]}
+    assert parse_marks("").ports == {}
 
 
 def test_published_port_orders_by_protocol_then_port():
@@ -171,13 +171,13 @@ def _print(text):
 
 @pytest.fixture(autouse=True)
 def fresh_warnings(monkeypatch):
-    """portmap warns once per process: each test starts with nothing said."""
-    monkeypatch.setattr(portmap, "_warned", LogOnce(portmap.log))
+    """marks.py warns once per process: each test starts with nothing said."""
+    monkeypatch.setattr(marks, "_warned", LogOnce(marks.log))
 
 
 def _warnings(caplog):
     return [
-        r.getMessage() for r in caplog.records if r.name == portmap.log.name and r.levelno >= logging.WARNING
+        r.getMessage() for r in caplog.records if r.name == marks.log.name and r.levelno >= logging.WARNING
     ]
 
 
@@ -187,7 +187,7 @@ def legacy_lists(tmp_path, monkeypatch):
     lists = {family: tmp_path / f"{family}_names" for family in ("iptables", "ip6tables")}
     for path in lists.values():
         path.write_text("filter\nmangle\n")
-    monkeypatch.setattr(portmap, "_LEGACY_TABLE_LISTS", {family: str(p) for family, p in lists.items()})
+    monkeypatch.setattr(marks, "_LEGACY_TABLE_LISTS", {family: str(p) for family, p in lists.items()})
     return lists
 
 
@@ -196,8 +196,8 @@ def bindir(tmp_path, monkeypatch, legacy_lists):
     """An empty directory that is the whole system path the helpers are looked up in."""
     path = tmp_path / "bin"
     path.mkdir()
-    monkeypatch.setattr(portmap, "SYSTEM_PATH", str(path), raising=False)
-    monkeypatch.setattr(portmap, "_found", {}, raising=False)
+    monkeypatch.setattr(marks, "SYSTEM_PATH", str(path), raising=False)
+    monkeypatch.setattr(marks, "_found", {}, raising=False)
     return path
 
 
@@ -207,14 +207,14 @@ def test_reads_every_backend_with_table_argument(bindir):
     v6 = "*mangle\n-A PREROUTING -p udp --dport 9 -j MARK --set-mark 0x104\nCOMMIT\n"
     _fake(bindir, "ip6tables-nft-save", _print(v6))
     _fake(bindir, "iptables-save", "exit 7")  # not used when a backend-specific one exists
-    ports = parse_mangle_rules(read_mangle_rules(""))
+    ports = parse_marks(read_mangle_rules("")).ports
     assert ports[0x103] == [TCP(30005)] and ports[0x101] == [TCP(30000), UDP(30000)]
     assert ports[0x104] == [UDP(9)]
 
 
 def test_falls_back_to_plain_iptables_save(bindir):
     _fake(bindir, "iptables-save", _print(LEGACY_SWARM))
-    assert parse_mangle_rules(read_mangle_rules(""))[0x103] == [TCP(30005)]
+    assert parse_marks(read_mangle_rules("")).ports[0x103] == [TCP(30005)]
 
 
 def test_missing_table_is_not_an_error(bindir):
@@ -230,7 +230,7 @@ def test_missing_table_is_not_an_error(bindir):
 def test_one_failing_backend_is_not_an_error(bindir, caplog):
     _fake(bindir, "iptables-nft-save", "echo 'Failed to initialize nft: Protocol not supported' >&2; exit 1")
     _fake(bindir, "iptables-legacy-save", _print(LEGACY_SWARM))
-    assert parse_mangle_rules(read_mangle_rules(""))[0x100] == [TCP(30002)]
+    assert parse_marks(read_mangle_rules("")).ports[0x100] == [TCP(30002)]
     assert _warnings(caplog) == []  # a backend the kernel lacks is not the user's to fix
 
 
@@ -245,7 +245,7 @@ def test_a_backend_denied_its_capability_is_warned_once(bindir, caplog):
         "Permission denied (you must be root)' >&2; exit 1",
     )
     for _ in range(3):
-        assert parse_mangle_rules(read_mangle_rules("")) == parse_mangle_rules(NFT_SWARM)
+        assert parse_marks(read_mangle_rules("")).ports == parse_marks(NFT_SWARM).ports
     (said,) = _warnings(caplog)
     assert "iptables-legacy-save" in said and "empty port label" in said
     assert "CAP_NET_RAW" in said and "CAP_NET_ADMIN" in said and "CAP_SYS_ADMIN" not in said
@@ -261,7 +261,7 @@ def test_an_unreadable_legacy_table_list_is_warned_once(bindir, legacy_lists, ca
         _fake(bindir, "iptables-nft-save", _print(NFT_SWARM))
         _fake(bindir, "iptables-legacy-save", "exit 9")  # must not run
         for _ in range(3):
-            assert parse_mangle_rules(read_mangle_rules("")) == parse_mangle_rules(NFT_SWARM)
+            assert parse_marks(read_mangle_rules("")).ports == parse_marks(NFT_SWARM).ports
     finally:
         unopenable.close()
     (said,) = _warnings(caplog)
@@ -291,7 +291,7 @@ def test_an_unreadable_legacy_table_list_is_warned_once(bindir, legacy_lists, ca
     ],
 )
 def test_hint_names_the_capability_each_failure_lacks(reason, names, caps):
-    hint = portmap._hint({reason: names})
+    hint = marks._hint({reason: names})
     for cap in ("CAP_SYS_ADMIN", "CAP_NET_ADMIN", "CAP_NET_RAW", "CAP_DAC_READ_SEARCH"):
         assert (cap in hint) == (cap in caps), hint
 
@@ -303,7 +303,7 @@ def test_legacy_not_read_when_its_table_does_not_exist(bindir, legacy_lists):
     _fake(bindir, "iptables-nft-save", _print(NFT_SWARM))
     _fake(bindir, "iptables-legacy-save", "exit 9")
     _fake(bindir, "ip6tables-legacy-save", "exit 9")
-    assert parse_mangle_rules(read_mangle_rules("")) == parse_mangle_rules(NFT_SWARM)
+    assert parse_marks(read_mangle_rules("")).ports == parse_marks(NFT_SWARM).ports
 
 
 def test_legacy_only_host_without_tables_is_empty_not_an_error(bindir, legacy_lists):
@@ -313,10 +313,10 @@ def test_legacy_only_host_without_tables_is_empty_not_an_error(bindir, legacy_li
 
 
 def test_legacy_read_anyway_when_its_tables_are_unknown(bindir, legacy_lists, monkeypatch):
-    monkeypatch.setattr(portmap, "_legacy_mangle_families", lambda prefix, timeout: None)
+    monkeypatch.setattr(marks, "_legacy_mangle_families", lambda prefix, timeout: None)
     legacy_lists["iptables"].write_text("")
     _fake(bindir, "iptables-legacy-save", _print(LEGACY_SWARM))
-    assert parse_mangle_rules(read_mangle_rules(""))[0x103] == [TCP(30005)]
+    assert parse_marks(read_mangle_rules("")).ports[0x103] == [TCP(30005)]
 
 
 def test_all_failing_raises_one_line_naming_each(bindir):
@@ -326,7 +326,7 @@ def test_all_failing_raises_one_line_naming_each(bindir):
         "echo 'warming up' >&2; echo 'Permission denied (you must be root)' >&2; exit 4",
     )
     _fake(bindir, "iptables-legacy-save", "exit 3")
-    with pytest.raises(PortMapError) as err:
+    with pytest.raises(MarksError) as err:
         read_mangle_rules("")
     message = str(err.value)
     assert "\n" not in message and "current network namespace" in message
@@ -336,19 +336,19 @@ def test_all_failing_raises_one_line_naming_each(bindir):
 
 
 def test_no_iptables_says_install_iptables(bindir):
-    with pytest.raises(PortMapError, match="install iptables"):
+    with pytest.raises(MarksError, match="install iptables"):
         read_mangle_rules("")
 
 
 def test_timeout_is_bounded(bindir):
     _fake(bindir, "iptables-nft-save", "exec /bin/sleep 30")
-    with pytest.raises(PortMapError, match=r"iptables-nft-save: timed out after 0\.5s"):
+    with pytest.raises(MarksError, match=r"iptables-nft-save: timed out after 0\.5s"):
         read_mangle_rules("", timeout=0.5)
 
 
 def test_missing_namespace_names_the_path(tmp_path):
     path = str(tmp_path / "no_such_netns")
-    with pytest.raises(PortMapError) as err:
+    with pytest.raises(MarksError) as err:
         read_mangle_rules(path)
     assert path in str(err.value) and "does not exist" in str(err.value)
     assert isinstance(err.value, OSError)
@@ -358,11 +358,11 @@ def test_missing_nsenter_says_install_util_linux(bindir, tmp_path):
     _fake(bindir, "iptables-nft-save", _print(NFT_SWARM))
     namespace = tmp_path / "ns"
     namespace.write_text("")  # a regular file, as nsfs files are
-    with pytest.raises(PortMapError, match="install util-linux"):
+    with pytest.raises(MarksError, match="install util-linux"):
         read_mangle_rules(str(namespace))
 
 
-# --- PortMap cache ------------------------------------------------------------------
+# --- SwarmMarks cache ------------------------------------------------------------------
 
 
 class FakeReader:
@@ -390,7 +390,7 @@ class FakeClock:
 
 def test_lookup_returns_only_found_marks():
     reader = FakeReader(NFT_SWARM)
-    ports = PortMap("/ns", reader=reader, clock=FakeClock()).lookup([0x102, 0x100, 999])
+    ports = SwarmMarks("/ns", reader=reader, clock=FakeClock()).lookup([0x102, 0x100, 999])
     assert ports == {0x100: [TCP(30002)], 0x102: [TCP(8080), TCP(30001)]}
     assert list(ports) == [0x100, 0x102]
     assert reader.calls == ["/ns"]
@@ -398,7 +398,7 @@ def test_lookup_returns_only_found_marks():
 
 def test_cache_refreshes_on_mark_set_change_and_in_the_background_with_age():
     reader, clock, spawned = FakeReader(NFT_SWARM), FakeClock(), []
-    pm = PortMap("/ns", max_age=60, reader=reader, clock=clock, spawn=spawned.append)
+    pm = SwarmMarks("/ns", max_age=60, reader=reader, clock=clock, spawn=spawned.append)
     pm.lookup([0x100])
     pm.lookup(iter([0x100]))
     clock.now += 59
@@ -420,13 +420,13 @@ def test_cache_refreshes_on_mark_set_change_and_in_the_background_with_age():
 
 def test_empty_mark_set_reads_nothing():
     reader = FakeReader(NFT_SWARM)
-    assert PortMap("/ns", reader=reader, clock=FakeClock()).lookup([]) == {}
+    assert SwarmMarks("/ns", reader=reader, clock=FakeClock()).lookup([]) == {}
     assert reader.calls == []
 
 
 def test_new_rules_seen_after_refresh():
     reader, clock, spawned = FakeReader(NFT_SWARM, NFT_SWARM + LEGACY_SWARM), FakeClock(), []
-    pm = PortMap("/ns", max_age=10, reader=reader, clock=clock, spawn=spawned.append)
+    pm = SwarmMarks("/ns", max_age=10, reader=reader, clock=clock, spawn=spawned.append)
     assert pm.lookup([0x103]) == {}
     clock.now += 10
     assert pm.lookup([0x103]) == {}  # this scrape does not wait for the read
@@ -435,10 +435,10 @@ def test_new_rules_seen_after_refresh():
 
 
 def test_failure_keeps_last_good_map_and_records_error():
-    boom = PortMapError("cannot read iptables rules in /ns: boom")
+    boom = MarksError("cannot read iptables rules in /ns: boom")
     reader = FakeReader(NFT_SWARM, boom, ValueError(), NFT_SWARM)
     clock, spawned = FakeClock(), []
-    pm = PortMap("/ns", max_age=5, reader=reader, clock=clock, spawn=spawned.append)
+    pm = SwarmMarks("/ns", max_age=5, reader=reader, clock=clock, spawn=spawned.append)
     good = pm.lookup([0x100])
     assert good == {0x100: [TCP(30002)]} and pm.last_error is None
     for error in ("cannot read iptables rules in /ns: boom", "ValueError", None):
@@ -461,7 +461,7 @@ def test_a_slow_background_read_holds_up_no_scrape():
         return NFT_SWARM
 
     clock = FakeClock()
-    pm = PortMap("/ns", max_age=5, reader=reader, clock=clock)  # real background thread
+    pm = SwarmMarks("/ns", max_age=5, reader=reader, clock=clock)  # real background thread
     assert pm.lookup([0x100]) == {0x100: [TCP(30002)]}
     clock.now += 5
     for _ in range(3):  # while the refresh is stuck: answered at once, no second refresh
@@ -472,13 +472,13 @@ def test_a_slow_background_read_holds_up_no_scrape():
 
 
 def test_failure_before_any_success_gives_empty_map():
-    pm = PortMap("/ns", reader=FakeReader(PortMapError("nope")), clock=FakeClock())
+    pm = SwarmMarks("/ns", reader=FakeReader(MarksError("nope")), clock=FakeClock())
     assert pm.lookup([0x100]) == {}
     assert pm.last_error == "nope"
 
 
 def test_returned_lists_do_not_alias_the_cache():
-    pm = PortMap("/ns", reader=FakeReader(NFT_SWARM), clock=FakeClock())
+    pm = SwarmMarks("/ns", reader=FakeReader(NFT_SWARM), clock=FakeClock())
     pm.lookup([0x100])[0x100].append(TCP(1))
     assert pm.lookup([0x100]) == {0x100: [TCP(30002)]}
 
@@ -493,7 +493,7 @@ def test_concurrent_lookups_read_once():
         release.wait(5)
         return NFT_SWARM
 
-    pm = PortMap("/ns", reader=slow_reader, clock=FakeClock())
+    pm = SwarmMarks("/ns", reader=slow_reader, clock=FakeClock())
     results = []
     threads = [threading.Thread(target=lambda: results.append(pm.lookup([0x100]))) for _ in range(4)]
     for t in threads:
@@ -514,7 +514,7 @@ def test_a_path_that_is_no_namespace_file_fails_at_once(tmp_path, bindir, make):
     _fake(bindir, "nsenter", f"/usr/bin/touch {ran}; exec /bin/sleep 30")
     _fake(bindir, "iptables-nft-save", _print(NFT_SWARM))
     started = time.monotonic()
-    with pytest.raises(PortMapError) as info:
+    with pytest.raises(MarksError) as info:
         read_mangle_rules(str(path), timeout=5)
     assert time.monotonic() - started < 2 and not ran.exists()
     message = str(info.value)
@@ -535,15 +535,15 @@ def test_helpers_come_from_the_system_path_never_from_the_inherited_one(bindir, 
     namespace = tmp_path / "ns"
     namespace.write_text("")
     for _ in range(2):  # resolved at first use, and the same on the next read
-        assert parse_mangle_rules(read_mangle_rules(str(namespace))) == parse_mangle_rules(NFT_SWARM)
+        assert parse_marks(read_mangle_rules(str(namespace))).ports == parse_marks(NFT_SWARM).ports
     assert not ran.exists(), "a helper from the inherited PATH ran"
 
 
 def test_a_failing_read_is_logged_once_until_a_read_works(caplog):
-    boom = PortMapError("cannot read iptables rules in /ns: boom")
+    boom = MarksError("cannot read iptables rules in /ns: boom")
     reader, clock, spawned = FakeReader(boom, boom, NFT_SWARM, boom), FakeClock(), []
-    pm = PortMap("/ns", max_age=5, reader=reader, clock=clock, spawn=spawned.append)
-    with caplog.at_level(logging.WARNING, logger=portmap.log.name):
+    pm = SwarmMarks("/ns", max_age=5, reader=reader, clock=clock, spawn=spawned.append)
+    with caplog.at_level(logging.WARNING, logger=marks.log.name):
         for _ in range(3):
             pm.lookup([0x100])
             clock.now += 5

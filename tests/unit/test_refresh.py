@@ -1,4 +1,4 @@
-"""Refreshing: the one cache policy behind PortMap and DockerServices, driven by a fake clock
+"""Refreshing: the one cache policy behind SwarmMarks and DockerServices, driven by a fake clock
 and a spawn that only records, so every background load runs when the test says."""
 
 import threading

@@ -12,7 +12,7 @@ from ingress_ipvs_exporter._ipvs_cffi import ffi, lib
 from prometheus_client import CollectorRegistry, generate_latest
 from prometheus_client.parser import text_string_to_metric_families
 
-from ingress_ipvs_exporter.collector import IPVSCollector
+from ingress_ipvs_exporter.collector import NamespaceReader
 from ingress_ipvs_exporter.ipvs import SYSCTLS, DumpFailed, Settings, Snapshot, SyncDaemon, settings_from
 from ingress_ipvs_exporter.render.exposition import MetricsApp
 from ingress_ipvs_exporter.render.metrics import Options
@@ -182,11 +182,11 @@ def test_no_daemon_is_a_zero_count_a_refused_query_no_series():
     assert render(None) == ""
 
 
-def collector(settings, options: Options = Options()) -> IPVSCollector:
-    return IPVSCollector(NS, lambda: Snapshot.build([]), lambda marks: {}, options, settings=settings)
+def collector(settings, options: Options = Options()) -> NamespaceReader:
+    return NamespaceReader(NS, lambda: Snapshot.build([]), lambda marks: {}, options, settings=settings)
 
 
-def scrape(c: IPVSCollector) -> str:
+def scrape(c: NamespaceReader) -> str:
     return MetricsApp(c).body("")[0].decode()
 
 

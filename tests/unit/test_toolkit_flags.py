@@ -138,7 +138,7 @@ def test_landing_page_names_the_exporter_its_version_and_links():
 def test_no_documentation_route():
     """The README's relative links cannot work from the exporter: the landing page links to the
     metrics only, and /docs is a 404 like any other path."""
-    from ingress_ipvs_exporter.web.server import landing_page, make_router
+    from ingress_ipvs_exporter.web.apps import landing_page, make_router
 
     assert b"/docs" not in landing_page("/metrics") and b"<a href=" in landing_page("/metrics")
     seen = []

@@ -28,9 +28,8 @@ from prometheus_client.openmetrics import exposition as om
 from prometheus_client.registry import Collector, CollectorRegistry
 from prometheus_client.utils import floatToGoString
 
-from ..collector import IPVSCollector, Reading, scrape_families
+from ..collector import NamespaceReader, Reading, scrape_families
 from ..ipvs import Snapshot, format_samples
-from . import memory
 from .gzipstream import GzipStream, Segment, SegmentCache, deflate
 from .metrics import (
     METRICS,
@@ -345,11 +344,11 @@ class Renderer:
 
 
 class Source(Protocol):
-    """What MetricsApp scrapes: an IPVSCollector (one namespace) or namespaces.Namespaces."""
+    """What MetricsApp scrapes: an NamespaceReader (one namespace) or namespaces.Namespaces."""
 
     options: Options
 
-    def readings(self, scrape_timeout: float | None = None) -> list[tuple[IPVSCollector, Reading]]: ...
+    def readings(self, scrape_timeout: float | None = None) -> list[tuple[NamespaceReader, Reading]]: ...
 
 
 class _Families:
@@ -369,11 +368,15 @@ class MetricsApp:
     member when asked.
 
     A scrape is a value: every family of a body comes from the readings that request made,
-    so concurrent scrapes (an HA pair of Prometheus servers) never mix their outcomes."""
+    so concurrent scrapes (an HA pair of Prometheus servers) never mix their outcomes.
+    after_scrape runs when a body has been sent or abandoned (the CLI trims the heap there)."""
 
-    def __init__(self, source: Source, extra: Sequence[Collector] = ()) -> None:
+    def __init__(
+        self, source: Source, extra: Sequence[Collector] = (), after_scrape: Callable[[], None] = lambda: None
+    ) -> None:
         self.source = source
         self.extra = list(extra)
+        self.after_scrape = after_scrape
         self.renderer = Renderer()
 
     def stream(
@@ -385,7 +388,7 @@ class MetricsApp:
         encoder = om.generate_latest if form is Format.OPENMETRICS else generate_latest
         return self._chunks(encoder, form is Format.OPENMETRICS, gzip, scrape_timeout), form.content_type
 
-    def _registry(self, readings: list[tuple[IPVSCollector, Reading]]) -> CollectorRegistry:
+    def _registry(self, readings: list[tuple[NamespaceReader, Reading]]) -> CollectorRegistry:
         """This scrape's registry: the families about its readings, then the extra collectors."""
         registry = CollectorRegistry(auto_describe=False)
         registry.register(_Families(scrape_families(readings)))
@@ -419,7 +422,7 @@ class MetricsApp:
                 yield encoder(self._registry(readings))
         finally:
             del views, readings
-            memory.release()
+            self.after_scrape()
 
     def body(self, accept: str) -> tuple[bytes, str]:
         chunks, content_type = self.stream(accept)

@@ -1,6 +1,6 @@
 """A cached value that a slow call loads, refreshed when it ages or when new keys are asked about.
 
-Both caches of the exporter are this: PortMap (fwmark -> ports, from iptables) and
+Both caches of the exporter are this: SwarmMarks (fwmark -> ports, from iptables) and
 DockerServices ((namespace, fwmark) -> swarm service, from the Docker API). A scrape asks with
 the keys it needs (the fwmarks IPVS has now); the load itself always fetches the whole value.
 

@@ -55,7 +55,7 @@ class MarkMap(NamedTuple):
     vips: dict[int, list[str]]
 
 
-class PortMapError(OSError):
+class MarksError(OSError):
     """No iptables reader worked in the namespace; the message says which and what to do."""
 
 
@@ -166,11 +166,6 @@ def parse_marks(text: str) -> MarkMap:
         {mark: sorted(ports[mark]) for mark in sorted(ports)},
         {mark: sorted(vips[mark], key=_address_order) for mark in sorted(vips)},
     )
-
-
-def parse_mangle_rules(text: str) -> dict[int, list[PublishedPort]]:
-    """iptables-save text -> fwmark -> sorted unique ports (parse_marks without the VIPs)."""
-    return parse_marks(text).ports
 
 
 # Where the kernel lists the legacy (x_tables) tables that exist in the reader's namespace.
@@ -316,7 +311,7 @@ def _warn_once(message: str) -> None:
 def read_mangle_rules(namespace_path: str, timeout: float = 5.0) -> str:
     """Every iptables backend's mangle table inside the namespace ("" = current), concatenated.
 
-    Raises PortMapError only when no backend could be read at all.
+    Raises MarksError only when no backend could be read at all.
     """
     where = f"network namespace {namespace_path}" if namespace_path else "the current network namespace"
     cannot = f"cannot read iptables rules in {where}"
@@ -325,26 +320,26 @@ def read_mangle_rules(namespace_path: str, timeout: float = 5.0) -> str:
         try:
             st = os.stat(namespace_path)
         except FileNotFoundError:
-            raise PortMapError(
+            raise MarksError(
                 f"{where} does not exist: check the namespace path "
                 "(Docker creates ingress_sbox when the node joins a swarm)"
             ) from None
         except PermissionError:
-            raise PortMapError(
+            raise MarksError(
                 f"{where} is not accessible: give the exporter CAP_DAC_READ_SEARCH or run it as root"
             ) from None
         if not stat.S_ISREG(st.st_mode):  # nsfs files are; nsenter would block on a FIFO
-            raise PortMapError(
+            raise MarksError(
                 f"{namespace_path} is not a network namespace: point --namespace-path at one, "
                 "e.g. /var/run/docker/netns/ingress_sbox"
             )
         nsenter = _system_command("nsenter")
         if not nsenter:
-            raise PortMapError(f"{cannot}: nsenter not found, install util-linux")
+            raise MarksError(f"{cannot}: nsenter not found, install util-linux")
         prefix = [nsenter, f"--net={namespace_path}", "--"]
     commands = _save_commands()
     if not commands:
-        raise PortMapError(f"{cannot}: no iptables-save in {SYSTEM_PATH}, install iptables")
+        raise MarksError(f"{cannot}: no iptables-save in {SYSTEM_PATH}, install iptables")
     legacy = None
     if any(backend == "legacy" for _, backend, _ in commands):
         legacy = _legacy_mangle_families(prefix, timeout)
@@ -372,7 +367,7 @@ def read_mangle_rules(namespace_path: str, timeout: float = 5.0) -> str:
             failures.setdefault(reason, []).append(os.path.basename(command))
     said = _listed(failures)
     if not texts:
-        raise PortMapError(f"{cannot}: {said}; {_hint(failures)}")
+        raise MarksError(f"{cannot}: {said}; {_hint(failures)}")
     denied = {reason: names for reason, names in failures.items() if _denied(reason)}
     if denied:
         # another backend answered, so this is easy to miss: ports published through the
@@ -386,7 +381,7 @@ def read_mangle_rules(namespace_path: str, timeout: float = 5.0) -> str:
     return "".join(texts)
 
 
-class PortMap:
+class SwarmMarks:
     """Cache of fwmark -> ports and VIPs for one namespace: reading iptables costs processes,
     scrapes are frequent.
 
@@ -416,7 +411,7 @@ class PortMap:
             wait_for_new_keys=True,
             clock=clock,
             spawn=spawn,
-            name="portmap-refresh",
+            name="marks-refresh",
         )
 
     def lookup(self, fwmarks: Iterable[int]) -> dict[int, list[PublishedPort]]:
