@@ -12,7 +12,7 @@ from .logs import PROG
 HELP = {  # each flag's help text (cli.py declares the flags)
     "listen": "address to set the http server to listen to (repeat it to listen on several)",
     "path": "endpoint to receive scrape requests from prometheus",
-    "ns": "absolute path to the network namespace where ipv is configured (repeatable; a glob "
+    "ns": "absolute path to the network namespace where ipvs is configured (repeatable; a glob "
     "pattern such as '/var/run/docker/netns/lb_*' is matched anew at every scrape)",
     "labels": "labels kept on per-destination series, summing series that merge; 'none' drops them",
     "docker": "Docker Engine API to name swarm services, e.g. unix:///var/run/docker.sock (off when empty)",

@@ -364,7 +364,7 @@ def test_the_dump_releases_the_gil(netns):
 
 def test_cardinality_flags_leave_out_what_they_say(netns):
     """--original-metrics-only, --no-rate-metrics and --web.disable-exporter-metrics on a real
-    IPVS: exactly the families each leaves, and the series counts of the README's table."""
+    IPVS: exactly the families each leaves, and the series counts of docs/metrics.md."""
     name, path = netns
     for cmd in ("-A -f 256 -s rr", "-a -f 256 -r 10.1.2.50:0 -m", "-a -f 256 -r 10.1.2.51:0 -m"):
         sh("ip", "netns", "exec", name, "ipvsadm", *cmd.split())
@@ -403,7 +403,7 @@ def test_cardinality_flags_leave_out_what_they_say(netns):
         "ipvs_sync_daemons",
         "ipvs_sync_daemon_info",
     }
-    # the README: 13 per service and 17 per real server; no mangle rule here, so no published port
+    # docs/metrics.md: 13 per service and 17 per real server; no mangle rule here, so no published port
     assert len([n for n in ipvs_series if n not in per_namespace]) == 13 - 1 + 2 * 17
 
 

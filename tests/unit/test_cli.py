@@ -30,11 +30,19 @@ def test_help_shows_the_original_usage():
             "[default: :9100]",
             "endpoint to receive scrape requests from prometheus",
             "[default: /metrics]",
-            "absolute path to the network namespace where ipv is configured",
+            "absolute path to the network namespace where ipvs is configured",
             "[default: /var/run/docker/netns/ingress_sbox]",
             "--help, -h             display this help and exit",
         ):
             assert line in out, line
+
+
+def test_no_shell_completion_options():
+    """typer's --install-completion/--show-completion are off: not in --help, refused as any unknown flag."""
+    assert "completion" not in run("--help").stdout
+    for flag in ("--install-completion", "--show-completion"):
+        res = run(flag)
+        assert res.returncode == 2 and flag in res.stderr and "Traceback" not in res.stderr, res.stderr
 
 
 @pytest.mark.parametrize(
@@ -115,12 +123,12 @@ def test_serves_only_the_telemetry_path_over_http():
         assert proc.poll() is None
 
 
-def test_readme_usage_is_the_real_help():
+def test_documented_usage_is_the_real_help():
     import pathlib
 
-    readme = (pathlib.Path(__file__).parents[2] / "README.md").read_text()
+    doc = (pathlib.Path(__file__).parents[2] / "docs/configuration.md").read_text()
     shown = "\n".join(line.rstrip() for line in run("--help").stdout.splitlines())
-    assert shown in readme, "README's usage block differs from --help: regenerate it"
+    assert shown in doc, "docs/configuration.md's usage block differs from --help: regenerate it"
 
 
 def test_namespace_path_that_is_not_a_namespace_is_a_usage_error(tmp_path):

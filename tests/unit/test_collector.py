@@ -291,7 +291,7 @@ def _series_count(n_services: int, n_dests: int, options: Options) -> int:
     return sum(1 for line in text.splitlines() if line and not line.startswith("#"))
 
 
-# Series per virtual service and per real server under each setting: the README's figures.
+# Series per virtual service and per real server under each setting: docs/metrics.md's figures.
 SERIES_PER = {
     "default": (Options(), 18, 5),
     "--backend-metrics": (Options(backends=True), 18, 22),

@@ -7,10 +7,13 @@ from __future__ import annotations
 
 import json
 import pathlib
+import re
 import subprocess
 
 import yaml
 from test_prometheus_rules import promtool
+
+from ingress_ipvs_exporter.render.metrics import METRICS, Level
 
 ROOT = pathlib.Path(__file__).parents[2]
 DASHBOARD = json.loads((ROOT / "packaging/grafana/ipvs.json").read_text())
@@ -99,12 +102,12 @@ def test_named_where_swarm_info_exists_else_port(tmp_path):
                     "input_series": SERIES,
                     "promql_expr_test": [
                         {
-                            "expr": panel_expr("Connections /s per service"),
+                            "expr": panel_expr("Connections /s per swarm service (fwmark services)"),
                             "eval_time": "5m",
                             "exp_samples": samples(2),
                         },
                         {
-                            "expr": panel_expr("Destinations per service"),
+                            "expr": panel_expr("Destinations per swarm service (fwmark services)"),
                             "eval_time": "5m",
                             "exp_samples": samples(4),
                         },
@@ -168,3 +171,31 @@ def test_a_panel_of_ipvs_up_says_so():
             assert "ipvs_up" in panel["title"] and "IPVS" in panel["title"], panel["title"]
         if "exporter" in panel["title"].lower():
             assert "up{" in plotted.replace("ipvs_up", ""), panel["title"]
+
+
+def plotted_families(panel: dict) -> set[str]:
+    return set(re.findall(r"\bipvs_\w+", " ".join(t["expr"] for t in panel.get("targets", []))))
+
+
+def test_no_panel_needs_a_family_that_a_flag_removes():
+    """--no-rate-metrics removes the kernel's *_per_second estimates: panels use rate() over
+    the counters, which every flag keeps."""
+    removable = {d.name for d in METRICS if d.is_rate}
+    for panel in DASHBOARD["panels"]:
+        assert not plotted_families(panel) & removable, panel["title"]
+
+
+def test_each_panel_of_services_says_which_kind_it_covers():
+    """The original families cover fwmark services only (swarm's); ipvs_service_* every kind."""
+    level = {d.name: d.level for d in METRICS}
+    fwmark_only = {Level.ORIGINAL_SERVICE, Level.ORIGINAL_DESTINATION}
+    kinds = set()
+    for panel in DASHBOARD["panels"]:
+        levels = {level[n] for n in plotted_families(panel) if n in level}
+        if levels & fwmark_only:
+            kinds.add("fwmark")
+            assert "(fwmark services)" in panel["title"], panel["title"]
+        if Level.SERVICE in levels:
+            kinds.add("every")
+            assert "(every kind)" in panel["title"], panel["title"]
+    assert kinds == {"fwmark", "every"}

@@ -6,7 +6,7 @@ answered, and the exporter's stderr (at debug level, where every dropped client 
 must hold no traceback and only logfmt lines.
 
 `make test` runs it for SLOWLORIS_SECONDS (default 20); `make slowloris` for 10 minutes
-(docs/reliability.md has the last run). SLOWLORIS_CONNECTIONS (default 200) sets how many
+(docs/history/2026-12-04-reliability-log.md has recorded runs). SLOWLORIS_CONNECTIONS (default 200) sets how many
 are held at once, SLOWLORIS_NOFILE (default: none) runs the exporter under that descriptor
 limit, SLOWLORIS_HTTP_TIMEOUT (default 3) is its client timeout: 1100 connections against a
 limit of 1024 and the default 60 s is the descriptor-exhaustion attack, which the connection

@@ -132,6 +132,16 @@ def test_landing_page_names_the_exporter_its_version_and_links():
         status, ctype, page = get(root + "/")
         assert status == 200 and ctype.startswith("text/html")
         assert "<h1>ingress_ipvs_exporter</h1>" in page and f"Version {__version__}" in page
-        assert '<a href="/x/metrics">Metrics</a>' in page and '<a href="/docs">Documentation</a>' in page
-        status, ctype, docs = get(root + "/docs")
-        assert status == 200 and ctype.startswith("text/markdown") and "ingress_ipvs_exporter" in docs
+        assert '<a href="/x/metrics">Metrics</a>' in page
+
+
+def test_no_documentation_route():
+    """The README's relative links cannot work from the exporter: the landing page links to the
+    metrics only, and /docs is a 404 like any other path."""
+    from ingress_ipvs_exporter.web.apps import landing_page, make_router
+
+    assert b"/docs" not in landing_page("/metrics") and b"<a href=" in landing_page("/metrics")
+    seen = []
+    router = make_router(None, "/metrics")  # type: ignore[arg-type]  # /metrics is not asked for
+    body = b"".join(router({"REQUEST_METHOD": "GET", "PATH_INFO": "/docs"}, lambda s, h: seen.append(s)))
+    assert seen == ["404 Not Found"] and body == b"404: try /metrics\n"

@@ -1,4 +1,4 @@
-"""The WSGI apps in front of the telemetry: the router (landing page, /docs, the telemetry
+"""The WSGI apps in front of the telemetry: the router (landing page, the telemetry
 path, methods, HEAD), content negotiation, basic auth, response headers and the in-flight
 request bound. server.py serves them."""
 
@@ -72,9 +72,6 @@ def gzip_acceptable(header: str) -> bool:
 # ---- the apps --------------------------------------------------------------------------
 
 
-DOCS_PATH = "/docs"
-
-
 SCRAPE_TIMEOUT_HEADER = "X-Prometheus-Scrape-Timeout-Seconds"
 _SCRAPE_TIMEOUT_ENVIRON = "HTTP_" + SCRAPE_TIMEOUT_HEADER.upper().replace("-", "_")  # as WSGI names it
 _SECONDS = re.compile(r"[0-9]{1,9}(?:\.[0-9]{1,9})?")
@@ -93,28 +90,17 @@ def scrape_timeout(value: Optional[str]) -> Optional[float]:
 
 
 def landing_page(telemetry_path: str) -> bytes:
-    """What exporter-toolkit's landing page shows: the name, what it is, the version, links
-    to the metrics and to the documentation."""
+    """What exporter-toolkit's landing page shows: the name, what it is, the version, a link
+    to the metrics (no documentation link: the README's relative links would break here)."""
 
     return (
         '<!DOCTYPE html>\n<html><head><meta charset="utf-8"><title>'
         f"{PROG}</title></head><body><h1>{PROG}</h1>"
         "<p>Prometheus exporter for IPVS, read over generic netlink inside a network namespace</p>"
-        f'<ul><li><a href="{html.escape(telemetry_path)}">Metrics</a></li>'
-        f'<li><a href="{DOCS_PATH}">Documentation</a> (the README)</li></ul>'
+        f'<ul><li><a href="{html.escape(telemetry_path)}">Metrics</a></li></ul>'
+        f"<p>Flags: <code>{PROG} --help</code></p>"
         f"<p>Version {html.escape(__version__)}</p></body></html>\n"
     ).encode()
-
-
-def _documentation() -> bytes:
-    """The installed package's README (its long description), for the landing page's link."""
-    from importlib.metadata import PackageNotFoundError, metadata
-
-    try:
-        text = metadata(PROG).get_payload()  # type: ignore[attr-defined]
-    except PackageNotFoundError:
-        text = None
-    return (text or f"{PROG}: run '{PROG} --help'\n").encode()
 
 
 def make_router(metrics: Telemetry, telemetry_path: str) -> WSGIApplication:
@@ -122,7 +108,6 @@ def make_router(metrics: Telemetry, telemetry_path: str) -> WSGIApplication:
     only (405 with Allow otherwise). HEAD answers GET's status and headers without running
     the scrape (so no Content-Length: the GET body is streamed without one)."""
     landing = landing_page(telemetry_path)
-    docs = _documentation()
 
     def app(environ: WSGIEnvironment, start_response: StartResponse) -> Iterable[bytes]:
         method = environ.get("REQUEST_METHOD", "GET")
@@ -149,9 +134,6 @@ def make_router(metrics: Telemetry, telemetry_path: str) -> WSGIApplication:
         if path == "/":
             start_response("200 OK", [("Content-Type", "text/html; charset=utf-8")])
             return [landing]
-        if path == DOCS_PATH:
-            start_response("200 OK", [("Content-Type", "text/markdown; charset=utf-8")])
-            return [docs]
         return _reply(start_response, "404 Not Found", f"404: try {telemetry_path}\n")
 
     return app
