@@ -1,4 +1,4 @@
-"""The real-swarm lab for pytest: swarm-lab up/down around a module, and helpers."""
+"""The real-swarm lab for pytest: swarm-lab up/down around the swarm tests, and helpers."""
 
 from __future__ import annotations
 
@@ -18,6 +18,7 @@ from ipvs_testlib import running_prometheus
 LAB_SOURCE = Path(__file__).with_name("swarm-lab")
 LAB = Path(os.environ.get("SWARM_TEST_LAB_COPY", "/tmp/swarm-lab-test.sh"))
 STATE = os.environ.get("SWARM_TEST_LAB_STATE", "/tmp/swarm-lab-test")
+BACKENDS = ("nft", "legacy")  # the iptables alternatives a lab comes up with, in this order
 IMAGE = "swarm-lab/httpd:latest"  # what swarm-lab imports and runs its services from
 API_TIMEOUT = 30.0  # one Docker API call; everything is 5-20x slower under TCG
 WAIT = 240.0  # a swarm change to show up in the API

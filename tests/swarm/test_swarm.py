@@ -1,7 +1,8 @@
 """The exporter on a real Docker Swarm (swarm-lab, inside the IPVS VM), once with the
 host's iptables alternative set to nft and once to legacy.
 
-Per backend the tests share one swarm and run in file order: the README example (three
+Per backend the tests run in file order on the session's swarm, after the modules that leave
+it as it came up (this one changes it): the README example (three
 services, ten requests, every seed sample equal to ipvsadm, ports as docker reports them),
 swarm service names through the exporter and through swarm/docker.py, churn, east-west VIP traffic
 read with the lb_* glob, names of VIP and ingress fwmarks with their network from a manager and
@@ -42,7 +43,7 @@ from swarmlib import API_TIMEOUT, IMAGE, WAIT, diag, wait_for
 
 from ingress_ipvs_exporter.swarm.docker import DockerError, fetch_services
 
-pytestmark = pytest.mark.swarm
+pytestmark = [pytest.mark.swarm, pytest.mark.swarm_lab_order(1)]
 
 NET = "namesnet"  # an overlay network with service 'api', for the naming tests
 NOT_A_MANAGER = (
@@ -494,6 +495,7 @@ def test_docker_api_hanging_leaves_ipvs_metrics_alone(lab):
             os.kill(pid, signal.SIGCONT)
 
 
+@pytest.mark.swarm_lab_order(2)
 def test_docker_api_down_fails_fast(lab):
     """Last for this swarm: dockerd stopped; the API client fails at once, in one line."""
     pid = int(Path(lab.state, "dockerd.pid").read_text().strip())
