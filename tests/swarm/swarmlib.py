@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import contextlib
 import os
+import re
 import shutil
 import subprocess
 import time
@@ -98,6 +99,20 @@ class Lab:
                 return ports
             assert time.monotonic() < deadline, f"{what}: not after {WAIT:g}s; ports now {ports}"
             time.sleep(2)
+
+
+def marks_by_port(lab) -> dict[int, int]:
+    """published port -> fwmark, from the backend's own mangle rules in ingress_sbox."""
+    out = subprocess.run(
+        ["nsenter", f"--net={lab.ingress_ns}", f"iptables-{lab.backend}-save", "-t", "mangle"],
+        capture_output=True,
+        text=True,
+        check=True,
+        timeout=120,
+    ).stdout
+    return {
+        int(p): int(m, 16) for p, m in re.findall(r"--dport (\d+) -j MARK --set-xmark (0x[0-9a-f]+)/", out)
+    }
 
 
 def wait_for(what: str, check, timeout: float = WAIT, every: float = 2.0):

@@ -39,7 +39,7 @@ from ipvs_testlib import (
     scrape_while_stable,
     scraping,
 )
-from swarmlib import API_TIMEOUT, IMAGE, WAIT, diag, wait_for
+from swarmlib import API_TIMEOUT, IMAGE, WAIT, diag, marks_by_port, wait_for
 
 from ingress_ipvs_exporter.swarm.docker import DockerError, fetch_services
 
@@ -64,20 +64,6 @@ def diagnosed(*urls: str):
             with open(exporter_log(url)) as f:
                 print(f"===== exporter log {url}\n{f.read()}")
         raise
-
-
-def marks_by_port(lab) -> dict[int, int]:
-    """published port -> fwmark, from the backend's own mangle rules in ingress_sbox."""
-    out = subprocess.run(
-        ["nsenter", f"--net={lab.ingress_ns}", f"iptables-{lab.backend}-save", "-t", "mangle"],
-        capture_output=True,
-        text=True,
-        check=True,
-        timeout=120,
-    ).stdout
-    return {
-        int(p): int(m, 16) for p, m in re.findall(r"--dport (\d+) -j MARK --set-xmark (0x[0-9a-f]+)/", out)
-    }
 
 
 def _names(mapping) -> dict[tuple[str, int], str]:

@@ -6,9 +6,9 @@ from __future__ import annotations
 from array import array
 
 import pytest
+from ipvs_testlib import EVERY_KIND, PORTS
 from prometheus_client.utils import floatToGoString
 from reference import render as reference
-from test_exposition import EVERY_KIND, PORTS
 
 from ingress_ipvs_exporter.ipvs import Snapshot, Stats, format_samples
 from ingress_ipvs_exporter.render.exposition import Renderer

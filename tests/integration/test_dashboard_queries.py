@@ -10,7 +10,7 @@ import pathlib
 import subprocess
 
 import yaml
-from test_prometheus_rules import promtool
+from ipvs_testlib import promtool
 
 ROOT = pathlib.Path(__file__).parents[2]
 DASHBOARD = json.loads((ROOT / "packaging/grafana/ipvs.json").read_text())
