@@ -38,7 +38,7 @@ from ingress_ipvs_exporter.render import memory
 from ingress_ipvs_exporter.render.exposition import MetricsApp, Renderer, View
 from ingress_ipvs_exporter.render.metrics import Options
 from ingress_ipvs_exporter.swarm.portmap import PublishedPort
-from ingress_ipvs_exporter.web import server as http
+from ingress_ipvs_exporter.web import apps, server
 
 DESTS = 10
 # what one SYN moves: connections, packets and bytes in, and the estimator's rates of those
@@ -154,9 +154,9 @@ def main() -> int:
             return last[0]
 
     collector = IPVSCollector("ingress_sbox", read, lambda marks: ports, Options())
-    server = http.serve("127.0.0.1", 0, http.build_app(MetricsApp(collector), "/metrics", {}, [], 0))
-    threading.Thread(target=server.serve_forever, daemon=True).start()
-    url = f"http://127.0.0.1:{server.server_address[1]}/metrics"
+    httpd = server.serve("127.0.0.1", 0, apps.build_app(MetricsApp(collector), "/metrics", {}, [], 0))
+    threading.Thread(target=httpd.serve_forever, daemon=True).start()
+    url = f"http://127.0.0.1:{httpd.server_address[1]}/metrics"
     if args.trace:
         tracemalloc.start(5)
     for k in range(args.scrapes):
@@ -183,7 +183,7 @@ def main() -> int:
     if args.trace:
         for stat in tracemalloc.take_snapshot().statistics("lineno")[:12]:
             print(f"  {stat}")
-    server.shutdown()
+    httpd.shutdown()
     return 0
 
 

@@ -253,7 +253,7 @@ def http_get(host: str, port: int, path: str, gzip_ok: bool) -> tuple[int, dict,
     """One GET on a fresh connection, the whole body read: (status, headers, raw body).
     Sends its timeout as Prometheus does, which the exporter follows when it reads several
     namespaces (the 50-namespace rows: under emulation their reads exceed the fixed 10 s)."""
-    from ingress_ipvs_exporter.web.server import SCRAPE_TIMEOUT_HEADER
+    from ingress_ipvs_exporter.web.apps import SCRAPE_TIMEOUT_HEADER
 
     conn = http.client.HTTPConnection(host, port, timeout=HTTP_TIMEOUT)
     try:

@@ -25,10 +25,10 @@ from .namespaces import Namespaces, opener
 from .render import memory
 from .render.exposition import MetricsApp
 from .render.metrics import Options
-from .swarm.docker import DockerServices
+from .swarm.names import DockerServices
 from .usage import HELP as H
 from .usage import OriginalUsageCommand
-from .web import server
+from .web import apps, server
 from .web.webconfig import WebConfig
 
 log = logging.getLogger(__name__)
@@ -92,7 +92,7 @@ def run(
         raise typer.BadParameter(str(e.strerror), param_hint="--namespace-path") from None
 
     web = web_config_file
-    wsgi = server.build_app(metrics, telemetry_path, web.users, web.headers, web_max_requests)
+    wsgi = apps.build_app(metrics, telemetry_path, web.users, web.headers, web_max_requests)
     descriptors = server.descriptor_limit()
     bound = server.connection_bound(web_max_connections, descriptors)
     if bound != web_max_connections:

@@ -39,7 +39,7 @@ NS_LABELS = ("namespace",)
 
 
 class SwarmNames(Protocol):
-    """What docker.DockerServices offers: the service behind each fwmark of a namespace (named
+    """What swarm.names.DockerServices offers: the service behind each fwmark of a namespace (named
     by its file and the mark, else by the mark's published ports), and whether the last query
     of the Docker Engine API worked."""
 
@@ -269,11 +269,6 @@ class BuildInfoCollector:
         )
         f.add_metric(self._labels, 1)
         yield f
-
-
-def build_info() -> Metric:
-    """The build info family on its own (for packaging checks)."""
-    return next(BuildInfoCollector().collect())
 
 
 def scrape_families(readings: Iterable[tuple[IPVSCollector, Reading]]) -> list[Metric]:

@@ -6,12 +6,12 @@ from __future__ import annotations
 
 import dataclasses
 import re
-from typing import Any, Optional
+from typing import Any
 
 import typer
 
 from .render.metrics import DEST_LABEL_CHOICES, Options
-from .swarm.docker import endpoint
+from .swarm.endpoint import endpoint
 from .web.webconfig import WebConfig, WebConfigError, load
 
 LABELS = ",".join(DEST_LABEL_CHOICES)  # --destination-labels' default
@@ -22,9 +22,9 @@ class ListenAddress:
     host: str  # '' = every interface
     port: int
 
-    def show(self, port: Optional[int] = None) -> str:
+    def show(self) -> str:
         host = f"[{self.host}]" if ":" in self.host else self.host
-        return f"{host}:{self.port if port is None else port}"
+        return f"{host}:{self.port}"
 
     @staticmethod
     def of(address: tuple[Any, ...]) -> str:

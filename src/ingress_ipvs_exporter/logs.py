@@ -77,3 +77,9 @@ def setup_logging(level: LogLevel, fmt: LogFormat) -> None:
     root = logging.getLogger()
     root.handlers[:] = [handler]
     root.setLevel(level.value.upper())
+
+
+def one_line(text: str, limit: int = 200) -> str:
+    """Text squeezed onto one line and cut to limit characters (for messages quoting a peer)."""
+    line = " ".join(str(text).split())
+    return line if len(line) <= limit else line[: limit - 3] + "..."

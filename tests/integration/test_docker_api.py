@@ -21,9 +21,9 @@ import pytest
 import typer
 
 from ingress_ipvs_exporter import flags
-from ingress_ipvs_exporter.swarm import docker
-from ingress_ipvs_exporter.swarm.docker import (
-    DockerError,
+from ingress_ipvs_exporter.swarm import endpoint, names
+from ingress_ipvs_exporter.swarm.client import DockerError
+from ingress_ipvs_exporter.swarm.names import (
     DockerServices,
     SwarmService,
     fetch_network_names,
@@ -527,7 +527,7 @@ def test_hostile_network_answers_never_raise_out_of_names(fake_docker, routes, c
     """A broken or hostile daemon: no name for appnet's marks, a log line at most, no traceback."""
     cache = DockerServices(fake_docker(body=_daemon(services=(503, NOT_A_MANAGER), **routes)), timeout=2.0)
     try:
-        with caplog.at_level(logging.DEBUG, logger=docker.__name__):
+        with caplog.at_level(logging.DEBUG, logger=names.__name__):
             assert cache.names(LB, [257, 258, 259]) == {}
             assert cache.wait_idle(5)
             assert cache.names(LB, [257, 258, 259]) == {}
@@ -541,7 +541,7 @@ def test_a_worker_names_ingress_ports_and_vips_without_ids(fake_docker, caplog):
     """A worker answers 503 to GET /services: the names come from the network route anyway."""
     cache = DockerServices(fake_docker(body=_daemon(services=(503, NOT_A_MANAGER))), timeout=2.0)
     try:
-        with caplog.at_level(logging.INFO, logger=docker.__name__):
+        with caplog.at_level(logging.INFO, logger=names.__name__):
             assert cache.names(LB, [257, 258, 259, 300]) == {}  # the first refresh runs in the background
             assert cache.names(IN, [256, 260], {256: [("tcp", 30000)], 260: [("tcp", 30001)]}) == {}
             assert cache.wait_idle(5) and cache.up and cache.last_error is None
@@ -585,7 +585,7 @@ def test_a_manager_adds_ids_and_names_ports_the_network_route_cannot(fake_docker
 def test_names_by_port_when_the_network_route_fails(fake_docker, caplog):
     cache = DockerServices(fake_docker(body=_daemon(networks=(500, {"message": "boom"}))), timeout=2.0)
     try:
-        with caplog.at_level(logging.WARNING, logger=docker.__name__):
+        with caplog.at_level(logging.WARNING, logger=names.__name__):
             cache.names(IN, [256, 257], {256: [("tcp", 30000)]})
             assert cache.wait_idle(5) and cache.up
             assert cache.names(IN, [256, 257], {256: [("tcp", 30000)]}) == {256: WEB}
@@ -803,7 +803,7 @@ def test_docker_services_says_a_tls_failure_and_keeps_going(tls_docker, tls_env,
     tls_env("wrong_ca")
     services = DockerServices(host, timeout=10)
     try:
-        with caplog.at_level(logging.WARNING, logger="ingress_ipvs_exporter.swarm.docker"):
+        with caplog.at_level(logging.WARNING, logger=names.__name__):
             assert services.names("/run/docker/netns/ingress_sbox", [256], {256: [("tcp", 30000)]}) == {}
             assert services.wait_idle(30)
         assert services.up is False
@@ -868,7 +868,7 @@ def test_start_up_finds_a_file_that_is_not_pem(bad, tls_env, tmp_path, pki):
 def test_start_up_accepts_good_tls_files_and_defaults_to_port_2376(tls_env):
     tls_env("right")
     assert flags.docker_host("tcp://127.0.0.1:2376") == "tcp://127.0.0.1:2376"
-    end = docker.endpoint("tcp://localhost")
+    end = endpoint.endpoint("tcp://localhost")
     assert end.address == "localhost:2376" and end.tls is not None
     assert end.tls.verify_mode == ssl.CERT_REQUIRED and end.tls.check_hostname
 
@@ -880,7 +880,7 @@ def test_cert_path_defaults_to_the_docker_cli_config_folder(monkeypatch, tmp_pat
     monkeypatch.setenv("HOME", str(tmp_path))
     assert f"{tmp_path}/.docker/ca.pem does not exist" in _start_up_error("tcp://127.0.0.1:2376")
     shutil.copytree(pki.dirs["right"], tmp_path / ".docker")
-    assert docker.endpoint("tcp://127.0.0.1:2376").cert_dir == f"{tmp_path}/.docker"
+    assert endpoint.endpoint("tcp://127.0.0.1:2376").cert_dir == f"{tmp_path}/.docker"
     monkeypatch.setenv("DOCKER_CONFIG", str(tmp_path / "cfg"))  # as the docker CLI: its config dir
     assert f"{tmp_path}/cfg/ca.pem does not exist" in _start_up_error("tcp://127.0.0.1:2376")
 

@@ -26,7 +26,7 @@ import bcrypt
 import pytest
 from ipvs_testlib import LOGFMT, exporter_command, exporter_log, free_port, running_exporter, write_config
 
-from ingress_ipvs_exporter.web.server import SCRAPE_TIMEOUT_HEADER
+from ingress_ipvs_exporter.web.apps import SCRAPE_TIMEOUT_HEADER
 
 NS = "/nonexistent/ns"
 

@@ -13,7 +13,7 @@ from ingress_ipvs_exporter.swarm import portmap
 from ingress_ipvs_exporter.swarm.portmap import (
     PortMapError,
     PublishedPort,
-    parse_mangle_rules,
+    parse_marks,
     read_mangle_rules,
 )
 
@@ -68,14 +68,14 @@ def test_reads_every_backend_with_table_argument(bindir):
     v6 = "*mangle\n-A PREROUTING -p udp --dport 9 -j MARK --set-mark 0x104\nCOMMIT\n"
     _fake(bindir, "ip6tables-nft-save", _print(v6))
     _fake(bindir, "iptables-save", "exit 7")  # not used when a backend-specific one exists
-    ports = parse_mangle_rules(read_mangle_rules(""))
+    ports = parse_marks(read_mangle_rules("")).ports
     assert ports[0x103] == [TCP(30005)] and ports[0x101] == [TCP(30000), UDP(30000)]
     assert ports[0x104] == [UDP(9)]
 
 
 def test_falls_back_to_plain_iptables_save(bindir):
     _fake(bindir, "iptables-save", _print(LEGACY_SWARM))
-    assert parse_mangle_rules(read_mangle_rules(""))[0x103] == [TCP(30005)]
+    assert parse_marks(read_mangle_rules("")).ports[0x103] == [TCP(30005)]
 
 
 def test_missing_table_is_not_an_error(bindir):
@@ -91,7 +91,7 @@ def test_missing_table_is_not_an_error(bindir):
 def test_one_failing_backend_is_not_an_error(bindir, caplog):
     _fake(bindir, "iptables-nft-save", "echo 'Failed to initialize nft: Protocol not supported' >&2; exit 1")
     _fake(bindir, "iptables-legacy-save", _print(LEGACY_SWARM))
-    assert parse_mangle_rules(read_mangle_rules(""))[0x100] == [TCP(30002)]
+    assert parse_marks(read_mangle_rules("")).ports[0x100] == [TCP(30002)]
     assert _warnings(caplog) == []  # a backend the kernel lacks is not the user's to fix
 
 
@@ -106,7 +106,7 @@ def test_a_backend_denied_its_capability_is_warned_once(bindir, caplog):
         "Permission denied (you must be root)' >&2; exit 1",
     )
     for _ in range(3):
-        assert parse_mangle_rules(read_mangle_rules("")) == parse_mangle_rules(NFT_SWARM)
+        assert parse_marks(read_mangle_rules("")).ports == parse_marks(NFT_SWARM).ports
     (said,) = _warnings(caplog)
     assert "iptables-legacy-save" in said and "empty port label" in said
     assert "CAP_NET_RAW" in said and "CAP_NET_ADMIN" in said and "CAP_SYS_ADMIN" not in said
@@ -122,7 +122,7 @@ def test_an_unreadable_legacy_table_list_is_warned_once(bindir, legacy_lists, ca
         _fake(bindir, "iptables-nft-save", _print(NFT_SWARM))
         _fake(bindir, "iptables-legacy-save", "exit 9")  # must not run
         for _ in range(3):
-            assert parse_mangle_rules(read_mangle_rules("")) == parse_mangle_rules(NFT_SWARM)
+            assert parse_marks(read_mangle_rules("")).ports == parse_marks(NFT_SWARM).ports
     finally:
         unopenable.close()
     (said,) = _warnings(caplog)
@@ -137,7 +137,7 @@ def test_legacy_not_read_when_its_table_does_not_exist(bindir, legacy_lists):
     _fake(bindir, "iptables-nft-save", _print(NFT_SWARM))
     _fake(bindir, "iptables-legacy-save", "exit 9")
     _fake(bindir, "ip6tables-legacy-save", "exit 9")
-    assert parse_mangle_rules(read_mangle_rules("")) == parse_mangle_rules(NFT_SWARM)
+    assert parse_marks(read_mangle_rules("")).ports == parse_marks(NFT_SWARM).ports
 
 
 def test_legacy_only_host_without_tables_is_empty_not_an_error(bindir, legacy_lists):
@@ -150,7 +150,7 @@ def test_legacy_read_anyway_when_its_tables_are_unknown(bindir, legacy_lists, mo
     monkeypatch.setattr(portmap, "_legacy_mangle_families", lambda prefix, timeout: None)
     legacy_lists["iptables"].write_text("")
     _fake(bindir, "iptables-legacy-save", _print(LEGACY_SWARM))
-    assert parse_mangle_rules(read_mangle_rules(""))[0x103] == [TCP(30005)]
+    assert parse_marks(read_mangle_rules("")).ports[0x103] == [TCP(30005)]
 
 
 def test_all_failing_raises_one_line_naming_each(bindir):
@@ -226,5 +226,5 @@ def test_helpers_come_from_the_system_path_never_from_the_inherited_one(bindir, 
     namespace = tmp_path / "ns"
     namespace.write_text("")
     for _ in range(2):  # resolved at first use, and the same on the next read
-        assert parse_mangle_rules(read_mangle_rules(str(namespace))) == parse_mangle_rules(NFT_SWARM)
+        assert parse_marks(read_mangle_rules(str(namespace))).ports == parse_marks(NFT_SWARM).ports
     assert not ran.exists(), "a helper from the inherited PATH ran"

@@ -27,7 +27,7 @@ from ipvs_testlib import (
 from lab import SWARM_PORTS, swarm_like_lab
 
 from ingress_ipvs_exporter.namespaces import SCRAPE_TIMEOUT_MARGIN, SHORTEST_DEADLINE
-from ingress_ipvs_exporter.web.server import SCRAPE_TIMEOUT_HEADER
+from ingress_ipvs_exporter.web.apps import SCRAPE_TIMEOUT_HEADER
 
 pytestmark = pytest.mark.kernel
 

@@ -7,7 +7,7 @@ from ingress_ipvs_exporter.swarm.portmap import (
     PortMap,
     PortMapError,
     PublishedPort,
-    parse_mangle_rules,
+    parse_marks,
     read_mangle_rules,
 )
 
@@ -76,7 +76,7 @@ def test_one_backend(netns, backend):
     name, path = netns
     add_rules(name, backend, SWARM)
     add_vip_rule(name, backend, "10.0.0.5", 0x100)
-    assert parse_mangle_rules(read_mangle_rules(path)) == SWARM_PORTS
+    assert parse_marks(read_mangle_rules(path)).ports == SWARM_PORTS
     pm = PortMap(path)
     assert pm.lookup([0x102, 0x100, 0x101, 0x1FF]) == SWARM_PORTS
     assert pm.last_error is None
@@ -128,7 +128,7 @@ def test_reading_creates_no_legacy_table(netns):
 
 def test_empty_namespace(netns):
     _, path = netns
-    assert parse_mangle_rules(read_mangle_rules(path)) == {}
+    assert parse_marks(read_mangle_rules(path)).ports == {}
 
 
 @pytest.mark.parametrize("backend", BACKENDS)

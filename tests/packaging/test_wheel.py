@@ -155,8 +155,8 @@ def test_console_script_runs(venv: Path, wheel: Path):
 def test_build_info_metric_carries_the_version(venv: Path):
     """pyproject.toml's version is the one source: the installed wheel's build-info metric says it too."""
     code = (
-        "from ingress_ipvs_exporter.collector import build_info\n"
-        "s = build_info().samples[0]\nprint(s.name, s.labels['version'], s.labels['libnl_version'])"
+        "from ingress_ipvs_exporter.collector import BuildInfoCollector\n"
+        "s = next(BuildInfoCollector().collect()).samples[0]\nprint(s.name, s.labels['version'], s.labels['libnl_version'])"
     )
     res = run([venv / "bin" / "python", "-c", code], cwd=venv)
     assert res.returncode == 0, res.stderr

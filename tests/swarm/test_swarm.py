@@ -4,7 +4,7 @@ host's iptables alternative set to nft and once to legacy.
 Per backend the tests run in file order on the session's swarm, after the modules that leave
 it as it came up (this one changes it): the README example (three
 services, ten requests, every seed sample equal to ipvsadm, ports as docker reports them),
-swarm service names through the exporter and through swarm/docker.py, churn, east-west VIP traffic
+swarm service names through the exporter and through swarm/names.py, churn, east-west VIP traffic
 read with the lb_* glob, names of VIP and ingress fwmarks with their network from a manager and
 from a worker's answers, a frozen dockerd, and dockerd stopped last, since it ends the swarm.
 """
@@ -41,7 +41,8 @@ from ipvs_testlib import (
 )
 from swarmlib import API_TIMEOUT, IMAGE, WAIT, diag, marks_by_port, wait_for
 
-from ingress_ipvs_exporter.swarm.docker import DockerError, fetch_services
+from ingress_ipvs_exporter.swarm.client import DockerError
+from ingress_ipvs_exporter.swarm.names import fetch_services
 
 pytestmark = [pytest.mark.swarm, pytest.mark.swarm_lab_order(1)]
 

@@ -14,7 +14,8 @@ import pytest
 from ipvs_testlib import exporter_log, running_exporter, samples, scrape
 from swarmlib import API_TIMEOUT, WAIT, diag
 
-from ingress_ipvs_exporter.swarm.docker import DockerError, fetch_services
+from ingress_ipvs_exporter.swarm.client import DockerError
+from ingress_ipvs_exporter.swarm.names import fetch_services
 
 pytestmark = [pytest.mark.swarm, pytest.mark.parametrize("lab", ["nft"], indirect=True)]
 

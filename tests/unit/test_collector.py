@@ -219,7 +219,7 @@ def test_registering_does_no_io():
 
 
 def test_swarm_service_names_join_on_fwmark():
-    from ingress_ipvs_exporter.swarm.docker import SwarmService
+    from ingress_ipvs_exporter.swarm.names import SwarmService
 
     asked = []
 

@@ -7,12 +7,12 @@ import time
 
 import pytest
 
-from ingress_ipvs_exporter.swarm import docker
-from ingress_ipvs_exporter.swarm.docker import (
-    DockerError,
+from ingress_ipvs_exporter.swarm import names
+from ingress_ipvs_exporter.swarm.client import DockerError
+from ingress_ipvs_exporter.swarm.endpoint import parse_docker_host
+from ingress_ipvs_exporter.swarm.names import (
     DockerServices,
     SwarmService,
-    parse_docker_host,
 )
 
 NETNS = "/var/run/docker/netns/"
@@ -218,7 +218,7 @@ def test_cache_keeps_last_good_map_on_error_and_up_flips(caplog):
     assert cache.up
     fetch.result = DockerError("docker at unix:///fake.sock: connection refused; fix it", "unreachable")
     clock.now += 61
-    with caplog.at_level(logging.WARNING, logger=docker.__name__):
+    with caplog.at_level(logging.WARNING, logger=names.__name__):
         assert cache.names(IN, [A, B]) == {A: SVC_A, B: SVC_B}
         assert cache.wait_idle(5)
         assert not cache.up and "connection refused" in cache.last_error
@@ -231,7 +231,7 @@ def test_cache_keeps_last_good_map_on_error_and_up_flips(caplog):
 
     caplog.clear()
     fetch.result = DockerError("docker at unix:///fake.sock: no answer within 2s", "timeout")
-    with caplog.at_level(logging.WARNING, logger=docker.__name__):
+    with caplog.at_level(logging.WARNING, logger=names.__name__):
         for _ in range(2):
             cache.names(IN, [A, B])
             assert cache.wait_idle(5)
@@ -241,7 +241,7 @@ def test_cache_keeps_last_good_map_on_error_and_up_flips(caplog):
     assert cache.last_error.endswith("no answer within 2s") and not cache.up
 
     fetch.result = _by_mark(a=1)  # Docker is back
-    with caplog.at_level(logging.INFO, logger=docker.__name__):
+    with caplog.at_level(logging.INFO, logger=names.__name__):
         cache.names(IN, [A, B])
         assert cache.wait_idle(5)
     assert cache.up and cache.last_error is None

@@ -12,7 +12,7 @@ from ingress_ipvs_exporter.swarm.portmap import (
     PortMap,
     PortMapError,
     PublishedPort,
-    parse_mangle_rules,
+    parse_marks,
 )
 
 TCP = lambda port: PublishedPort("tcp", port)  # noqa: E731
@@ -20,7 +20,7 @@ UDP = lambda port: PublishedPort("udp", port)  # noqa: E731
 
 
 def test_nft_swarm_output():
-    assert parse_mangle_rules(NFT_SWARM) == {
+    assert parse_marks(NFT_SWARM).ports == {
         0x100: [TCP(30002)],
         0x101: [TCP(30000), UDP(30000)],
         0x102: [TCP(8080), TCP(30001)],
@@ -29,7 +29,7 @@ def test_nft_swarm_output():
 
 def test_both_backends_merge_and_dedupe():
     text = "# Warning: iptables-legacy tables present, use iptables-legacy-save to see them\n"
-    ports = parse_mangle_rules(text + NFT_SWARM + LEGACY_SWARM)
+    ports = parse_marks(text + NFT_SWARM + LEGACY_SWARM).ports
     assert ports[0x100] == [TCP(30002)]  # the same rule in both backends counts once
     assert ports[0x103] == [TCP(30005)]
     assert list(ports) == [0x100, 0x101, 0x102, 0x103]
@@ -49,7 +49,7 @@ COMMIT
 COMMIT
 -A PREROUTING -p tcp -m tcp --dport 444 -j MARK --set-mark 0x6
 """
-    assert parse_mangle_rules(text) == {6: [TCP(80)]}
+    assert parse_marks(text).ports == {6: [TCP(80)]}
 
 
 @pytest.mark.parametrize(
@@ -85,12 +85,12 @@ COMMIT
     ],
 )
 def test_rule_forms(rule, expected):
-    assert parse_mangle_rules(f"*mangle\n-A PREROUTING {rule}\nCOMMIT\n") == expected
+    assert parse_marks(f"*mangle\n-A PREROUTING {rule}\nCOMMIT\n").ports == expected
 
 
 def test_any_chain_counts():
     text = "*mangle\n:DOCKER-X - [0:0]\n-A DOCKER-X -p tcp --dport 81 -j MARK --set-mark 5\nCOMMIT\n"
-    assert parse_mangle_rules(text) == {5: [TCP(81)]}
+    assert parse_marks(text).ports == {5: [TCP(81)]}
 
 
 def test_junk_is_tolerated():
@@ -109,8 +109,8 @@ def test_junk_is_tolerated():
             "*",
         ]
     )
-    assert parse_mangle_rules(text) == {5: [TCP(82)]}
-    assert parse_mangle_rules("") == {}
+    assert parse_marks(text).ports == {5: [TCP(82)]}
+    assert parse_marks("").ports == {}
 
 
 def test_published_port_orders_by_protocol_then_port():

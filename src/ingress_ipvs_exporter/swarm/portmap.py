@@ -168,11 +168,6 @@ def parse_marks(text: str) -> MarkMap:
     )
 
 
-def parse_mangle_rules(text: str) -> dict[int, list[PublishedPort]]:
-    """iptables-save text -> fwmark -> sorted unique ports (parse_marks without the VIPs)."""
-    return parse_marks(text).ports
-
-
 # Where the kernel lists the legacy (x_tables) tables that exist in the reader's namespace.
 _LEGACY_TABLE_LISTS = {"iptables": "/proc/net/ip_tables_names", "ip6tables": "/proc/net/ip6_tables_names"}
 
