@@ -14,7 +14,7 @@ BENCH_STAMP := $(VENV)/.bench-installed
 RUN_VENV  := .venv-run
 RUN_STAMP := $(RUN_VENV)/.installed
 
-.PHONY: all deps deps-test venv build wheel deb run demo bench container-test lint format test test-unit test-integration test-packaging test-vm \
+.PHONY: all deps deps-test venv build wheel deb run demo bench container-test lint format test test-unit test-integration test-beside-vm test-packaging test-vm \
         test-kernel test-swarm test-swarm-2node fuzz fuzz-short test-asan test-leaks soak slowloris clean
 
 all: venv
@@ -90,9 +90,15 @@ format: venv
 	$(BIN)/ruff format .
 	$(BIN)/clang-format -i csrc/*.c csrc/*.h fuzz/*.c bench/*.c
 
-## every test: lint, unit, integration and packaging tests here, a minute of fuzzing, then the
-## kernel and swarm suites in one VM boot
-test: deps-test venv lint test-unit test-integration test-packaging fuzz-short test-vm
+## every test: lint, unit and packaging tests here, then the kernel and swarm suites in one VM
+## boot while the integration tests and a minute of fuzzing run here (TEST_JOBS=1: one after another)
+TEST_JOBS ?= 2
+test: deps-test venv lint test-unit test-packaging
+	$(MAKE) -j$(TEST_JOBS) --output-sync=line test-vm test-beside-vm
+
+# the host's suites that make test runs alongside the VM: they mostly wait on sockets and
+# child processes (the packaging tests, which compile, come before the VM instead)
+test-beside-vm: test-integration fuzz-short
 
 # in-process tests: no subprocess, no listening socket
 test-unit: venv
