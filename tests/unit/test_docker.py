@@ -1,9 +1,8 @@
-"""docker, in process: parsing --docker-host, and the DockerServices cache (a fake fetch and
-clock: no daemon, no socket)."""
+"""docker, in process: parsing --docker-host, and the DockerServices cache (a fake fetch, a fake
+clock and a spawn that only records, so every refresh runs when the test says: no daemon, no
+socket, no thread)."""
 
 import logging
-import threading
-import time
 
 import pytest
 
@@ -74,23 +73,17 @@ class FakeClock:
 
 
 class FakeFetch:
-    """A fetch that returns (or raises) what the test says, optionally after a delay; it records
-    the sandboxes the network route was asked about."""
+    """A fetch that returns (or raises) what the test says; it records the sandboxes the network
+    route was asked about."""
 
     def __init__(self, result):
         self.result = result
         self.calls = 0
         self.asked = []
-        self.delay = 0.0
-        self.release = threading.Event()
-        self.release.set()
 
     def __call__(self, host, timeout, *sandboxes):
         self.calls += 1
         self.asked.append(sorted(*sandboxes) if sandboxes else None)
-        self.release.wait(10)
-        if self.delay:
-            time.sleep(self.delay)
         if isinstance(self.result, Exception):
             raise self.result
         return dict(self.result)
@@ -112,14 +105,35 @@ def _by_mark(**services):
     }
 
 
-def _primed(fetch, clock, marks=(A, B), max_age=60.0):
-    """A DockerServices (network route = fetch, a worker's /services) whose first refresh
-    (asking about marks in ingress_sbox) has finished."""
+def _cache(fetch, clock, max_age=60.0):
+    """A DockerServices (network route = fetch, a worker's /services) whose refreshes wait in
+    cache.spawned until settle() runs them."""
+    spawned = []
     cache = DockerServices(
-        "unix:///fake.sock", max_age=max_age, fetch=_no_manager(), fetch_networks=fetch, clock=clock
+        "unix:///fake.sock",
+        max_age=max_age,
+        fetch=_no_manager(),
+        fetch_networks=fetch,
+        clock=clock,
+        spawn=spawned.append,
     )
+    cache.spawned = spawned
+    return cache
+
+
+def settle(cache) -> bool:
+    """Run the refreshes the cache has requested, in order (as its thread would)."""
+    while cache.spawned:
+        cache.spawned.pop(0)()
+    return cache.wait_idle(0)
+
+
+def _primed(fetch, clock, marks=(A, B), max_age=60.0):
+    """_cache() whose first refresh (asking about marks in ingress_sbox) has run."""
+    cache = _cache(fetch, clock, max_age)
     assert cache.names(IN, marks) == {}  # nothing cached yet: the scrape does not wait
-    assert cache.wait_idle(5)
+    assert len(cache.spawned) == 1 and fetch.calls == 0
+    assert settle(cache)
     return cache
 
 
@@ -129,27 +143,28 @@ def test_cache_first_lookup_refreshes_in_background():
     assert cache.up and cache.last_error is None and fetch.calls == 1 and fetch.asked == [["ingress_sbox"]]
     assert cache.names(IN, [A, B]) == {A: SVC_A, B: SVC_B}
     assert cache.names(IN, [B, 1]) == {B: SVC_B}  # a changed set: served now, refreshed too
-    assert cache.wait_idle(5) and fetch.calls == 2
+    assert settle(cache) and fetch.calls == 2
     cache.close()
 
 
 def test_cache_empty_lookup_does_nothing():
     fetch = FakeFetch(_by_mark(a=1))
-    cache = DockerServices("unix:///fake.sock", fetch=_no_manager(), fetch_networks=fetch, clock=FakeClock())
+    cache = _cache(fetch, FakeClock())
     assert cache.names(IN, []) == {}
-    assert cache.wait_idle(1) and fetch.calls == 0
+    assert not cache.spawned and fetch.calls == 0
 
 
 def test_cache_lookup_never_blocks_on_a_slow_fetch():
+    """A changed mark set is answered from memory and the refresh it asks for is handed to the
+    spawn: names() itself never calls Docker, however slow Docker is."""
     fetch, clock = FakeFetch(_by_mark(a=1, b=1)), FakeClock()
     cache = _primed(fetch, clock)
-    fetch.delay, fetch.result = 2.0, _by_mark(a=1, c=1)
-    start = time.monotonic()
+    fetch.result = _by_mark(a=1, c=1)
     assert cache.names(IN, [A, C]) == {A: SVC_A}  # the old map, at once
     assert cache.names(IN, [A, C]) == {A: SVC_A}
-    assert time.monotonic() - start < 0.5
-    assert not cache.wait_idle(0.2)  # the slow refresh is still running
-    assert cache.wait_idle(5)
+    assert fetch.calls == 1 and len(cache.spawned) == 1  # requested, not run in names()
+    assert not cache.wait_idle(0)  # the refresh counts as running until it has run
+    assert settle(cache)
     assert cache.names(IN, [A, C]) == {A: SVC_A, C: SVC_C}
     assert fetch.calls == 2
 
@@ -157,14 +172,14 @@ def test_cache_lookup_never_blocks_on_a_slow_fetch():
 def test_cache_refreshes_when_the_mark_set_or_a_marks_ports_change():
     fetch, clock = FakeFetch(_by_mark(a=1)), FakeClock()
     cache = _primed(fetch, clock, marks=[A])
-    assert cache.names(IN, [A]) == {A: SVC_A} and cache.wait_idle(5) and fetch.calls == 1
+    assert cache.names(IN, [A]) == {A: SVC_A} and settle(cache) and fetch.calls == 1
     fetch.result = _by_mark(a=1, b=1)
     assert cache.names(IN, [A, B]) == {A: SVC_A}  # new mark: old map now, refresh requested
-    assert cache.wait_idle(5) and fetch.calls == 2
+    assert settle(cache) and fetch.calls == 2
     assert cache.names(IN, [A, B]) == {A: SVC_A, B: SVC_B}
-    assert cache.wait_idle(5) and fetch.calls == 2  # same set, fresh cache: no refresh
+    assert settle(cache) and fetch.calls == 2  # same set, fresh cache: no refresh
     cache.names(IN, [A, B], {A: [("tcp", 30000)]})  # a port published on a mark
-    assert cache.wait_idle(5) and fetch.calls == 3
+    assert settle(cache) and fetch.calls == 3
 
 
 def test_cache_namespaces_share_one_refresh_and_a_gone_one_is_forgotten():
@@ -172,14 +187,14 @@ def test_cache_namespaces_share_one_refresh_and_a_gone_one_is_forgotten():
     fetch, clock = FakeFetch(_by_mark(a=1)), FakeClock()
     cache = _primed(fetch, clock, marks=[A])
     cache.names(LB, [B])
-    assert cache.wait_idle(5) and fetch.calls == 2 and fetch.asked[-1] == ["ingress_sbox", "lb_k7z6c1mri"]
+    assert settle(cache) and fetch.calls == 2 and fetch.asked[-1] == ["ingress_sbox", "lb_k7z6c1mri"]
     for _ in range(5):
         cache.names(IN, [A])
         cache.names(LB, [B])
-    assert cache.wait_idle(5) and fetch.calls == 2
+    assert settle(cache) and fetch.calls == 2
     clock.now += 181  # LB is asked no more (its network left this node)
     cache.names(IN, [A])
-    assert cache.wait_idle(5) and fetch.calls == 3 and fetch.asked[-1] == ["ingress_sbox"]
+    assert settle(cache) and fetch.calls == 3 and fetch.asked[-1] == ["ingress_sbox"]
 
 
 def test_cache_refreshes_when_old():
@@ -187,28 +202,25 @@ def test_cache_refreshes_when_old():
     cache = _primed(fetch, clock, marks=[A], max_age=60)
     clock.now += 59
     cache.names(IN, [A])
-    assert cache.wait_idle(5) and fetch.calls == 1
+    assert settle(cache) and fetch.calls == 1
     fetch.result = {("ingress_sbox", A): SVC_B}  # service replaced under the same mark
     clock.now += 1
     assert cache.names(IN, [A]) == {A: SVC_A}
-    assert cache.wait_idle(5) and fetch.calls == 2
+    assert settle(cache) and fetch.calls == 2
     assert cache.names(IN, [A]) == {A: SVC_B}
 
 
 def test_cache_one_refresh_at_a_time_and_requests_queue():
     fetch, clock = FakeFetch(_by_mark(a=1)), FakeClock()
     cache = _primed(fetch, clock, marks=[A])
-    fetch.release.clear()  # the next fetch hangs until released
     fetch.result = _by_mark(a=1, b=1, c=1)
     cache.names(IN, [A, B])
     for _ in range(5):
         cache.names(IN, [A, C])
         cache.names(IN, [A, B])
-    time.sleep(0.1)
-    assert fetch.calls == 2  # one running; later requests wait behind it
-    fetch.release.set()
-    assert cache.wait_idle(5)
-    assert fetch.calls == 3  # exactly one more, for what was asked meanwhile
+    assert len(cache.spawned) == 1  # one refresh started; later requests wait behind it
+    assert settle(cache)
+    assert fetch.calls == 3  # that one and exactly one more, for what was asked meanwhile
     assert cache.names(IN, [A, B]) == {A: SVC_A, B: SVC_B}
 
 
@@ -220,12 +232,12 @@ def test_cache_keeps_last_good_map_on_error_and_up_flips(caplog):
     clock.now += 61
     with caplog.at_level(logging.WARNING, logger=names.__name__):
         assert cache.names(IN, [A, B]) == {A: SVC_A, B: SVC_B}
-        assert cache.wait_idle(5)
+        assert settle(cache)
         assert not cache.up and "connection refused" in cache.last_error
         assert cache.names(IN, [A, B]) == {A: SVC_A, B: SVC_B}  # last good map, retried in background
-        assert cache.wait_idle(5) and fetch.calls == 3
+        assert settle(cache) and fetch.calls == 3
         cache.names(IN, [A, B])
-        assert cache.wait_idle(5) and fetch.calls == 4
+        assert settle(cache) and fetch.calls == 4
     warnings = [r for r in caplog.records if r.levelno == logging.WARNING]
     assert len(warnings) == 1 and "connection refused" in warnings[0].getMessage()  # once, not per refresh
 
@@ -234,7 +246,7 @@ def test_cache_keeps_last_good_map_on_error_and_up_flips(caplog):
     with caplog.at_level(logging.WARNING, logger=names.__name__):
         for _ in range(2):
             cache.names(IN, [A, B])
-            assert cache.wait_idle(5)
+            assert settle(cache)
     assert [r.getMessage() for r in caplog.records] == [
         "swarm service names unavailable: docker at unix:///fake.sock: no answer within 2s"
     ]
@@ -243,7 +255,7 @@ def test_cache_keeps_last_good_map_on_error_and_up_flips(caplog):
     fetch.result = _by_mark(a=1)  # Docker is back
     with caplog.at_level(logging.INFO, logger=names.__name__):
         cache.names(IN, [A, B])
-        assert cache.wait_idle(5)
+        assert settle(cache)
     assert cache.up and cache.last_error is None
     assert (
         caplog.records[-1].getMessage()
@@ -258,7 +270,7 @@ def test_cache_survives_unexpected_exceptions():
     assert not cache.up and cache.last_error == "bug"
     fetch.result = _by_mark(a=1)
     cache.names(IN, [A, B])
-    assert cache.wait_idle(5) and cache.up
+    assert settle(cache) and cache.up
 
 
 def test_cache_close_stops_refreshes():
@@ -267,4 +279,4 @@ def test_cache_close_stops_refreshes():
     cache.close()
     clock.now += 3600
     assert cache.names(IN, [A, B]) == {A: SVC_A}
-    assert cache.wait_idle(1) and fetch.calls == 1
+    assert settle(cache) and fetch.calls == 1
