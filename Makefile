@@ -14,7 +14,7 @@ BENCH_STAMP := $(VENV)/.bench-installed
 RUN_VENV  := .venv-run
 RUN_STAMP := $(RUN_VENV)/.installed
 
-.PHONY: all deps deps-test venv build wheel deb run demo bench container-test lint format test test-unit test-packaging test-vm \
+.PHONY: all deps deps-test venv build wheel deb run demo bench container-test lint format test test-unit test-integration test-beside-vm test-packaging test-vm \
         test-kernel test-swarm test-swarm-2node fuzz fuzz-short test-asan test-leaks soak slowloris clean
 
 all: venv
@@ -90,12 +90,23 @@ format: venv
 	$(BIN)/ruff format .
 	$(BIN)/clang-format -i csrc/*.c csrc/*.h fuzz/*.c bench/*.c
 
-## every test: lint, unit and packaging tests here, a minute of fuzzing, then the kernel and
-## swarm suites in one VM boot
-test: deps-test venv lint test-unit test-packaging fuzz-short test-vm
+## every test: lint, unit and packaging tests here, then the kernel and swarm suites in one VM
+## boot, then the integration tests and a minute of fuzzing here (TEST_JOBS=2: beside the VM)
+TEST_JOBS ?= 1
+test: deps-test venv lint test-unit test-packaging
+	$(MAKE) -j$(TEST_JOBS) --output-sync=line test-vm test-beside-vm
 
+# the host's suites that make test runs alongside the VM: they mostly wait on sockets and
+# child processes (the packaging tests, which compile, come before the VM instead)
+test-beside-vm: test-integration fuzz-short
+
+# in-process tests: no subprocess, no listening socket
 test-unit: venv
 	$(PYTEST) -q tests/unit tests/fuzz
+
+# the exporter (and openssl, promtool, scripts) run as processes, real HTTP over loopback
+test-integration: venv
+	$(PYTEST) -q tests/integration
 
 # the wheel (built, installed in a fresh venv, its libnl checked), the source build's message
 # without libnl, and the systemd unit (systemd-analyze)
@@ -139,7 +150,7 @@ test-leaks: deps-test venv
 
 ## 10 minutes of slowloris clients next to a scraper, over loopback: no traceback, every scrape answered
 slowloris: venv
-	SLOWLORIS_SECONDS=$${SLOWLORIS_SECONDS:-600} $(PYTEST) -q -s tests/unit/test_slowloris.py
+	SLOWLORIS_SECONDS=$${SLOWLORIS_SECONDS:-600} $(PYTEST) -q -s tests/integration/test_slowloris.py
 
 ## in the VM: 10,000 scrapes of the exporter while IPVS and its namespace churn -> build/vm/soak.json,
 ## then 10 minutes of an HA pair's concurrent scrapes under traffic and churn -> build/vm/ha-scrapes.json

@@ -69,7 +69,7 @@ case "$where" in
   *) echo "fuzz/test-asan.sh: python imports $where, not the sanitized shim" >&2; exit 1 ;;
 esac
 # (also kept in a file: a stdout redirected around the VM run came back truncated)
-"$py" -m pytest -p no:cacheprovider -q tests/fuzz tests/unit 2>&1 | tee "$out/host-tests.log"
+"$py" -m pytest -p no:cacheprovider -q tests/fuzz tests/unit tests/integration 2>&1 | tee "$out/host-tests.log"
 [ "${1:-}" = build ] && exit 0
 
 mkdir -p build/vm/asan

@@ -1,5 +1,5 @@
-"""Helpers shared by the kernel, swarm and demo tests: run the installed exporter as a
-user would, scrape it over loopback HTTP, and read the truth from ipvsadm."""
+"""Helpers shared by every test suite: run the installed exporter as a user would, scrape it
+over loopback HTTP, read the truth from ipvsadm, and a snapshot of every kind of service."""
 
 from __future__ import annotations
 
@@ -21,13 +21,16 @@ from pathlib import Path
 import pytest
 from prometheus_client.parser import text_string_to_metric_families
 
-SEED_SERVICE_METRICS = (
+from ingress_ipvs_exporter.ipvs import Destination, Service, Stats
+from ingress_ipvs_exporter.swarm.marks import PublishedPort
+
+ORIGINAL_SERVICE_METRICS = (
     "ipvs_connections_total",
     "ipvs_bytes_in_total",
     "ipvs_bytes_out_total",
     "ipvs_destination_total",
 )
-SEED_DEST_METRICS = (
+ORIGINAL_DEST_METRICS = (
     "ipvs_destination_connections_total",
     "ipvs_destination_bytes_in_total",
     "ipvs_destination_bytes_out_total",
@@ -397,9 +400,9 @@ def assert_original_samples_match(
                 assert got == value, f"{name} fwmark={mark} address={addr}: exporter {got}, ipvsadm {value}"
     # and nothing beyond what ipvsadm shows
     n_dst = sum(len(s.dests) for s in fwm.values())
-    for name in SEED_DEST_METRICS:
+    for name in ORIGINAL_DEST_METRICS:
         assert len(samples(scraped, name)) == n_dst, name
-    for name in SEED_SERVICE_METRICS:
+    for name in ORIGINAL_SERVICE_METRICS:
         assert len(samples(scraped, name)) == len(fwm), name
 
 
@@ -414,4 +417,193 @@ def mark_rule(port: int, mark: int, proto: str = "tcp") -> list[str]:
         "MARK",
         "--set-xmark",
         f"{mark:#x}/0xffffffff",
+    ]
+
+
+# ---- the exporter's web config, its log format, promtool (integration tests)
+
+
+def write_config(d, tls=True, users=None):
+    """A web config file in d: TLS with d's cert.pem and key.pem, basic auth for users
+    (name -> password); returns its path."""
+    import bcrypt
+
+    lines = []
+    if tls:
+        lines += ["tls_server_config:", "  cert_file: cert.pem", "  key_file: key.pem"]
+    if users:
+        lines.append("basic_auth_users:")
+        lines += [f"  {u}: {bcrypt.hashpw(p.encode(), bcrypt.gensalt(4)).decode()}" for u, p in users.items()]
+    path = d / "web.yml"
+    path.write_text("\n".join(lines) + "\n")
+    return str(path)
+
+
+# one line of the exporter's logfmt output
+LOGFMT = re.compile(r'ts=\S+ level=(debug|info|warn|error) logger=\S+ msg="(?:[^"\\\x00-\x1f\x7f]|\\.)*"')
+
+
+def promtool() -> str:
+    """The path of promtool."""
+    # No skip: the rules are only as good as this check (scripts/install-deps test installs
+    # Debian's prometheus package, which provides promtool).
+    found = shutil.which("promtool")
+    assert found, "promtool not found: install Debian's 'prometheus' package (scripts/install-deps test)"
+    return found
+
+
+# ---- a snapshot of every kind of virtual service and real server (unit tests)
+
+V4, V6 = socket.AF_INET, socket.AF_INET6
+TCP, UDP, SCTP = socket.IPPROTO_TCP, socket.IPPROTO_UDP, 132
+
+
+def sample_stats(base):
+    """Stats whose ten counters and rates are multiples of base."""
+    return Stats(*(base * k for k in (1, 7, 5, 1000, 3000, 1, 2, 3, 400, 500)))
+
+
+def _dest(af, addr, port=0, fwd=0, weight=1, base=1, active=0, inactive=0):
+    return Destination(af, addr, port, fwd, weight, 10, 2, active, inactive, 1, sample_stats(base))
+
+
+# fwmark, TCP, UDP and SCTP services, IPv4 and IPv6, with and without real servers
+EVERY_KIND = [
+    Service(
+        V4,
+        0,
+        "",
+        0,
+        256,
+        "rr",
+        2,
+        0,
+        0xFFFFFFFF,
+        sample_stats(10),
+        (_dest(V4, "10.0.0.2", base=10, inactive=10),),
+    ),
+    Service(V4, 0, "", 0, 257, "wlc", 3, 300, 0xFFFFFFFF, sample_stats(0), ()),  # persistent, no destinations
+    Service(
+        V4,
+        0,
+        "",
+        0,
+        999,
+        "rr",
+        2,
+        0,
+        0xFFFFFFFF,
+        sample_stats(2),
+        (_dest(V4, "10.0.0.3"), _dest(V4, "10.0.0.4", weight=-1)),
+    ),
+    Service(
+        V4,
+        TCP,
+        "10.1.2.3",
+        80,
+        0,
+        "wlc",
+        2,
+        0,
+        0xFFFFFFFF,
+        sample_stats(3),
+        (_dest(V4, "10.1.2.10", 8080, weight=3, active=2), _dest(V4, "10.1.2.10", 8081, fwd=3, weight=0)),
+    ),
+    Service(
+        V4,
+        UDP,
+        "10.1.2.3",
+        80,
+        0,
+        "rr",
+        6,
+        0,
+        0xFFFFFFFF,
+        sample_stats(4),
+        (_dest(V4, "10.1.2.20", 80, fwd=2),),
+    ),
+    Service(
+        V4,
+        SCTP,
+        "10.1.2.3",
+        80,
+        0,
+        "sh",
+        2,
+        0,
+        0xFFFFFFFF,
+        sample_stats(2**40),
+        (_dest(V4, "10.1.2.30", 80, base=2**40),),
+    ),
+    Service(
+        V6,
+        TCP,
+        "2001:db8::1",
+        443,
+        0,
+        "rr",
+        2,
+        0,
+        128,
+        sample_stats(123456789),
+        (_dest(V4, "10.1.2.40", 443, fwd=2), _dest(V6, "2001:db8::40", 443, base=123456789)),
+    ),
+    Service(V6, 0, "", 0, 256, "rr", 2, 0, 128, sample_stats(1), (_dest(V6, "2001:db8::50"),)),
+]
+PORTS = {256: [PublishedPort("tcp", 30000), PublishedPort("udp", 30000)], 257: [PublishedPort("tcp", 30002)]}
+
+
+# ---- iptables-save output as Docker Swarm leaves it (portmap tests)
+
+# What swarm leaves in ingress_sbox, as each backend prints it (marks and ports out of order).
+NFT_SWARM = """\
+# Generated by iptables-nft-save v1.8.9 (nf_tables) on Thu Nov 26 04:01:50 2026
+*mangle
+:PREROUTING ACCEPT [0:0]
+:INPUT ACCEPT [0:0]
+:FORWARD ACCEPT [0:0]
+:OUTPUT ACCEPT [0:0]
+:POSTROUTING ACCEPT [0:0]
+-A PREROUTING -p tcp -m tcp --dport 30002 -j MARK --set-xmark 0x100/0xffffffff
+-A PREROUTING -p tcp -m tcp --dport 30000 -j MARK --set-xmark 0x101/0xffffffff
+-A PREROUTING -p udp -m udp --dport 30000 -j MARK --set-xmark 0x101/0xffffffff
+-A PREROUTING -p tcp -m tcp --dport 30001 -j MARK --set-xmark 0x102/0xffffffff
+-A PREROUTING -p tcp -m tcp --dport 8080 -j MARK --set-xmark 0x102/0xffffffff
+-A INPUT -d 10.0.0.5/32 -j MARK --set-xmark 0x100/0xffffffff
+-A INPUT -d 10.0.0.7/32 -j MARK --set-xmark 0x101/0xffffffff
+COMMIT
+# Completed on Thu Nov 26 04:01:50 2026
+"""
+LEGACY_SWARM = """\
+# Generated by iptables-save v1.8.9 on Thu Nov 26 04:01:50 2026
+*mangle
+:PREROUTING ACCEPT [12:720]
+:INPUT ACCEPT [12:720]
+:FORWARD ACCEPT [0:0]
+:OUTPUT ACCEPT [0:0]
+:POSTROUTING ACCEPT [0:0]
+-A PREROUTING -p tcp -m tcp --dport 30002 -j MARK --set-xmark 0x100/0xffffffff
+-A PREROUTING -p tcp -m tcp --dport 30005 -j MARK --set-xmark 0x103/0xffffffff
+-A INPUT -d 10.0.0.9/32 -j MARK --set-xmark 0x103/0xffffffff
+COMMIT
+# Completed on Thu Nov 26 04:01:50 2026
+"""
+
+
+def fresh_portmap_warnings(monkeypatch) -> None:
+    """portmap warns once per process: a test that starts with this starts with nothing said."""
+    from ingress_ipvs_exporter.logonce import LogOnce
+    from ingress_ipvs_exporter.swarm import marks
+
+    monkeypatch.setattr(marks, "_warned", LogOnce(marks.log))
+
+
+def portmap_warnings(caplog) -> list[str]:
+    """The warnings portmap logged during the test."""
+    import logging
+
+    from ingress_ipvs_exporter.swarm import marks
+
+    return [
+        r.getMessage() for r in caplog.records if r.name == marks.log.name and r.levelno >= logging.WARNING
     ]

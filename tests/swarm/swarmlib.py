@@ -1,9 +1,10 @@
-"""The real-swarm lab for pytest: swarm-lab up/down around a module, and helpers."""
+"""The real-swarm lab for pytest: swarm-lab up/down around the swarm tests, and helpers."""
 
 from __future__ import annotations
 
 import contextlib
 import os
+import re
 import shutil
 import subprocess
 import time
@@ -18,6 +19,7 @@ from ipvs_testlib import running_prometheus
 LAB_SOURCE = Path(__file__).with_name("swarm-lab")
 LAB = Path(os.environ.get("SWARM_TEST_LAB_COPY", "/tmp/swarm-lab-test.sh"))
 STATE = os.environ.get("SWARM_TEST_LAB_STATE", "/tmp/swarm-lab-test")
+BACKENDS = ("nft", "legacy")  # the iptables alternatives a lab comes up with, in this order
 IMAGE = "swarm-lab/httpd:latest"  # what swarm-lab imports and runs its services from
 API_TIMEOUT = 30.0  # one Docker API call; everything is 5-20x slower under TCG
 WAIT = 240.0  # a swarm change to show up in the API
@@ -97,6 +99,20 @@ class Lab:
                 return ports
             assert time.monotonic() < deadline, f"{what}: not after {WAIT:g}s; ports now {ports}"
             time.sleep(2)
+
+
+def marks_by_port(lab) -> dict[int, int]:
+    """published port -> fwmark, from the backend's own mangle rules in ingress_sbox."""
+    out = subprocess.run(
+        ["nsenter", f"--net={lab.ingress_ns}", f"iptables-{lab.backend}-save", "-t", "mangle"],
+        capture_output=True,
+        text=True,
+        check=True,
+        timeout=120,
+    ).stdout
+    return {
+        int(p): int(m, 16) for p, m in re.findall(r"--dport (\d+) -j MARK --set-xmark (0x[0-9a-f]+)/", out)
+    }
 
 
 def wait_for(what: str, check, timeout: float = WAIT, every: float = 2.0):

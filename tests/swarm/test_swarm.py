@@ -1,7 +1,8 @@
 """The exporter on a real Docker Swarm (swarm-lab, inside the IPVS VM), once with the
 host's iptables alternative set to nft and once to legacy.
 
-Per backend the tests share one swarm and run in file order: the README example (three
+Per backend the tests run in file order on the session's swarm, after the modules that leave
+it as it came up (this one changes it): the README example (three
 services, ten requests, every original sample equal to ipvsadm, ports as docker reports them),
 swarm service names through the exporter and through swarm/names.py, churn, east-west VIP traffic
 read with the lb_* glob, names of VIP and ingress fwmarks with their network from a manager and
@@ -38,12 +39,12 @@ from ipvs_testlib import (
     scrape_while_stable,
     scraping,
 )
-from swarmlib import API_TIMEOUT, IMAGE, WAIT, diag, wait_for
+from swarmlib import API_TIMEOUT, IMAGE, WAIT, diag, marks_by_port, wait_for
 
 from ingress_ipvs_exporter.swarm.client import DockerError
 from ingress_ipvs_exporter.swarm.names import fetch_services
 
-pytestmark = pytest.mark.swarm
+pytestmark = [pytest.mark.swarm, pytest.mark.swarm_lab_order(1)]
 
 NET = "namesnet"  # an overlay network with service 'api', for the naming tests
 NOT_A_MANAGER = (
@@ -64,20 +65,6 @@ def diagnosed(*urls: str):
             with open(exporter_log(url)) as f:
                 print(f"===== exporter log {url}\n{f.read()}")
         raise
-
-
-def marks_by_port(lab) -> dict[int, int]:
-    """published port -> fwmark, from the backend's own mangle rules in ingress_sbox."""
-    out = subprocess.run(
-        ["nsenter", f"--net={lab.ingress_ns}", f"iptables-{lab.backend}-save", "-t", "mangle"],
-        capture_output=True,
-        text=True,
-        check=True,
-        timeout=120,
-    ).stdout
-    return {
-        int(p): int(m, 16) for p, m in re.findall(r"--dport (\d+) -j MARK --set-xmark (0x[0-9a-f]+)/", out)
-    }
 
 
 def _names(mapping) -> dict[tuple[str, int], str]:
@@ -495,6 +482,7 @@ def test_docker_api_hanging_leaves_ipvs_metrics_alone(lab):
             os.kill(pid, signal.SIGCONT)
 
 
+@pytest.mark.swarm_lab_order(2)
 def test_docker_api_down_fails_fast(lab):
     """Last for this swarm: dockerd stopped; the API client fails at once, in one line."""
     pid = int(Path(lab.state, "dockerd.pid").read_text().strip())

@@ -33,8 +33,7 @@ from ipvs_testlib import (
     scrape_while_stable,
     stop_process,
 )
-from swarmlib import _docker_binary, sd_prometheus
-from test_swarm import marks_by_port
+from swarmlib import _docker_binary, marks_by_port, sd_prometheus
 
 pytestmark = pytest.mark.swarm2
 ROOT = pathlib.Path(__file__).parents[2]

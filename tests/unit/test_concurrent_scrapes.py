@@ -10,8 +10,8 @@ from __future__ import annotations
 import threading
 from collections.abc import Callable
 
+from ipvs_testlib import EVERY_KIND, PORTS
 from prometheus_client.parser import text_string_to_metric_families
-from test_exposition import EVERY_KIND, PORTS
 
 from ingress_ipvs_exporter.collector import NamespaceReader
 from ingress_ipvs_exporter.ipvs import NamespaceNotFound, Snapshot

@@ -2,71 +2,18 @@
 
 from __future__ import annotations
 
-import socket
-
 import pytest
+from ipvs_testlib import EVERY_KIND, PORTS, sample_stats
 from prometheus_client import CollectorRegistry
 from reference import Fixed, ipvs_families
 from reference import render as reference
 
 from ingress_ipvs_exporter import speedups
-from ingress_ipvs_exporter.ipvs import Destination, Service, Snapshot, Stats
+from ingress_ipvs_exporter.ipvs import Snapshot
 from ingress_ipvs_exporter.render import gzipstream
 from ingress_ipvs_exporter.render.exposition import Renderer, View, fmt
 from ingress_ipvs_exporter.render.metrics import Options
 from ingress_ipvs_exporter.swarm.marks import PublishedPort
-
-V4, V6 = socket.AF_INET, socket.AF_INET6
-TCP, UDP, SCTP = socket.IPPROTO_TCP, socket.IPPROTO_UDP, 132
-
-
-def st(base):
-    return Stats(*(base * k for k in (1, 7, 5, 1000, 3000, 1, 2, 3, 400, 500)))
-
-
-def d(af, addr, port=0, fwd=0, weight=1, base=1, active=0, inactive=0):
-    return Destination(af, addr, port, fwd, weight, 10, 2, active, inactive, 1, st(base))
-
-
-EVERY_KIND = [
-    Service(V4, 0, "", 0, 256, "rr", 2, 0, 0xFFFFFFFF, st(10), (d(V4, "10.0.0.2", base=10, inactive=10),)),
-    Service(V4, 0, "", 0, 257, "wlc", 3, 300, 0xFFFFFFFF, st(0), ()),  # persistent, no destinations
-    Service(
-        V4, 0, "", 0, 999, "rr", 2, 0, 0xFFFFFFFF, st(2), (d(V4, "10.0.0.3"), d(V4, "10.0.0.4", weight=-1))
-    ),
-    Service(
-        V4,
-        TCP,
-        "10.1.2.3",
-        80,
-        0,
-        "wlc",
-        2,
-        0,
-        0xFFFFFFFF,
-        st(3),
-        (d(V4, "10.1.2.10", 8080, weight=3, active=2), d(V4, "10.1.2.10", 8081, fwd=3, weight=0)),
-    ),
-    Service(V4, UDP, "10.1.2.3", 80, 0, "rr", 6, 0, 0xFFFFFFFF, st(4), (d(V4, "10.1.2.20", 80, fwd=2),)),
-    Service(
-        V4, SCTP, "10.1.2.3", 80, 0, "sh", 2, 0, 0xFFFFFFFF, st(2**40), (d(V4, "10.1.2.30", 80, base=2**40),)
-    ),
-    Service(
-        V6,
-        TCP,
-        "2001:db8::1",
-        443,
-        0,
-        "rr",
-        2,
-        0,
-        128,
-        st(123456789),
-        (d(V4, "10.1.2.40", 443, fwd=2), d(V6, "2001:db8::40", 443, base=123456789)),
-    ),
-    Service(V6, 0, "", 0, 256, "rr", 2, 0, 128, st(1), (d(V6, "2001:db8::50"),)),
-]
-PORTS = {256: [PublishedPort("tcp", 30000), PublishedPort("udp", 30000)], 257: [PublishedPort("tcp", 30002)]}
 
 
 @pytest.mark.parametrize("openmetrics", [False, True], ids=["text-0.0.4", "openmetrics"])
@@ -104,7 +51,7 @@ def test_cache_follows_changes_in_shape_and_values():
     r = Renderer()
     first = r.render(Snapshot.build(EVERY_KIND), "/ns", PORTS, Options())
     changed = list(EVERY_KIND)
-    changed[0] = changed[0]._replace(stats=st(11))  # values only
+    changed[0] = changed[0]._replace(stats=sample_stats(11))  # values only
     changed.pop(4)  # and a service gone
     snap = Snapshot.build(changed)
     assert r.render(snap, "/ns", PORTS, Options()) == reference(snap, "/ns", PORTS, Options(), False) != first
@@ -213,7 +160,7 @@ def test_gzip_body_is_one_valid_member_equal_to_the_plain_body(monkeypatch, acce
     monkeypatch.setattr(gzipstream, "CACHE_BUDGET", budget)
     services = list(EVERY_KIND)
     snaps = [Snapshot.build(services), Snapshot.build(services)]
-    services[2] = services[2]._replace(stats=st(3))  # one family's values change, the others not
+    services[2] = services[2]._replace(stats=sample_stats(3))  # one family's values change, the others not
     snaps.append(Snapshot.build(services))
     current = iter(snaps)
     collector = NamespaceReader("/ns", lambda: next(current), lambda marks: PORTS, Options(backends=True))

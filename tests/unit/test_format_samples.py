@@ -8,9 +8,9 @@ from array import array
 
 import pytest
 from ingress_ipvs_exporter._speedups_cffi import ffi, lib
+from ipvs_testlib import EVERY_KIND, PORTS
 from prometheus_client.utils import floatToGoString
 from reference import render as reference
-from test_exposition import EVERY_KIND, PORTS
 
 from ingress_ipvs_exporter.ipvs import Snapshot, Stats
 from ingress_ipvs_exporter.render.exposition import Renderer

@@ -6,8 +6,8 @@ from __future__ import annotations
 import zlib
 
 import pytest
+from ipvs_testlib import EVERY_KIND, PORTS, sample_stats
 from reference import render as reference
-from test_exposition import EVERY_KIND, PORTS, st
 
 from ingress_ipvs_exporter.ipvs import Snapshot
 from ingress_ipvs_exporter.render import exposition, gzipstream
@@ -89,8 +89,8 @@ def test_a_moving_real_server_redoes_one_chunk_per_family_it_is_in(monkeypatch, 
     scrape(services)  # the shape: info families deflated once for it
     everything = scrape(services)
     s = services[3]  # its second real server sees a connection, and so does the service
-    dests = (s.destinations[0], s.destinations[1]._replace(stats=st(5)))
-    services[3] = s._replace(stats=st(4), destinations=dests)
+    dests = (s.destinations[0], s.destinations[1]._replace(stats=sample_stats(5)))
+    services[3] = s._replace(stats=sample_stats(4), destinations=dests)
     if budget:
         # one chunk of each family of the service's and of the real server's counters and
         # rates: 10 each (a TCP service: not in the original, fwmark-only families)
@@ -105,7 +105,7 @@ def test_sums_beyond_64_bits_are_one_chunk_and_still_cached(monkeypatch):
     as signed 64 bits) packs as text, with no fixed width per series: one chunk then."""
     monkeypatch.setattr(exposition, "CHUNK_SERIES", 2)
     s = EVERY_KIND[3]
-    big = tuple(dst._replace(stats=st(2**52)) for dst in s.destinations)  # x 3000: past 2**63
+    big = tuple(dst._replace(stats=sample_stats(2**52)) for dst in s.destinations)  # x 3000: past 2**63
     snap = Snapshot.build([s._replace(destinations=big)])
     options = Options(destination_labels=("address",), backends=True)
     r, steps = Renderer(), []

@@ -18,8 +18,7 @@ from contextlib import ExitStack
 from urllib.parse import urlsplit
 
 import pytest
-from ipvs_testlib import running_exporter, scrape
-from test_webconfig import cert, write_config  # noqa: F401 - cert is a fixture
+from ipvs_testlib import running_exporter, scrape, write_config
 
 NS = "/nonexistent/ns"
 UP = ("ipvs_up", frozenset({("namespace", NS)}))
@@ -151,7 +150,7 @@ def test_stalled_trickling_and_non_reading_clients_do_not_block_scrapes(exporter
     assert proc.poll() is None
 
 
-def test_a_stalled_tls_handshake_does_not_block_tls_scrapes(cert):  # noqa: F811 - the fixture
+def test_a_stalled_tls_handshake_does_not_block_tls_scrapes(cert):
     import ssl
 
     config = write_config(cert, tls=True)

@@ -11,7 +11,7 @@ import re
 import subprocess
 
 import yaml
-from test_prometheus_rules import promtool
+from ipvs_testlib import promtool
 
 from ingress_ipvs_exporter.render.metrics import METRICS, Level
 

@@ -5,22 +5,14 @@ that every alert has a test in which it fires and one in which it does not."""
 from __future__ import annotations
 
 import pathlib
-import shutil
 import subprocess
 
 import yaml
+from ipvs_testlib import promtool
 
 ROOT = pathlib.Path(__file__).parents[2]
 RULES = ROOT / "packaging/prometheus/alerts.yml"
 RULE_TESTS = ROOT / "packaging/prometheus/alerts_test.yml"
-
-
-def promtool() -> str:
-    # No skip: the rules are only as good as this check (scripts/install-deps test installs
-    # Debian's prometheus package, which provides promtool).
-    found = shutil.which("promtool")
-    assert found, "promtool not found: install Debian's 'prometheus' package (scripts/install-deps test)"
-    return found
 
 
 def alerts() -> list[dict]:

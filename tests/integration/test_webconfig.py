@@ -12,48 +12,7 @@ import urllib.request
 
 import bcrypt
 import pytest
-from ipvs_testlib import exporter_command, exporter_log, running_exporter
-
-
-@pytest.fixture(scope="module")
-def cert(tmp_path_factory):
-    d = tmp_path_factory.mktemp("tls")
-    subprocess.run(
-        [
-            "openssl",
-            "req",
-            "-x509",
-            "-newkey",
-            "rsa:2048",
-            "-nodes",
-            "-days",
-            "2",
-            "-subj",
-            "/CN=localhost",
-            "-addext",
-            "subjectAltName=IP:127.0.0.1,DNS:localhost",
-            "-keyout",
-            str(d / "key.pem"),
-            "-out",
-            str(d / "cert.pem"),
-        ],
-        check=True,
-        capture_output=True,
-        timeout=60,
-    )
-    return d
-
-
-def write_config(d, tls=True, users=None):
-    lines = []
-    if tls:
-        lines += ["tls_server_config:", "  cert_file: cert.pem", "  key_file: key.pem"]
-    if users:
-        lines.append("basic_auth_users:")
-        lines += [f"  {u}: {bcrypt.hashpw(p.encode(), bcrypt.gensalt(4)).decode()}" for u, p in users.items()]
-    path = d / "web.yml"
-    path.write_text("\n".join(lines) + "\n")
-    return str(path)
+from ipvs_testlib import exporter_command, exporter_log, running_exporter, write_config
 
 
 def get(url, user=None, password=None, cafile=None):

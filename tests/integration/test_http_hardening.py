@@ -24,8 +24,7 @@ from urllib.parse import urlsplit
 
 import bcrypt
 import pytest
-from ipvs_testlib import exporter_command, exporter_log, free_port, running_exporter
-from test_webconfig import cert  # noqa: F401 - a fixture
+from ipvs_testlib import LOGFMT, exporter_command, exporter_log, free_port, running_exporter, write_config
 
 from ingress_ipvs_exporter.web.apps import SCRAPE_TIMEOUT_HEADER
 
@@ -201,8 +200,6 @@ def test_max_requests_answers_503_beyond_the_limit():
 
 # ---- quiet logs for misbehaving clients ----------------------------------------------------
 
-LOGFMT = re.compile(r'ts=\S+ level=(debug|info|warn|error) logger=\S+ msg="(?:[^"\\\x00-\x1f\x7f]|\\.)*"')
-
 
 def _check_log(url: str) -> list[str]:
     text = open(exporter_log(url), encoding="utf-8", errors="replace").read()
@@ -213,10 +210,9 @@ def _check_log(url: str) -> list[str]:
     return lines
 
 
-def test_client_trouble_is_at_most_a_debug_line_each(cert, monkeypatch):  # noqa: F811 - fixture
+def test_client_trouble_is_at_most_a_debug_line_each(cert, monkeypatch):
     """Idle connections timing out, resets mid-request and mid-response, plain HTTP to the
     TLS port, failed and garbage TLS handshakes: no traceback, every line logfmt, at debug."""
-    from test_webconfig import write_config
 
     monkeypatch.setenv("INGRESS_IPVS_EXPORTER_HTTP_TIMEOUT", "1")
     config = write_config(cert, tls=True)

@@ -22,8 +22,7 @@ import socket
 import time
 import urllib.request
 
-from ipvs_testlib import exporter_log, running_exporter
-from test_http_hardening import LOGFMT
+from ipvs_testlib import LOGFMT, exporter_log, running_exporter
 
 SECONDS = float(os.environ.get("SLOWLORIS_SECONDS", "20"))
 CONNECTIONS = int(os.environ.get("SLOWLORIS_CONNECTIONS", "200"))
