@@ -189,11 +189,7 @@ def test_unprivileged_with_these_caps_reads_everything(request, backend, caps):
     assert _up(scraped, path) == 1, log_path.read_text()
     assert_original_samples_match(scraped, ipvsadm(path), path, EXPECTED_PORTS)
     assert samples(scraped, "ipvs_service_published_port_info")
-    noise = [
-        line
-        for line in log_path.read_text().splitlines()
-        if re.search(r"level=(warn|error)", line)
-    ]
+    noise = [line for line in log_path.read_text().splitlines() if re.search(r"level=(warn|error)", line)]
     assert not noise, noise
 
 
