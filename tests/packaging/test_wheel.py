@@ -283,3 +283,46 @@ def test_a_stale_build_dir_never_hides_a_broken_compiler(tmp_path: Path):
     cc = _fake_cc(tmp_path, 'echo "cc: fatal error: killed" >&2; exit 1')
     want = _missing_line("compiler", f"{cc} failed: cc: fatal error: killed")
     _assert_one_line(_pip_wheel(src, tmp_path / "out", clean_env(CC=cc)), want, tmp_path / "out")
+
+
+def _newer(wheel: Path, into: Path) -> tuple[Path, str]:
+    """The wheel as a later release would be: the same files, version + ".post1" (dist-info
+    renamed, METADATA's Version and RECORD's hashes rewritten)."""
+    import base64
+    import hashlib
+    import zipfile
+
+    old = project_version()
+    new = f"{old}.post1"
+    out = into / wheel.name.replace(f"-{old}-", f"-{new}-")
+    with zipfile.ZipFile(wheel) as src, zipfile.ZipFile(out, "w", zipfile.ZIP_DEFLATED) as dst:
+        record = []
+        for info in src.infolist():
+            name = info.filename.replace(f"-{old}.dist-info/", f"-{new}.dist-info/")
+            data = src.read(info)
+            if name.endswith(".dist-info/METADATA"):
+                data = re.sub(rb"(?m)^Version: .*$", f"Version: {new}".encode(), data)
+            if name.endswith(".dist-info/RECORD"):
+                record_name = name
+                continue
+            digest = base64.urlsafe_b64encode(hashlib.sha256(data).digest()).rstrip(b"=").decode()
+            record.append(f"{name},sha256={digest},{len(data)}")
+            dst.writestr(zipfile.ZipInfo(name, info.date_time), data)
+        dst.writestr(record_name, "\n".join([*record, f"{record_name},,"]) + "\n")
+    return out, new
+
+
+def test_wheel_install_upgrade_uninstall_as_documented(wheel: Path, tmp_path: Path):
+    """The README's wheel route, step by step: install, upgrade to a newer wheel (the
+    command then reports the new version), uninstall (nothing of it is left)."""
+    newer, new_version = _newer(wheel, tmp_path)
+    root = tmp_path / "opt" / "ingress_ipvs_exporter"
+    assert run([sys.executable, "-m", "venv", root]).returncode == 0
+    exe = root / "bin" / "ingress_ipvs_exporter"
+    for step, expect in ((wheel, project_version()), (newer, new_version)):
+        res = run([root / "bin" / "pip", "install", "-q", "--upgrade", step], cwd=tmp_path)
+        assert res.returncode == 0, f"pip install --upgrade {step.name}:\n{res.stdout}\n{res.stderr}"
+        res = run([exe, "--version"], cwd=tmp_path)
+        assert res.returncode == 0 and res.stdout.strip() == f"ingress_ipvs_exporter {expect}", res
+    shutil.rmtree(root)
+    assert not exe.exists() and not any((tmp_path / "opt").iterdir())
