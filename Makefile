@@ -108,16 +108,17 @@ test-unit: venv
 test-integration: venv
 	$(PYTEST) -q tests/integration
 
-# the wheel (built, installed in a fresh venv, its libnl checked), the source build's message
-# without libnl, and the systemd unit (systemd-analyze)
+# the wheel (built, installed in a fresh venv, its libnl checked, upgraded), the source build's
+# message without libnl, the systemd unit (systemd-analyze) and the Debian package (lintian)
 test-packaging: deps-test venv
 	$(PYTEST) -q tests/packaging
 
-# One VM boot runs every kernel test (tests/kernel, tests/swarm when present).
-test-vm: deps-test venv
-	VM_TIMEOUT=4800 $(VM) -- python -m pytest -p no:cacheprovider -q -m "kernel or swarm" tests/kernel $(wildcard tests/swarm/test_*.py)
+# One VM boot runs every kernel test (tests/kernel, tests/swarm when present); the Debian
+# package's lifecycle test installs make deb's package there.
+test-vm: deps-test venv deb
+	VM_TIMEOUT=4800 $(VM) -- python -m pytest -p no:cacheprovider -q --durations=25 -m "kernel or swarm" tests/kernel $(wildcard tests/swarm/test_*.py)
 
-test-kernel: deps-test venv
+test-kernel: deps-test venv deb
 	$(VM) -- python -m pytest -p no:cacheprovider -q -m kernel tests/kernel
 
 test-swarm: deps-test venv

@@ -607,3 +607,90 @@ def portmap_warnings(caplog) -> list[str]:
     return [
         r.getMessage() for r in caplog.records if r.name == marks.log.name and r.levelno >= logging.WARNING
     ]
+
+
+# ---- a real systemd as PID 1 in the VM (whose init is not systemd) ----------------------
+
+
+def in_systemd(pid1: int, *argv: str, check: bool = True, timeout: float = 180) -> str:
+    """Run a command in the private systemd's namespaces (systemctl reaches it there)."""
+    res = subprocess.run(
+        ["nsenter", "-t", str(pid1), "-a", *argv],
+        capture_output=True,
+        text=True,
+        timeout=timeout,
+        check=False,
+    )
+    if check and res.returncode != 0:
+        raise AssertionError(f"{' '.join(argv)} failed ({res.returncode}): {res.stderr.strip()}")
+    return res.stdout
+
+
+def wait_metrics(url: str, ready, what: str, timeout: float = 240.0) -> dict:
+    """The first scrape of url for which ready(scrape) holds, polled each second."""
+    deadline = time.monotonic() + timeout
+    last: object = None
+    while time.monotonic() < deadline:
+        try:
+            last = scrape(url)
+            if ready(last):
+                return last
+        except OSError as exc:
+            last = exc
+        time.sleep(1)
+    raise AssertionError(f"{what}: not within {timeout:g}s; last scrape: {last!r}")
+
+
+@contextmanager
+def private_systemd(unit: str = "ingress_ipvs_exporter.service"):
+    """systemd as PID 1 of a new PID and mount namespace (the VM's init is not systemd); the
+    units it runs get systemd's real sandbox: DynamicUser, seccomp, capabilities, mounts."""
+    # --propagation shared: as on a host, where PID 1 makes / rshared (a systemd that finds itself
+    # in a PID namespace leaves propagation as it was, and the VM's mounts are private).
+    # /run is the VM's own tmpfs: what systemd writes there outlives it. /run/systemd/system says
+    # "systemd is PID 1" to every program after it (dockerd then picks the systemd cgroup driver),
+    # so it goes when this systemd does, unless it was there before.
+    marker = Path("/run/systemd/system")
+    had_marker = marker.exists()
+    proc = subprocess.Popen(
+        [
+            "unshare",
+            "--pid",
+            "--fork",
+            "--kill-child",
+            "--mount-proc",
+            "--propagation",
+            "shared",
+            "/lib/systemd/systemd",
+            "--system",
+            f"--unit={unit}",
+            "--log-target=kmsg",
+        ],
+        stdin=subprocess.DEVNULL,
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+    )
+    try:
+        deadline = time.monotonic() + 120
+        while True:
+            kids = subprocess.run(
+                ["pgrep", "-P", str(proc.pid), "-x", "systemd"], capture_output=True, text=True, check=False
+            ).stdout.split()
+            if (
+                kids
+                and subprocess.run(
+                    ["nsenter", "-t", kids[0], "-a", "systemctl", "show", "-p", "Version"],
+                    capture_output=True,
+                    check=False,
+                ).returncode
+                == 0
+            ):
+                break
+            assert proc.poll() is None, "systemd exited"
+            assert time.monotonic() < deadline, "systemd did not answer systemctl within 120s"
+            time.sleep(1)
+        yield int(kids[0])
+    finally:
+        stop_process(proc, 30)
+        if not had_marker:
+            shutil.rmtree(marker, ignore_errors=True)

@@ -38,14 +38,16 @@ from ipvs_testlib import (
     assert_original_samples_match,
     exporter_log,
     free_port,
+    in_systemd,
     ipvsadm,
     mark_rule,
+    private_systemd,
     running_exporter,
     samples,
     scrape,
     sh,
-    stop_process,
     unavailable,
+    wait_metrics,
 )
 from lab import SWARM_PORTS, UNMARKED_FWMARK
 from packaging.requirements import Requirement
@@ -251,85 +253,6 @@ DOCKER_NETNS = Path("/var/run/docker/netns")
 LEGACY_PORT, LEGACY_FWMARK = 30005, 300
 
 
-def _in_systemd(pid1: int, *argv: str, check: bool = True) -> str:
-    """Run a command in the private systemd's namespaces (systemctl reaches it there)."""
-    res = subprocess.run(
-        ["nsenter", "-t", str(pid1), "-a", *argv], capture_output=True, text=True, timeout=180, check=False
-    )
-    if check and res.returncode != 0:
-        raise AssertionError(f"{' '.join(argv)} failed ({res.returncode}): {res.stderr.strip()}")
-    return res.stdout
-
-
-def _wait_metrics(url: str, ready, what: str, timeout: float = 240.0) -> dict:
-    deadline = time.monotonic() + timeout
-    last: object = None
-    while time.monotonic() < deadline:
-        try:
-            last = scrape(url)
-            if ready(last):
-                return last
-        except OSError as exc:
-            last = exc
-        time.sleep(1)
-    raise AssertionError(f"{what}: not within {timeout:g}s; last scrape: {last!r}")
-
-
-@contextmanager
-def private_systemd(unit: str = "ingress_ipvs_exporter.service"):
-    """systemd as PID 1 of a new PID and mount namespace (the VM's init is not systemd); the
-    units it runs get systemd's real sandbox: DynamicUser, seccomp, capabilities, mounts."""
-    # --propagation shared: as on a host, where PID 1 makes / rshared (a systemd that finds itself
-    # in a PID namespace leaves propagation as it was, and the VM's mounts are private).
-    # /run is the VM's own tmpfs: what systemd writes there outlives it. /run/systemd/system says
-    # "systemd is PID 1" to every program after it (dockerd then picks the systemd cgroup driver),
-    # so it goes when this systemd does, unless it was there before.
-    marker = Path("/run/systemd/system")
-    had_marker = marker.exists()
-    proc = subprocess.Popen(
-        [
-            "unshare",
-            "--pid",
-            "--fork",
-            "--kill-child",
-            "--mount-proc",
-            "--propagation",
-            "shared",
-            "/lib/systemd/systemd",
-            "--system",
-            f"--unit={unit}",
-            "--log-target=kmsg",
-        ],
-        stdin=subprocess.DEVNULL,
-        stdout=subprocess.DEVNULL,
-        stderr=subprocess.DEVNULL,
-    )
-    try:
-        deadline = time.monotonic() + 120
-        while True:
-            kids = subprocess.run(
-                ["pgrep", "-P", str(proc.pid), "-x", "systemd"], capture_output=True, text=True, check=False
-            ).stdout.split()
-            if (
-                kids
-                and subprocess.run(
-                    ["nsenter", "-t", kids[0], "-a", "systemctl", "show", "-p", "Version"],
-                    capture_output=True,
-                    check=False,
-                ).returncode
-                == 0
-            ):
-                break
-            assert proc.poll() is None, "systemd exited"
-            assert time.monotonic() < deadline, "systemd did not answer systemctl within 120s"
-            time.sleep(1)
-        yield int(kids[0])
-    finally:
-        stop_process(proc, 30)
-        if not had_marker:
-            shutil.rmtree(marker, ignore_errors=True)
-
-
 INSTALL_VENV = Path("/opt/ingress_ipvs_exporter-captest")
 
 
@@ -455,7 +378,7 @@ def test_shipped_unit_under_systemd_serves_docker_namespace_created_after_start(
         with private_systemd() as pid1:
 
             def explain() -> str:
-                status = _in_systemd(
+                status = in_systemd(
                     pid1,
                     "systemctl",
                     "show",
@@ -467,15 +390,15 @@ def test_shipped_unit_under_systemd_serves_docker_namespace_created_after_start(
                 return f"\n{status}\n--- {log}:\n{log.read_text() if log.exists() else '(none)'}"
 
             try:
-                scraped = _wait_metrics(url, lambda s: s.get(up) == 0, "the unit serving ipvs_up 0")
+                scraped = wait_metrics(url, lambda s: s.get(up) == 0, "the unit serving ipvs_up 0")
             except AssertionError as exc:
                 raise AssertionError(f"{exc}{explain()}") from None
-            main_pid = _in_systemd(
+            main_pid = in_systemd(
                 pid1, "systemctl", "show", "-p", "MainPID", "--value", "ingress_ipvs_exporter.service"
             ).strip()
             status = dict(
                 line.split(":\t", 1)
-                for line in _in_systemd(pid1, "cat", f"/proc/{main_pid}/status").splitlines()
+                for line in in_systemd(pid1, "cat", f"/proc/{main_pid}/status").splitlines()
                 if ":\t" in line
             )
             assert status["Uid"].split()[0] != "0", status["Uid"]  # DynamicUser
@@ -485,14 +408,12 @@ def test_shipped_unit_under_systemd_serves_docker_namespace_created_after_start(
             # dockerd bind-mounts ingress_sbox in the host's mount namespace: here, systemd's
             Path(ns_path).touch()
             created.append(Path(ns_path))
-            _in_systemd(pid1, "mount", "--bind", f"/run/netns/{name}", ns_path)
+            in_systemd(pid1, "mount", "--bind", f"/run/netns/{name}", ns_path)
             try:
-                scraped = _wait_metrics(
-                    url, lambda s: s.get(up) == 1, "ipvs_up 1 after ingress_sbox appeared"
-                )
+                scraped = wait_metrics(url, lambda s: s.get(up) == 1, "ipvs_up 1 after ingress_sbox appeared")
             except AssertionError as exc:
                 raise AssertionError(f"{exc}{explain()}") from None
-            props = _in_systemd(
+            props = in_systemd(
                 pid1,
                 "systemctl",
                 "show",
@@ -548,20 +469,20 @@ def test_shipped_socket_unit_starts_the_service_on_the_first_connection(netns):
     with private_systemd("ingress_ipvs_exporter.socket") as pid1:
 
         def state(unit: str) -> str:
-            return _in_systemd(pid1, "systemctl", "show", "-p", "ActiveState", "--value", unit).strip()
+            return in_systemd(pid1, "systemctl", "show", "-p", "ActiveState", "--value", unit).strip()
 
         deadline = time.monotonic() + 120
         while state("ingress_ipvs_exporter.socket") != "active":
             assert time.monotonic() < deadline, "the socket unit did not become active within 120 s"
             time.sleep(1)
         assert state("ingress_ipvs_exporter.service") == "inactive"  # nothing started it yet
-        scraped = _wait_metrics(f"http://127.0.0.1:{port}/metrics", lambda s: up in s, "the first scrape")
+        scraped = wait_metrics(f"http://127.0.0.1:{port}/metrics", lambda s: up in s, "the first scrape")
         assert scraped[up] == 1, scraped.get(up)
         assert state("ingress_ipvs_exporter.service") == "active"
-        main_pid = _in_systemd(
+        main_pid = in_systemd(
             pid1, "systemctl", "show", "-p", "MainPID", "--value", "ingress_ipvs_exporter.service"
         ).strip()
-        cmdline = _in_systemd(pid1, "cat", f"/proc/{main_pid}/cmdline").replace("\0", " ")
+        cmdline = in_systemd(pid1, "cat", f"/proc/{main_pid}/cmdline").replace("\0", " ")
         assert "--web.systemd-socket" in cmdline, cmdline
     text = log.read_text()
     assert f"listening on 127.0.0.1:{port}" in text and "level=error" not in text, text

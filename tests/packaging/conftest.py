@@ -1,9 +1,10 @@
 """The packaging tests' wheels: scripts/build-wheel's, built once per run (or dist/'s when
-newer than every source)."""
+newer than every source); the Debian package, scripts/build-deb's, built once per run."""
 
 from __future__ import annotations
 
 import os
+import subprocess
 from pathlib import Path
 
 import pytest
@@ -25,3 +26,16 @@ def wheels() -> dict[str, Path]:
         built[next(a for a in ARCHES if path.name.endswith(f"_{a}.whl"))] = path
     assert set(built) == set(ARCHES), res.stdout
     return built
+
+
+@pytest.fixture(scope="session")
+def deb() -> Path:
+    """make deb's package (dist/ingress-ipvs-exporter_*_amd64.deb), built once per run; the
+    kernel suite's lifecycle test (tests/kernel/test_deb_kernel.py) installs this file."""
+    res = subprocess.run(
+        [REPO / "scripts/build-deb"], capture_output=True, text=True, timeout=1800, check=False
+    )
+    assert res.returncode == 0, res.stdout + res.stderr
+    path = Path(res.stdout.split()[-1])
+    assert path.is_file(), res.stdout
+    return path

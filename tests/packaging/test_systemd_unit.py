@@ -229,14 +229,9 @@ def test_units_verify_as_installed_by_the_documented_pip_route(tmp_path):
 
 
 @pytest.mark.usefixtures("systemd_analyze")
-def test_units_verify_as_installed_by_the_deb(tmp_path):
+def test_units_verify_as_installed_by_the_deb(tmp_path, deb):
     """make deb's package unpacked into a throw-away root, its venv made as its postinst makes
     it (the system's python3, offline from the packaged wheels): both units verify there."""
-    res = subprocess.run(
-        [REPO / "scripts/build-deb"], capture_output=True, text=True, timeout=1800, check=False
-    )
-    assert res.returncode == 0, res.stdout + res.stderr
-    deb = Path(res.stdout.split()[-1])
     root = tmp_path / "root"
     shutil.copytree(SYSTEM_UNITS, root / "usr/lib/systemd/system", symlinks=True)
     subprocess.run(["dpkg-deb", "-x", deb, root], check=True, timeout=120)
