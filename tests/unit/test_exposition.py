@@ -229,16 +229,6 @@ def test_malloc_tuning_takes_on_glibc():
 
 
 @pytest.mark.parametrize(
-    "raw, expected",
-    [("", 8 << 20), ("0", 0), ("32", 32 << 20), (" 2 ", 2 << 20), ("lots", 8 << 20), ("-1", 8 << 20)],
-)
-def test_cache_budget_from_the_environment(monkeypatch, caplog, raw, expected):
-    monkeypatch.setenv(gzipstream.CACHE_ENV, raw)
-    assert gzipstream._cache_budget() == expected
-    assert ("not a whole number" in caplog.text) == (raw.strip() not in ("", "0", "32", "2"))
-
-
-@pytest.mark.parametrize(
     "crc_join", [gzipstream.crc_join, speedups.crc32_combine], ids=["backend", "speedups"]
 )
 def test_crc_join_equals_zlib_over_the_joined_text(crc_join):
