@@ -32,12 +32,13 @@ sys.path.insert(0, str(Path(__file__).resolve().parent.parent / "tests"))
 
 from reference import render as reference_render
 
-from ingress_ipvs_exporter import memory
+from ingress_ipvs_exporter import memory, testing
 from ingress_ipvs_exporter.collector import NamespaceReader
-from ingress_ipvs_exporter.ipvs import Destination, Service, Snapshot, Stats
+from ingress_ipvs_exporter.ipvs import Snapshot
 from ingress_ipvs_exporter.render.exposition import MetricsApp, Renderer, View
 from ingress_ipvs_exporter.render.metrics import Options
 from ingress_ipvs_exporter.swarm.marks import PublishedPort
+from ingress_ipvs_exporter.testing import Destination, Service, Stats
 from ingress_ipvs_exporter.web import apps, server
 
 DESTS = 10
@@ -88,14 +89,14 @@ def synthetic(n: int) -> tuple[Snapshot, dict]:
                 dests,
             )
         )
-    snap = Snapshot.build(services)
+    snap = testing.build_snapshot(services)
     return snap, {256 + i: [PublishedPort("tcp", 30000 + i)] for i in range(n)}
 
 
 def moved(snap: Snapshot, services: list[int], rnd: random.Random) -> Snapshot:
     """snap with one more connection on each of `services` and on one real server of each."""
     s, d = snap.services, snap.dests
-    (s_u32, s_stats), (d_u32, d_stats) = s.blocks(), d.blocks()
+    (s_u32, s_stats), (d_u32, d_stats) = testing.blocks(s), testing.blocks(d)
     sst, dst = array("Q", s_stats), array("Q", d_stats)
     for i in services:
         j = i * DESTS + rnd.randrange(DESTS)

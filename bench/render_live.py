@@ -42,6 +42,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 
 from memprofile import DESTS, moved, synthetic
 
+from ingress_ipvs_exporter import testing
 from ingress_ipvs_exporter.ipvs import Snapshot
 from ingress_ipvs_exporter.render.metrics import Options
 
@@ -61,8 +62,8 @@ class Contender:
     def snapshot(self, snap: Snapshot) -> Any:
         s, d, ipvs = snap.services, snap.dests, self.ipvs
         return ipvs.Snapshot(
-            ipvs.ServiceRows(s.count, *s.blocks(), s._addr, s._sched),
-            ipvs.DestinationRows(d.count, *d.blocks(), d._addr),
+            ipvs.ServiceRows(s.count, *testing.blocks(s), s._addr, s._sched),
+            ipvs.DestinationRows(d.count, *testing.blocks(d), d._addr),
         )
 
     def body(self, snap: Any, ports: dict, keep: bool) -> tuple[int, bytes]:

@@ -21,8 +21,8 @@ from pathlib import Path
 import pytest
 from prometheus_client.parser import text_string_to_metric_families
 
-from ingress_ipvs_exporter.ipvs import Destination, Service, Stats
 from ingress_ipvs_exporter.swarm.marks import PublishedPort
+from ingress_ipvs_exporter.testing import Destination, Service, Stats
 
 ORIGINAL_SERVICE_METRICS = (
     "ipvs_connections_total",

@@ -1,10 +1,11 @@
 """The `ingress_ipvs_exporter` command: its flags (parsed and checked by typer) and the wiring.
 
 Flags, defaults and usage text follow the original Go exporter so it can be swapped in.
-Usage errors print one line and exit 2; runtime failures to start print one line and
-exit 1. Once serving, IPVS or namespace trouble never stops the process: it shows as
-`ipvs_up 0` and one log line. The one exception is a thread the shim could not bring back
-from a namespace (ipvs.ThreadLost), in any thread: one critical line and exit 70.
+Usage errors print one line and exit 2 (a bad number in an environment variable too, as a
+log line); runtime failures to start print one line and exit 1. Once serving, IPVS or
+namespace trouble never stops the process: it shows as `ipvs_up 0` and one log line. The
+one exception is a thread the shim could not bring back from a namespace (ipvs.ThreadLost),
+in any thread: one critical line and exit 70.
 """
 
 from __future__ import annotations
@@ -24,6 +25,7 @@ from .collector import exporter_collectors
 from .ipvs import NotANamespace, ThreadLost
 from .logs import PROG, LogFormat, LogLevel, setup_logging
 from .namespaces import Namespaces, opener
+from .render import gzipstream
 from .render.exposition import MetricsApp
 from .render.metrics import Options
 from .swarm.names import DockerServices
@@ -82,6 +84,16 @@ def run(
     ),
 ) -> None:
     setup_logging(log_level, log_format)
+    try:
+        # read now, not at import: a bad value is said in the log format just set up
+        client_timeout = max(
+            0.1, flags.env_number(server.CLIENT_TIMEOUT_ENV, server.CLIENT_TIMEOUT, "seconds")
+        )
+        cache_mb = flags.env_number(gzipstream.CACHE_ENV, gzipstream.CACHE_MB, "MB", whole=True)
+    except ValueError as e:
+        log.error("%s", e)
+        raise typer.Exit(2) from None
+    gzipstream.CACHE_BUDGET = int(cache_mb) << 20
     threading.excepthook = _thread_ended
     memory.tune()
     options = dataclasses.replace(
@@ -109,7 +121,8 @@ def run(
         )
     try:
         addresses = [(a.host, a.port) for a in listen_address]
-        servers = server.listen(addresses, systemd_socket, wsgi, web.tls, server.Connections(bound))
+        connections = server.Connections(bound)
+        servers = server.listen(addresses, systemd_socket, wsgi, web.tls, connections, client_timeout)
     except server.ListenError as e:
         log.error("%s", e)
         raise typer.Exit(1) from None

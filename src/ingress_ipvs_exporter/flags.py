@@ -1,10 +1,12 @@
 """Flag values: the parsers and checks typer runs on --listen-address, --telemetry-path,
---destination-labels, --docker-host and --web.config.file (a bad value is a usage error).
+--destination-labels, --docker-host and --web.config.file (a bad value is a usage error),
+and the numbers the exporter takes from its environment.
 """
 
 from __future__ import annotations
 
 import dataclasses
+import os
 import re
 from typing import Any
 
@@ -12,6 +14,7 @@ import typer
 
 from .render.metrics import DEST_LABEL_CHOICES, Options
 from .swarm.endpoint import endpoint
+from .web.apps import DECIMAL
 from .web.webconfig import WebConfig, WebConfigError, load
 
 DEFAULT_DESTINATION_LABELS = ",".join(DEST_LABEL_CHOICES)  # --destination-labels' default
@@ -86,3 +89,16 @@ def web_config(value: str) -> WebConfig:
         return load(value) if value else WebConfig()
     except WebConfigError as e:
         raise typer.BadParameter(str(e)) from None
+
+
+def env_number(name: str, default: float, unit: str, whole: bool = False) -> float:
+    """$name as a plain decimal number of `unit` (a whole one when whole); default when it is
+    unset or blank. ValueError, one line naming the variable, for anything else: a typo must
+    not quietly become the default (the CLI logs it and exits 2, as for a bad flag)."""
+    raw = os.environ.get(name, "").strip()
+    if not raw:
+        return default
+    if not DECIMAL.fullmatch(raw) or (whole and "." in raw):
+        number = "a whole number" if whole else "a number"
+        raise ValueError(f"{name}={raw!r} is not {number} of {unit} (the default: {default:g})")
+    return float(raw)

@@ -1,5 +1,6 @@
-"""The binding over the C shim, and the only module that knows its row layout: a handle on one
-network namespace, and snapshots of its IPVS as named, typed columns.
+"""The binding over the C shim, and the only module of the exporter that knows its row layout
+(testing.py's builder, for tests, writes rows in it too): a handle on one network namespace,
+and snapshots of its IPVS as named, typed columns.
 
 The shim fills flat row-major arrays; a snapshot copies each block out in one call (no
 per-message parsing here) and exposes it column by column (`snap.services.fwmark`,
@@ -15,7 +16,6 @@ import logging
 import os
 import socket
 import threading
-from array import array
 from collections.abc import Sequence
 from typing import Any, Callable, NamedTuple
 
@@ -34,49 +34,6 @@ SYSCTLS: tuple[str, ...] = tuple(
 )
 SYSCTL_DIR = "/proc/sys/net/ipv4/vs"
 DAEMON_STATES: dict[int, str] = {1: "master", 2: "backup"}  # IP_VS_STATE_*
-
-
-class Stats(NamedTuple):
-    """Kernel counters (totals since the entry was created) and rate estimates (per second)."""
-
-    conns: int
-    inpkts: int
-    outpkts: int
-    inbytes: int
-    outbytes: int
-    cps: int
-    inpps: int
-    outpps: int
-    inbps: int
-    outbps: int
-
-
-class Destination(NamedTuple):
-    af: int
-    address: str
-    port: int
-    fwd_method: int
-    weight: int
-    u_threshold: int
-    l_threshold: int
-    active_conns: int
-    inactive_conns: int
-    persist_conns: int
-    stats: Stats
-
-
-class Service(NamedTuple):
-    af: int
-    protocol: int
-    address: str
-    port: int
-    fwmark: int
-    scheduler: str
-    flags: int
-    timeout: int
-    netmask: int
-    stats: Stats
-    destinations: tuple[Destination, ...]
 
 
 class SyncDaemon(NamedTuple):
@@ -283,23 +240,17 @@ class _Rows:
     """One block of rows (services or destinations): uint32 columns, 64-bit stats, addresses.
     Made from the shim's blocks, row by row; kept column by column."""
 
-    __slots__ = ("_addr", "_ncols", "_stats", "_u32", "_u32s", "count")
+    __slots__ = ("_addr", "_stats", "_u32", "_u32s", "count")
 
     def __init__(self, count: int, ncols: int, u32: Any, stats: Any, addr: bytes) -> None:
         """u32, stats: count rows of ncols uint32 and of IPVS_NSTATS uint64, row by row (a
         shim array or bytes)."""
         self.count = count
-        self._ncols = ncols
         u32_cols = transposed(u32, count, ncols, 4)
         self._u32 = memoryview(u32_cols).cast("I")
         self._u32s = memoryview(u32_cols).cast("i")
         self._stats = memoryview(transposed(stats, count, _NSTATS, 8)).cast("Q")
         self._addr = addr
-
-    def blocks(self) -> tuple[bytes, bytes]:
-        """The uint32 and stats blocks row by row, as __init__ takes them (for tools)."""
-        n, u32, stats = self.count, self._u32, self._stats
-        return bytes(transposed(u32, self._ncols, n, 4)), bytes(transposed(stats, _NSTATS, n, 8))
 
     # Kernel counters (totals since the entry was created) and rate estimates (per second).
     conns = _stat_column(lib.IPVS_ST_CONNS)
@@ -322,9 +273,6 @@ class _Rows:
         """Each row's address as text ("" where the row has none)."""
         afs, raw = self.af, self._addr  # type: ignore[attr-defined]
         return [format_addr(af, raw[i * _ADDR_LEN : (i + 1) * _ADDR_LEN]) for i, af in enumerate(afs)]
-
-    def stats(self, i: int) -> Stats:
-        return Stats(*self._stats[i :: self.count])
 
 
 class ServiceRows(_Rows):
@@ -406,7 +354,8 @@ class ServiceId(NamedTuple):
 
 class Snapshot:
     """One dump of IPVS: `services` and `dests` as named columns (see ServiceRows and
-    DestinationRows). Built from a live handle, or from Python values with build()."""
+    DestinationRows). Built from a live handle (tests build one from Python values with
+    testing.build_snapshot())."""
 
     __slots__ = ("dests", "services", "stats64")
 
@@ -433,41 +382,6 @@ class Snapshot:
             bool(h.stats64),
         )
 
-    @classmethod
-    def build(cls, services: Sequence[Service]) -> Snapshot:
-        """The snapshot the shim would produce for these services (for tests and tools)."""
-        svc_u32, dst_u32 = array("I"), array("I")
-        svc_stats, dst_stats = array("Q"), array("Q")
-        svc_addr, dst_addr, sched = bytearray(), bytearray(), bytearray()
-        for i, s in enumerate(services):
-            row = [0] * _SVC_NCOLS
-            row[lib.IPVS_SVC_AF], row[lib.IPVS_SVC_PROTOCOL] = s.af, s.protocol
-            row[lib.IPVS_SVC_PORT], row[lib.IPVS_SVC_FWMARK] = s.port, s.fwmark
-            row[lib.IPVS_SVC_FLAGS], row[lib.IPVS_SVC_TIMEOUT] = s.flags, s.timeout
-            row[lib.IPVS_SVC_NETMASK] = s.netmask
-            row[lib.IPVS_SVC_DEST_FIRST] = len(dst_u32) // _DST_NCOLS
-            row[lib.IPVS_SVC_DEST_COUNT] = len(s.destinations)
-            svc_u32.extend(row)
-            svc_stats.extend(s.stats)
-            svc_addr += _pack_addr(s.af, s.address)
-            sched += s.scheduler.encode()[: _NAME_LEN - 1].ljust(_NAME_LEN, b"\0")
-            for d in s.destinations:
-                r = [0] * _DST_NCOLS
-                r[lib.IPVS_DST_SVC], r[lib.IPVS_DST_AF], r[lib.IPVS_DST_PORT] = i, d.af, d.port
-                r[lib.IPVS_DST_FWD], r[lib.IPVS_DST_WEIGHT] = d.fwd_method, d.weight & 0xFFFFFFFF
-                r[lib.IPVS_DST_U_THRESH], r[lib.IPVS_DST_L_THRESH] = d.u_threshold, d.l_threshold
-                r[lib.IPVS_DST_ACTIVE], r[lib.IPVS_DST_INACTIVE] = d.active_conns, d.inactive_conns
-                r[lib.IPVS_DST_PERSIST] = d.persist_conns
-                dst_u32.extend(r)
-                dst_stats.extend(d.stats)
-                dst_addr += _pack_addr(d.af, d.address)
-        return cls(
-            ServiceRows(len(services), svc_u32.tobytes(), svc_stats.tobytes(), bytes(svc_addr), bytes(sched)),
-            DestinationRows(
-                len(dst_u32) // _DST_NCOLS, dst_u32.tobytes(), dst_stats.tobytes(), bytes(dst_addr)
-            ),
-        )
-
     @property
     def n_svc(self) -> int:
         return self.services.count
@@ -478,48 +392,6 @@ class Snapshot:
 
     def fwmarks(self) -> set[int]:
         return {f for f in self.services.fwmark if f}
-
-    def destination(self, j: int) -> Destination:
-        d = self.dests
-        return Destination(
-            af=d.af[j],
-            address=format_addr(d.af[j], d._addr[j * _ADDR_LEN : (j + 1) * _ADDR_LEN]),
-            port=d.port[j],
-            fwd_method=d.fwd[j],
-            weight=d.weight[j],
-            u_threshold=d.u_threshold[j],
-            l_threshold=d.l_threshold[j],
-            active_conns=d.active[j],
-            inactive_conns=d.inactive[j],
-            persist_conns=d.persist[j],
-            stats=d.stats(j),
-        )
-
-    def service(self, i: int) -> Service:
-        """Service i with its destinations as Python values (for tests and debugging)."""
-        s = self.services
-        sid = s.ids()[i]
-        first = s.dest_first[i]
-        return Service(
-            af=sid.af,
-            protocol=sid.protocol,
-            address=sid.address,
-            port=sid.port,
-            fwmark=sid.fwmark,
-            scheduler=s.schedulers()[i],
-            flags=s.flags[i],
-            timeout=s.timeout[i],
-            netmask=s.netmask[i],
-            stats=s.stats(i),
-            destinations=tuple(self.destination(j) for j in range(first, first + s.dest_count[i])),
-        )
-
-    def as_services(self) -> list[Service]:
-        return [self.service(i) for i in range(self.services.count)]
-
-
-def _pack_addr(af: int, address: str) -> bytes:
-    return socket.inet_pton(af, address).ljust(_ADDR_LEN, b"\0") if address else bytes(_ADDR_LEN)
 
 
 def _namespace_id(path: str) -> tuple[int, int] | None:

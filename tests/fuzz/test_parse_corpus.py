@@ -19,6 +19,7 @@ import struct
 import pytest
 from ingress_ipvs_exporter._ipvs_cffi import ffi, lib
 
+from ingress_ipvs_exporter import testing
 from ingress_ipvs_exporter.ipvs import Settings, Snapshot, SyncDaemon, settings_from
 
 HERE = os.path.dirname(os.path.abspath(__file__))
@@ -152,14 +153,14 @@ def test_hand_made_edge_cases():
     assert run("edge-attr-len-below-header.bin")[0] == [-errno.EPROTO]
     assert run("edge-sched-unterminated.bin")[0] == [-errno.EINVAL]  # NLA_STRING without NUL
     rcs, snap = run("edge-sched-long-terminated.bin")
-    assert rcs == [0] and snap.service(0).scheduler == "y" * 15  # cut to the 16-byte slot
+    assert rcs == [0] and testing.service(snap, 0).scheduler == "y" * 15  # cut to the 16-byte slot
     rcs, snap = run("edge-oversized-address.bin")
     assert rcs == [0] and snap.services._addr == b"\xaa" * 16  # 40 bytes sent, 16 kept
     rcs, snap = run("edge-zero-and-odd-lengths.bin")
     assert rcs == [-errno.ERANGE] and snap.n_svc == 0  # u16 protocol of length 0
     rcs, snap = run("edge-stats-odd-widths.bin")
     assert rcs == [0]
-    st = snap.service(0).stats
+    st = testing.service(snap, 0).stats
     assert (st.conns, st.inpkts, st.outpkts, st.inbytes, st.outbytes) == (
         0x02020202,
         0x0303030303030303,
@@ -169,13 +170,13 @@ def test_hand_made_edge_cases():
     )
     assert snap.stats64 is False
     rcs, snap = run("edge-empty-stats64.bin")
-    assert rcs == [0] and snap.stats64 is True and tuple(snap.service(0).stats) == (0,) * 10
+    assert rcs == [0] and snap.stats64 is True and tuple(testing.service(snap, 0).stats) == (0,) * 10
     rcs, snap = run("edge-dest-before-service.bin")
     assert rcs == [0, 0, 0, 0] and (snap.n_svc, snap.n_dst) == (1, 3)
-    assert len(snap.service(0).destinations) == 1
+    assert len(testing.service(snap, 0).destinations) == 1
     rcs, snap = run("edge-tiny-growth-x70.bin")
     assert set(rcs) == {0} and (snap.n_svc, snap.n_dst) == (70, 280)
-    assert all(len(s.destinations) == 4 for s in snap.as_services())
+    assert all(len(s.destinations) == 4 for s in testing.as_services(snap))
     assert run("edge-type-flag-bits.bin")[0] == [0]
     rcs, _, settings = parse_file(os.path.join(REGRESSIONS, "edge-config.bin"))
     assert rcs == [0] and settings.timeouts == {"tcp": 100, "tcp_fin": 20, "udp": 30}
@@ -229,14 +230,14 @@ def test_service_message_gives_one_row(name):
     _, snap = feed(os.path.join(CORPUS, name))
     assert (snap.n_svc, snap.n_dst) == (1, 0)
     assert snap.stats64  # current kernels send the 64-bit stats block
-    assert_service(snap.service(0), MANIFEST[name]["service"])
+    assert_service(testing.service(snap, 0), MANIFEST[name]["service"])
 
 
 @pytest.mark.parametrize("name", sorted(n for n, m in MANIFEST.items() if m["kind"] == "destination"))
 def test_destination_message_gives_one_row(name):
     _, snap = feed(os.path.join(CORPUS, name))
     assert (snap.n_svc, snap.n_dst) == (0, 1)
-    assert_destination(snap.destination(0), MANIFEST[name]["destination"])
+    assert_destination(testing.destination(snap, 0), MANIFEST[name]["destination"])
 
 
 @pytest.mark.parametrize("name", sorted(n for n, m in MANIFEST.items() if m["kind"] == "set"))
@@ -244,7 +245,7 @@ def test_service_with_destinations(name):
     _, snap = feed(os.path.join(CORPUS, name))
     (want,) = MANIFEST[name]["services"]
     assert (snap.n_svc, snap.n_dst) == (1, len(want["destinations"]))
-    svc = snap.service(0)
+    svc = testing.service(snap, 0)
     assert_service(svc, want)
     assert len(svc.destinations) == len(want["destinations"])
     for d, wd in zip(svc.destinations, want["destinations"]):
@@ -257,7 +258,7 @@ def test_whole_dump_outgrows_the_first_capacities():
     _, snap = feed(os.path.join(CORPUS, name))
     assert (snap.n_svc, snap.n_dst) == (want["passes"] * want["n_svc"], want["passes"] * want["n_dst"])
     assert snap.n_svc > 64 and snap.n_dst > 256  # the shim's first array capacities
-    services = snap.as_services()
+    services = testing.as_services(snap)
     assert sum(len(s.destinations) for s in services) == snap.n_dst
     # every pass gives the same rows again
     per = want["n_svc"]
@@ -292,7 +293,7 @@ CONFIGURED = {
 @pytest.mark.parametrize("name", sorted(CONFIGURED))
 def test_service_is_what_was_configured(name):
     _, snap = feed(os.path.join(CORPUS, name))
-    svc = snap.service(0)
+    svc = testing.service(snap, 0)
     for field, value in CONFIGURED[name].items():
         assert getattr(svc, field) == value, field
     persistent = name in (
@@ -305,7 +306,7 @@ def test_service_is_what_was_configured(name):
 
 def test_configured_destinations():
     _, snap = feed(os.path.join(CORPUS, "set-tcp4-192_0_2_10-80.bin"))
-    dests = {d.address: d for d in snap.service(0).destinations}
+    dests = {d.address: d for d in testing.service(snap, 0).destinations}
     assert set(dests) == {"198.51.100.1", "198.51.100.2", "198.51.100.3"}
     assert (
         dests["198.51.100.2"].weight,
@@ -315,17 +316,17 @@ def test_configured_destinations():
     assert dests["198.51.100.3"].weight == 0 and dests["198.51.100.3"].port == 8081
     assert all(d.fwd_method == 0 for d in dests.values())  # IP_VS_CONN_F_MASQ
     _, snap = feed(os.path.join(CORPUS, "set-udp6-2001_db8__2-53.bin"))
-    (d,) = snap.service(0).destinations
-    assert (snap.service(0).af, d.af, d.address, d.fwd_method) == (
+    (d,) = testing.service(snap, 0).destinations
+    assert (testing.service(snap, 0).af, d.af, d.address, d.fwd_method) == (
         10,
         2,
         "198.51.100.50",
         2,
     )  # IPv4 behind IPv6, tunnel
     _, snap = feed(os.path.join(CORPUS, "set-fwm4-256.bin"))
-    assert len(snap.service(0).destinations) == 12
+    assert len(testing.service(snap, 0).destinations) == 12
     _, snap = feed(os.path.join(CORPUS, "set-tcp4-198_18_30_1-8080.bin"))
-    svc = snap.service(0)
+    svc = testing.service(snap, 0)
     assert svc.stats.conns == 20 and svc.destinations[0].stats.conns == 20  # the capture's real traffic
     assert svc.stats.inbytes > 0 and svc.stats.outpkts > 0
 

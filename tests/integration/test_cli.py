@@ -2,6 +2,9 @@
 
 from __future__ import annotations
 
+import json
+import os
+import re
 import subprocess
 import sys
 
@@ -10,9 +13,14 @@ import pytest
 from ingress_ipvs_exporter.flags import listen_address
 
 
-def run(*args):
+def run(*args, env=None, timeout=60):
+    """The exporter run to its end; env: variables added to this process's environment."""
     return subprocess.run(
-        [sys.executable, "-m", "ingress_ipvs_exporter.cli", *args], capture_output=True, text=True, timeout=60
+        [sys.executable, "-m", "ingress_ipvs_exporter.cli", *args],
+        capture_output=True,
+        text=True,
+        timeout=timeout,
+        env=None if env is None else {**os.environ, **env},
     )
 
 
@@ -93,6 +101,29 @@ def test_port_in_use_is_one_line_and_exit_1():
     errors = [l for l in res.stderr.splitlines() if "level=error" in l]
     assert len(errors) == 1 and "cannot listen on" in errors[0] and "--listen-address" in errors[0]
     assert "Traceback" not in res.stderr
+
+
+@pytest.mark.parametrize("fmt", ["logfmt", "json"])
+@pytest.mark.parametrize(
+    "name, value",
+    [("INGRESS_IPVS_EXPORTER_HTTP_TIMEOUT", "sixty"), ("INGRESS_IPVS_EXPORTER_CACHE_MB", "-1")],
+)
+def test_a_bad_number_in_the_environment_is_one_log_line_and_exit_2(fmt, name, value):
+    """Not a silent default: read once logging is set up, so one error line in the format
+    --log.format asks for names the variable, and the exporter exits 2 as for a bad flag.
+    (Before, the exporter went on serving: the timeout ends the run and fails the test.)"""
+    args = ("--listen-address", "127.0.0.1:0", "--namespace-path", "/nonexistent/ns", "--log.format", fmt)
+    res = run(*args, env={name: value}, timeout=20)
+    lines = res.stderr.splitlines()
+    assert res.returncode == 2 and len(lines) == 1 and "Traceback" not in res.stderr, res.stderr
+    if fmt == "json":
+        record = json.loads(lines[0])
+        level, msg = record["level"], record["msg"]
+    else:
+        m = re.fullmatch(r'ts=\S+ level=(\w+) logger=\S+ msg="(.*)"', lines[0])
+        assert m, lines[0]
+        level, msg = m.groups()
+    assert level == "error" and msg.startswith(f"{name}=") and "is not a" in msg, lines[0]
 
 
 def test_version():

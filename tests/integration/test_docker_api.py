@@ -20,7 +20,7 @@ import types
 import pytest
 import typer
 
-from ingress_ipvs_exporter import flags
+from ingress_ipvs_exporter import flags, testing
 from ingress_ipvs_exporter.swarm import endpoint, names
 from ingress_ipvs_exporter.swarm.client import DockerError
 from ingress_ipvs_exporter.swarm.names import (
@@ -529,11 +529,11 @@ def test_hostile_network_answers_never_raise_out_of_names(fake_docker, routes, c
     try:
         with caplog.at_level(logging.DEBUG, logger=names.__name__):
             assert cache.names(LB, [257, 258, 259]) == {}
-            assert cache.wait_idle(5)
+            assert testing.wait_idle(cache, 5)
             assert cache.names(LB, [257, 258, 259]) == {}
         assert all(r.exc_info is None and "\n" not in r.getMessage() for r in caplog.records)
     finally:
-        cache.wait_idle(5)  # a refresh still running would log into the next test
+        testing.wait_idle(cache, 5)  # a refresh still running would log into the next test
         cache.close()
 
 
@@ -544,7 +544,7 @@ def test_a_worker_names_ingress_ports_and_vips_without_ids(fake_docker, caplog):
         with caplog.at_level(logging.INFO, logger=names.__name__):
             assert cache.names(LB, [257, 258, 259, 300]) == {}  # the first refresh runs in the background
             assert cache.names(IN, [256, 260], {256: [("tcp", 30000)], 260: [("tcp", 30001)]}) == {}
-            assert cache.wait_idle(5) and cache.up and cache.last_error is None
+            assert testing.wait_idle(cache, 5) and cache.up and testing.last_error(cache) is None
             assert cache.names(LB, [257, 258, 259, 300]) == {
                 257: SwarmService("", "api", "appnet"),
                 258: SwarmService("", "client", "appnet"),
@@ -557,7 +557,7 @@ def test_a_worker_names_ingress_ports_and_vips_without_ids(fake_docker, caplog):
         said = [(r.levelno, r.getMessage()) for r in caplog.records]
         assert len(said) == 1 and said[0][0] == logging.INFO and "not a swarm manager" in said[0][1]
     finally:
-        cache.wait_idle(5)  # a refresh still running would log into the next test
+        testing.wait_idle(cache, 5)  # a refresh still running would log into the next test
         cache.close()
 
 
@@ -570,7 +570,7 @@ def test_a_manager_adds_ids_and_names_ports_the_network_route_cannot(fake_docker
     try:
         cache.names(LB, [257, 258])
         cache.names("/run/custom_ns", [7], {7: [("tcp", 8080)]})
-        assert cache.wait_idle(5) and cache.up
+        assert testing.wait_idle(cache, 5) and cache.up
         assert cache.names(LB, [257, 258]) == {
             257: SwarmService("apiid", "api", "appnet"),
             258: SwarmService("", "client", "appnet"),  # no such service in /services: no ID
@@ -578,7 +578,7 @@ def test_a_manager_adds_ids_and_names_ports_the_network_route_cannot(fake_docker
         assert cache.names("/run/custom_ns", [7], {7: [("tcp", 8080)]}) == {7: WEB}
         assert cache.names(IN, [256], {256: [("tcp", 30000)]}) == {256: WEB}
     finally:
-        cache.wait_idle(5)  # a refresh still running would log into the next test
+        testing.wait_idle(cache, 5)  # a refresh still running would log into the next test
         cache.close()
 
 
@@ -587,7 +587,7 @@ def test_names_by_port_when_the_network_route_fails(fake_docker, caplog):
     try:
         with caplog.at_level(logging.WARNING, logger=names.__name__):
             cache.names(IN, [256, 257], {256: [("tcp", 30000)]})
-            assert cache.wait_idle(5) and cache.up
+            assert testing.wait_idle(cache, 5) and cache.up
             assert cache.names(IN, [256, 257], {256: [("tcp", 30000)]}) == {256: WEB}
         [warning] = caplog.records
         assert (
@@ -595,7 +595,7 @@ def test_names_by_port_when_the_network_route_fails(fake_docker, caplog):
             and "HTTP 500: boom" in warning.getMessage()
         )
     finally:
-        cache.wait_idle(5)  # a refresh still running would log into the next test
+        testing.wait_idle(cache, 5)  # a refresh still running would log into the next test
         cache.close()
 
 
@@ -805,9 +805,9 @@ def test_docker_services_says_a_tls_failure_and_keeps_going(tls_docker, tls_env,
     try:
         with caplog.at_level(logging.WARNING, logger=names.__name__):
             assert services.names("/run/docker/netns/ingress_sbox", [256], {256: [("tcp", 30000)]}) == {}
-            assert services.wait_idle(30)
+            assert testing.wait_idle(services, 30)
         assert services.up is False
-        assert "certificate was rejected" in services.last_error
+        assert "certificate was rejected" in testing.last_error(services)
         assert [r.getMessage() for r in caplog.records if "certificate was rejected" in r.getMessage()]
     finally:
         services.close()

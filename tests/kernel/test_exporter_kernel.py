@@ -22,6 +22,7 @@ from ipvs_testlib import (
 )
 from lab import SWARM_PORTS, UNMARKED_FWMARK, swarm_like_lab
 
+from ingress_ipvs_exporter import testing
 from ingress_ipvs_exporter.ipvs import Handle, NamespaceNotFound, NotANamespace
 
 pytestmark = pytest.mark.kernel
@@ -52,7 +53,7 @@ def test_scrape_equals_ipvsadm_in_a_swarm_like_namespace(backend):
 
 
 def _service(snap, **match):
-    found = [s for s in snap.as_services() if all(getattr(s, k) == v for k, v in match.items())]
+    found = [s for s in testing.as_services(snap) if all(getattr(s, k) == v for k, v in match.items())]
     assert len(found) == 1, f"{match}: {found}"
     return found[0]
 
@@ -115,7 +116,7 @@ def test_empty_ipvs_and_current_namespace(netns):
     sh("ipvsadm", "-A", "-t", "10.9.9.9:9", "-s", "rr")
     try:
         with Handle("") as h:
-            assert any(s.address == "10.9.9.9" for s in h.snapshot().as_services())
+            assert any(s.address == "10.9.9.9" for s in testing.as_services(h.snapshot()))
     finally:
         sh("ipvsadm", "-D", "-t", "10.9.9.9:9")
 

@@ -7,11 +7,13 @@ import socket
 from prometheus_client import CollectorRegistry
 from prometheus_client.parser import text_string_to_metric_families
 
+from ingress_ipvs_exporter import testing
 from ingress_ipvs_exporter.collector import NamespaceReader
-from ingress_ipvs_exporter.ipvs import Destination, NamespaceNotFound, Service, Snapshot, Stats
+from ingress_ipvs_exporter.ipvs import NamespaceNotFound
 from ingress_ipvs_exporter.render.exposition import MetricsApp
 from ingress_ipvs_exporter.render.metrics import METRICS, Kind, Level, Options
 from ingress_ipvs_exporter.swarm.marks import PublishedPort
+from ingress_ipvs_exporter.testing import Destination, Service, Stats
 
 NS = "/var/run/docker/netns/ingress_sbox"
 
@@ -54,14 +56,14 @@ PORTS = {260: [PublishedPort("tcp", 30000)], 261: [PublishedPort("tcp", 30002), 
 
 def scrape(collector: NamespaceReader) -> str:
     """What the exporter serves for this collector (no gzip)."""
-    return MetricsApp(collector).body("")[0].decode()
+    return testing.body(MetricsApp(collector), "")[0].decode()
 
 
 def render(services, ports=PORTS, ns=NS, options=Options(backends=True)) -> str:
     return scrape(
         NamespaceReader(
             ns,
-            lambda: Snapshot.build(services),
+            lambda: testing.build_snapshot(services),
             lambda marks: {m: ports[m] for m in marks if m in ports},
             options,
         )
@@ -175,7 +177,7 @@ def test_cardinality_options_sum_merged_series_or_drop_them():
     text = scrape(
         NamespaceReader(
             NS,
-            lambda: Snapshot.build([svc]),
+            lambda: testing.build_snapshot([svc]),
             lambda m: {},
             Options(destination_labels=("destination_port",), backends=True),
         )
@@ -189,7 +191,7 @@ def test_cardinality_options_sum_merged_series_or_drop_them():
     text = scrape(
         NamespaceReader(
             NS,
-            lambda: Snapshot.build([svc]),
+            lambda: testing.build_snapshot([svc]),
             lambda m: {},
             Options(destination_labels=(), per_destination=False),
         )
@@ -204,7 +206,7 @@ def test_failed_read_gives_up_0_and_no_ipvs_series(caplog):
 
     app = MetricsApp(NamespaceReader("/x", broken, lambda m: {}))
     for _ in range(3):
-        text = app.body("")[0].decode()
+        text = testing.body(app, "")[0].decode()
     assert 'ipvs_up{namespace="/x"} 0.0' in text
     assert 'ipvs_scrape_errors_total{namespace="/x",reason="namespace_missing"} 3.0' in text
     assert "ipvs_services_total{" not in text
@@ -239,7 +241,7 @@ def test_swarm_service_names_join_on_fwmark():
     text = scrape(
         NamespaceReader(
             NS,
-            lambda: Snapshot.build(ORIGINAL_EXAMPLE),
+            lambda: testing.build_snapshot(ORIGINAL_EXAMPLE),
             lambda marks: {m: PORTS[m] for m in marks if m in PORTS},
             swarm=FakeSwarm(),
         )
@@ -313,9 +315,9 @@ def test_series_per_service_and_per_real_server_as_documented():
 def test_exporter_metrics_can_be_left_out():
     from ingress_ipvs_exporter.collector import exporter_collectors
 
-    collector = NamespaceReader(NS, lambda: Snapshot.build(ORIGINAL_EXAMPLE), lambda m: {})
-    full = MetricsApp(collector, exporter_collectors()).body("")[0].decode()
+    collector = NamespaceReader(NS, lambda: testing.build_snapshot(ORIGINAL_EXAMPLE), lambda m: {})
+    full = testing.body(MetricsApp(collector, exporter_collectors()), "")[0].decode()
     assert "\nipvs_exporter_build_info{" in full and "\nprocess_cpu_seconds_total " in full
-    bare = MetricsApp(collector, exporter_collectors(exporter_metrics=False)).body("")[0].decode()
+    bare = testing.body(MetricsApp(collector, exporter_collectors(exporter_metrics=False)), "")[0].decode()
     assert "ipvs_exporter_build_info" not in bare and "process_" not in bare
     assert f'\nipvs_up{{namespace="{NS}"}} 1.0' in bare

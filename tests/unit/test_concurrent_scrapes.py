@@ -13,6 +13,7 @@ from collections.abc import Callable
 from ipvs_testlib import EVERY_KIND, PORTS
 from prometheus_client.parser import text_string_to_metric_families
 
+from ingress_ipvs_exporter import testing
 from ingress_ipvs_exporter.collector import NamespaceReader
 from ingress_ipvs_exporter.ipvs import NamespaceNotFound, Snapshot
 from ingress_ipvs_exporter.render.exposition import MetricsApp
@@ -92,7 +93,7 @@ def test_a_body_holds_the_health_of_its_own_read_only():
     """Scrape A's read works; scrape B's read fails and finishes while A still renders. A's
     body said ipvs_up 0 (B's outcome, stored on the shared collector) next to its own IPVS
     families; now each body carries the outcome of its own read."""
-    snap = Snapshot.build(EVERY_KIND)
+    snap = testing.build_snapshot(EVERY_KIND)
     a_read = threading.Event()
     b_read = threading.Event()
     calls = []
@@ -115,7 +116,7 @@ def test_a_body_holds_the_health_of_its_own_read_only():
         bodies["A"] = (first + b"".join(chunks)).decode()
 
     def scrape_b() -> None:
-        bodies["B"] = app.body("")[0].decode()
+        bodies["B"] = testing.body(app, "")[0].decode()
         b_read.set()
 
     threads = [threading.Thread(target=scrape_a, name="A"), threading.Thread(target=scrape_b, name="B")]

@@ -6,6 +6,7 @@ import logging
 
 import pytest
 
+from ingress_ipvs_exporter import testing
 from ingress_ipvs_exporter.swarm import names
 from ingress_ipvs_exporter.swarm.client import DockerError
 from ingress_ipvs_exporter.swarm.endpoint import parse_docker_host
@@ -125,7 +126,7 @@ def settle(cache) -> bool:
     """Run the refreshes the cache has requested, in order (as its thread would)."""
     while cache.spawned:
         cache.spawned.pop(0)()
-    return cache.wait_idle(0)
+    return testing.wait_idle(cache, 0)
 
 
 def _primed(fetch, clock, marks=(A, B), max_age=60.0):
@@ -140,7 +141,12 @@ def _primed(fetch, clock, marks=(A, B), max_age=60.0):
 def test_cache_first_lookup_refreshes_in_background():
     fetch, clock = FakeFetch(_by_mark(a=1, b=1, c=1)), FakeClock()
     cache = _primed(fetch, clock)
-    assert cache.up and cache.last_error is None and fetch.calls == 1 and fetch.asked == [["ingress_sbox"]]
+    assert (
+        cache.up
+        and testing.last_error(cache) is None
+        and fetch.calls == 1
+        and fetch.asked == [["ingress_sbox"]]
+    )
     assert cache.names(IN, [A, B]) == {A: SVC_A, B: SVC_B}
     assert cache.names(IN, [B, 1]) == {B: SVC_B}  # a changed set: served now, refreshed too
     assert settle(cache) and fetch.calls == 2
@@ -163,7 +169,7 @@ def test_cache_lookup_never_blocks_on_a_slow_fetch():
     assert cache.names(IN, [A, C]) == {A: SVC_A}  # the old map, at once
     assert cache.names(IN, [A, C]) == {A: SVC_A}
     assert fetch.calls == 1 and len(cache.spawned) == 1  # requested, not run in names()
-    assert not cache.wait_idle(0)  # the refresh counts as running until it has run
+    assert not testing.wait_idle(cache, 0)  # the refresh counts as running until it has run
     assert settle(cache)
     assert cache.names(IN, [A, C]) == {A: SVC_A, C: SVC_C}
     assert fetch.calls == 2
@@ -233,7 +239,7 @@ def test_cache_keeps_last_good_map_on_error_and_up_flips(caplog):
     with caplog.at_level(logging.WARNING, logger=names.__name__):
         assert cache.names(IN, [A, B]) == {A: SVC_A, B: SVC_B}
         assert settle(cache)
-        assert not cache.up and "connection refused" in cache.last_error
+        assert not cache.up and "connection refused" in testing.last_error(cache)
         assert cache.names(IN, [A, B]) == {A: SVC_A, B: SVC_B}  # last good map, retried in background
         assert settle(cache) and fetch.calls == 3
         cache.names(IN, [A, B])
@@ -250,13 +256,13 @@ def test_cache_keeps_last_good_map_on_error_and_up_flips(caplog):
     assert [r.getMessage() for r in caplog.records] == [
         "swarm service names unavailable: docker at unix:///fake.sock: no answer within 2s"
     ]
-    assert cache.last_error.endswith("no answer within 2s") and not cache.up
+    assert testing.last_error(cache).endswith("no answer within 2s") and not cache.up
 
     fetch.result = _by_mark(a=1)  # Docker is back
     with caplog.at_level(logging.INFO, logger=names.__name__):
         cache.names(IN, [A, B])
         assert settle(cache)
-    assert cache.up and cache.last_error is None
+    assert cache.up and testing.last_error(cache) is None
     assert (
         caplog.records[-1].getMessage()
         == "swarm service names available again from docker at unix:///fake.sock"
@@ -267,7 +273,7 @@ def test_cache_keeps_last_good_map_on_error_and_up_flips(caplog):
 def test_cache_survives_unexpected_exceptions():
     fetch, clock = FakeFetch(RuntimeError("bug")), FakeClock()
     cache = _primed(fetch, clock)
-    assert not cache.up and cache.last_error == "bug"
+    assert not cache.up and testing.last_error(cache) == "bug"
     fetch.result = _by_mark(a=1)
     cache.names(IN, [A, B])
     assert settle(cache) and cache.up

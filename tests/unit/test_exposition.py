@@ -8,8 +8,7 @@ from prometheus_client import CollectorRegistry
 from reference import Fixed, ipvs_families
 from reference import render as reference
 
-from ingress_ipvs_exporter import speedups
-from ingress_ipvs_exporter.ipvs import Snapshot
+from ingress_ipvs_exporter import speedups, testing
 from ingress_ipvs_exporter.render import gzipstream
 from ingress_ipvs_exporter.render.exposition import Renderer, View, fmt
 from ingress_ipvs_exporter.render.metrics import Options
@@ -40,30 +39,36 @@ from ingress_ipvs_exporter.swarm.marks import PublishedPort
     ],
 )
 def test_fast_rendering_is_byte_identical(openmetrics, ns, options):
-    snap = Snapshot.build(EVERY_KIND)
+    snap = testing.build_snapshot(EVERY_KIND)
     r = Renderer()
-    fast = r.render(snap, ns, PORTS, options, openmetrics)
+    fast = testing.render(r, snap, ns, PORTS, options, openmetrics)
     assert fast == reference(snap, ns, PORTS, options, openmetrics)
-    assert r.render(snap, ns, PORTS, options, openmetrics) == fast  # from the cache
+    assert testing.render(r, snap, ns, PORTS, options, openmetrics) == fast  # from the cache
 
 
 def test_cache_follows_changes_in_shape_and_values():
     r = Renderer()
-    first = r.render(Snapshot.build(EVERY_KIND), "/ns", PORTS, Options())
+    first = testing.render(r, testing.build_snapshot(EVERY_KIND), "/ns", PORTS, Options())
     changed = list(EVERY_KIND)
     changed[0] = changed[0]._replace(stats=sample_stats(11))  # values only
     changed.pop(4)  # and a service gone
-    snap = Snapshot.build(changed)
-    assert r.render(snap, "/ns", PORTS, Options()) == reference(snap, "/ns", PORTS, Options(), False) != first
+    snap = testing.build_snapshot(changed)
+    assert (
+        testing.render(r, snap, "/ns", PORTS, Options())
+        == reference(snap, "/ns", PORTS, Options(), False)
+        != first
+    )
     other_ports = {256: [PublishedPort("tcp", 31000)]}
-    assert r.render(snap, "/ns", other_ports, Options()) == reference(
+    assert testing.render(r, snap, "/ns", other_ports, Options()) == reference(
         snap, "/ns", other_ports, Options(), False
     )
 
 
 def test_empty_snapshot():
-    snap = Snapshot.build([])
-    assert Renderer().render(snap, "/ns", {}, Options()) == reference(snap, "/ns", {}, Options(), False)
+    snap = testing.build_snapshot([])
+    assert testing.render(Renderer(), snap, "/ns", {}, Options()) == reference(
+        snap, "/ns", {}, Options(), False
+    )
 
 
 @pytest.mark.parametrize("v", [0, 1, -1, 999999, 1000000, 4510000, 12345678, 2**53 + 1, 2**64 - 1, -(2**31)])
@@ -80,11 +85,11 @@ def test_whole_app_body_equals_the_registry_rendering(accept):
     from ingress_ipvs_exporter.collector import NamespaceReader
     from ingress_ipvs_exporter.render.exposition import MetricsApp
 
-    snap = Snapshot.build(EVERY_KIND)
+    snap = testing.build_snapshot(EVERY_KIND)
     collector = NamespaceReader("/ns", lambda: snap, lambda marks: PORTS, info=lambda: (0x010201, 4096))
     reading = collector.read()
     collector.read = lambda: reading  # type: ignore[method-assign]  # one duration for both sides
-    body, content_type = MetricsApp(collector).body(accept)
+    body, content_type = testing.body(MetricsApp(collector), accept)
     encoder, _ = choose_encoder(accept)
     # the two formats served, named without prometheus_client's escaping= (names are legacy)
     expected_type = "application/openmetrics-text" if accept else "text/plain; version=0.0.4"
@@ -104,12 +109,12 @@ def test_an_escaping_scheme_changes_no_family(base, escaping):
     from ingress_ipvs_exporter.collector import NamespaceReader
     from ingress_ipvs_exporter.render.exposition import MetricsApp
 
-    snap = Snapshot.build(EVERY_KIND)
+    snap = testing.build_snapshot(EVERY_KIND)
     collector = NamespaceReader("/ns", lambda: snap, lambda marks: PORTS, info=lambda: (0x010201, 4096))
     collector._health = lambda state: []  # scrape durations differ between two scrapes
     app = MetricsApp(collector)
-    plain, plain_type = app.body(base)
-    escaped, escaped_type = app.body(f"{base}; escaping={escaping}")
+    plain, plain_type = testing.body(app, base)
+    escaped, escaped_type = testing.body(app, f"{base}; escaping={escaping}")
     assert escaped == plain and escaped_type == plain_type
     assert b"ipvs_connections_total" in escaped and b"__" not in escaped
 
@@ -118,7 +123,7 @@ def test_chunks_hold_at_most_chunk_series_lines(monkeypatch):
     from ingress_ipvs_exporter.render import exposition
 
     monkeypatch.setattr(exposition, "CHUNK_SERIES", 2)
-    snap, options = Snapshot.build(EVERY_KIND), Options(backends=True)
+    snap, options = testing.build_snapshot(EVERY_KIND), Options(backends=True)
     chunks = list(Renderer().chunks([View("/ns", snap, PORTS)], options))
     assert b"".join(chunks).decode() == reference(snap, "/ns", PORTS, options, False)
     assert max(c.count(b"\n") for c in chunks) == 2  # a header (HELP, TYPE) or two series
@@ -159,9 +164,9 @@ def test_gzip_body_is_one_valid_member_equal_to_the_plain_body(monkeypatch, acce
     monkeypatch.setattr(exposition, "CHUNK_SERIES", 2)
     monkeypatch.setattr(gzipstream, "CACHE_BUDGET", budget)
     services = list(EVERY_KIND)
-    snaps = [Snapshot.build(services), Snapshot.build(services)]
+    snaps = [testing.build_snapshot(services), testing.build_snapshot(services)]
     services[2] = services[2]._replace(stats=sample_stats(3))  # one family's values change, the others not
-    snaps.append(Snapshot.build(services))
+    snaps.append(testing.build_snapshot(services))
     current = iter(snaps)
     collector = NamespaceReader("/ns", lambda: next(current), lambda marks: PORTS, Options(backends=True))
     collector._health = lambda state: []  # scrape durations differ between two scrapes
@@ -184,7 +189,7 @@ def test_gzip_body_is_one_valid_member_equal_to_the_plain_body(monkeypatch, acce
 def test_unchanged_families_are_neither_rendered_nor_compressed_again(monkeypatch):
     from ingress_ipvs_exporter.render import exposition
 
-    r, snap, options = Renderer(), Snapshot.build(EVERY_KIND), Options()
+    r, snap, options = Renderer(), testing.build_snapshot(EVERY_KIND), Options()
     first = list(r.segments([View("/ns", snap, PORTS)], options))
     calls = []
     monkeypatch.setattr(exposition, "deflate", lambda chunks: calls.append(1))
@@ -199,7 +204,7 @@ def test_after_scrape_runs_after_every_body_even_when_the_client_leaves_early():
     from ingress_ipvs_exporter.render.exposition import MetricsApp
 
     calls = []
-    snap = Snapshot.build(EVERY_KIND)
+    snap = testing.build_snapshot(EVERY_KIND)
     app = MetricsApp(
         NamespaceReader("/ns", lambda: snap, lambda marks: PORTS), after_scrape=lambda: calls.append(1)
     )
@@ -224,16 +229,6 @@ def test_malloc_tuning_takes_on_glibc():
 
 
 @pytest.mark.parametrize(
-    "raw, expected",
-    [("", 8 << 20), ("0", 0), ("32", 32 << 20), (" 2 ", 2 << 20), ("lots", 8 << 20), ("-1", 8 << 20)],
-)
-def test_cache_budget_from_the_environment(monkeypatch, caplog, raw, expected):
-    monkeypatch.setenv(gzipstream.CACHE_ENV, raw)
-    assert gzipstream._cache_budget() == expected
-    assert ("not a whole number" in caplog.text) == (raw.strip() not in ("", "0", "32", "2"))
-
-
-@pytest.mark.parametrize(
     "crc_join", [gzipstream.crc_join, speedups.crc32_combine], ids=["backend", "speedups"]
 )
 def test_crc_join_equals_zlib_over_the_joined_text(crc_join):
@@ -255,7 +250,7 @@ def test_letting_go_of_vanished_namespaces_survives_a_concurrent_scrape_adding_o
     vanished, another may add a namespace's shape; a sweep iterating the live dict then fails
     with 'dictionary changed size during iteration'. The key below plays that other scrape:
     looking it up (hashing it) inserts a shape, as a second thread could at that moment."""
-    r, snap, options = Renderer(), Snapshot.build(EVERY_KIND), Options()
+    r, snap, options = Renderer(), testing.build_snapshot(EVERY_KIND), Options()
 
     class Gone(str):
         armed = False

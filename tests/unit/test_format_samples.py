@@ -12,10 +12,12 @@ from ipvs_testlib import EVERY_KIND, PORTS
 from prometheus_client.utils import floatToGoString
 from reference import render as reference
 
-from ingress_ipvs_exporter.ipvs import Snapshot, Stats
+from ingress_ipvs_exporter import testing
+from ingress_ipvs_exporter.ipvs import Snapshot
 from ingress_ipvs_exporter.render.exposition import Renderer
 from ingress_ipvs_exporter.render.metrics import Options
 from ingress_ipvs_exporter.speedups import format_samples
+from ingress_ipvs_exporter.testing import Stats
 
 EDGES = [
     0,
@@ -123,9 +125,9 @@ def test_a_scrape_with_large_counters_is_the_oracles(base, openmetrics):
     s = EVERY_KIND[3]
     big = [Stats(*(base * (k % 2) + 10**k + i for k in range(10))) for i in range(len(s.destinations) + 1)]
     dests = tuple(dst._replace(stats=big[i + 1]) for i, dst in enumerate(s.destinations))
-    snap = Snapshot.build([s._replace(stats=big[0], destinations=dests), *EVERY_KIND[:3]])
+    snap = testing.build_snapshot([s._replace(stats=big[0], destinations=dests), *EVERY_KIND[:3]])
     options = Options(backends=True)
-    assert Renderer().render(snap, "/ns", PORTS, options, openmetrics) == reference(
+    assert testing.render(Renderer(), snap, "/ns", PORTS, options, openmetrics) == reference(
         snap, "/ns", PORTS, options, openmetrics
     )
 
@@ -136,12 +138,13 @@ def test_snapshot_columns_are_contiguous_and_hold_each_rows_values():
     and blocks() gives the shim's row-by-row layout back."""
     from ingress_ipvs_exporter.ipvs import DestinationRows, ServiceRows
 
-    snap = Snapshot.build(EVERY_KIND)
+    snap = testing.build_snapshot(EVERY_KIND)
     s, d = snap.services, snap.dests
     for column in (s.fwmark, s.dest_count, s.conns, s.outbps, d.service, d.weight, d.inbytes):
         assert isinstance(column, memoryview) and column.c_contiguous
-    assert [snap.service(i) for i in range(snap.n_svc)] == list(EVERY_KIND)
+    assert [testing.service(snap, i) for i in range(snap.n_svc)] == list(EVERY_KIND)
     again = Snapshot(
-        ServiceRows(s.count, *s.blocks(), s._addr, s._sched), DestinationRows(d.count, *d.blocks(), d._addr)
+        ServiceRows(s.count, *testing.blocks(s), s._addr, s._sched),
+        DestinationRows(d.count, *testing.blocks(d), d._addr),
     )
-    assert [again.service(i) for i in range(again.n_svc)] == list(EVERY_KIND)
+    assert [testing.service(again, i) for i in range(again.n_svc)] == list(EVERY_KIND)

@@ -9,7 +9,7 @@ import pytest
 from ipvs_testlib import EVERY_KIND, PORTS, sample_stats
 from reference import render as reference
 
-from ingress_ipvs_exporter.ipvs import Snapshot
+from ingress_ipvs_exporter import testing
 from ingress_ipvs_exporter.render import exposition, gzipstream
 from ingress_ipvs_exporter.render.exposition import Renderer, View
 from ingress_ipvs_exporter.render.gzipstream import Segment, SegmentCache, deflate, join
@@ -80,7 +80,7 @@ def test_a_moving_real_server_redoes_one_chunk_per_family_it_is_in(monkeypatch, 
     r, options, services = Renderer(), Options(backends=True), list(EVERY_KIND)
 
     def scrape(services):
-        snap = Snapshot.build(services)
+        snap = testing.build_snapshot(services)
         made.clear()
         text = text_of(join(r.segments([View("/ns", snap, PORTS)], options, openmetrics)))
         assert text.decode() == reference(snap, "/ns", PORTS, options, openmetrics)
@@ -106,7 +106,7 @@ def test_sums_beyond_64_bits_are_one_chunk_and_still_cached(monkeypatch):
     monkeypatch.setattr(exposition, "CHUNK_SERIES", 2)
     s = EVERY_KIND[3]
     big = tuple(dst._replace(stats=sample_stats(2**52)) for dst in s.destinations)  # x 3000: past 2**63
-    snap = Snapshot.build([s._replace(destinations=big)])
+    snap = testing.build_snapshot([s._replace(destinations=big)])
     options = Options(destination_labels=("address",), backends=True)
     r, steps = Renderer(), []
     real = SegmentCache.segment

@@ -14,8 +14,9 @@ import pytest
 from ipvs_testlib import EVERY_KIND, PORTS
 from reference import render as reference
 
+from ingress_ipvs_exporter import testing
 from ingress_ipvs_exporter.collector import NamespaceReader
-from ingress_ipvs_exporter.ipvs import DumpFailed, NamespaceNotFound, NotANamespace, Snapshot
+from ingress_ipvs_exporter.ipvs import DumpFailed, NamespaceNotFound, NotANamespace
 from ingress_ipvs_exporter.namespaces import Namespaces
 from ingress_ipvs_exporter.render.exposition import MetricsApp, View
 from ingress_ipvs_exporter.render.metrics import Options, service_labels
@@ -40,12 +41,12 @@ def test_input_rules_give_each_mark_its_vip():
 
 
 def test_a_fwmark_service_is_labelled_with_the_vip_of_its_family():
-    svc = service_labels(Snapshot.build(EVERY_KIND), PORTS, VIPS)
+    svc = service_labels(testing.build_snapshot(EVERY_KIND), PORTS, VIPS)
     fwmark = [(s.family, s.fwmark, s.vip) for s in svc if s.fwmark != "0"]
     assert fwmark == [("ipv4", "256", "10.0.1.2"), ("ipv4", "257", "10.0.1.3"), ("ipv4", "999", "")] + [
         ("ipv6", "256", "fd00::2")
     ]
-    assert [s.vip for s in service_labels(Snapshot.build(EVERY_KIND), PORTS)][:3] == ["", "", ""]
+    assert [s.vip for s in service_labels(testing.build_snapshot(EVERY_KIND), PORTS)][:3] == ["", "", ""]
 
 
 class Fake:
@@ -60,7 +61,7 @@ class Fake:
     def add(self, name, snap=None):
         path = str(self.dir / name)
         (self.dir / name).write_text("")
-        self.snaps[path] = snap if snap is not None else Snapshot.build(EVERY_KIND)
+        self.snaps[path] = snap if snap is not None else testing.build_snapshot(EVERY_KIND)
         return path
 
     def remove(self, name):
@@ -93,7 +94,7 @@ def up_lines(body: str) -> list[str]:
 
 def held(release: threading.Event):
     """A namespace read that hangs until `release` is set (at most 30 s)."""
-    snap = Snapshot.build(EVERY_KIND)
+    snap = testing.build_snapshot(EVERY_KIND)
 
     def read():
         release.wait(30)
@@ -107,11 +108,11 @@ def test_glob_matches_are_found_and_dropped_at_every_scrape(tmp_path):
     a = fake.add("lb_a")
     ns = namespaces_of(fake, str(tmp_path / "lb_*"))
     app = MetricsApp(ns)
-    assert up_lines(app.body("")[0].decode()) == [f'ipvs_up{{namespace="{a}"}} 1.0']
+    assert up_lines(testing.body(app, "")[0].decode()) == [f'ipvs_up{{namespace="{a}"}} 1.0']
     b = fake.add("lb_b")
-    assert len(up_lines(app.body("")[0].decode())) == 2  # no restart needed
+    assert len(up_lines(testing.body(app, "")[0].decode())) == 2  # no restart needed
     fake.remove("lb_a")
-    body = app.body("")[0].decode()
+    body = testing.body(app, "")[0].decode()
     assert f'namespace="{a}"' not in body and up_lines(body) == [f'ipvs_up{{namespace="{b}"}} 1.0']
     assert fake.closed == [a]
     assert list(app.renderer._shapes) == [b]  # the dropped namespace's shape is let go
@@ -122,7 +123,7 @@ def test_several_namespaces_render_byte_identical_to_the_reference(tmp_path):
     one = fake.add("ingress_sbox")
     changed = list(EVERY_KIND)
     changed[0] = changed[0]._replace(fwmark=300)
-    two = fake.add("lb_x", Snapshot.build(changed))
+    two = fake.add("lb_x", testing.build_snapshot(changed))
     ns = namespaces_of(fake, one, str(tmp_path / "lb_*"))
     app = MetricsApp(ns)
     views = [View(one, fake.snaps[one], PORTS, VIPS), View(two, fake.snaps[two], PORTS, VIPS)]
@@ -130,7 +131,7 @@ def test_several_namespaces_render_byte_identical_to_the_reference(tmp_path):
         openmetrics = bool(accept)
         want = reference(None, None, None, Options(), openmetrics, views=views)
         for _ in range(2):  # built, then from the shapes' caches
-            body = app.body(accept)[0].decode()
+            body = testing.body(app, accept)[0].decode()
             assert body.startswith(want)
             chunks, _ = app.stream(accept, gzip=True)
             assert gzip.decompress(b"".join(chunks)).decode().startswith(want)
@@ -143,10 +144,10 @@ def test_empty_and_vanished_matches_cost_nothing_but_a_debug_line(tmp_path, capl
     caplog.set_level(logging.DEBUG)
     fake = Fake(tmp_path)
     full = fake.add("lb_full")
-    fake.add("lb_empty", Snapshot.build([]))
+    fake.add("lb_empty", testing.build_snapshot([]))
     fake.add("lb_stale", NotANamespace(22, "not a network namespace"))
     (tmp_path / "lb_dir").mkdir()
-    body = MetricsApp(namespaces_of(fake, str(tmp_path / "lb_*"))).body("")[0].decode()
+    body = testing.body(MetricsApp(namespaces_of(fake, str(tmp_path / "lb_*"))), "")[0].decode()
     assert "lb_empty" not in body and "lb_stale" not in body and "lb_dir" not in body
     assert up_lines(body) == [f'ipvs_up{{namespace="{full}"}} 1.0']
     assert not [r for r in caplog.records if r.levelno >= logging.WARNING]
@@ -158,7 +159,7 @@ def test_a_literal_path_is_always_reported_a_broken_match_too(tmp_path):
     missing = str(tmp_path / "ingress_sbox")
     fake.add("lb_gone", NamespaceNotFound(2, "gone between the glob and the read"))  # left out
     fake.add("lb_broken", DumpFailed(5, "the dump failed"))  # reported
-    body = MetricsApp(namespaces_of(fake, missing, str(tmp_path / "lb_*"))).body("")[0].decode()
+    body = testing.body(MetricsApp(namespaces_of(fake, missing, str(tmp_path / "lb_*"))), "")[0].decode()
     assert up_lines(body) == [
         f'ipvs_up{{namespace="{missing}"}} 0.0',
         f'ipvs_up{{namespace="{tmp_path / "lb_broken"}"}} 0.0',
@@ -177,7 +178,7 @@ def test_a_slow_namespace_does_not_hold_up_the_others(tmp_path):
     slow_read = ns.members()[1].collector._snapshot
     ns.members()[1].collector._snapshot = lambda: calls.append(1) or slow_read()
     for _ in range(2):  # the second scrape does not start another read of the slow one
-        body = app.body("")[0].decode()
+        body = testing.body(app, "")[0].decode()
         assert f'ipvs_up{{namespace="{slow_path}"}} 0.0' in body
         assert f'ipvs_up{{namespace="{fast}"}} 1.0' in body
         assert f'ipvs_connections_total{{fwmark="256",namespace="{fast}"' in body
@@ -186,7 +187,7 @@ def test_a_slow_namespace_does_not_hold_up_the_others(tmp_path):
     assert calls == [1]
     release.set()
     ns._members[slow_path].running.result(timeout=10)
-    body = app.body("")[0].decode()  # read afresh
+    body = testing.body(app, "")[0].decode()  # read afresh
     assert f'ipvs_up{{namespace="{slow_path}"}} 1.0' in body
     ns.close()
 
@@ -231,13 +232,13 @@ def test_a_match_gone_during_its_read_is_closed_after_the_read_without_holding_u
     stuck_path = fake.add("lb_stuck", held(release))
     fast = fake.add("lb_fast")
     app = MetricsApp(namespaces_of(fake, str(tmp_path / "lb_*"), deadline=0.3))
-    assert f'ipvs_up{{namespace="{stuck_path}"}} 0.0' in app.body("")[0].decode()
+    assert f'ipvs_up{{namespace="{stuck_path}"}} 0.0' in testing.body(app, "")[0].decode()
     fake.remove("lb_stuck")  # Docker removed the network while its read hangs
     # were the scrape to wait for the hung read it would see it end (and the handle closed)
     # only when this lets it go, instead of hanging the test
     safety = threading.Timer(60, release.set)
     safety.start()
-    body = app.body("")[0].decode()
+    body = testing.body(app, "")[0].decode()
     assert up_lines(body) == [f'ipvs_up{{namespace="{fast}"}} 1.0']
     assert fake.closed == [] and not release.is_set()  # the scrape did not wait for the read
     safety.cancel()
@@ -257,16 +258,16 @@ def test_concurrent_scrapes_share_the_reads_in_flight(tmp_path):
         reads.append(1)
         if len(reads) == 1:
             gate.wait()  # the first scrape's read holds until the second scrape waits on it too
-        return Snapshot.build(EVERY_KIND)
+        return testing.build_snapshot(EVERY_KIND)
 
     paths = [fake.add("lb_a", read), fake.add("lb_b")]
     app = MetricsApp(namespaces_of(fake, str(tmp_path / "lb_*")))
     bodies = []
-    first = threading.Thread(target=lambda: bodies.append(app.body("")[0].decode()))
+    first = threading.Thread(target=lambda: bodies.append(testing.body(app, "")[0].decode()))
     first.start()
     while not reads:
         pass
-    second = threading.Thread(target=lambda: bodies.append(app.body("")[0].decode()))
+    second = threading.Thread(target=lambda: bodies.append(testing.body(app, "")[0].decode()))
     second.start()
     time.sleep(0.2)
     gate.wait()

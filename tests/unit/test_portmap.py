@@ -7,6 +7,7 @@ import threading
 import pytest
 from ipvs_testlib import LEGACY_SWARM, NFT_SWARM, fresh_portmap_warnings, portmap_warnings
 
+from ingress_ipvs_exporter import testing
 from ingress_ipvs_exporter.swarm import marks
 from ingress_ipvs_exporter.swarm.marks import (
     MarksError,
@@ -230,13 +231,13 @@ def test_failure_keeps_last_good_map_and_records_error():
     clock, spawned = FakeClock(), []
     pm = SwarmMarks("/ns", max_age=5, reader=reader, clock=clock, spawn=spawned.append)
     good = pm.lookup([0x100])
-    assert good == {0x100: [TCP(30002)]} and pm.last_error is None
+    assert good == {0x100: [TCP(30002)]} and testing.last_error(pm) is None
     for error in ("cannot read iptables rules in /ns: boom", "ValueError", None):
         clock.now += 5
         assert pm.lookup([0x100]) == good
         spawned.pop()()
         assert (
-            pm.lookup([0x100]) == good and pm.last_error == error and not spawned
+            pm.lookup([0x100]) == good and testing.last_error(pm) == error and not spawned
         )  # no retry before max_age
     assert len(reader.calls) == 4
 
@@ -258,13 +259,13 @@ def test_a_slow_background_read_holds_up_no_scrape():
         assert pm.lookup([0x100]) == {0x100: [TCP(30002)]}
     assert len(reads) == 2
     release.set()
-    assert pm.wait_idle(10) and pm._cache.loaded_at == clock.now
+    assert testing.wait_idle(pm, 10) and pm._cache.loaded_at == clock.now
 
 
 def test_failure_before_any_success_gives_empty_map():
     pm = SwarmMarks("/ns", reader=FakeReader(MarksError("nope")), clock=FakeClock())
     assert pm.lookup([0x100]) == {}
-    assert pm.last_error == "nope"
+    assert testing.last_error(pm) == "nope"
 
 
 def test_returned_lists_do_not_alias_the_cache():
@@ -305,5 +306,5 @@ def test_a_failing_read_is_logged_once_until_a_read_works(caplog):
             clock.now += 5
             pm.lookup([0x100])
             spawned.pop()()
-    assert len(reader.calls) == 4 and pm.last_error == str(boom)
+    assert len(reader.calls) == 4 and testing.last_error(pm) == str(boom)
     assert _warnings(caplog) == [f"published ports unavailable: {boom}"] * 2  # failed, worked, failed

@@ -5,6 +5,7 @@ import threading
 
 import pytest
 
+from ingress_ipvs_exporter import testing
 from ingress_ipvs_exporter.swarm.refresh import Refreshing
 
 
@@ -51,9 +52,9 @@ def test_background_policy_never_loads_in_get():
     load = Loader("v1", "v2")
     cache, clock, spawned = _cache(load, wait=False)
     assert cache.get(["a"]) == "initial" and load.calls == 0 and not cache.ok
-    assert len(spawned) == 1 and not cache.wait_idle(0)
+    assert len(spawned) == 1 and not testing.wait_idle(cache, 0)
     spawned.pop()()
-    assert cache.wait_idle(0) and cache.get(["a"]) == "v1" and not spawned
+    assert testing.wait_idle(cache, 0) and cache.get(["a"]) == "v1" and not spawned
     assert cache.get(["a", "b"]) == "v1" and len(spawned) == 1  # new key: requested, not waited for
     spawned.pop()()
     assert cache.get(["a", "b"]) == "v2"
@@ -73,7 +74,7 @@ def test_new_keys_during_a_background_load_queue_one_more_and_age_does_not():
     cache.get(["a", "c"])  # queued once, not twice
     assert not spawned
     run()  # the load, then the queued one, in the same thread
-    assert load.calls == 3 and cache.get(["a", "c"]) == "v3" and not spawned and cache.wait_idle(0)
+    assert load.calls == 3 and cache.get(["a", "c"]) == "v3" and not spawned and testing.wait_idle(cache, 0)
 
 
 def test_old_value_is_refreshed_in_the_background_once():
@@ -133,7 +134,7 @@ def test_a_background_load_overtaken_by_a_waited_for_one_is_discarded():
     assert cache.get(["a", "b"]) == "new"  # a new key: read while the old read still runs
     resume.set()
     worker.join(5)
-    assert cache.get(["a", "b"]) == "new" and cache.wait_idle(0)  # the older read did not win
+    assert cache.get(["a", "b"]) == "new" and testing.wait_idle(cache, 0)  # the older read did not win
 
 
 def test_empty_keys_load_nothing_and_close_stops_loads():
@@ -175,6 +176,6 @@ def test_default_spawn_runs_a_daemon_thread():
 
     cache = Refreshing(load, None, max_age=60, wait_for_new_keys=False, name="test-refresh")
     cache.get(["a"])
-    assert done.wait(5) and cache.wait_idle(5)
+    assert done.wait(5) and testing.wait_idle(cache, 5)
     thread = cache.value
     assert thread.daemon and thread.name == "test-refresh" and thread is not threading.current_thread()

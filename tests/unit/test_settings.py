@@ -12,8 +12,9 @@ from ingress_ipvs_exporter._ipvs_cffi import ffi, lib
 from prometheus_client import CollectorRegistry, generate_latest
 from prometheus_client.parser import text_string_to_metric_families
 
+from ingress_ipvs_exporter import testing
 from ingress_ipvs_exporter.collector import NamespaceReader
-from ingress_ipvs_exporter.ipvs import SYSCTLS, DumpFailed, Settings, Snapshot, SyncDaemon, settings_from
+from ingress_ipvs_exporter.ipvs import SYSCTLS, DumpFailed, Settings, SyncDaemon, settings_from
 from ingress_ipvs_exporter.render.exposition import MetricsApp
 from ingress_ipvs_exporter.render.metrics import Options
 from ingress_ipvs_exporter.settings import settings_families
@@ -183,11 +184,13 @@ def test_no_daemon_is_a_zero_count_a_refused_query_no_series():
 
 
 def collector(settings, options: Options = Options()) -> NamespaceReader:
-    return NamespaceReader(NS, lambda: Snapshot.build([]), lambda marks: {}, options, settings=settings)
+    return NamespaceReader(
+        NS, lambda: testing.build_snapshot([]), lambda marks: {}, options, settings=settings
+    )
 
 
 def scrape(c: NamespaceReader) -> str:
-    return MetricsApp(c).body("")[0].decode()
+    return testing.body(MetricsApp(c), "")[0].decode()
 
 
 def test_a_refused_daemon_query_costs_no_other_family_and_is_said_once(caplog):

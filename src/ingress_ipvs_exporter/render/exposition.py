@@ -268,11 +268,6 @@ class Renderer:
         self._shapes: dict[str, tuple[tuple[Any, ...], Shape]] = {}
         self._lock = threading.Lock()
 
-    def render(
-        self, snap: Snapshot, namespace: str, ports: Ports, options: Options, openmetrics: bool = False
-    ) -> str:
-        return b"".join(self.chunks([View(namespace, snap, ports)], options, openmetrics)).decode()
-
     def chunks(self, views: Sequence[View], options: Options, openmetrics: bool = False) -> Iterator[bytes]:
         """The rendering in chunks of at most CHUNK_SERIES lines, so a large scrape is never
         whole in memory.
@@ -424,7 +419,3 @@ class MetricsApp:
         finally:
             del views, readings
             self.after_scrape()
-
-    def body(self, accept: str) -> tuple[bytes, str]:
-        chunks, content_type = self.stream(accept)
-        return b"".join(chunks), content_type

@@ -9,8 +9,6 @@ arithmetic (ISA-L's crc32_combine, else the C speedups'), never recomputed over 
 
 from __future__ import annotations
 
-import logging
-import os
 import struct
 import threading
 import zlib
@@ -20,20 +18,12 @@ from typing import Callable, NamedTuple
 
 from .. import speedups
 
+# Megabytes of compressed text kept for reuse across scrapes, per namespace (0 turns the
+# cache off; see docs/performance.md): the CLI sets CACHE_BUDGET from
+# $INGRESS_IPVS_EXPORTER_CACHE_MB at start-up.
+CACHE_MB = 8
 CACHE_ENV = "INGRESS_IPVS_EXPORTER_CACHE_MB"
-
-
-def _cache_budget(default_mb: int = 8) -> int:
-    """Bytes of compressed text kept for reuse across scrapes: $INGRESS_IPVS_EXPORTER_CACHE_MB
-    (0 turns the cache off; see docs/performance.md), else 8 MB."""
-    raw = os.environ.get(CACHE_ENV, "").strip()
-    if raw.isascii() and raw.isdigit():
-        return int(raw) * 1024 * 1024
-    if raw:
-        logging.getLogger(__name__).warning(
-            "%s=%r is not a whole number of MB; using %d", CACHE_ENV, raw, default_mb
-        )
-    return default_mb * 1024 * 1024
+CACHE_BUDGET = CACHE_MB << 20  # in bytes
 
 
 def _backend() -> ModuleType:
@@ -48,7 +38,6 @@ def _backend() -> ModuleType:
         return zlib
 
 
-CACHE_BUDGET = _cache_budget()
 BACKEND = _backend()
 GZIP_LEVEL = 1  # a large scrape is CPU-bound on compression: the fastest level (either backend)
 

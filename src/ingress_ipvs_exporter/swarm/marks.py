@@ -389,7 +389,7 @@ class SwarmMarks:
     before answering. Every max_age seconds they are re-read in the background: that scrape
     and the ones during the read answer from the cache, the next ones see the new rules (at
     10,000 rules under emulation a read takes seconds; no scrape waits for it). A failed
-    refresh keeps the last good map and records the error in last_error; each message is
+    refresh keeps the last good map and records the error (the cache's `error`); each message is
     logged once until a read succeeds again. The policy is refresh.Refreshing's.
     """
 
@@ -425,16 +425,6 @@ class SwarmMarks:
         wanted = frozenset(fwmarks)
         found = self._cache.get(wanted).vips
         return {mark: list(found[mark]) for mark in sorted(wanted) if mark in found}
-
-    @property
-    def last_error(self) -> str | None:
-        """Why the last read failed, in one line; None after a read that worked."""
-        error = self._cache.error
-        return None if error is None else str(error) or type(error).__name__
-
-    def wait_idle(self, timeout: float) -> bool:
-        """Wait until no background read runs (for tests); False if one still runs after timeout."""
-        return self._cache.wait_idle(timeout)
 
     def close(self) -> None:
         """Start no more reads (the namespace is no longer scraped)."""

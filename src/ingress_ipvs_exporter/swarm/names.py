@@ -277,12 +277,6 @@ class DockerServices:
         """True when the last refresh got names from either route (False before the first one finished)."""
         return self._cache.ok
 
-    @property
-    def last_error(self) -> str | None:
-        """Why the last refresh failed, in one line; None after one that worked."""
-        error = self._cache.error
-        return None if error is None else one_line(str(error) or type(error).__name__, 400)
-
     def _fetch_once(self) -> Names:
         """One refresh: both routes, each failure logged once per route and cause; the previous
         names of a route that failed are kept; raises when both failed."""
@@ -317,10 +311,6 @@ class DockerServices:
         if said.reset():
             log.info("%s available again from docker at %s", _ROUTES[route], self.docker_host)
         return answer, None
-
-    def wait_idle(self, timeout: float) -> bool:
-        """Wait until no refresh is running (for tests); False if one still runs after timeout."""
-        return self._cache.wait_idle(timeout)
 
     def close(self) -> None:
         """Start no more refreshes; a running one finishes on its own (it is a daemon thread)."""

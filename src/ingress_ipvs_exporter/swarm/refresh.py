@@ -67,7 +67,7 @@ class Refreshing(Generic[K, V]):
         self._clock = clock
         self._spawn = spawn or daemon_thread(name)
         self._lock = threading.Lock()
-        self._idle = threading.Event()
+        self._idle = threading.Event()  # set while no background load runs (tests wait on it)
         self._idle.set()
         self._value = initial
         self._asked: frozenset[K] | None = None
@@ -100,10 +100,6 @@ class Refreshing(Generic[K, V]):
         if start:
             self._spawn(self._run_background)
         return value
-
-    def wait_idle(self, timeout: float) -> bool:
-        """Wait until no background load runs (for tests); False if one still runs after timeout."""
-        return self._idle.wait(timeout)
 
     def close(self) -> None:
         """Load no more; a running background load finishes on its own (a daemon thread)."""

@@ -74,7 +74,8 @@ def gzip_acceptable(header: str) -> bool:
 
 SCRAPE_TIMEOUT_HEADER = "X-Prometheus-Scrape-Timeout-Seconds"
 _SCRAPE_TIMEOUT_ENVIRON = "HTTP_" + SCRAPE_TIMEOUT_HEADER.upper().replace("-", "_")  # as WSGI names it
-_SECONDS = re.compile(r"[0-9]{1,9}(?:\.[0-9]{1,9})?")
+# a plain decimal number: no sign, exponent, inf or nan (flags.env_number reads these too)
+DECIMAL = re.compile(r"[0-9]{1,9}(?:\.[0-9]{1,9})?")
 
 
 def scrape_timeout(value: Optional[str]) -> Optional[float]:
@@ -84,7 +85,7 @@ def scrape_timeout(value: Optional[str]) -> Optional[float]:
     if value is None:
         return None
     value = value.strip()
-    if not _SECONDS.fullmatch(value) or float(value) <= 0:
+    if not DECIMAL.fullmatch(value) or float(value) <= 0:
         raise ValueError(f"{SCRAPE_TIMEOUT_HEADER} {value[:40]!r} is not a number of seconds above 0")
     return float(value)
 

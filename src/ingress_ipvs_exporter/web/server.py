@@ -96,13 +96,10 @@ class _ServerHandler(ServerHandler):
         super().finish_content()
 
 
-def _client_timeout() -> float:
-    """Seconds a client may stall mid-request before its connection is dropped: 60, or
-    INGRESS_IPVS_EXPORTER_HTTP_TIMEOUT (tests set it short to see the drop happen)."""
-    try:
-        return max(0.1, float(os.environ.get("INGRESS_IPVS_EXPORTER_HTTP_TIMEOUT", "60")))
-    except ValueError:
-        return 60.0
+# Seconds a client has for its request line and headers, and for each send or receive: the
+# CLI passes $INGRESS_IPVS_EXPORTER_HTTP_TIMEOUT (tests set it short to see the drop happen).
+CLIENT_TIMEOUT = 60.0
+CLIENT_TIMEOUT_ENV = "INGRESS_IPVS_EXPORTER_HTTP_TIMEOUT"
 
 
 DESCRIPTOR_ERRORS = (errno.EMFILE, errno.ENFILE, errno.ENOBUFS, errno.ENOMEM)
@@ -222,7 +219,7 @@ def connection_bound(flag: int, descriptors: Optional[int]) -> int:
 
 
 class _RequestHandler(WSGIRequestHandler):
-    timeout = _client_timeout()
+    timeout = CLIENT_TIMEOUT  # each server's own subclass (_handler) has its client timeout
 
     def version_string(self) -> str:  # errors sent before the app runs (414, 400)
         return SOFTWARE
@@ -322,16 +319,25 @@ def _family(host: str) -> socket.AddressFamily:
         raise OSError(f"cannot resolve listen host '{host}': {e.strerror}") from None
 
 
+def _handler(client_timeout: float) -> type[_RequestHandler]:
+    """The request handler class with this client timeout (socketserver reads it from the class)."""
+    return type("RequestHandler", (_RequestHandler,), {"timeout": client_timeout})
+
+
 class ListenError(OSError):
     """No listening socket could be had; the message is one line naming the address."""
 
 
 def _adopt(
-    sock: socket.socket, app: WSGIApplication, tls: Optional[RotatingTLS], connections: Optional[Connections]
+    sock: socket.socket,
+    app: WSGIApplication,
+    tls: Optional[RotatingTLS],
+    connections: Optional[Connections],
+    client_timeout: float,
 ) -> Server:
     """A server on a socket that is already bound and listening (from systemd)."""
     cls = type("Server", (Server,), {"address_family": sock.family, "tls": tls, "connections": connections})
-    server: Server = cls(sock.getsockname()[:2], _RequestHandler, bind_and_activate=False)
+    server: Server = cls(sock.getsockname()[:2], _handler(client_timeout), bind_and_activate=False)
     server.socket.close()
     server.socket = sock
     server.server_address = sock.getsockname()
@@ -382,15 +388,16 @@ def listen(
     app: WSGIApplication,
     tls: Optional[RotatingTLS] = None,
     connections: Optional[Connections] = None,
+    client_timeout: float = CLIENT_TIMEOUT,
 ) -> list[Server]:
     """A server per address (or per socket systemd passed), all under one Connections
     bound; all or nothing: ListenError."""
     if systemd:
-        return [_adopt(sock, app, tls, connections) for sock in systemd_sockets()]
+        return [_adopt(sock, app, tls, connections, client_timeout) for sock in systemd_sockets()]
     servers: list[Server] = []
     for host, port in addresses:
         try:
-            servers.append(serve(host, port, app, tls, connections))
+            servers.append(serve(host, port, app, tls, connections, client_timeout))
         except OSError as e:
             for s in servers:
                 s.server_close()
@@ -431,13 +438,14 @@ def serve(
     app: WSGIApplication,
     tls: Optional[RotatingTLS] = None,
     connections: Optional[Connections] = None,
+    client_timeout: float = CLIENT_TIMEOUT,
 ) -> Server:
     """A bound, listening server; '' serves IPv4 and IPv6 on one socket, IPv4 alone only
     when this host has no IPv6. Errors are OSError."""
 
     def make(bind_host: str, family: socket.AddressFamily) -> Server:
         cls = type("Server", (Server,), {"address_family": family, "tls": tls, "connections": connections})
-        server: Server = cls((bind_host, port), _RequestHandler)
+        server: Server = cls((bind_host, port), _handler(client_timeout))
         server.set_app(app)
         return server
 
