@@ -47,6 +47,14 @@ from ingress_ipvs_exporter.ipvs import Snapshot
 from ingress_ipvs_exporter.render.metrics import Options
 
 
+def _render_module(package: str, name: str) -> ModuleType:
+    """package.render.name, or package.name in a version from before the render/ subpackage."""
+    try:
+        return importlib.import_module(f"{package}.render.{name}")
+    except ModuleNotFoundError:
+        return importlib.import_module(f"{package}.{name}")
+
+
 class Contender:
     """One version of the package: its Renderer, fed this checkout's snapshots rebuilt with
     its own row classes (the shim's layout is the same)."""
@@ -54,9 +62,9 @@ class Contender:
     def __init__(self, name: str, package: str) -> None:
         self.name = name
         self.ipvs: ModuleType = importlib.import_module(f"{package}.ipvs")
-        self.expo: ModuleType = importlib.import_module(f"{package}.exposition")
-        self.gz: ModuleType = importlib.import_module(f"{package}.gzipstream")
-        self.options = importlib.import_module(f"{package}.metrics").Options()
+        self.expo: ModuleType = _render_module(package, "exposition")
+        self.gz: ModuleType = _render_module(package, "gzipstream")
+        self.options = _render_module(package, "metrics").Options()
         self.renderer = self.expo.Renderer()
 
     def snapshot(self, snap: Snapshot) -> Any:
