@@ -85,7 +85,8 @@ def _show(pid1: int, *props: str) -> dict[str, str]:
     return dict(line.split("=", 1) for line in out.splitlines() if "=" in line)
 
 
-def _journal(pid1: int) -> str:
+def _service_output() -> str:
+    """What the service printed (the drop-in routes it to LOG)."""
     return LOG.read_text() if LOG.exists() else "(no output)"
 
 
@@ -94,7 +95,7 @@ def _serving(pid1: int, port: int, what: str) -> dict:
         return wait_metrics(f"http://127.0.0.1:{port}/metrics", lambda s: s.get(UP) == 0, what, timeout=180)
     except AssertionError as exc:
         state = _show(pid1, "ActiveState", "SubState", "Result", "ExecMainStatus")
-        raise AssertionError(f"{exc}\n{state}\n{_journal(pid1)}") from None
+        raise AssertionError(f"{exc}\n{state}\n{_service_output()}") from None
 
 
 def _writable_shadow(pid1: int) -> None:
@@ -167,7 +168,7 @@ def test_deb_install_upgrade_remove_purge(tmp_path):
 
             # remove: stopped, the conffile and the user stay (until purge)
             _apt(pid1, "remove", NAME)
-            assert _show(pid1, "ActiveState")["ActiveState"] in ("inactive", ""), _journal(pid1)
+            assert _show(pid1, "ActiveState")["ActiveState"] in ("inactive", ""), _service_output()
             with pytest.raises(OSError):
                 scrape("http://127.0.0.1:10321/metrics")
             assert DEFAULT_FILE.read_text() == edited
