@@ -113,10 +113,19 @@ test-integration: venv
 test-packaging: deps-test venv
 	$(PYTEST) -q tests/packaging
 
-# One VM boot runs every kernel test (tests/kernel, tests/swarm when present); the Debian
+# One VM boot runs every kernel test (tests/kernel, tests/swarm when present) in pytest sessions
+# side by side (tests/vm/streams.py; each stream's output ends up in build/vm/streams/): the
+# swarm labs; the tests under a private systemd, which share /run/systemd and Docker's netns
+# path and so run one after another, with the HA pair; the other kernel tests. The Debian
 # package's lifecycle test installs make deb's package there.
+VM_PYTEST := -p no:cacheprovider -q --durations=15 -m "kernel or swarm"
+VM_SWARM_TESTS := $(wildcard tests/swarm/test_*.py)
+VM_SYSTEMD_TESTS := tests/kernel/test_deb_kernel.py tests/kernel/test_capabilities_kernel.py tests/kernel/test_ha_scrapes_kernel.py
 test-vm: deps-test venv deb
-	VM_TIMEOUT=4800 $(VM) -- python -m pytest -p no:cacheprovider -q --durations=25 -m "kernel or swarm" tests/kernel $(wildcard tests/swarm/test_*.py)
+	VM_TIMEOUT=4800 $(VM) --memory 4G -- python tests/vm/streams.py --logs build/vm/streams \
+	  $(if $(VM_SWARM_TESTS),'swarm: $(VM_PYTEST) $(VM_SWARM_TESTS)') \
+	  'systemd: $(VM_PYTEST) $(VM_SYSTEMD_TESTS)' \
+	  'kernel: $(VM_PYTEST) $(filter-out $(VM_SYSTEMD_TESTS),$(wildcard tests/kernel/test_*.py))'
 
 test-kernel: deps-test venv deb
 	$(VM) -- python -m pytest -p no:cacheprovider -q -m kernel tests/kernel

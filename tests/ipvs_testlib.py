@@ -196,7 +196,11 @@ def get_text(url: str, headers: dict[str, str] | None = None, timeout: float = 6
 
 def scrape(url: str, headers: dict[str, str] | None = None) -> dict[tuple[str, frozenset], float]:
     """GET the exposition (with these request headers) and index every sample by (name, labels)."""
-    text = get_text(url, headers)
+    return parse_samples(get_text(url, headers))
+
+
+def parse_samples(text: str) -> dict[tuple[str, frozenset], float]:
+    """Text exposition -> every sample indexed by (name, labels)."""
     out = {}
     for fam in text_string_to_metric_families(text):
         for s in fam.samples:
@@ -626,13 +630,13 @@ def in_systemd(pid1: int, *argv: str, check: bool = True, timeout: float = 180) 
     return res.stdout
 
 
-def wait_metrics(url: str, ready, what: str, timeout: float = 240.0) -> dict:
-    """The first scrape of url for which ready(scrape) holds, polled each second."""
+def wait_metrics(url: str, ready, what: str, timeout: float = 240.0, fetch=scrape) -> dict:
+    """The first scrape of url (by fetch) for which ready(scrape) holds, polled each second."""
     deadline = time.monotonic() + timeout
     last: object = None
     while time.monotonic() < deadline:
         try:
-            last = scrape(url)
+            last = fetch(url)
             if ready(last):
                 return last
         except OSError as exc:
@@ -642,9 +646,11 @@ def wait_metrics(url: str, ready, what: str, timeout: float = 240.0) -> dict:
 
 
 @contextmanager
-def private_systemd(unit: str = "ingress_ipvs_exporter.service"):
+def private_systemd(unit: str = "ingress_ipvs_exporter.service", own_network: bool = False):
     """systemd as PID 1 of a new PID and mount namespace (the VM's init is not systemd); the
-    units it runs get systemd's real sandbox: DynamicUser, seccomp, capabilities, mounts."""
+    units it runs get systemd's real sandbox: DynamicUser, seccomp, capabilities, mounts.
+    own_network: in a network namespace of its own too (loopback up), so that what its units
+    listen on cannot meet another test's listener on the VM's addresses."""
     # --propagation shared: as on a host, where PID 1 makes / rshared (a systemd that finds itself
     # in a PID namespace leaves propagation as it was, and the VM's mounts are private).
     # /run is the VM's own tmpfs: what systemd writes there outlives it. /run/systemd/system says
@@ -659,6 +665,7 @@ def private_systemd(unit: str = "ingress_ipvs_exporter.service"):
             "--fork",
             "--kill-child",
             "--mount-proc",
+            *(["--net"] if own_network else []),
             "--propagation",
             "shared",
             "/lib/systemd/systemd",
@@ -689,6 +696,8 @@ def private_systemd(unit: str = "ingress_ipvs_exporter.service"):
             assert proc.poll() is None, "systemd exited"
             assert time.monotonic() < deadline, "systemd did not answer systemctl within 120s"
             time.sleep(1)
+        if own_network:
+            in_systemd(int(kids[0]), "ip", "link", "set", "lo", "up")
         yield int(kids[0])
     finally:
         stop_process(proc, 30)

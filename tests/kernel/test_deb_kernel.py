@@ -11,6 +11,7 @@ throw-away overlay of the host's, so nothing here reaches the host's dpkg databa
 
 from __future__ import annotations
 
+import functools
 import os
 import re
 import shutil
@@ -18,7 +19,7 @@ import subprocess
 from pathlib import Path
 
 import pytest
-from ipvs_testlib import in_systemd, private_systemd, scrape, unavailable, wait_metrics
+from ipvs_testlib import in_systemd, parse_samples, private_systemd, unavailable, wait_metrics
 
 pytestmark = pytest.mark.kernel
 
@@ -90,9 +91,21 @@ def _service_output() -> str:
     return LOG.read_text() if LOG.exists() else "(no output)"
 
 
+def _scrape(pid1: int, url: str) -> dict:
+    """A scrape from inside systemd's own network namespace (OSError when nothing answers)."""
+    res = subprocess.run(
+        ["nsenter", "-t", str(pid1), "-n", "curl", "-sSf", "--max-time", "60", url],
+        capture_output=True, text=True, timeout=90, check=False,
+    )  # fmt: skip
+    if res.returncode:
+        raise ConnectionError(f"curl {url}: {res.stderr.strip()}")
+    return parse_samples(res.stdout)
+
+
 def _serving(pid1: int, port: int, what: str) -> dict:
     try:
-        return wait_metrics(f"http://127.0.0.1:{port}/metrics", lambda s: s.get(UP) == 0, what, timeout=180)
+        fetch = functools.partial(_scrape, pid1)
+        return wait_metrics(f"http://127.0.0.1:{port}/metrics", lambda s: s.get(UP) == 0, what, 180, fetch)
     except AssertionError as exc:
         state = _show(pid1, "ActiveState", "SubState", "Result", "ExecMainStatus")
         raise AssertionError(f"{exc}\n{state}\n{_service_output()}") from None
@@ -136,7 +149,8 @@ def test_deb_install_upgrade_remove_purge(tmp_path):
     DROPIN.write_text(
         f"[Unit]\nDefaultDependencies=no\n[Service]\nStandardOutput=append:{LOG}\nStandardError=append:{LOG}\n"
     )
-    with private_systemd(BOOT.name) as pid1:
+    # its own network namespace: the service's :10320 cannot meet another stream's listener
+    with private_systemd(BOOT.name, own_network=True) as pid1:
         hidden = False
         try:
             _writable_shadow(pid1)
@@ -170,7 +184,7 @@ def test_deb_install_upgrade_remove_purge(tmp_path):
             _apt(pid1, "remove", NAME)
             assert _show(pid1, "ActiveState")["ActiveState"] in ("inactive", ""), _service_output()
             with pytest.raises(OSError):
-                scrape("http://127.0.0.1:10321/metrics")
+                _scrape(pid1, "http://127.0.0.1:10321/metrics")
             assert DEFAULT_FILE.read_text() == edited
             assert not (OPT / "venv").exists() and _user_exists(pid1)
 

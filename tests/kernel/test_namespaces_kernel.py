@@ -138,20 +138,29 @@ def test_a_namespace_slower_than_the_scrapers_timeout_is_reported_and_the_others
         def up(body: str, path: str) -> str:
             return re.search(rf'^ipvs_up{{namespace="{re.escape(path)}"}} (\S+)$', body, re.M).group(1)
 
-        timeouts = rf'^ipvs_scrape_errors_total{{namespace="{re.escape(big_path)}",reason="timeout"}} 1.0$'
+        def timeouts(n: int) -> str:
+            return rf'^ipvs_scrape_errors_total{{namespace="{re.escape(big_path)}",reason="timeout"}} {n}.0$'
+
         with running_exporter("--namespace-path", f"/run/netns/{name}_*") as (url, _):
             # both namespaces opened and read once, so the short wait catches nothing else
             body = get(60)
             assert (up(body, big_path), up(body, small_path)) == ("1.0", "1.0")
             rules = "".join(f"-A -t 10.200.{i // 250}.{i % 250 + 1}:80 -s rr\n" for i in range(BIG))
             sh("ipvsadm", "-R", ns=big, input=rules)
-            body = get(SCRAPE_TIMEOUT_MARGIN + SHORTEST_DEADLINE)
-            assert (up(body, big_path), up(body, small_path)) == ("0.0", "1.0")
-            assert re.search(timeouts, body, re.M), body
+            # The small namespace's read under emulation, beside the other tests, can miss the
+            # shortest wait as well; the big one cannot make it. Up to 5 short scrapes, for one
+            # in which the small one was served; each of them counts one timeout of the big one.
+            short = 0
+            while short < 5 and (short == 0 or up(body, small_path) != "1.0"):
+                body = get(SCRAPE_TIMEOUT_MARGIN + SHORTEST_DEADLINE)
+                short += 1
+                assert up(body, big_path) == "0.0"
+            assert up(body, small_path) == "1.0", f"the small namespace missed all {short} short waits"
+            assert re.search(timeouts(short), body, re.M), body
             assert count(body, "ipvs_service_info", small_path) == len(VIPS)
             body = get(60)
             assert (up(body, big_path), up(body, small_path)) == ("1.0", "1.0")
-            assert re.search(timeouts, body, re.M)  # still the one timeout
+            assert re.search(timeouts(short), body, re.M)  # no timeout since
             assert count(body, "ipvs_service_info", big_path) == BIG + 1
             assert count(body, "ipvs_service_info", small_path) == len(VIPS)
     finally:
