@@ -1,12 +1,14 @@
 #!/usr/bin/env python3
-"""Two versions of the exporter side by side in the IPVS VM: OLD_SRC (the src/ of another
-checkout, e.g. `git archive REV src | tar -x -C /tmp/old` with this checkout's compiled shim
-copied into its package) and this checkout's installed one, each with the cache of
+"""Two versions of the exporter side by side in the IPVS VM: OLD_SRC (another version
+installed with its own compiled shim into a directory of its own: `git worktree add /tmp/old
+REV && .venv/bin/pip install --no-deps --target /tmp/oldpkg /tmp/old`) and this checkout's
+installed one, each with the cache of
 compressed text off and on, scraped in turn (gzip) on one namespace of N x 10; with --live
 PCT, one round of the live rows' traffic (bench/run.py: one SYN to each of PCT% of the
-services, then the estimator's wait) before every turn, and the cache on only:
+services, then the estimator's wait) before every turn, and the cache on only. Each row:
+median and minimum seconds of a scrape, and the exporter's CPU seconds per scrape:
 
-    tests/vm/vm-run --memory 3G -- python bench/ab_versions.py 1000 /tmp/old/src [--live 10]
+    tests/vm/vm-run --memory 3G -- python bench/ab_versions.py 1000 /tmp/oldpkg [--live 10]
 """
 
 import argparse
@@ -60,16 +62,23 @@ for (v, c), port in ports.items():
 if traffic:
     print(f"live: {bench.check_moving(ns, traffic)} services' counters move before every turn", flush=True)
 times = {k: [] for k in ports}
-for _r in range(args.turns):
+pids = dict(zip(ports, (p.pid for p in procs)))
+cpu0 = {}
+for r in range(args.turns):
     for k, port in ports.items():
         if traffic:
             traffic()
         t = time.perf_counter()
         bench.scrape("127.0.0.1", port, True)
         times[k].append(time.perf_counter() - t)
+    if r == 0:  # CPU from after the untimed first turn
+        cpu0 = {k: bench.cpu_seconds(pid) for k, pid in pids.items()}
+cpu = {k: (bench.cpu_seconds(pid) - cpu0[k]) / (args.turns - 1) for k, pid in pids.items()}
 dump = bench.bench_shim(ns, args.services, argparse.Namespace(runs=3, reduced_runs=3, budget_s=1e9), traffic)
 for k, ts in times.items():
-    print(k, f"median {statistics.median(ts[1:]):.3f} min {min(ts[1:]):.3f}", flush=True)
+    print(
+        k, f"median {statistics.median(ts[1:]):.3f} min {min(ts[1:]):.3f} cpu/scrape {cpu[k]:.3f}", flush=True
+    )
 print(
     f"bare dump: median {dump.get('median_s', 0):.3f} min {dump.get('min_s', 0):.3f} {dump['status']}",
     flush=True,
