@@ -118,8 +118,9 @@ ffibuilder.set_source(
     include_dirs=[CSRC, *_inc],
     library_dirs=_libdirs,
     libraries=_libs,
-    extra_compile_args=[*CFLAGS, *_extra],
-    extra_link_args=_extra_link,
+    extra_compile_args=[*CFLAGS, "-pthread", *_extra],
+    # a dump's second thread (glibc before 2.34 keeps pthread_create in libpthread)
+    extra_link_args=["-pthread", *_extra_link],
 )
 
 speedups_builder = FFI()

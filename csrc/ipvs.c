@@ -9,7 +9,9 @@
 #include <arpa/inet.h>
 #include <errno.h>
 #include <fcntl.h>
+#include <pthread.h>
 #include <sched.h>
+#include <signal.h>
 #include <stdint.h>
 #include <stdlib.h>
 #include <string.h>
@@ -33,7 +35,10 @@
 #define RCVBUF_BYTES   (8 * 1024 * 1024)
 #define MSGBUF_BYTES   (64 * 1024)
 #define RECV_TIMEOUT_S 10
-#define SYSCTL_DIR     "/proc/sys/net/ipv4/vs"
+/* From this many services on, a dump asks for the second half's destinations on a second
+ * socket in a second thread: the kernel fills one reply while this thread parses another. */
+#define SPLIT_MIN_SERVICES 512
+#define SYSCTL_DIR         "/proc/sys/net/ipv4/vs"
 
 /* read_stats stores attribute type t at column t - 1: the columns ipvs.h names must be the
  * kernel's attribute types minus one, and IPVS_NSTATS must cover the last of them. */
@@ -70,6 +75,9 @@ struct priv {
     uint32_t info_version, info_tab_size;
     uint32_t *slots, cap_slots; /* hash table reused by the duplicate-dropping passes */
     char *path;                 /* the namespace file ipvs_open entered ("" = the caller's) */
+    /* A second handle on the same namespace (its own socket and arrays) that reads the
+     * destinations of the second half of a large dump; NULL for offline handles. */
+    struct ipvs_handle *helper;
 };
 
 /* ---- error mapping ------------------------------------------------------ */
@@ -711,26 +719,13 @@ int ipvs_drop_duplicates(struct ipvs_handle *h)
     return err ? err : drop_duplicate_dests(h);
 }
 
-int ipvs_dump(struct ipvs_handle *h)
+/* The destinations of every service row of h. A service deleted since the service dump is
+ * dropped (rows are compacted in place; dests already read keep their row index). */
+static int dump_all_dests(struct ipvs_handle *h)
 {
-    struct nl_msg *msg;
-    uint32_t r, w, n;
+    uint32_t r, w, n = h->n_svc;
     int err;
-    if (!h || !h->priv || !((struct priv *)h->priv)->sk)
-        return -EBADF;
-    h->n_svc = 0;
     h->n_dst = 0;
-    h->stats64 = 0;
-    msg = new_request(h, IPVS_CMD_GET_SERVICE, NLM_F_DUMP);
-    if (!msg)
-        return -ENOMEM;
-    if ((err = transact(h, msg, on_valid_svc)))
-        return err;
-    if ((err = drop_duplicate_services(h))) /* before asking for their destinations */
-        return err;
-    /* Destinations per service. A service deleted since the service dump is dropped
-     * (rows are compacted in place; dests already read keep their row index). */
-    n = h->n_svc;
     for (r = 0, w = 0; r < n; r++) {
         uint32_t first = h->n_dst;
         move_service_row(h, w, r);
@@ -746,7 +741,180 @@ int ipvs_dump(struct ipvs_handle *h)
         w++;
     }
     h->n_svc = w;
-    return drop_duplicate_dests(h);
+    return 0;
+}
+
+/* Rows [from, from + n) of one block's arrays appended to another's at row `at`. */
+static void copy_rows(const struct block_array *to, const struct block_array *from, int arrays,
+                      uint32_t at, uint32_t first, uint32_t n)
+{
+    for (int k = 0; k < arrays; k++)
+        memcpy((char *)*to[k].p + (size_t)at * to[k].row,
+               (char *)*from[k].p + (size_t)first * from[k].row, (size_t)n * from[k].row);
+}
+
+/* The helper's services and destinations appended to h's, their cross-references shifted:
+ * the same rows, in the same order, as one thread reading every service would have left. */
+static int append_rows(struct ipvs_handle *h, const struct ipvs_handle *h2)
+{
+    struct block_array to[4], from[4];
+    uint32_t s0 = h->n_svc, d0 = h->n_dst;
+    int n, err;
+    if ((err = reserve_svc(h, s0 + h2->n_svc)) || (err = reserve_dst(h, d0 + h2->n_dst)))
+        return err;
+    n = service_arrays(h, to);
+    service_arrays((struct ipvs_handle *)h2, from);
+    copy_rows(to, from, n, s0, 0, h2->n_svc);
+    n = dest_arrays(h, to);
+    dest_arrays((struct ipvs_handle *)h2, from);
+    copy_rows(to, from, n, d0, 0, h2->n_dst);
+    for (uint32_t i = s0; i < s0 + h2->n_svc; i++)
+        h->svc_u32[(size_t)i * IPVS_SVC_NCOLS + IPVS_SVC_DEST_FIRST] += d0;
+    for (uint32_t i = d0; i < d0 + h2->n_dst; i++)
+        h->dst_u32[(size_t)i * IPVS_DST_NCOLS + IPVS_DST_SVC] += s0;
+    h->n_svc = s0 + h2->n_svc;
+    h->n_dst = d0 + h2->n_dst;
+    return 0;
+}
+
+static int open_netns(const char *path, int *fd, struct stat *st);
+static int enter_netns(int target, const struct stat *st, int *self);
+static int leave_netns(int self);
+static int handle_alloc(struct ipvs_handle **out);
+static int connect_here(struct priv *pv);
+
+/* The helper and its socket, made in the handle's namespace the first time a dump is large
+ * enough (entered for this call only, as read_sysctls does): a handle on a small namespace
+ * keeps one descriptor. -ESTALE: the path names another namespace now; -ENOTRECOVERABLE:
+ * the thread could not return. */
+static int connect_helper(struct ipvs_handle *h)
+{
+    struct priv *pv = h->priv;
+    struct ipvs_handle *h2 = NULL;
+    struct stat st;
+    int err, left, self = -1, target = -1;
+    if (*pv->path) {
+        if ((err = open_netns(pv->path, &target, &st)))
+            goto out;
+        if ((uint64_t)st.st_dev != h->ns_dev || (uint64_t)st.st_ino != h->ns_ino) {
+            err = -ESTALE;
+            goto out;
+        }
+        if ((err = enter_netns(target, &st, &self)))
+            goto out;
+    }
+    if (!(err = handle_alloc(&h2)))
+        err = connect_here(h2->priv);
+    if ((left = leave_netns(self)))
+        err = left;
+out:
+    if (self >= 0)
+        close(self);
+    if (target >= 0)
+        close(target);
+    if (err) {
+        ipvs_close(h2);
+        return err;
+    }
+    pv->helper = h2;
+    return 0;
+}
+
+/* The helper's arrays freed after each split dump: kept, they would hold half of the
+ * largest dump's rows a second time for the process's life. */
+static void release_rows(struct ipvs_handle *h)
+{
+    struct block_array a[4];
+    struct priv *pv = h->priv;
+    int n = service_arrays(h, a);
+    for (int k = 0; k < n; k++) {
+        free(*a[k].p);
+        *a[k].p = NULL;
+    }
+    n = dest_arrays(h, a);
+    for (int k = 0; k < n; k++) {
+        free(*a[k].p);
+        *a[k].p = NULL;
+    }
+    pv->cap_svc = pv->cap_dst = 0;
+    h->n_svc = h->n_dst = 0;
+}
+
+struct dest_job {
+    struct ipvs_handle *h;
+    int err;
+};
+
+static void *dest_job_run(void *arg)
+{
+    struct dest_job *job = arg;
+    job->err = dump_all_dests(job->h);
+    return NULL;
+}
+
+/* The destinations of h's services, the second half read by the helper in its own thread
+ * (every signal blocked there: they are the calling thread's to handle). If the thread
+ * cannot start, this thread reads both halves. */
+static int dump_all_dests_split(struct ipvs_handle *h, struct ipvs_handle *h2)
+{
+    struct block_array to[4], from[4];
+    struct dest_job job = {h2, 0};
+    uint32_t half = h->n_svc / 2, rest = h->n_svc - half;
+    sigset_t all, old;
+    pthread_t t;
+    int n, err, started;
+    if ((err = reserve_svc(h2, rest))) {
+        release_rows(h2);
+        return err;
+    }
+    n = service_arrays(h2, to);
+    service_arrays(h, from);
+    copy_rows(to, from, n, 0, half, rest);
+    h2->n_svc = rest;
+    h->n_svc = half;
+    sigfillset(&all);
+    pthread_sigmask(SIG_SETMASK, &all, &old);
+    started = pthread_create(&t, NULL, dest_job_run, &job) == 0;
+    pthread_sigmask(SIG_SETMASK, &old, NULL);
+    err = dump_all_dests(h);
+    if (started)
+        pthread_join(t, NULL);
+    else
+        dest_job_run(&job);
+    if (!err)
+        err = job.err;
+    if (!err)
+        err = append_rows(h, h2);
+    release_rows(h2);
+    return err;
+}
+
+int ipvs_dump(struct ipvs_handle *h)
+{
+    struct nl_msg *msg;
+    struct priv *pv;
+    int err;
+    if (!h || !h->priv || !((struct priv *)h->priv)->sk)
+        return -EBADF;
+    pv = h->priv;
+    h->n_svc = 0;
+    h->n_dst = 0;
+    h->stats64 = 0;
+    msg = new_request(h, IPVS_CMD_GET_SERVICE, NLM_F_DUMP);
+    if (!msg)
+        return -ENOMEM;
+    if ((err = transact(h, msg, on_valid_svc)))
+        return err;
+    if ((err = drop_duplicate_services(h))) /* before asking for their destinations */
+        return err;
+    if (h->n_svc >= SPLIT_MIN_SERVICES && !pv->helper &&
+        (err = connect_helper(h)) == -ENOTRECOVERABLE)
+        return err; /* any other failure: this dump reads on one socket */
+    if (pv->helper && h->n_svc >= SPLIT_MIN_SERVICES)
+        err = dump_all_dests_split(h, pv->helper);
+    else
+        err = dump_all_dests(h);
+    return err ? err : drop_duplicate_dests(h);
 }
 
 int ipvs_get_info(struct ipvs_handle *h, uint32_t *version, uint32_t *conn_tab_size)
@@ -939,6 +1107,7 @@ void ipvs_close(struct ipvs_handle *h)
     if (pv && pv->sk)
         nl_socket_free(pv->sk);
     if (pv) {
+        ipvs_close(pv->helper);
         free(pv->slots);
         free(pv->path);
     }

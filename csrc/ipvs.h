@@ -113,12 +113,15 @@ struct ipvs_handle {
  * the path), -EPERM (no CAP_SYS_ADMIN/CAP_NET_ADMIN),
  * -EPROTONOSUPPORT (no IPVS family in that kernel: ip_vs not loaded),
  * -ENOTRECOVERABLE (could not return to the original namespace: the thread is lost).
- * The handle keeps one descriptor, its socket, and remembers the path and the namespace's
- * identity (ns_dev/ns_ino) for ipvs_get_settings. */
+ * The handle keeps one descriptor, its socket (two once a dump splits), and remembers the path and
+ * the namespace's identity (ns_dev/ns_ino) for ipvs_get_settings. */
 int ipvs_open(const char *netns_path, struct ipvs_handle **out);
 void ipvs_close(struct ipvs_handle *h);
 
-/* Dump every service and every destination into the handle's arrays. */
+/* Dump every service and every destination into the handle's arrays. From 512 services on,
+ * the second half's destinations are read on a second socket in a second thread (made in
+ * the namespace at the first such dump, kept until ipvs_close): the rows are the same.
+ * -ENOTRECOVERABLE: making that socket, the thread could not return to its namespace. */
 int ipvs_dump(struct ipvs_handle *h);
 
 /* IPVS_CMD_GET_INFO: version (0x010201 = 1.2.1) and connection hash table size. */
