@@ -286,6 +286,7 @@ def test_services_churning_between_dumps_never_fail_a_scrape(netns):
     assert n >= 5
 
 
+@pytest.mark.vm_alone  # unloads ip_vs, which the other sessions' tests use
 def test_ipvs_missing_from_the_kernel_reports_up_0_with_reason(netns):
     """Unload ip_vs (no services anywhere at this point), scrape, load it back.
 

@@ -6,7 +6,10 @@ compute, and one session after another left a core idle most of the time. Each s
 one pytest session with its own output file; a stream's output is printed whole when it
 ends, and the exit status is the first failing stream's (0 when all pass).
 
-    tests/vm/streams.py --logs build/vm/streams 'NAME: PYTEST ARGS' ['NAME: PYTEST ARGS' ...]
+    tests/vm/streams.py --logs build/vm/streams 'NAME: PYTEST ARGS' ... [--then 'NAME: PYTEST ARGS']
+
+A --then session runs after all the others have ended (whatever their outcome), alone: for
+tests that change what every session shares, such as the kernel's modules.
 
 Streams must not share state a test changes: the swarm lab (iptables alternatives, a
 dockerd), fixed ports and /opt install paths belong to one stream each (Makefile, test-vm).
@@ -25,16 +28,27 @@ import time
 def main() -> int:
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     ap.add_argument("--logs", required=True, help="directory for each stream's output, NAME.log")
+    ap.add_argument("--then", action="append", default=[], metavar="'NAME: PYTEST ARGS'")
     ap.add_argument("streams", nargs="+", metavar="'NAME: PYTEST ARGS'")
     args = ap.parse_args()
     os.makedirs(args.logs, exist_ok=True)
-    running: dict[str, tuple[subprocess.Popen[bytes], str, float]] = {}
-    for spec in args.streams:
+    specs = []
+    for spec in args.streams + args.then:
         name, sep, rest = spec.partition(":")
-        if not sep or not name.strip() or name.strip() in running:
+        if not sep or not name.strip() or name.strip() in (n for n, _ in specs):
             ap.error(f"a stream is 'NAME: PYTEST ARGS' with a unique NAME, not {spec!r}")
-        name = name.strip()
-        log = os.path.join(args.logs, f"{name}.log")
+        specs.append((name.strip(), rest))
+    status = _run(specs[: len(args.streams)], args.logs)
+    for spec in specs[len(args.streams) :]:
+        status = _run([spec], args.logs) or status
+    return status
+
+
+def _run(specs: list[tuple[str, str]], logs: str) -> int:
+    """Run these sessions at once; each one's output when it ends; the first failure's status."""
+    running: dict[str, tuple[subprocess.Popen[bytes], str, float]] = {}
+    for name, rest in specs:
+        log = os.path.join(logs, f"{name}.log")
         cmd = [sys.executable, "-m", "pytest", *shlex.split(rest)]
         print(f"stream {name}: {shlex.join(cmd)} > {log}", flush=True)
         with open(log, "wb") as out:
