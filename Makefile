@@ -90,15 +90,17 @@ format: venv
 	$(BIN)/ruff format .
 	$(BIN)/clang-format -i csrc/*.c csrc/*.h fuzz/*.c bench/*.c
 
-## every test: lint, unit and packaging tests here, then the kernel and swarm suites in one VM
-## boot, then the integration tests and a minute of fuzzing here (TEST_JOBS=2: beside the VM)
-TEST_JOBS ?= 1
-test: deps-test venv lint test-unit test-packaging
+## every test: lint and unit tests here, then the kernel and swarm suites in one VM boot and,
+## beside it, the integration and packaging tests and a minute of fuzzing (TEST_JOBS=1: after it)
+TEST_JOBS ?= 2
+test: deps-test venv lint test-unit
 	$(MAKE) -j$(TEST_JOBS) --output-sync=line test-vm test-beside-vm
 
-# the host's suites that make test runs alongside the VM: they mostly wait on sockets and
-# child processes (the packaging tests, which compile, come before the VM instead)
-test-beside-vm: test-integration fuzz-short
+# the host's suites that make test runs alongside the VM, one at a time in make's second job
+# slot: the VM's emulated CPUs leave part of the two cores idle. The package comes first
+# (make deb, once): the VM's lifecycle test installs it and the packaging tests read it.
+test-beside-vm: deb
+	$(MAKE) -j1 test-integration test-packaging fuzz-short
 
 # in-process tests: no subprocess, no listening socket
 test-unit: venv
@@ -110,7 +112,7 @@ test-integration: venv
 
 # the wheel (built, installed in a fresh venv, its libnl checked, upgraded), the source build's
 # message without libnl, the systemd unit (systemd-analyze) and the Debian package (lintian)
-test-packaging: deps-test venv
+test-packaging: deps-test venv deb
 	$(PYTEST) -q tests/packaging
 
 # One VM boot runs every kernel test (tests/kernel, tests/swarm when present) in pytest sessions

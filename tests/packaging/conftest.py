@@ -1,5 +1,7 @@
-"""The packaging tests' wheels: scripts/build-wheel's, built once per run (or dist/'s when
-newer than every source); the Debian package, scripts/build-deb's, built once per run."""
+"""The packaging tests' wheels and Debian package: dist/'s when newer than every source
+(make test-packaging makes the package first), else scripts/build-wheel's and
+scripts/build-deb's, built once per run. make test runs these tests beside the VM, whose
+lifecycle test installs dist/'s package: they must not rebuild it then."""
 
 from __future__ import annotations
 
@@ -8,7 +10,7 @@ import subprocess
 from pathlib import Path
 
 import pytest
-from packaging_lib import ARCHES, BUILD_WHEEL, REPO, fresh_wheels, run
+from packaging_lib import ARCHES, BUILD_WHEEL, REPO, fresh_deb, fresh_wheels, run
 
 
 @pytest.fixture(scope="session")
@@ -30,8 +32,12 @@ def wheels() -> dict[str, Path]:
 
 @pytest.fixture(scope="session")
 def deb() -> Path:
-    """make deb's package (dist/ingress-ipvs-exporter_*_amd64.deb), built once per run; the
-    kernel suite's lifecycle test (tests/kernel/test_deb_kernel.py) installs this file."""
+    """make deb's package (dist/ingress-ipvs-exporter_*_amd64.deb), built here only when it
+    is missing or stale; the kernel suite's lifecycle test (tests/kernel/test_deb_kernel.py)
+    installs this file."""
+    found = fresh_deb()
+    if found:
+        return found
     res = subprocess.run(
         [REPO / "scripts/build-deb"], capture_output=True, text=True, timeout=1800, check=False
     )

@@ -18,10 +18,12 @@ SOURCES = [
     "build_ipvs.py",
     "scripts/build-wheel",
     "csrc/*",
-    "src/ingress_ipvs_exporter/*.py",
+    "src/ingress_ipvs_exporter/**/*.py",
     "LICENSE",
     "LICENSES/*",
 ]
+# What the Debian package is built from besides: make deb's package is used when newer.
+DEB_SOURCES = [*SOURCES, "scripts/build-deb", "packaging/deb/*", "packaging/systemd/*"]
 TIMEOUT = 600
 
 
@@ -47,9 +49,21 @@ def project_version() -> str:
     return re.search(r'(?m)^version\s*=\s*"([^"]+)"', text).group(1)
 
 
+def _newest(patterns: list[str]) -> float:
+    return max(p.stat().st_mtime for pattern in patterns for p in REPO.glob(pattern))
+
+
+def fresh_deb() -> Path | None:
+    """dist/'s one Debian package when it is newer than every source, else None."""
+    debs = list((REPO / "dist").glob("ingress-ipvs-exporter_*_amd64.deb"))
+    if len(debs) != 1 or debs[0].stat().st_mtime <= _newest(DEB_SOURCES):
+        return None
+    return debs[0]
+
+
 def fresh_wheels() -> dict[str, Path] | None:
     """dist/'s manylinux wheel per architecture when all are newer than every source, else None."""
-    newest_source = max(p.stat().st_mtime for pattern in SOURCES for p in REPO.glob(pattern))
+    newest_source = _newest(SOURCES)
     found = {}
     for arch in ARCHES:
         wheels = sorted(
