@@ -90,15 +90,15 @@ format: venv
 	$(BIN)/ruff format .
 	$(BIN)/clang-format -i csrc/*.c csrc/*.h fuzz/*.c bench/*.c
 
-## every test: lint and unit tests here, then the kernel and swarm suites in one VM boot and,
-## beside it, the integration and packaging tests and a minute of fuzzing (TEST_JOBS=1: after it)
-TEST_JOBS ?= 2
+## every test: lint and unit tests here, then the kernel and swarm suites in one VM boot, then
+## the integration and packaging tests and a minute of fuzzing here (TEST_JOBS=2: beside the VM)
+TEST_JOBS ?= 1
 test: deps-test venv lint test-unit
 	$(MAKE) -j$(TEST_JOBS) --output-sync=line test-vm test-beside-vm
 
-# the host's suites that make test runs alongside the VM, one at a time in make's second job
-# slot: the VM's emulated CPUs leave part of the two cores idle. The package comes first
-# (make deb, once): the VM's lifecycle test installs it and the packaging tests read it.
+# the host's suites, one at a time: after the VM, or beside it in make's second job slot with
+# TEST_JOBS=2. The package comes first (make deb, once): the VM's lifecycle test installs it
+# and the packaging tests read it.
 test-beside-vm: deb
 	$(MAKE) -j1 test-integration test-packaging fuzz-short
 
