@@ -120,17 +120,17 @@ test-packaging: deps-test venv deb
 # swarm labs; the tests under a private systemd, which share /run/systemd and Docker's netns
 # path and so run one after another, with the HA pair; the other kernel tests. The Debian
 # package's lifecycle test installs make deb's package there. Tests marked vm_alone change
-# what every session shares (ip_vs unloaded): they run last, alone.
+# what every session shares (ip_vs unloaded): they run first, alone.
 VM_PYTEST := -p no:cacheprovider -q --durations=15
 VM_SHARED := -m "(kernel or swarm) and not vm_alone"
 VM_SWARM_TESTS := $(wildcard tests/swarm/test_*.py)
 VM_SYSTEMD_TESTS := tests/kernel/test_deb_kernel.py tests/kernel/test_capabilities_kernel.py tests/kernel/test_ha_scrapes_kernel.py
 test-vm: deps-test venv deb
 	VM_TIMEOUT=4800 $(VM) --memory 4G -- python tests/vm/streams.py --logs build/vm/streams \
+	  --first 'alone: $(VM_PYTEST) -m "(kernel or swarm) and vm_alone" tests/kernel $(VM_SWARM_TESTS)' \
 	  $(if $(VM_SWARM_TESTS),'swarm: $(VM_PYTEST) $(VM_SHARED) $(VM_SWARM_TESTS)') \
 	  'systemd: $(VM_PYTEST) $(VM_SHARED) $(VM_SYSTEMD_TESTS)' \
 	  'kernel: $(VM_PYTEST) $(VM_SHARED) $(filter-out $(VM_SYSTEMD_TESTS),$(wildcard tests/kernel/test_*.py))' \
-	  --then 'alone: $(VM_PYTEST) -m "(kernel or swarm) and vm_alone" tests/kernel $(VM_SWARM_TESTS)'
 
 test-kernel: deps-test venv deb
 	$(VM) -- python -m pytest -p no:cacheprovider -q -m kernel tests/kernel

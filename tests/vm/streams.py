@@ -6,10 +6,11 @@ compute, and one session after another left a core idle most of the time. Each s
 one pytest session with its own output file; a stream's output is printed whole when it
 ends, and the exit status is the first failing stream's (0 when all pass).
 
-    tests/vm/streams.py --logs build/vm/streams 'NAME: PYTEST ARGS' ... [--then 'NAME: PYTEST ARGS']
+    tests/vm/streams.py --logs build/vm/streams [--first 'NAME: PYTEST ARGS'] 'NAME: PYTEST ARGS' ...
 
-A --then session runs after all the others have ended (whatever their outcome), alone: for
-tests that change what every session shares, such as the kernel's modules.
+A --first session runs before all the others, alone, on the freshly booted VM: for tests
+that change what every session shares, such as the kernel's modules (after the swarm labs,
+namespaces they leave behind can keep ip_vs in use).
 
 Streams must not share state a test changes: the swarm lab (iptables alternatives, a
 dockerd), fixed ports and /opt install paths belong to one stream each (Makefile, test-vm).
@@ -28,20 +29,20 @@ import time
 def main() -> int:
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     ap.add_argument("--logs", required=True, help="directory for each stream's output, NAME.log")
-    ap.add_argument("--then", action="append", default=[], metavar="'NAME: PYTEST ARGS'")
+    ap.add_argument("--first", action="append", default=[], metavar="'NAME: PYTEST ARGS'")
     ap.add_argument("streams", nargs="+", metavar="'NAME: PYTEST ARGS'")
     args = ap.parse_args()
     os.makedirs(args.logs, exist_ok=True)
     specs = []
-    for spec in args.streams + args.then:
+    for spec in args.first + args.streams:
         name, sep, rest = spec.partition(":")
         if not sep or not name.strip() or name.strip() in (n for n, _ in specs):
             ap.error(f"a stream is 'NAME: PYTEST ARGS' with a unique NAME, not {spec!r}")
         specs.append((name.strip(), rest))
-    status = _run(specs[: len(args.streams)], args.logs)
-    for spec in specs[len(args.streams) :]:
+    status = 0
+    for spec in specs[: len(args.first)]:
         status = _run([spec], args.logs) or status
-    return status
+    return _run(specs[len(args.first) :], args.logs) or status
 
 
 def _run(specs: list[tuple[str, str]], logs: str) -> int:
