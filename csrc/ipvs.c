@@ -777,46 +777,31 @@ static int append_rows(struct ipvs_handle *h, const struct ipvs_handle *h2)
     return 0;
 }
 
-static int open_netns(const char *path, int *fd, struct stat *st);
-static int enter_netns(int target, const struct stat *st, int *self);
-static int leave_netns(int self);
+typedef int (*in_namespace_fn)(struct ipvs_handle *h, void *arg);
+static int in_namespace(struct ipvs_handle *h, in_namespace_fn fn, void *arg);
 static int handle_alloc(struct ipvs_handle **out);
 static int connect_here(struct priv *pv);
 
+static int make_helper(struct ipvs_handle *h, void *arg)
+{
+    struct ipvs_handle **h2 = arg;
+    int err;
+    (void)h; /* the namespace is what it needs of h: the thread is in it */
+    err = handle_alloc(h2);
+    return err ? err : connect_here((*h2)->priv);
+}
+
 /* The helper and its socket, made in the handle's namespace the first time a dump is large
- * enough (entered for this call only, as read_sysctls does): a handle on a small namespace
- * keeps one descriptor. -ESTALE: the path names another namespace now; -ENOTRECOVERABLE:
- * the thread could not return. */
+ * enough: a handle on a small namespace keeps one descriptor. Errors: in_namespace's. */
 static int connect_helper(struct ipvs_handle *h)
 {
-    struct priv *pv = h->priv;
     struct ipvs_handle *h2 = NULL;
-    struct stat st;
-    int err, left, self = -1, target = -1;
-    if (*pv->path) {
-        if ((err = open_netns(pv->path, &target, &st)))
-            goto out;
-        if ((uint64_t)st.st_dev != h->ns_dev || (uint64_t)st.st_ino != h->ns_ino) {
-            err = -ESTALE;
-            goto out;
-        }
-        if ((err = enter_netns(target, &st, &self)))
-            goto out;
-    }
-    if (!(err = handle_alloc(&h2)))
-        err = connect_here(h2->priv);
-    if ((left = leave_netns(self)))
-        err = left;
-out:
-    if (self >= 0)
-        close(self);
-    if (target >= 0)
-        close(target);
+    int err = in_namespace(h, make_helper, &h2);
     if (err) {
         ipvs_close(h2);
         return err;
     }
-    pv->helper = h2;
+    ((struct priv *)h->priv)->helper = h2;
     return 0;
 }
 
@@ -1030,14 +1015,14 @@ static int leave_netns(int self)
     return self >= 0 && setns(self, CLONE_NEWNET) < 0 ? -ENOTRECOVERABLE : 0;
 }
 
-/* Read the sysctls in the handle's namespace: entered for this call only, so that a handle
- * keeps one descriptor (its socket), not one per sysctl. -ESTALE: the path names another
- * namespace now (the caller reopens); -ENOTRECOVERABLE: the thread could not return. */
-static int read_sysctls(struct ipvs_handle *h)
+/* fn(h, arg) with the calling thread in the handle's namespace, entered for this call only,
+ * so that a handle keeps no descriptor of it. -ESTALE: the path names another namespace now
+ * (the caller reopens); -ENOTRECOVERABLE: the thread could not return; else fn's result. */
+static int in_namespace(struct ipvs_handle *h, in_namespace_fn fn, void *arg)
 {
     struct priv *pv = h->priv;
     struct stat st;
-    int err, self = -1, target = -1;
+    int err, left, self = -1, target = -1;
     if (*pv->path) {
         if ((err = open_netns(pv->path, &target, &st)))
             goto out;
@@ -1048,15 +1033,30 @@ static int read_sysctls(struct ipvs_handle *h)
         if ((err = enter_netns(target, &st, &self)))
             goto out;
     }
-    for (int i = 0; i < IPVS_NSYSCTL; i++)
-        h->settings.sysctl_err[i] = read_sysctl(sysctl_names[i], &h->settings.sysctl[i]);
-    err = leave_netns(self);
+    err = fn(h, arg);
+    if ((left = leave_netns(self)))
+        err = left;
 out:
     if (self >= 0)
         close(self);
     if (target >= 0)
         close(target);
     return err;
+}
+
+/* The sysctls, read where /proc/sys/net shows the handle's namespace (a descriptor per
+ * sysctl kept open instead would cost 20 per namespace). */
+static int read_sysctls_here(struct ipvs_handle *h, void *arg)
+{
+    (void)arg;
+    for (int i = 0; i < IPVS_NSYSCTL; i++)
+        h->settings.sysctl_err[i] = read_sysctl(sysctl_names[i], &h->settings.sysctl[i]);
+    return 0;
+}
+
+static int read_sysctls(struct ipvs_handle *h)
+{
+    return in_namespace(h, read_sysctls_here, NULL);
 }
 
 int ipvs_get_settings(struct ipvs_handle *h)
