@@ -45,7 +45,7 @@ wheel:
 deb:
 	scripts/build-deb
 
-$(RUN_STAMP): pyproject.toml setup.py build_ipvs.py $(wildcard csrc/*.c csrc/*.h) $(wildcard src/ingress_ipvs_exporter/*.py)
+$(RUN_STAMP): pyproject.toml setup.py build_ipvs.py $(wildcard csrc/*.c csrc/*.h) $(shell find src -name "*.py")
 	scripts/install-deps build
 	test -x $(RUN_VENV)/bin/python || $(PYTHON) -m venv $(RUN_VENV)
 	$(RUN_VENV)/bin/pip install -q .
