@@ -17,17 +17,17 @@ from packaging_lib import ARCHES, BUILD_WHEEL, REPO, fresh_deb, fresh_wheels, ru
 def wheels() -> dict[str, Path]:
     """architecture -> its manylinux wheel."""
     found = fresh_wheels()
-    if found:
+    missing = [a for a in ARCHES if a not in found]
+    if not missing:
         return found
-    res = run([BUILD_WHEEL, *ARCHES], cwd=REPO, env=dict(os.environ, COLUMNS="1000"), timeout=1800)
+    res = run([BUILD_WHEEL, *missing], cwd=REPO, env=dict(os.environ, COLUMNS="1000"), timeout=1800)
     assert res.returncode == 0, f"scripts/build-wheel failed:\n{res.stdout}\n{res.stderr}"
-    built = {}
     for line in res.stdout.split():
         path = Path(line)
         assert path.is_file(), f"scripts/build-wheel printed {line!r}, which is not a file"
-        built[next(a for a in ARCHES if path.name.endswith(f"_{a}.whl"))] = path
-    assert set(built) == set(ARCHES), res.stdout
-    return built
+        found[next(a for a in ARCHES if path.name.endswith(f"_{a}.whl"))] = path
+    assert set(found) == set(ARCHES), res.stdout
+    return found
 
 
 @pytest.fixture(scope="session")

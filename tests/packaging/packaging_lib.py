@@ -61,8 +61,9 @@ def fresh_deb() -> Path | None:
     return debs[0]
 
 
-def fresh_wheels() -> dict[str, Path] | None:
-    """dist/'s manylinux wheel per architecture when all are newer than every source, else None."""
+def fresh_wheels() -> dict[str, Path]:
+    """dist/'s newest manylinux wheel per architecture, for each architecture whose wheel is newer
+    than every source (make deb builds only x86_64's: the rest is built by the caller)."""
     newest_source = _newest(SOURCES)
     found = {}
     for arch in ARCHES:
@@ -70,7 +71,6 @@ def fresh_wheels() -> dict[str, Path] | None:
             (REPO / "dist").glob(f"ingress_ipvs_exporter-{project_version()}-*manylinux*_{arch}.whl"),
             key=lambda p: p.stat().st_mtime,
         )
-        if not wheels or wheels[-1].stat().st_mtime <= newest_source:
-            return None
-        found[arch] = wheels[-1]
+        if wheels and wheels[-1].stat().st_mtime > newest_source:
+            found[arch] = wheels[-1]
     return found
