@@ -1,7 +1,9 @@
 """Where a scrape's time goes, in the IPVS VM: each step of one scrape timed on its own,
 then cProfile over whole scrapes (the MetricsApp body, gzip as Prometheus asks for it).
+With --live P, before every timed step and profiled scrape (untimed) a round of the bench's
+traffic moves the counters of P% of the services, as the bench's live rows do.
 
-    tests/vm/vm-run --memory 4G -- python bench/profile_scrape.py [--services 10000]
+    tests/vm/vm-run --memory 4G -- python bench/profile_scrape.py [--services 10000] [--live 10]
 
 Writes build/vm/bench/profile-N.txt. The figures in docs/performance.md came from it.
 """
@@ -24,6 +26,7 @@ import run as bench
 def main() -> int:
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     ap.add_argument("--services", type=int, default=10000)
+    ap.add_argument("--live", type=int, default=0, help="percent of services moving before each step")
     ap.add_argument("--out", default="build/vm/bench")
     args = ap.parse_args()
     from ingress_ipvs_exporter import memory, testing
@@ -46,6 +49,9 @@ def main() -> int:
     bench.run(["ip", "-n", ns, "link", "set", "lo", "up"])
     say(f"set-up: {bench.fill_namespace(ns, n)}")
     try:
+        traffic = bench.Traffic(bench.add_client(ns, n), n, args.live) if args.live else lambda: None
+        if args.live:
+            say(f"live: {bench.check_moving(ns, traffic)} services' counters move before each step")
         path = f"/run/netns/{ns}"
         handle, ports = Handle(path), SwarmMarks(path)
         collector = NamespaceReader(path, handle.snapshot, ports.lookup, Options(), info=handle.info)
@@ -54,6 +60,7 @@ def main() -> int:
         def timed(label, fn, repeat=3):
             times = []
             for _ in range(repeat):
+                traffic()
                 t = time.perf_counter()
                 result = fn()
                 times.append(time.perf_counter() - t)
@@ -73,17 +80,19 @@ def main() -> int:
         timed("body, plain", lambda: testing.body(app, "")[0])
         timed("body, gzip", lambda: b"".join(app.stream("", gzip=True)[0]))
         prof = cProfile.Profile()
-        prof.enable()
         for _ in range(2):
+            traffic()
+            prof.enable()
             b"".join(app.stream("", gzip=True)[0])
-        prof.disable()
+            prof.disable()
         s = io.StringIO()
         pstats.Stats(prof, stream=s).sort_stats("tottime").print_stats(15)
         say("cProfile, 2 gzip scrapes, by own time:\n" + s.getvalue())
     finally:
         bench.delete_namespace(ns)
+        bench.delete_namespace(f"{ns}c")
     Path(args.out).mkdir(parents=True, exist_ok=True)
-    (Path(args.out) / f"profile-{n}.txt").write_text(out.getvalue())
+    (Path(args.out) / f"profile-{n}{f'-live{args.live}' if args.live else ''}.txt").write_text(out.getvalue())
     return 0
 
 
