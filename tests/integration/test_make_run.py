@@ -13,9 +13,13 @@ import pytest
 REPO = Path(__file__).resolve().parents[2]
 PACKAGE = REPO / "src" / "ingress_ipvs_exporter"
 SOURCES = sorted(
-    list(PACKAGE.rglob("*.py"))
-    + [REPO / "build_ipvs.py", REPO / "setup.py", REPO / "pyproject.toml"]
-    + sorted((REPO / "csrc").glob("*.[ch]"))
+    [
+        *PACKAGE.rglob("*.py"),
+        *(REPO / "csrc").glob("*.[ch]"),
+        REPO / "build_ipvs.py",
+        REPO / "setup.py",
+        REPO / "pyproject.toml",
+    ]
 )
 
 
