@@ -37,9 +37,14 @@ ORIGINAL_DEST_METRICS = (
     "ipvs_destination_active_connections_total",
     "ipvs_destination_inactive_connections_total",
 )
+# Bounds against a hang, not expectations of speed: the VM emulates its CPU, and on a loaded
+# host it runs three times slower than on an idle one (an exporter's start, a wait for a
+# change to show, an ipvsadm -R of thousands of services).
+HANG_S = 600.0
+COMMAND_HANG_S = 300.0
 
 
-def wait_for(what: str, check, timeout: float = 180.0, every: float = 1.0):
+def wait_for(what: str, check, timeout: float = HANG_S, every: float = 1.0):
     """check()'s first true value, polled every `every` s (an OSError counts as not yet)."""
     deadline = time.monotonic() + timeout
     last = None
@@ -65,7 +70,7 @@ def api(base: str, path: str, **params) -> dict:
 
 
 @contextmanager
-def running_prometheus(tmp: Path, ready_timeout: float = 180.0):
+def running_prometheus(tmp: Path, ready_timeout: float = HANG_S):
     """The real Prometheus (Debian's) with tmp/prometheus.yml, its data and log in tmp, on a
     free loopback port; yields its base URL once /-/ready answers."""
     assert shutil.which("prometheus"), "Debian's prometheus package is not installed"
@@ -98,7 +103,7 @@ def running_prometheus(tmp: Path, ready_timeout: float = 180.0):
 def sh(*args: str, ns: str | None = None, check: bool = True, input: str | None = None) -> str:
     """Run a command (inside `ip netns exec ns` when ns is given) and return its stdout."""
     cmd = (["ip", "netns", "exec", ns] if ns else []) + list(args)
-    res = subprocess.run(cmd, capture_output=True, text=True, input=input, timeout=60)
+    res = subprocess.run(cmd, capture_output=True, text=True, input=input, timeout=COMMAND_HANG_S)
     if check and res.returncode != 0:
         raise AssertionError(f"{' '.join(cmd)} failed ({res.returncode}): {res.stderr.strip()}")
     return res.stdout
@@ -143,7 +148,7 @@ def unavailable(why: str) -> None:
 @contextmanager
 def running_exporter(
     *args: str,
-    timeout: float = 180.0,
+    timeout: float = HANG_S,
     probe: bool = True,
     listen_flag: str = "--listen-address",
     prefix: tuple = (),

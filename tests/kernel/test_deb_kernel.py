@@ -19,7 +19,7 @@ import subprocess
 from pathlib import Path
 
 import pytest
-from ipvs_testlib import in_systemd, parse_samples, private_systemd, unavailable, wait_metrics
+from ipvs_testlib import HANG_S, in_systemd, parse_samples, private_systemd, unavailable, wait_metrics
 
 pytestmark = pytest.mark.kernel
 
@@ -65,12 +65,13 @@ VM_ONLY_ERROR = "cannot remove '/opt': Read-only file system"
 
 
 def _apt(pid1: int, *args: str) -> str:
-    """apt-get in systemd's namespaces, offline (every Depends: is installed on the image)."""
+    """apt-get in systemd's namespaces, offline (every Depends: is installed on the image).
+    An install runs the postinst, which builds the venv: ten minutes once, on a loaded host."""
     res = subprocess.run(
         ["nsenter", "-t", str(pid1), "-a", "env", "DEBIAN_FRONTEND=noninteractive",
          "apt-get", "-y", "--no-install-recommends", "-o", "Dpkg::Options::=--force-confdef",
          "-o", "Dpkg::Options::=--force-confold", *args],
-        capture_output=True, text=True, timeout=600, check=False,
+        capture_output=True, text=True, timeout=HANG_S * 3, check=False,
     )  # fmt: skip
     errors = re.findall(r"^ (cannot remove .*)$", res.stdout, re.M)
     if res.returncode and errors and set(errors) == {VM_ONLY_ERROR}:

@@ -5,7 +5,7 @@ run against it; promtool lints the exposition; the shipped alerting rules
 The scrape job "ipvs" (the job name the rules assume) has three targets: the exporter on the
 lab's namespace, a second exporter whose namespace path does not exist (it serves ipvs_up 0)
 and a loopback port nothing listens on (up 0). Prometheus gets a copy of the rules with every
-`for:` shortened to 2 s, so that the alerts fire within the test (evaluation interval 2 s).
+`for:` shortened to 2 s, so that the alerts fire within the test (evaluation interval 2 s, scrape interval 5 s).
 Two extra IPVS services in the lab's balancer make the per-service alerts fire on the real
 exporter's labels: fwmark 4242 with no real server, fwmark 4243 whose only one has weight 0."""
 
@@ -69,7 +69,9 @@ def prometheus_and_exporter(tmp_path_factory):
             broken = broken_url.split("//")[1].split("/")[0]
             closed = closed_port_target()
             (tmp / "prometheus.yml").write_text(
-                "global: {scrape_interval: 2s, evaluation_interval: 2s}\n"
+                # a 5 s scrape timeout: at 2 s, a scrape slowed by a loaded emulator failed now
+                # and then, and Prometheus marked every series of the target stale
+                "global: {scrape_interval: 5s, scrape_timeout: 5s, evaluation_interval: 2s}\n"
                 f"rule_files: ['{tmp / 'alerts.yml'}']\n"
                 "scrape_configs:\n  - job_name: ipvs\n"
                 f"    static_configs: [{{targets: ['{target}', '{broken}', '{closed}']}}]\n"
@@ -90,7 +92,7 @@ def prometheus_and_exporter(tmp_path_factory):
                     )
                     >= 2,
                 )
-                time.sleep(3)  # the kernel's counters lag ~2 s; one more scrape sees the new traffic
+                time.sleep(6)  # the kernel's counters lag ~2 s; one more scrape (5 s) sees the new traffic
                 yield base, url, lab, broken, closed
 
 
@@ -110,8 +112,14 @@ def test_prometheus_scrapes_every_family(prometheus_and_exporter):
     exported = {name for name, _ in scrape(url)}
     assert len(exported) > 30
     for name in sorted(exported):
-        result = api(base, "query", query=f'count({{__name__="{name}"}})')["result"]
-        assert result and float(result[0]["value"][1]) > 0, f"{name} has no series in Prometheus"
+        query = f'count({{__name__="{name}"}})'
+        # polled: a scrape that fails (one slowed by a loaded host) leaves the series stale
+        # until the next one succeeds
+        wait_for(
+            f"{name} to have series in Prometheus",
+            lambda q=query: (r := api(base, "query", query=q)["result"]) and float(r[0]["value"][1]) > 0,
+            timeout=60,
+        )
 
 
 def test_promtool_finds_nothing_but_the_original_names(prometheus_and_exporter):
@@ -143,8 +151,9 @@ def test_every_dashboard_query_parses_and_returns_data(prometheus_and_exporter):
             values = api(base, f"label/{m.group(2)}/values", **{"match[]": m.group(1)})
             assert values, expr
             continue
-        result = api(base, "query", query=q)["result"]
-        assert result, f"no data for dashboard query: {expr}"
+        result = wait_for(
+            f"data for dashboard query {expr}", lambda q=q: api(base, "query", query=q)["result"], timeout=60
+        )
         if "ipvs_swarm_service_info" in expr:
             # ':<port>' where the fwmark has a published port; fwmarks without a mangle rule
             # (the lab's 999, 4242, 4243) have no port, so no name: the legend shows the fwmark
@@ -176,7 +185,7 @@ def test_shipped_alerts_fire_in_prometheus(prometheus_and_exporter):
         ("IPVSServiceWithoutDestinations", healthy, str(EMPTY_FWMARK)),
         ("IPVSServiceAllDestinationsQuiesced", healthy, str(QUIESCED_FWMARK)),
     }
-    wait_for("the four alerts firing", lambda: wanted <= set(firing()), timeout=120)
+    wait_for("the four alerts firing", lambda: wanted <= set(firing()))
     alerts = firing()
     assert set(alerts) == wanted, set(alerts) - wanted
     unread = alerts[("IPVSNamespaceUnreadable", broken, "")]

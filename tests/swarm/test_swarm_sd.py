@@ -108,9 +108,7 @@ def test_dashboard_shows_swarm_service_names(swarm_prometheus, lab):
     exprs = dashboard_exprs()
     assert len(exprs) >= 7
     for expr in exprs:
-        result = wait_for(
-            f"data for {expr}", lambda e=expr: api(base, "query", query=e)["result"], timeout=120
-        )
+        result = wait_for(f"data for {expr}", lambda e=expr: api(base, "query", query=e)["result"])
         named = {r["metric"].get("service_name"): r["metric"].get("port") for r in result}
         # every swarm service by name, with its own published port; no ':<port>' fallback
         assert set(named) == set(ports), (expr, result)

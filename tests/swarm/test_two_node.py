@@ -286,7 +286,7 @@ class TestProcessExporters:
                 return got or None
 
             try:
-                got = wait_for("ipvs_swarm_service_info on the worker", named, timeout=180)
+                got = wait_for("ipvs_swarm_service_info on the worker", named)
             except AssertionError:
                 # what the worker's Engine API answers the exporter's naming request, for the record
                 sock = nodes["WORKER_DOCKER_HOST"].removeprefix("unix://")
