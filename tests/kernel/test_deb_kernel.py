@@ -66,7 +66,7 @@ VM_ONLY_ERROR = "cannot remove '/opt': Read-only file system"
 
 def _apt(pid1: int, *args: str) -> str:
     """apt-get in systemd's namespaces, offline (every Depends: is installed on the image).
-    An install runs the postinst, which builds the venv: ten minutes once, on a loaded host."""
+    An install runs the postinst, which makes the venv: ten minutes once, on a loaded host."""
     res = subprocess.run(
         ["nsenter", "-t", str(pid1), "-a", "env", "DEBIAN_FRONTEND=noninteractive",
          "apt-get", "-y", "--no-install-recommends", "-o", "Dpkg::Options::=--force-confdef",

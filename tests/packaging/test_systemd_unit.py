@@ -236,10 +236,12 @@ def test_units_verify_as_installed_by_the_deb(tmp_path, deb):
     shutil.copytree(SYSTEM_UNITS, root / "usr/lib/systemd/system", symlinks=True)
     subprocess.run(["dpkg-deb", "-x", deb, root], check=True, timeout=120)
     opt = root / "opt/ingress-ipvs-exporter"
-    subprocess.run(["/usr/bin/python3", "-m", "venv", opt / "venv"], check=True, timeout=300)
+    subprocess.run(["/usr/bin/python3", "-m", "venv", "--without-pip", opt / "venv"], check=True, timeout=300)
+    (pip_wheel,) = Path("/usr/share/python-wheels").glob("pip-*.whl")
     res = subprocess.run(
         [
-            opt / "venv/bin/pip",
+            opt / "venv/bin/python",
+            pip_wheel / "pip",
             "install",
             "-q",
             "--no-index",
