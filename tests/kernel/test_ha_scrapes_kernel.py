@@ -18,10 +18,11 @@ have ipvs_services_total equal to its services' series and each ipvs_destination
 to that service's destination series; show the small namespace's IPVS families exactly when
 its ipvs_up is 1 (one scrape's read, not another's); and within each scraper no counter of a
 balancer service outside the churned range may go backwards. HA_PARSE_SAMPLES bodies of
-HA_PARSE_SCRAPERS scrapers of each exporter (one gzip, one plain; a scraper's first body,
-then spread over the run) are kept and, after the run, parsed by prometheus_client's parser
-and checked by `promtool check metrics` (both take a minute or more on a body of this size
-under emulation: during the run they would leave the scrapers a body or two each).
+HA_PARSE_SCRAPERS scrapers of each exporter (by default a gzip body of the default exporter
+and a plain one of the small-budget one; a scraper's first body, then spread over the run)
+are kept and, after the run, parsed by prometheus_client's parser and checked by `promtool
+check metrics` (both take a minute or more on a body of this size under emulation: during the
+run they would leave the scrapers a body or two each).
 
 Meanwhile, exactly K packets (from a new source port: one new connection) go to each of a few
 services that get no other traffic; afterwards each exporter's ipvs_service_packets_in_total
@@ -58,7 +59,9 @@ SERVICES = int(os.environ.get("HA_SERVICES", "1000"))
 DESTS = 10
 SCRAPERS = int(os.environ.get("HA_SCRAPERS", "4"))  # per exporter
 PARSE_SAMPLES = int(os.environ.get("HA_PARSE_SAMPLES", "1"))  # bodies per scraper parsed afterwards
-PARSE_SCRAPERS = int(os.environ.get("HA_PARSE_SCRAPERS", "2"))  # of each exporter's, one gzip, one plain
+# of each exporter's, from its n-th scraper on (scrapers alternate gzip and plain): one is a
+# gzip body of the default exporter and a plain one of the small-budget one
+PARSE_SCRAPERS = int(os.environ.get("HA_PARSE_SCRAPERS", "1"))
 SCRAPE_TIMEOUT = 120  # seconds, as a scraper under emulation would set it
 FIRST_MARK = 1000
 EXACT = {FIRST_MARK: 7, FIRST_MARK + 1: 13, FIRST_MARK + 2: 29}  # fwmark -> packets sent, once
@@ -410,7 +413,7 @@ def test_ha_pair_scraping_at_once_gets_whole_consistent_bodies_and_exact_counter
                         i % 2 == 0,
                         start,
                         stop,
-                        f"{keep}/{n}-{i}" if i < PARSE_SCRAPERS else "",
+                        f"{keep}/{n}-{i}" if (i - n) % SCRAPERS < PARSE_SCRAPERS else "",
                         (lab.path, lab.flap_path),
                         out,
                     ),
