@@ -308,20 +308,30 @@ def ipvsadm(ns_path: str | None = None) -> dict[str, AdmService]:
     return services
 
 
-def stable_ipvsadm(ns_path: str | None, settle: float = 4.0, tries: int = 5) -> dict[str, AdmService]:
-    """ipvsadm once the kernel's estimator has caught up: two reads `settle` s apart agree."""
+def stable_ipvsadm(
+    ns_path: str | None, settle: float = 4.0, timeout: float = HANG_S
+) -> dict[str, AdmService]:
+    """ipvsadm once two reads `settle` s apart agree. Connections closed by a test leave
+    TIME_WAIT entries that expire two minutes after each close, so on a slow host the
+    inactive counts keep falling for as long as the requests took: wait them out."""
+    deadline = time.monotonic() + timeout
     prev = ipvsadm(ns_path)
-    for _ in range(tries):
+    while time.monotonic() < deadline:
         time.sleep(settle)
         now = ipvsadm(ns_path)
         if now == prev:
             return now
         prev = now
-    raise AssertionError("IPVS counters kept changing; is traffic still flowing?")
+    raise AssertionError(f"IPVS counters kept changing for {timeout:.0f} s; is traffic still flowing?")
+
+
+# A failed attempt saw at least one change, such as one TIME_WAIT entry expiring; the labs
+# leave at most ten, and two reads a few seconds apart can agree between two expiries.
+STABLE_ATTEMPTS = 12
 
 
 def scrape_while_stable(
-    url: str, ns_path: str | None, attempts: int = 3
+    url: str, ns_path: str | None, attempts: int = STABLE_ATTEMPTS
 ) -> tuple[dict, dict[str, AdmService]]:
     """A scrape taken while ipvsadm reads the same before and after it: (scraped, ipvsadm)."""
     for _ in range(attempts):
@@ -332,7 +342,9 @@ def scrape_while_stable(
     raise AssertionError(f"ipvsadm changed during each of {attempts} scrapes")
 
 
-def scrape_while_all_stable(url: str, ns_paths: list[str], attempts: int = 3) -> tuple[dict, dict]:
+def scrape_while_all_stable(
+    url: str, ns_paths: list[str], attempts: int = STABLE_ATTEMPTS
+) -> tuple[dict, dict]:
     """scrape_while_stable for several namespaces: (scraped, {path: ipvsadm})."""
     for _ in range(attempts):
         before = {p: stable_ipvsadm(p) for p in ns_paths}
