@@ -159,9 +159,9 @@ fuzz-short: deps-test venv
 test-asan: deps-test venv
 	fuzz/test-asan.sh
 
-## 1,000 real dumps under valgrind (no leak, no invalid access) in the VM alone
+## 1,000 real dumps under valgrind (no leak, no invalid access) in the VM alone (make test: 200)
 test-leaks: deps-test venv
-	$(VM) -- python -m pytest -p no:cacheprovider -q -m kernel tests/kernel/test_leaks_kernel.py
+	$(VM) -- env LEAK_DUMPS=$${LEAK_DUMPS:-1000} python -m pytest -p no:cacheprovider -q -m kernel tests/kernel/test_leaks_kernel.py
 
 ## 10 minutes of slowloris clients next to a scraper, over loopback: no traceback, every scrape answered
 slowloris: venv
