@@ -27,6 +27,7 @@ from pathlib import Path
 
 import pytest
 from ipvs_testlib import (
+    COMMAND_HANG_S,
     assert_original_samples_match,
     exporter_log,
     ipvsadm,
@@ -46,6 +47,7 @@ from ingress_ipvs_exporter.swarm.names import fetch_services
 
 pytestmark = [pytest.mark.swarm, pytest.mark.swarm_lab_order(1)]
 
+PROBE_MARK = 4000000  # a fwmark swarm does not use (it numbers services from 256)
 NET = "namesnet"  # an overlay network with service 'api', for the naming tests
 NOT_A_MANAGER = (
     b'{"message":"This node is not a swarm manager. Worker nodes can\'t be used to view or modify '
@@ -450,8 +452,14 @@ def test_a_worker_names_them_without_ids(lab, overlay, tmp_path):
 def test_docker_api_hanging_leaves_ipvs_metrics_alone(lab):
     """dockerd frozen (SIGSTOP): its API stops answering but the swarm's IPVS stays, as when
     a busy or wedged dockerd does not answer. Scrapes go on, unaffected; only
-    ipvs_docker_up turns 0; the last known names stay."""
+    ipvs_docker_up turns 0; the last known names stay.
+
+    A fwmark service the exporter has not seen, added to ingress_sbox and removed again,
+    makes it refresh the names at once rather than when they are 60 s old (the same
+    background refresh; its timing is the unit tests' business)."""
     pid = int(Path(lab.state, "dockerd.pid").read_text().strip())
+    in_ingress = ["nsenter", f"--net={lab.ingress_ns}", "ipvsadm"]
+    probe = ["-f", str(PROBE_MARK)]
     with running_exporter("--namespace-path", lab.ingress_ns, "--docker-host", lab.docker_host) as (url, _):
         ns = frozenset({("namespace", lab.ingress_ns)})
         deadline = time.monotonic() + WAIT
@@ -460,6 +468,7 @@ def test_docker_api_hanging_leaves_ipvs_metrics_alone(lab):
             time.sleep(2)
         os.kill(pid, signal.SIGSTOP)
         try:
+            subprocess.run([*in_ingress, "-A", *probe, "-s", "rr"], check=True, timeout=COMMAND_HANG_S)
             deadline = time.monotonic() + WAIT
             after = scrape(url)
             while after.get(("ipvs_docker_up", ns)) != 0:  # the refresh times out in the background
@@ -467,6 +476,8 @@ def test_docker_api_hanging_leaves_ipvs_metrics_alone(lab):
                 assert after[("ipvs_up", ns)] == 1
                 time.sleep(2)
                 after = scrape(url)
+            subprocess.run([*in_ingress, "-D", *probe], check=True, timeout=COMMAND_HANG_S)
+            after = scrape(url)
             assert after[("ipvs_up", ns)] == 1
             for name in (
                 "ipvs_connections_total",
@@ -479,6 +490,7 @@ def test_docker_api_hanging_leaves_ipvs_metrics_alone(lab):
                 == samples(before, "ipvs_swarm_service_info").keys()
             )
         finally:
+            subprocess.run([*in_ingress, "-D", *probe], capture_output=True, timeout=COMMAND_HANG_S)
             os.kill(pid, signal.SIGCONT)
 
 
