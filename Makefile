@@ -98,9 +98,10 @@ test: deps-test venv lint test-unit
 
 # the host's suites, one at a time: after the VM, or beside it in make's second job slot with
 # TEST_JOBS=2. The package comes first (make deb, once): the VM's lifecycle test installs it
-# and the packaging tests read it.
+# and the packaging tests read it. -o deb: the inner make must not build it again (deb is
+# phony, so test-packaging's prerequisite would: a minute more, under the VM's feet at -j2).
 test-beside-vm: deb
-	$(MAKE) -j1 test-integration test-packaging fuzz-short
+	$(MAKE) -j1 -o deb test-integration test-packaging fuzz-short
 
 # in-process tests: no subprocess, no listening socket
 test-unit: venv
