@@ -6,10 +6,9 @@ linked directly, built here with -g) dumps it LEAK_DUMPS times (200; `make test-
 valgrind memcheck: any invalid read or write, any use of uninitialised memory, any
 definitely lost block fails the test, and so does a file descriptor left open. Valgrind
 reports a block lost once as surely as one lost every dump: more dumps repeat the same
-paths, they do not make a leak easier to see.
-The same loop through the Python binding (Handle.snapshot), 1,000 snapshots and 100 handles,
-must not grow the process's descriptors or memory (its measure is growth, so it needs the
-count).
+paths, they do not make a leak easier to see. The same loop through the Python binding
+(Handle.snapshot), 1,000 snapshots and 100 handles, must not grow the process's descriptors
+or memory (its measure is growth, so it needs the count).
 """
 
 from __future__ import annotations
