@@ -100,9 +100,22 @@ def running_prometheus(tmp: Path, ready_timeout: float = HANG_S):
             print("--- prometheus log (tail) ---\n" + "".join(log.readlines()[-40:]))
 
 
-def sh(*args: str, ns: str | None = None, check: bool = True, input: str | None = None) -> str:
-    """Run a command (inside `ip netns exec ns` when ns is given) and return its stdout."""
-    cmd = (["ip", "netns", "exec", ns] if ns else []) + list(args)
+def sh(
+    *args: str,
+    ns: str | None = None,
+    ns_path: str | None = None,
+    check: bool = True,
+    input: str | None = None,
+) -> str:
+    """Run a command and return its stdout: inside `ip netns exec ns` when ns (a name) is given,
+    inside `nsenter --net=ns_path` when ns_path (a namespace file, e.g. a dockerd's) is."""
+    assert not (ns and ns_path), "ns or ns_path, not both"
+    if ns:
+        cmd = ["ip", "netns", "exec", ns, *args]
+    elif ns_path:
+        cmd = ["nsenter", f"--net={ns_path}", *args]
+    else:
+        cmd = list(args)
     res = subprocess.run(cmd, capture_output=True, text=True, input=input, timeout=COMMAND_HANG_S)
     if check and res.returncode != 0:
         raise AssertionError(f"{' '.join(cmd)} failed ({res.returncode}): {res.stderr.strip()}")

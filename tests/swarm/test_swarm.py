@@ -27,7 +27,6 @@ from pathlib import Path
 
 import pytest
 from ipvs_testlib import (
-    COMMAND_HANG_S,
     assert_original_samples_match,
     exporter_log,
     ipvsadm,
@@ -39,6 +38,7 @@ from ipvs_testlib import (
     scrape_while_all_stable,
     scrape_while_stable,
     scraping,
+    sh,
 )
 from swarmlib import API_TIMEOUT, IMAGE, WAIT, diag, marks_by_port, wait_for
 
@@ -458,8 +458,7 @@ def test_docker_api_hanging_leaves_ipvs_metrics_alone(lab):
     makes it refresh the names at once rather than when they are 60 s old (the same
     background refresh; its timing is the unit tests' business)."""
     pid = int(Path(lab.state, "dockerd.pid").read_text().strip())
-    in_ingress = ["nsenter", f"--net={lab.ingress_ns}", "ipvsadm"]
-    probe = ["-f", str(PROBE_MARK)]
+    probe = ("-f", str(PROBE_MARK))
     with running_exporter("--namespace-path", lab.ingress_ns, "--docker-host", lab.docker_host) as (url, _):
         ns = frozenset({("namespace", lab.ingress_ns)})
         deadline = time.monotonic() + WAIT
@@ -468,7 +467,7 @@ def test_docker_api_hanging_leaves_ipvs_metrics_alone(lab):
             time.sleep(2)
         os.kill(pid, signal.SIGSTOP)
         try:
-            subprocess.run([*in_ingress, "-A", *probe, "-s", "rr"], check=True, timeout=COMMAND_HANG_S)
+            sh("ipvsadm", "-A", *probe, "-s", "rr", ns_path=lab.ingress_ns)
             deadline = time.monotonic() + WAIT
             after = scrape(url)
             while after.get(("ipvs_docker_up", ns)) != 0:  # the refresh times out in the background
@@ -476,7 +475,7 @@ def test_docker_api_hanging_leaves_ipvs_metrics_alone(lab):
                 assert after[("ipvs_up", ns)] == 1
                 time.sleep(2)
                 after = scrape(url)
-            subprocess.run([*in_ingress, "-D", *probe], check=True, timeout=COMMAND_HANG_S)
+            sh("ipvsadm", "-D", *probe, ns_path=lab.ingress_ns)
             after = scrape(url)
             assert after[("ipvs_up", ns)] == 1
             for name in (
@@ -490,7 +489,7 @@ def test_docker_api_hanging_leaves_ipvs_metrics_alone(lab):
                 == samples(before, "ipvs_swarm_service_info").keys()
             )
         finally:
-            subprocess.run([*in_ingress, "-D", *probe], capture_output=True, timeout=COMMAND_HANG_S)
+            sh("ipvsadm", "-D", *probe, ns_path=lab.ingress_ns, check=False)
             os.kill(pid, signal.SIGCONT)
 
 
